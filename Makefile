@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps run test lint pytest bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Real Alertmanager and Prometheus for the end-to-end tests (Debian packages).
+system-deps:
+	@if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			prometheus-alertmanager prometheus >/dev/null; \
+	fi
+
+run: setup
+	$(VENV)/bin/responder up
+
+lint: setup
+	$(VENV)/bin/ruff format --check responder flows tests
+	$(VENV)/bin/ruff check responder flows tests
+	$(VENV)/bin/mypy
+
+pytest: setup system-deps
+	$(VENV)/bin/pytest
+
+test: lint pytest
+
+clean:
+	rm -rf $(VENV) .responder .pytest_cache .mypy_cache .ruff_cache

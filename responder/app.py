@@ -1,0 +1,163 @@
+"""The HTTP API: the Alertmanager webhook, decisions, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from responder import metrics
+from responder.auth import Credentials
+from responder.exceptions import StoreUnavailable
+from responder.models import AlertmanagerWebhook
+from responder.service import Service
+
+log = logging.getLogger(__name__)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    # Never echo the input back: it may be huge or hostile.
+    return [
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "(body)",
+            "message": err["msg"],
+            "type": err["type"],
+        }
+        for err in exc.errors(include_url=False, include_input=False)[:50]
+    ]
+
+
+def create_app(service: Service) -> FastAPI:
+    """Build the FastAPI app around a `Service`; the app's lifespan starts and stops it."""
+    settings = service.settings
+    credentials = Credentials(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="Responder", version="0.1.0", lifespan=lifespan)
+    app.state.service = service
+
+    def unauthorized() -> JSONResponse:
+        response = _error(401, "missing or invalid credentials")
+        response.headers["WWW-Authenticate"] = credentials.challenge
+        return response
+
+    @app.post("/webhook/alertmanager")
+    async def alertmanager_webhook(request: Request) -> JSONResponse:
+        """Validate an Alertmanager v4 payload, commit it to the inbox, then acknowledge."""
+        response = await _accept_webhook(request)
+        metrics.WEBHOOKS.labels(code=str(response.status_code)).inc()
+        return response
+
+    async def _accept_webhook(request: Request) -> JSONResponse:
+        if not credentials.accepts(request.headers.get("authorization")):
+            return unauthorized()
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            return _error(415, "content type must be application/json", received=content_type[:100])
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+        except _BodyTooLarge:
+            return _error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
+        try:
+            webhook = AlertmanagerWebhook.model_validate_json(body)
+        except ValidationError as exc:
+            errors = _field_errors(exc)
+            if any(e["type"] == "json_invalid" for e in errors):
+                return _error(400, "body is not valid JSON", detail=errors[0]["message"])
+            return _error(
+                422, "payload does not match the Alertmanager webhook (v4)", fields=errors
+            )
+        try:
+            inbox_id = await service.store.add_to_inbox("alertmanager", body)
+        except StoreUnavailable as exc:
+            log.error("webhook not committed, answering 503: %s", exc)
+            return _error(503, "store unavailable; retry")
+        service.loop.wake.set()
+        return JSONResponse(
+            {"status": "accepted", "inbox_id": inbox_id, "alerts": len(webhook.alerts)}
+        )
+
+    @app.get("/api/v1/decisions")
+    async def list_decisions(
+        request: Request,
+        limit: int = Query(100, ge=1, le=1000),
+        rule: str | None = Query(None, max_length=64),
+        verdict: str | None = Query(None, max_length=16),
+        alertname: str | None = Query(None, max_length=256),
+        before_id: int | None = Query(None, ge=1),
+    ) -> JSONResponse:
+        """Recorded decisions, newest first, with the flow run's Prefect UI link."""
+        if not credentials.accepts(request.headers.get("authorization")):
+            return unauthorized()
+        rows = await service.store.decisions(
+            limit=limit, rule=rule, verdict=verdict, alertname=alertname, before_id=before_id
+        )
+        dispatcher = service.dispatcher
+        for row in rows:
+            run_id = row.get("flow_run_id")
+            row["flow_run_url"] = dispatcher.flow_run_url(run_id) if run_id and dispatcher else None
+        return JSONResponse({"decisions": rows})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready when the store answers and the engine loop runs."""
+        checks = {"store": await service.store.ping(), "engine": service.engine_alive}
+        if service.dispatcher is not None:
+            checks["prefect"] = service.dispatcher.prefect_reachable
+        ready = checks["store"] and checks["engine"]
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition format."""
+        if service.store is not None:
+            try:
+                metrics.INBOX_BACKLOG.set(await service.store.backlog())
+            except StoreUnavailable:
+                pass
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,230 @@
+"""The `responder` command: thin; flags become settings, settings become a service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from responder.exceptions import ResponderError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Settings file (default: config/responder.yaml)."),
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Any:
+    from responder.settings import load_settings
+
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return load_settings(config, **clean)
+
+
+def _fail(exc: ResponderError) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    return typer.Exit(1)
+
+
+@app.command()
+def up(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address of the webhook receiver.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the webhook receiver.")] = None,
+) -> None:
+    """Start a local Prefect server, serve the flows and receive Alertmanager webhooks."""
+    import uvicorn
+
+    from responder.app import create_app
+    from responder.service import Service
+    from responder.supervisor import Supervisor
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = _settings(config, host=host, port=port)
+        external = settings.prefect_api_url or os.environ.get("PREFECT_API_URL")
+        supervisor = Supervisor(settings.data_dir, settings.prefect_port, external)
+        service = Service(settings, prefect_api_url=supervisor.api_url)
+    except ResponderError as exc:
+        raise _fail(exc) from None
+    console.print("Starting Prefect…" if not external else f"Using Prefect at {external}")
+    try:
+        supervisor.start()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(service),
+                host=settings.host,
+                port=settings.port,
+                log_level="warning",
+                lifespan="on",
+            )
+        )
+        _print_banner(settings, service)
+        asyncio.run(_serve_until_a_child_dies(server, supervisor))
+    except ResponderError as exc:
+        raise _fail(exc) from None
+    finally:
+        console.print("Stopping…")
+        supervisor.stop()
+
+
+async def _serve_until_a_child_dies(server: Any, supervisor: Any) -> None:
+    async def watch() -> None:
+        while not server.should_exit:
+            dead = supervisor.dead_children()
+            if dead:
+                err_console.print(f"[red]{dead[0].name} exited; see {dead[0].log_file}[/red]")
+                server.should_exit = True
+            await asyncio.sleep(1.0)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+
+
+def _print_banner(settings: Any, service: Any) -> None:
+    auth = ""
+    if settings.bearer_token is not None:
+        auth = "\n    authorization:\n      credentials: <your bearer token>"
+    elif settings.basic_username is not None:
+        auth = (
+            f"\n    basic_auth:\n      username: {settings.basic_username}"
+            "\n      password: <your password>"
+        )
+    console.print(
+        f"\n[bold]Responder is up.[/bold] "
+        f"Rules: {len(service.book.rules)} from {settings.rules_dir}/\n"
+        f"  Webhook URL:  {settings.webhook_url}\n"
+        f"  Prefect UI:   {service.dispatcher.ui_url if service.dispatcher else '-'}\n"
+        f"  Decisions:    responder decisions\n\n"
+        "Paste into alertmanager.yml:\n\n"
+        f"receivers:\n  - name: responder\n    webhook_configs:\n"
+        f"      - url: {settings.webhook_url}\n        send_resolved: true\n"
+        f"        http_config:{auth or ' {}'}\n\n"
+        "Press Ctrl-C to stop.\n",
+        highlight=False,
+        markup=True,
+    )
+
+
+@app.command()
+def check(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Rule files or directories.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate rule files; name the file, line and problem of the first error."""
+    from responder.rules import load_rules
+    from responder.service import known_flows
+
+    try:
+        targets = paths or [_settings(config).rules_dir]
+        book = load_rules(targets, known_flows())
+    except ResponderError as exc:
+        raise _fail(exc) from None
+    for rule, source in zip(book.rules, book.sources, strict=True):
+        console.print(
+            f"ok  {rule.name:<32} {source.file}:{source.line}  → {rule.run.flow}", highlight=False
+        )
+    console.print(f"{len(book.rules)} rules valid")
+
+
+@app.command()
+def decisions(
+    config: ConfigOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    rule: Annotated[str | None, typer.Option(help="Only this rule.")] = None,
+    verdict: Annotated[str | None, typer.Option(help="admitted, refused, duplicate, …")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show recent decisions from a running Responder, newest first."""
+    try:
+        settings = _settings(config)
+    except ResponderError as exc:
+        raise _fail(exc) from None
+    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    headers = {}
+    if settings.bearer_token is not None:
+        headers["authorization"] = f"Bearer {settings.bearer_token.get_secret_value()}"
+    auth = None
+    if settings.basic_username and settings.basic_password:
+        auth = (settings.basic_username, settings.basic_password.get_secret_value())
+    params = {k: v for k, v in {"limit": limit, "rule": rule, "verdict": verdict}.items() if v}
+    try:
+        response = httpx.get(
+            f"{base}/api/v1/decisions", params=params, headers=headers, auth=auth, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        err_console.print(f"[red]error:[/red] cannot reach Responder at {base}: {exc}")
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        err_console.print(f"[red]error:[/red] {response.status_code}: {response.text[:500]}")
+        raise typer.Exit(1)
+    rows = response.json()["decisions"]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("id", "alert", "rule", "verdict", "reason", "flow run", "state")
+    for row in rows:
+        labels = row["labels"]
+        alert = f"{row['alertname']} {labels.get('instance', '')} [{row['alert_status']}]"
+        run = row["flow_run_url"] or ""
+        table.add_row(
+            str(row["id"]),
+            alert,
+            row["rule"] or "-",
+            row["verdict"],
+            row["reason"],
+            run,
+            row["flow_run_state"] or "",
+        )
+    console.print(table)
+
+
+@app.command("serve-flows", hidden=True)
+def serve_flows_command(
+    limit: Annotated[int, typer.Option(min=1, help="Flow runs executed at once.")] = 5,
+) -> None:
+    """Serve the remediation flows as Prefect deployments (started by `up`)."""
+    from responder.serving import serve_flows
+
+    serve_flows(limit=limit)
+
+
+@app.command("demo-target")
+def demo_target(
+    port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 9480,
+) -> None:
+    """Run a stand-in service control API that the example rule restarts services through."""
+    from responder.demo import DemoService
+
+    target = DemoService(port=port)
+    console.print(f"Demo service control API on {target.url} (GET /calls lists restarts)")
+    try:
+        target.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    """Entry point of the `responder` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,62 @@
+"""Turning a rule match into a concrete `Decision`: which flow, which parameters, which key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from responder.engine import Match
+from responder.models import Alert
+from responder.templates import render, render_value
+
+
+class Verdict(StrEnum):
+    """The verdicts a decision record can carry."""
+
+    ADMITTED = "admitted"  # the guard took the key; a flow run follows
+    REFUSED = "refused"  # the guard refused (key active); reason says why
+    DUPLICATE = "duplicate"  # this (fingerprint, startsAt, status) was already handled
+    UNMATCHED = "unmatched"  # a new firing alert no rule matched
+    RESOLVED = "resolved"  # a resolved alert; its fact was retracted
+    ERROR = "error"  # the decision could not be made (template failed, bad message)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a rule decided to do about an alert, before the guard has spoken."""
+
+    rule: str
+    flow: str
+    parameters: dict[str, Any] = field(hash=False)
+    key: str
+    alert: Alert
+
+
+def template_context(alert: Alert, rule_vars: Mapping[str, str]) -> dict[str, Any]:
+    """What a rule template sees: `alert` (labels are data) and `vars` from settings."""
+    return {
+        "alert": {
+            "labels": dict(alert.labels),
+            "annotations": dict(alert.annotations),
+            "status": alert.status,
+            "fingerprint": alert.fingerprint,
+            "startsAt": alert.starts_at.isoformat(),
+            "generatorURL": alert.generator_url,
+        },
+        "vars": dict(rule_vars),
+    }
+
+
+def decide(match: Match, rule_vars: Mapping[str, str]) -> Decision:
+    """Render a match's flow parameters and guard key; raises `TemplateError`."""
+    context = template_context(match.alert, rule_vars)
+    rule = match.rule
+    return Decision(
+        rule=rule.name,
+        flow=rule.run.flow,
+        parameters=render_value(rule.run.parameters, context),
+        key=render(rule.guard.key, context),
+        alert=match.alert,
+    )

@@ -1,0 +1,206 @@
+"""Dispatch: the only module that talks to the Prefect API for remediations.
+
+Admitted decisions wait in a bounded queue so that the engine never blocks on Prefect. A
+worker creates each flow run from its deployment with tags and an idempotency key that carries
+the incident. Final states arrive on Prefect's event stream; a slow poll covers gaps in it.
+Either way the lease is released once, by `Store.finish`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+from responder import metrics
+from responder.store import ActiveRun, Store
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
+
+def deployment_name(flow: str) -> str:
+    """Every remediation flow is served as the deployment `<flow>/<flow>`."""
+    return f"{flow}/{flow}"
+
+
+def idempotency_key(run: ActiveRun) -> str:
+    # Prefect keeps idempotency keys per flow, forever: the incident makes each one unique.
+    return f"responder:{run.rule}:{run.incident}:{run.guard_key}"[:2000]
+
+
+def run_tags(run: ActiveRun) -> list[str]:
+    # Label values are hostile and unbounded; tags are short, so cut them.
+    return [
+        "responder",
+        f"rule:{run.rule}"[:100],
+        f"alertname:{run.alertname}"[:100],
+        f"key:{run.guard_key}"[:100],
+    ]
+
+
+def ui_url_for(api_url: str) -> str:
+    """The Prefect UI next to an API URL (`http://h:4200/api` → `http://h:4200`)."""
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+class Dispatcher:
+    """Creates flow runs for admitted decisions and releases their leases when they end."""
+
+    def __init__(
+        self,
+        store: Store,
+        api_url: str,
+        *,
+        poll_seconds: float = 2.0,
+        queue_size: int = 10_000,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self._store = store
+        self.api_url = api_url
+        self.ui_url = ui_url_for(api_url)
+        self._poll_seconds = poll_seconds
+        self._retry_seconds = retry_seconds
+        self._queue: asyncio.Queue[tuple[ActiveRun, float]] = asyncio.Queue(queue_size)
+        self._deployments: dict[str, UUID] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: Any = None
+        self.events_connected = False
+        self.prefect_reachable = False
+
+    def flow_run_url(self, flow_run_id: str) -> str:
+        return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
+
+    async def start(self) -> None:
+        """Start workers; re-queue admitted decisions that never got a flow run."""
+        from prefect.client.orchestration import PrefectClient
+
+        self._client = PrefectClient(self.api_url)
+        await self._client.__aenter__()
+        for run in await self._store.active_runs():
+            if run.flow_run_id is None:
+                await self._queue.put((run, time.monotonic()))
+        self._tasks = [
+            asyncio.create_task(self._create_runs(), name="dispatch-create"),
+            asyncio.create_task(self._follow_events(), name="dispatch-events"),
+            asyncio.create_task(self._poll_states(), name="dispatch-poll"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+
+    async def submit(self, run: ActiveRun) -> None:
+        """Queue an admitted decision; waits only when the queue is full (backpressure)."""
+        await self._queue.put((run, time.monotonic()))
+
+    async def _create_runs(self) -> None:
+        while True:
+            run, admitted_at = await self._queue.get()
+            delay = self._retry_seconds
+            while True:
+                try:
+                    flow_run_id = await self._create(run)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.prefect_reachable = False
+                    metrics.DISPATCH_FAILURES.inc()
+                    log.warning(
+                        "creating a flow run for decision %s failed (%s); retrying in %.0fs",
+                        run.decision_id,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            self.prefect_reachable = True
+            metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
+            await self._store.set_flow_run(run.decision_id, flow_run_id)
+            log.info(
+                "decision %s: flow run %s (%s)",
+                run.decision_id,
+                flow_run_id,
+                self.flow_run_url(flow_run_id),
+            )
+
+    async def _create(self, run: ActiveRun) -> str:
+        deployment_id = self._deployments.get(run.flow)
+        if deployment_id is None:
+            deployment = await self._client.read_deployment_by_name(deployment_name(run.flow))
+            deployment_id = self._deployments[run.flow] = deployment.id
+        flow_run = await self._client.create_flow_run_from_deployment(
+            deployment_id,
+            parameters=run.parameters,
+            tags=run_tags(run),
+            idempotency_key=idempotency_key(run),
+        )
+        return str(flow_run.id)
+
+    async def _finish(self, flow_run_id: str, state_type: str) -> None:
+        for run in await self._store.active_runs():
+            if run.flow_run_id == flow_run_id:
+                if await self._store.finish(run.decision_id, state_type):
+                    metrics.FLOW_RUNS_FINISHED.labels(state=state_type).inc()
+                    log.info(
+                        "decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type
+                    )
+
+    async def _follow_events(self) -> None:
+        from prefect.events.clients import PrefectEventSubscriber
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        event_filter = EventFilter(event=EventNameFilter(prefix=["prefect.flow-run."]))
+        while True:
+            try:
+                async with PrefectEventSubscriber(
+                    api_url=self.api_url, filter=event_filter, reconnection_attempts=0
+                ) as subscriber:
+                    self.events_connected = True
+                    async for event in subscriber:
+                        state_type = event.resource.get("prefect.state-type")
+                        if state_type in FINAL_STATES:
+                            flow_run_id = event.resource.id.removeprefix("prefect.flow-run.")
+                            await self._finish(flow_run_id, state_type)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("event stream lost (%s); polling covers it", exc)
+            self.events_connected = False
+            await asyncio.sleep(self._poll_seconds)
+
+    async def _poll_states(self) -> None:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            try:
+                runs = [r for r in await self._store.active_runs() if r.flow_run_id]
+                metrics.ACTIVE_LEASES.set(await self._store.lease_count())
+                if not runs:
+                    continue
+                ids = [UUID(r.flow_run_id) for r in runs if r.flow_run_id]
+                flow_runs = await self._client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))
+                )
+                self.prefect_reachable = True
+                for flow_run in flow_runs:
+                    if flow_run.state is not None and flow_run.state.type.value in FINAL_STATES:
+                        await self._finish(str(flow_run.id), flow_run.state.type.value)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.prefect_reachable = False
+                log.warning("polling flow-run states failed: %s", exc)

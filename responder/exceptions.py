@@ -1,0 +1,51 @@
+"""Every error Responder raises on purpose.
+
+    ResponderError
+    ├── ConfigError            settings that cannot work together
+    ├── RuleError              a rule file that cannot be loaded (file, line, what is accepted)
+    │   └── MatcherError       a label matcher that cannot be parsed
+    ├── TemplateError          a template that cannot render for this alert
+    ├── StoreUnavailable       the store could not commit; callers answer 503
+    └── DispatchError          Prefect refused or could not be reached
+
+A guard refusal is not an exception: it is a returned `Verdict`.
+"""
+
+from __future__ import annotations
+
+
+class ResponderError(Exception):
+    """Base of every error raised by Responder."""
+
+
+class ConfigError(ResponderError):
+    """Settings are invalid or contradict each other."""
+
+
+class RuleError(ResponderError):
+    """A rule file is invalid; the message names the file, the line and what is accepted."""
+
+    def __init__(self, problem: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.problem = problem
+        self.file = file
+        self.line = line
+        where = file or "<rules>"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {problem}")
+
+
+class MatcherError(RuleError):
+    """A label matcher is not of the form `name<op>"value"` with op one of = != =~ !~."""
+
+
+class TemplateError(ResponderError):
+    """A template failed to render (an undefined name, or a sandbox violation)."""
+
+
+class StoreUnavailable(ResponderError):
+    """The store did not commit; the caller must not acknowledge what it received."""
+
+
+class DispatchError(ResponderError):
+    """A flow run could not be created in Prefect."""

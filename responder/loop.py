@@ -1,0 +1,187 @@
+"""The engine loop: the single consumer of the inbox.
+
+Each inbox row is handled in one store transaction: alert identities, decisions, guard leases
+and the row's `processed` mark commit together, so a crash mid-row replays the whole row and
+nothing is half-recorded. Admitted decisions go to dispatch only after that commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from responder import metrics
+from responder.decisions import Verdict, decide
+from responder.dispatch import Dispatcher
+from responder.engine import Engine
+from responder.exceptions import StoreUnavailable, TemplateError
+from responder.guard import Guard
+from responder.models import Alert, AlertmanagerWebhook
+from responder.store import ActiveRun, PendingMessage, Store
+
+log = logging.getLogger(__name__)
+
+
+class EngineLoop:
+    """Reads the inbox in order, feeds the engine, asks the guard, hands off to dispatch."""
+
+    def __init__(
+        self,
+        store: Store,
+        make_engine: Callable[[], Engine],
+        guard: Guard,
+        dispatcher: Dispatcher | None,
+        *,
+        rule_vars: dict[str, str] | None = None,
+        batch: int = 256,
+        idle_seconds: float = 0.05,
+    ) -> None:
+        self._store = store
+        self._make_engine = make_engine
+        self._guard = guard
+        self._dispatcher = dispatcher
+        self._rule_vars = rule_vars or {}
+        self._batch = batch
+        self._idle_seconds = idle_seconds
+        self.engine = make_engine()
+        self.running = False
+        self.wake = asyncio.Event()
+
+    async def rebuild(self) -> None:
+        """Rebuild the engine's facts from the store; no decision is made again."""
+        self.engine = self._make_engine()
+        for alert in await self._store.firing():
+            self.engine.assert_alert(alert)
+
+    async def run(self) -> None:
+        """Process the inbox until cancelled; a store failure rebuilds and retries."""
+        await self.rebuild()
+        self.running = True
+        try:
+            while True:
+                try:
+                    if await self.step() == 0:
+                        self.wake.clear()
+                        try:
+                            await asyncio.wait_for(self.wake.wait(), self._idle_seconds)
+                        except TimeoutError:
+                            pass
+                except StoreUnavailable as exc:
+                    metrics.ENGINE_ERRORS.labels(kind="store").inc()
+                    log.error("engine loop: %s; rebuilding and retrying", exc)
+                    await asyncio.sleep(1.0)
+                    await self.rebuild()
+        finally:
+            self.running = False
+
+    async def step(self) -> int:
+        """Process up to one batch of inbox rows; return how many."""
+        messages = await self._store.pending(self._batch)
+        for message in messages:
+            admitted = await self._process(message)
+            if self._dispatcher is not None:
+                for run in admitted:
+                    await self._dispatcher.submit(run)
+        return len(messages)
+
+    async def _process(self, message: PendingMessage) -> list[ActiveRun]:
+        try:
+            webhook = AlertmanagerWebhook.model_validate_json(message.body)
+        except ValidationError as exc:
+            # Intake validated it; this only happens if the schema changed underneath.
+            metrics.ENGINE_ERRORS.labels(kind="bad_message").inc()
+            log.error("inbox row %s no longer validates: %s", message.id, exc)
+            async with self._store.transaction() as conn:
+                await self._store.mark_processed(conn, message.id)
+            return []
+        admitted: list[ActiveRun] = []
+        async with self._store.transaction() as conn:
+            for alert in webhook.alerts:
+                metrics.ALERTS_RECEIVED.labels(status=alert.status).inc()
+                admitted.extend(await self._handle_alert(conn, alert, message.id))
+            await self._store.mark_processed(conn, message.id)
+        return admitted
+
+    async def _handle_alert(
+        self, conn: AsyncConnection, alert: Alert, inbox_id: int
+    ) -> list[ActiveRun]:
+        if not await self._store.note_alert(conn, alert, inbox_id):
+            first = await self._store.first_seen_in(conn, alert)
+            await self._record(
+                conn,
+                alert,
+                inbox_id,
+                Verdict.DUPLICATE,
+                f"{alert.status} alert already handled (inbox #{first})",
+            )
+            return []
+        if alert.status == "resolved":
+            self.engine.retract_alert(alert)
+            await self._store.set_firing(conn, alert, firing=False)
+            await self._record(conn, alert, inbox_id, Verdict.RESOLVED, "fact retracted")
+            return []
+        if await self._store.was_resolved(conn, alert):
+            # A firing notice that arrives after the same incident resolved is stale.
+            await self._record(
+                conn, alert, inbox_id, Verdict.DUPLICATE, "incident already resolved"
+            )
+            return []
+        matches = self.engine.assert_alert(alert)
+        await self._store.set_firing(conn, alert, firing=True)
+        if not matches:
+            await self._record(conn, alert, inbox_id, Verdict.UNMATCHED, "no rule matched")
+            return []
+        admitted: list[ActiveRun] = []
+        for match in matches:
+            try:
+                decision = decide(match, self._rule_vars)
+            except TemplateError as exc:
+                await self._record(
+                    conn, alert, inbox_id, Verdict.ERROR, str(exc), rule=match.rule.name
+                )
+                continue
+            admission = await self._guard.admit(conn, decision, inbox_id)
+            metrics.DECISIONS.labels(
+                verdict=Verdict.ADMITTED if admission.admitted else Verdict.REFUSED
+            ).inc()
+            if admission.admitted:
+                admitted.append(
+                    ActiveRun(
+                        decision_id=admission.decision_id,
+                        flow_run_id=None,
+                        flow=decision.flow,
+                        rule=decision.rule,
+                        guard_key=decision.key,
+                        incident=alert.incident,
+                        alertname=alert.alertname,
+                        parameters=decision.parameters,
+                    )
+                )
+        return admitted
+
+    async def _record(
+        self,
+        conn: AsyncConnection,
+        alert: Alert,
+        inbox_id: int,
+        verdict: Verdict,
+        reason: str,
+        **extra: Any,
+    ) -> None:
+        metrics.DECISIONS.labels(verdict=verdict).inc()
+        await self._store.record_decision(
+            conn,
+            inbox_id=inbox_id,
+            incident=alert.incident,
+            alertname=alert.alertname,
+            alert_status=alert.status,
+            labels=dict(alert.labels),
+            verdict=verdict.value,
+            reason=reason,
+            **extra,
+        )

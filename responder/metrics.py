@@ -1,0 +1,31 @@
+"""Prometheus metrics Responder exports on `/metrics`."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+WEBHOOKS = Counter(
+    "responder_webhooks_total", "Webhook requests answered, by HTTP status code.", ["code"]
+)
+ALERTS_RECEIVED = Counter(
+    "responder_alerts_received_total", "Alerts read from the inbox, by alert status.", ["status"]
+)
+DECISIONS = Counter("responder_decisions_total", "Recorded decisions, by verdict.", ["verdict"])
+DISPATCH_SECONDS = Histogram(
+    "responder_dispatch_seconds",
+    "Time from a decision being admitted to its Prefect flow run existing.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DISPATCH_FAILURES = Counter(
+    "responder_dispatch_failures_total", "Flow-run creations that failed (each attempt)."
+)
+FLOW_RUNS_FINISHED = Counter(
+    "responder_flow_runs_finished_total", "Dispatched flow runs seen in a final state.", ["state"]
+)
+ENGINE_ERRORS = Counter(
+    "responder_engine_errors_total",
+    "Engine problems: action errors, rejected facts, failed inbox rows.",
+    ["kind"],
+)
+INBOX_BACKLOG = Gauge("responder_inbox_backlog", "Inbox rows not yet processed by the engine.")
+ACTIVE_LEASES = Gauge("responder_active_leases", "Guard keys currently held.")

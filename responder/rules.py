@@ -1,0 +1,260 @@
+"""Rule files: `safe_load` → validate (unknown keys rejected) → frozen `Rule` models.
+
+Errors name the file, the line and what is accepted. Compiling rules for the engine is
+`responder.engine`'s job; this module knows nothing of durable_rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+from responder.exceptions import ResponderError, RuleError
+from responder.matchers import Matcher, parse_matcher
+from responder.templates import compile_template
+
+RuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", strict=True)]
+
+
+def _valid_matcher(text: str) -> str:
+    try:
+        _parsed_matcher(text)
+    except ResponderError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+def _valid_template(text: str) -> str:
+    try:
+        compile_template(text)
+    except ResponderError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+def _valid_templates(value: Any) -> Any:
+    if isinstance(value, str):
+        _valid_template(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _valid_templates(v)
+    elif isinstance(value, list):
+        for v in value:
+            _valid_templates(v)
+    return value
+
+
+MatcherText = Annotated[str, AfterValidator(_valid_matcher)]
+TemplateText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_valid_template)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunSpec(_Spec):
+    """Which flow a rule runs, and its parameters (templates over `alert` and `vars`)."""
+
+    flow: str = Field(description="Name of a remediation flow in flows/.")
+    parameters: Annotated[dict[str, Any], AfterValidator(_valid_templates)] = Field(
+        default_factory=dict
+    )
+
+
+class GuardSpec(_Spec):
+    """The guard policy a rule's decisions carry."""
+
+    key: TemplateText = Field(description="At most one active remediation per rendered key.")
+
+
+class Rule(_Spec):
+    """One rule: when every matcher holds for a firing alert, decide to run a flow."""
+
+    name: RuleName
+    description: str = ""
+    match: list[MatcherText] = Field(min_length=1)
+    run: RunSpec
+    guard: GuardSpec
+
+    @property
+    def matchers(self) -> tuple[Matcher, ...]:
+        return tuple(_parsed_matcher(m) for m in self.match)
+
+
+class RuleFile(_Spec):
+    """The top level of a rule file."""
+
+    rules: list[Rule] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RuleSource:
+    """Where a rule was defined, for error messages and explanations."""
+
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class RuleBook:
+    """Every rule in force, in load order, with where each came from."""
+
+    rules: tuple[Rule, ...]
+    sources: tuple[RuleSource, ...]
+
+    def by_name(self, name: str) -> Rule:
+        for rule in self.rules:
+            if rule.name == name:
+                return rule
+        raise KeyError(name)
+
+
+@lru_cache(maxsize=4096)
+def _parsed_matcher(text: str) -> Matcher:
+    return parse_matcher(text)
+
+
+def load_rule_text(text: str, file: str) -> tuple[list[Rule], list[RuleSource]]:
+    """Load one rule file's text; raise `RuleError` naming file and line."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return [], []
+        _reject_duplicate_keys(node, file)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise RuleError(f"not valid YAML: {exc.problem}", file=file, line=line) from None
+    finally:
+        loader.dispose()
+    try:
+        parsed = RuleFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        raise RuleError(
+            f"{path}: {err['msg']}{_accepted(loc)}", file=file, line=_line_of(node, loc)
+        ) from None
+    sources = [RuleSource(file, _line_of(node, ("rules", i))) for i in range(len(parsed.rules))]
+    return parsed.rules, sources
+
+
+def load_rules(paths: Iterable[Path], known_flows: Collection[str] | None = None) -> RuleBook:
+    """Load rule files (or directories of `*.yaml`/`*.yml`) into one `RuleBook`."""
+    rules: list[Rule] = []
+    sources: list[RuleSource] = []
+    seen: dict[str, RuleSource] = {}
+    for file in _rule_files(paths):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RuleError(f"cannot read: {exc}", file=str(file)) from None
+        file_rules, file_sources = load_rule_text(text, str(file))
+        for rule, source in zip(file_rules, file_sources, strict=True):
+            if rule.name in seen:
+                first = seen[rule.name]
+                raise RuleError(
+                    f"rule name {rule.name!r} is already used at {first.file}:{first.line}; "
+                    "rule names must be unique",
+                    file=source.file,
+                    line=source.line,
+                )
+            if known_flows is not None and rule.run.flow not in known_flows:
+                raise RuleError(
+                    f"rule {rule.name!r}: unknown flow {rule.run.flow!r}; "
+                    f"known flows: {', '.join(sorted(known_flows))}",
+                    file=source.file,
+                    line=source.line,
+                )
+            seen[rule.name] = source
+            rules.append(rule)
+            sources.append(source)
+    return RuleBook(tuple(rules), tuple(sources))
+
+
+def _rule_files(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise RuleError("no such file or directory", file=str(path))
+    return files
+
+
+def _reject_duplicate_keys(node: yaml.Node, file: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        keys: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in keys:
+                raise RuleError(
+                    f"key {key!r} appears twice in one mapping",
+                    file=file,
+                    line=key_node.start_mark.line + 1,
+                )
+            keys.add(key)
+            _reject_duplicate_keys(value_node, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _reject_duplicate_keys(item, file)
+
+
+def _line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
+    """The line of the deepest YAML node that `loc` (a pydantic error path) reaches."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    node = value_node
+                    break
+            else:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+        else:
+            break
+    return int(node.start_mark.line) + 1
+
+
+def _accepted(loc: Sequence[Any]) -> str:
+    """What a field accepts, when pydantic's message does not already say it."""
+    model: type[BaseModel] | None = RuleFile
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return f"; accepted keys: {', '.join(model.model_fields)}"
+        annotation = info.annotation
+        model = _model_in(annotation)
+    return ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,141 @@
+"""Settings: `RESPONDER_*` environment variables over `config/responder.yaml` over defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from responder.exceptions import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config/responder.yaml")
+
+
+class Settings(BaseSettings):
+    """Everything Responder can be told. Every field is also `RESPONDER_<FIELD>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RESPONDER_",
+        extra="forbid",
+        yaml_file=DEFAULT_CONFIG_FILE,
+    )
+
+    host: str = Field("127.0.0.1", description="Address the webhook receiver binds to.")
+    port: int = Field(9470, ge=1, le=65535, description="Port of the webhook receiver.")
+    public_url: str | None = Field(
+        None, description="URL Alertmanager uses to reach Responder; derived from host and port."
+    )
+    allow_unauthenticated_remote: bool = Field(
+        False,
+        description="Bind beyond loopback without credentials (only behind a trusted proxy).",
+    )
+    bearer_token: SecretStr | None = Field(None, description="Token Alertmanager must send.")
+    basic_username: str | None = Field(None, description="Basic auth user Alertmanager must send.")
+    basic_password: SecretStr | None = Field(None, description="Basic auth password.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=64 * 1_048_576, description="Largest webhook body accepted."
+    )
+
+    data_dir: Path = Field(Path(".responder"), description="Where SQLite and Prefect data live.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL of the store; default SQLite under data_dir.",
+    )
+    rules_dir: Path = Field(Path("rules"), description="Directory of rule YAML files.")
+    rule_vars: dict[str, str] = Field(
+        default_factory=dict, description="Values rule templates can use as `vars.<name>`."
+    )
+
+    lease_seconds: float = Field(
+        3600.0, gt=0, description="A guard lease expires after this long if no final state came."
+    )
+    engine_batch: int = Field(256, ge=1, le=10_000, description="Inbox rows read per engine step.")
+    engine_idle_seconds: float = Field(
+        0.05, gt=0, le=5, description="Engine loop sleep when the inbox is empty."
+    )
+    poll_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="Fallback poll of flow-run states while the event stream is down.",
+    )
+
+    prefect_api_url: str | None = Field(
+        None, description="Use this Prefect server instead of starting one (PREFECT_API_URL)."
+    )
+    prefect_port: int = Field(4200, ge=1, le=65535, description="Port of the local Prefect server.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Settings:
+        if (self.basic_username is None) != (self.basic_password is None):
+            raise ValueError("basic_username and basic_password must be set together")
+        if not self.has_credentials and not self.allow_unauthenticated_remote:
+            if not _is_loopback(self.host):
+                raise ValueError(
+                    f"host={self.host!r} is not a loopback address and no credentials are set: "
+                    "set bearer_token or basic_username/basic_password, "
+                    "or allow_unauthenticated_remote=true"
+                )
+        return self
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.bearer_token is not None or self.basic_username is not None
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'responder.db'}"
+
+    @property
+    def webhook_url(self) -> str:
+        base = self.public_url or f"http://{self.host}:{self.port}"
+        return f"{base.rstrip('/')}/webhook/alertmanager"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings, turning validation errors into a `ConfigError` that names the field."""
+    from pydantic import ValidationError
+
+    try:
+        if config_file is not None:
+            bound = type(
+                "Settings",
+                (Settings,),
+                {"model_config": {**Settings.model_config, "yaml_file": config_file}},
+            )
+            return bound(**overrides)  # type: ignore[no-any-return]
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

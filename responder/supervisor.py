@@ -1,0 +1,152 @@
+"""Child processes of `responder up`: a local Prefect server and the flow runner.
+
+Each child runs in its own process group, so stopping it stops everything it started, and
+asks the kernel to end it should Responder die without cleaning up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from responder.exceptions import ResponderError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    """One supervised child process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_file: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        log.info("started %s (pid %s), log: %s", self.name, self.process.pid, self.log_file)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """SIGTERM the child's process group, then SIGKILL what is left after the grace."""
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", self.name, grace_seconds)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        self.process.wait()
+
+
+class Supervisor:
+    """Starts the Prefect server (unless one is given) and the flow runner; stops both."""
+
+    def __init__(self, data_dir: Path, prefect_port: int, prefect_api_url: str | None) -> None:
+        self.data_dir = data_dir.resolve()
+        self.external_prefect = prefect_api_url is not None
+        self.api_url = prefect_api_url or f"http://127.0.0.1:{prefect_port}/api"
+        self._prefect_port = prefect_port
+        self.children: list[Child] = []
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PREFECT_API_URL"] = self.api_url
+        env.setdefault("PREFECT_HOME", str(self.data_dir / "prefect"))
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        env.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+        return env
+
+    def start(self, ready_timeout: float = 90.0) -> None:
+        env = self._env()
+        if not self.external_prefect:
+            server = Child(
+                "prefect-server",
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self._prefect_port),
+                ],
+                {k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+                self.data_dir / "logs" / "prefect-server.log",
+            )
+            server.start()
+            self.children.append(server)
+        self.wait_for_prefect(ready_timeout)
+        runner = Child(
+            "flow-runner",
+            [sys.executable, "-m", "responder", "serve-flows"],
+            env,
+            self.data_dir / "logs" / "flow-runner.log",
+        )
+        runner.start()
+        self.children.append(runner)
+
+    def wait_for_prefect(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for child in self.children:
+                if not child.alive:
+                    raise ResponderError(
+                        f"{child.name} exited during start-up; see {child.log_file}"
+                    )
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise ResponderError(f"Prefect API {self.api_url} not ready within {timeout:.0f}s")
+
+    def dead_children(self) -> list[Child]:
+        return [c for c in self.children if not c.alive]
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children = []
