@@ -59,8 +59,10 @@ class EngineLoop:
             self.engine.assert_alert(alert)
 
     async def run(self) -> None:
-        """Process the inbox until cancelled; a store failure rebuilds and retries."""
-        await self.rebuild()
+        """Process the inbox until cancelled; a store failure rebuilds and retries.
+
+        Call `rebuild` first: the engine must hold the store's facts before new ones arrive.
+        """
         self.running = True
         try:
             while True:

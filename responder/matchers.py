@@ -79,7 +79,10 @@ def parse_matcher(text: str) -> Matcher:
             raise MatcherError(f"matcher {text!r}: the value must be a string")
     else:
         if any(c in raw for c in '"{},'):
-            raise MatcherError(f'matcher {text!r}: quote a value that contains " {{ }} or ,')
+            raise MatcherError(
+                f'matcher {text!r}: a bare value cannot contain " {{ }} or ,; '
+                'quote it: name="value"'
+            )
         value = raw
     regex = None
     if op.is_regex:

@@ -32,8 +32,8 @@ RuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$
 def _valid_matcher(text: str) -> str:
     try:
         _parsed_matcher(text)
-    except ResponderError as exc:
-        raise ValueError(str(exc)) from None
+    except RuleError as exc:
+        raise ValueError(exc.problem) from None
     return text
 
 
@@ -144,11 +144,13 @@ def load_rule_text(text: str, file: str) -> tuple[list[Rule], list[RuleSource]]:
     try:
         parsed = RuleFile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # An unknown key usually explains a missing one (a typo): report it first.
+        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         loc = tuple(err["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
+        message = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"]
         raise RuleError(
-            f"{path}: {err['msg']}{_accepted(loc)}", file=file, line=_line_of(node, loc)
+            f"{path}: {message}{_accepted(loc)}", file=file, line=_line_of(node, loc)
         ) from None
     sources = [RuleSource(file, _line_of(node, ("rules", i))) for i in range(len(parsed.rules))]
     return parsed.rules, sources

@@ -29,7 +29,7 @@ class Service:
     def __init__(self, settings: Settings, *, prefect_api_url: str | None = None) -> None:
         self.settings = settings
         self.book: RuleBook = load_rules([settings.rules_dir], known_flows())
-        self.store = Store(settings.store_url)
+        self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
         api_url = prefect_api_url or settings.prefect_api_url
         self.dispatcher = (
             Dispatcher(self.store, api_url, poll_seconds=settings.poll_seconds) if api_url else None
@@ -49,6 +49,7 @@ class Service:
         await self.store.create()
         if self.dispatcher is not None:
             await self.dispatcher.start()
+        await self.loop.rebuild()
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
         log.info("loaded %d rules; engine loop started", len(self.book.rules))
 

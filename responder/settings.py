@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         None,
         description="SQLAlchemy async URL of the store; default SQLite under data_dir.",
     )
+    store_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=9,
+        description="Store wait before answering 503 (Alertmanager gives up at 10 s).",
+    )
     rules_dir: Path = Field(Path("rules"), description="Directory of rule YAML files.")
     rule_vars: dict[str, str] = Field(
         default_factory=dict, description="Values rule templates can use as `vars.<name>`."

@@ -147,7 +147,7 @@ def key_digest(key: str) -> str:
 class Store:
     """Async access to Responder's tables. One instance per process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout_seconds: float = 5.0) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -155,10 +155,21 @@ class Store:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
         if self.dialect == "postgresql":
-            kwargs = {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
+            kwargs = {
+                "pool_size": 10,
+                "max_overflow": 10,
+                "pool_pre_ping": True,
+                "pool_timeout": timeout_seconds,
+                "connect_args": {"timeout": timeout_seconds},
+            }
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            busy_ms = int(timeout_seconds * 1000)
+            event.listen(
+                self.engine.sync_engine,
+                "connect",
+                lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, busy_ms),
+            )
 
     async def create(self) -> None:
         """Create missing tables."""
@@ -402,10 +413,10 @@ class Store:
         return bool(result.rowcount == 1)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit acknowledged to Alertmanager survives power loss, not only a crash.
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor.close()

@@ -1,0 +1,172 @@
+"""Shared fixtures: the captured Alertmanager payloads, stores, and real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from responder.demo import DemoService
+from responder.settings import Settings
+from responder.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "alertmanager"
+POSTGRES_URL = os.environ.get(
+    "RESPONDER_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+RULE_TEMPLATE = """
+rules:
+  - name: restart-crashed-service
+    match: ['alertname="ServiceDown"', 'severity=~"critical|page"']
+    run:
+      flow: restart-service
+      parameters:
+        host: "{{ alert.labels.instance }}"
+        service: "{{ alert.labels.service }}"
+        restart_url: "{{ vars.service_control_url }}/restart/{{ alert.labels.instance | urlencode }}/{{ alert.labels.service | urlencode }}"
+        health_url: "{{ vars.service_control_url }}/health/{{ alert.labels.instance | urlencode }}/{{ alert.labels.service | urlencode }}"
+        verify_within_seconds: 20
+    guard:
+      key: "restart-service/{{ alert.labels.instance }}/{{ alert.labels.service }}"
+"""
+
+
+def fixture_body(name: str) -> bytes:
+    """The exact bytes Alertmanager 0.25 sent, from ../shared/fixtures/alertmanager."""
+    return (FIXTURES / f"{name}.json").read_bytes()
+
+
+def fixture_json(name: str) -> dict[str, Any]:
+    return json.loads(fixture_body(name))  # type: ignore[no-any-return]
+
+
+def all_fixture_names() -> list[str]:
+    index = json.loads((FIXTURES / "index.json").read_text())
+    return sorted(index)
+
+
+@pytest.fixture
+def rules_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "rules"
+    path.mkdir()
+    (path / "restart.yaml").write_text(RULE_TEMPLATE)
+    return path
+
+
+def make_settings(tmp_path: Path, rules_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "rules_dir": rules_dir,
+        "rule_vars": {"service_control_url": "http://127.0.0.1:9"},
+        "engine_idle_seconds": 0.01,
+        "poll_seconds": 0.5,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store on each backend: SQLite file, and a clean schema on real PostgreSQL."""
+    if request.param == "sqlite":
+        s = Store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+    else:
+        await reset_postgres()
+        s = Store(POSTGRES_URL)
+    await s.create()
+    yield s
+    await s.close()
+
+
+async def reset_postgres() -> None:
+    """Drop Responder's tables in the test database so each test starts empty."""
+    from responder.store import metadata
+
+    store = Store(POSTGRES_URL)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def demo_service() -> Iterator[DemoService]:
+    """A real HTTP service control API on 127.0.0.1 that counts restarts."""
+    service = DemoService().start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> Iterator[str]:
+    """A real, temporary Prefect server (prefect_test_harness) for the whole session."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        url = PREFECT_API_URL.value()
+        assert url
+        yield str(url)
+
+
+@pytest.fixture(scope="session")
+def flow_runner(prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`responder serve-flows` against the test server: deployments exist and runs execute."""
+    log = tmp_path_factory.mktemp("runner") / "runner.log"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api_url,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "responder", "serve-flows"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            response = httpx.get(
+                f"{prefect_api_url}/deployments/name/restart-service/restart-service"
+            )
+            if response.status_code == 200:
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"flow runner did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield prefect_api_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def wait_for(predicate: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
+    """Await an async predicate until it returns something truthy, or fail after `timeout`."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(every)

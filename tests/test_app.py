@@ -1,0 +1,317 @@
+"""The HTTP API and the engine loop behind it, on real SQLite and PostgreSQL stores.
+
+No Prefect server here: admitted decisions are recorded but not dispatched (see
+test_dispatch.py for that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from responder.app import create_app
+from responder.service import Service
+from tests.conftest import (
+    POSTGRES_URL,
+    fixture_body,
+    reset_postgres,
+    fixture_json,
+    make_settings,
+    wait_for,
+)
+
+URL = "/webhook/alertmanager"
+JSON = {"content-type": "application/json"}
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def make_client(
+    backend: str, tmp_path: Path, rules_dir: Path
+) -> AsyncIterator[ClientFactory]:
+    services: list[Service] = []
+    clients: list[httpx.AsyncClient] = []
+    if backend == "postgresql":
+        await reset_postgres()
+
+    async def factory(**overrides: Any) -> tuple[httpx.AsyncClient, Service]:
+        if backend == "postgresql":
+            overrides.setdefault("database_url", POSTGRES_URL)
+        settings = make_settings(tmp_path, rules_dir, **overrides)
+        service = Service(settings, prefect_api_url=None)
+        await service.start()
+        services.append(service)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
+        )
+        clients.append(client)
+        return client, service
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+    for service in services:
+        await service.stop()
+
+
+async def post(client: httpx.AsyncClient, name: str, **headers: str) -> httpx.Response:
+    return await client.post(URL, content=fixture_body(name), headers={**JSON, **headers})
+
+
+async def decisions(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    response = await client.get("/api/v1/decisions", params={"limit": 1000, **params})
+    assert response.status_code == 200, response.text
+    return list(reversed(response.json()["decisions"]))
+
+
+async def settled(service: Service) -> bool:
+    return await service.store.backlog() == 0
+
+
+async def test_accepts_a_real_payload_and_records_the_decision(make_client: ClientFactory) -> None:
+    client, service = await make_client()
+    response = await post(client, "firing_single_servicedown")
+    assert response.status_code == 200
+    assert response.json()["alerts"] == 1
+    await wait_for(lambda: settled(service))
+    [decision] = await decisions(client)
+    assert decision["verdict"] == "admitted"
+    assert decision["rule"] == "restart-crashed-service"
+    assert decision["labels"]["instance"] == "host-1"
+    assert decision["guard_key"] == "restart-service/host-1/checkout"
+    assert decision["parameters"]["restart_url"] == "http://127.0.0.1:9/restart/host-1/checkout"
+    assert decision["flow_run_id"] is None  # no Prefect in this test
+
+
+async def test_resends_are_duplicates(make_client: ClientFactory) -> None:
+    client, service = await make_client()
+    for _ in range(11):
+        assert (await post(client, "firing_single_servicedown")).status_code == 200
+    await wait_for(lambda: settled(service))
+    verdicts = [d["verdict"] for d in await decisions(client)]
+    assert verdicts == ["admitted"] + ["duplicate"] * 10
+    assert await service.store.lease_count() == 1
+
+
+async def test_fixture_sequence_gives_one_decision_per_incident(
+    make_client: ClientFactory,
+) -> None:
+    client, service = await make_client()
+    for name in [
+        "firing_group_servicedown_3_hosts",  # checkout on host-1..3
+        "firing_group_partially_resolved",  # host-1 resolved, 2 and 3 resent
+        "resolved_group_servicedown_remaining_hosts",  # host-2, host-3 resolved
+        "firing_group_with_stale_resolved_alert",  # host-1 (a later incident) + payments@host-3
+        "firing_group_with_stale_resolved_alert",  # ...resent: the resolved alert is stale now
+        "firing_repeat_notification",  # payments@host-3 returned: a new incident, key held
+        "firing_group_diskalmostfull_2_hosts",  # no rule
+        "resolved_group_diskalmostfull_2_hosts",
+    ]:
+        assert (await post(client, name)).status_code == 200
+    await wait_for(lambda: settled(service))
+    got = [
+        (d["labels"].get("instance"), d["labels"].get("service"), d["alert_status"], d["verdict"])
+        for d in await decisions(client)
+    ]
+    assert got == [
+        ("host-1", "checkout", "firing", "admitted"),
+        ("host-2", "checkout", "firing", "admitted"),
+        ("host-3", "checkout", "firing", "admitted"),
+        ("host-1", "checkout", "resolved", "resolved"),
+        ("host-2", "checkout", "firing", "duplicate"),
+        ("host-3", "checkout", "firing", "duplicate"),
+        ("host-2", "checkout", "resolved", "resolved"),
+        ("host-3", "checkout", "resolved", "resolved"),
+        ("host-1", "checkout", "resolved", "resolved"),
+        ("host-3", "payments", "firing", "admitted"),
+        ("host-1", "checkout", "resolved", "duplicate"),
+        ("host-3", "payments", "firing", "duplicate"),
+        ("host-3", "payments", "firing", "refused"),
+        ("host-2", None, "firing", "unmatched"),
+        ("host-3", None, "firing", "unmatched"),
+        ("host-2", None, "resolved", "resolved"),
+        ("host-3", None, "resolved", "resolved"),
+    ]
+    # Resolved alerts retract their facts: only the two payments@host-3 incidents remain.
+    assert service.loop.engine.fact_count == 2
+
+
+async def test_a_held_key_refuses_a_new_incident(make_client: ClientFactory) -> None:
+    client, service = await make_client()
+    await post(client, "firing_single_servicedown")
+    # Same service and host, a later start: a new incident, but the remediation is active.
+    await post(client, "firing_single_servicedown_bearer_auth")
+    await wait_for(lambda: settled(service))
+    first, second = await decisions(client)
+    assert first["verdict"] == "admitted"
+    assert second["verdict"] == "refused"
+    assert f"held by decision {first['id']}" in second["reason"]
+
+
+async def test_an_expired_lease_frees_the_key(make_client: ClientFactory) -> None:
+    client, service = await make_client(lease_seconds=0.01)
+    await post(client, "firing_single_servicedown")
+    await wait_for(lambda: settled(service))
+    await asyncio.sleep(0.05)
+    await post(client, "firing_single_servicedown_bearer_auth")
+    await wait_for(lambda: settled(service))
+    assert [d["verdict"] for d in await decisions(client)] == ["admitted", "admitted"]
+
+
+async def test_restart_rebuilds_facts_without_deciding_again(
+    make_client: ClientFactory,
+) -> None:
+    client, service = await make_client()
+    await post(client, "firing_group_servicedown_3_hosts")
+    await wait_for(lambda: settled(service))
+    await service.stop()
+    client2, service2 = await make_client()
+    assert service2.loop.engine.fact_count == 3
+    await post(client2, "firing_group_partially_resolved")
+    await wait_for(lambda: settled(service2))
+    verdicts = [d["verdict"] for d in await decisions(client2)]
+    assert verdicts == ["admitted"] * 3 + ["resolved", "duplicate", "duplicate"]
+    assert service2.loop.engine.fact_count == 2
+
+
+async def test_hostile_label_values_stay_data(make_client: ClientFactory) -> None:
+    client, service = await make_client()
+    body = fixture_json("firing_single_servicedown")
+    body["alerts"][0]["labels"]["service"] = "{{ vars.__class__ }}$(rm -rf /);`id`"
+    await client.post(URL, content=json.dumps(body), headers=JSON)
+    await wait_for(lambda: settled(service))
+    [decision] = await decisions(client)
+    assert decision["parameters"]["service"] == "{{ vars.__class__ }}$(rm -rf /);`id`"
+    assert "%7B%7B" in decision["parameters"]["restart_url"]  # urlencoded, not rendered
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+async def test_malformed_json_is_400(make_client: ClientFactory) -> None:
+    client, _ = await make_client()
+    response = await client.post(URL, content=b'{"version": "4",', headers=JSON)
+    assert response.status_code == 400
+    assert "JSON" in response.json()["error"]
+
+
+async def test_wrong_content_type_is_415(make_client: ClientFactory) -> None:
+    client, _ = await make_client()
+    body = fixture_body("firing_single_servicedown")
+    response = await client.post(URL, content=body, headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    assert (await client.post(URL, content=body)).status_code == 415
+
+
+async def test_body_over_limit_is_413(make_client: ClientFactory) -> None:
+    client, service = await make_client(max_body_bytes=2048)
+    body = fixture_json("firing_single_servicedown")
+    body["alerts"][0]["annotations"]["description"] = "x" * 4096
+    response = await client.post(URL, content=json.dumps(body), headers=JSON)
+    assert response.status_code == 413
+    assert "2048" in response.json()["error"]
+    assert await service.store.backlog() == 0
+
+
+async def test_schema_error_is_422_with_field_paths(make_client: ClientFactory) -> None:
+    client, _ = await make_client()
+    body = fixture_json("firing_group_servicedown_3_hosts")
+    del body["alerts"][1]["fingerprint"]
+    body["alerts"][2]["status"] = "exploded"
+    response = await client.post(URL, content=json.dumps(body), headers=JSON)
+    assert response.status_code == 422
+    fields = {f["field"] for f in response.json()["fields"]}
+    assert fields == {"alerts.1.fingerprint", "alerts.2.status"}
+    assert "exploded" not in response.text  # input is not echoed
+
+
+async def test_bearer_token(make_client: ClientFactory) -> None:
+    client, _ = await make_client(bearer_token="e2e-secret-token")
+    assert (await post(client, "firing_single_servicedown")).status_code == 401
+    wrong = await post(client, "firing_single_servicedown", authorization="Bearer nope")
+    assert wrong.status_code == 401
+    assert wrong.headers["www-authenticate"] == "Bearer"
+    # The header Alertmanager really sent with http_config.authorization.
+    ok = await post(
+        client, "firing_single_servicedown_bearer_auth", authorization="Bearer e2e-secret-token"
+    )
+    assert ok.status_code == 200
+    assert (await client.get("/api/v1/decisions")).status_code == 401
+
+
+async def test_basic_auth(make_client: ClientFactory) -> None:
+    client, _ = await make_client(basic_username="am", basic_password="pw")
+
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    assert (
+        await post(client, "firing_single_servicedown", authorization=basic("am", "pw"))
+    ).status_code == 200
+    assert (
+        await post(client, "firing_single_servicedown", authorization=basic("am", "no"))
+    ).status_code == 401
+    assert (
+        await post(client, "firing_single_servicedown", authorization="Basic !!!")
+    ).status_code == 401
+
+
+async def test_store_that_cannot_commit_answers_503_and_loses_nothing(
+    backend: str, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("the write lock below is SQLite's")
+    client, service = await make_client(store_timeout_seconds=0.2)
+    assert (await post(client, "firing_single_servicedown")).status_code == 200
+    await wait_for(lambda: settled(service))
+    [first] = await decisions(client)
+    first_incident = first["incident"]
+    await service.stop()  # keep the engine loop from holding the lock we are about to take
+    locker = sqlite3.connect(tmp_path / "data" / "responder.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        response = await post(client, "firing_group_servicedown_3_hosts")
+        assert response.status_code == 503
+        assert "retry" in response.json()["error"]
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    client2, service2 = await make_client()
+    assert (await post(client2, "firing_group_servicedown_3_hosts")).status_code == 200
+    await wait_for(lambda: settled(service2))
+    # What was acknowledged before the failure is still there; the retry is recorded once.
+    recorded = await decisions(client2)
+    assert len(recorded) == 4
+    assert recorded[0]["incident"] == first_incident
+    assert {d["inbox_id"] for d in recorded} == {1, 2}
+
+
+async def test_health_readiness_and_metrics(make_client: ClientFactory) -> None:
+    client, _ = await make_client()
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    await wait_for(lambda: _ready(client))
+    await post(client, "firing_single_servicedown")
+    await client.post(URL, content=b"{", headers=JSON)
+    text = (await client.get("/metrics")).text
+    assert 'responder_webhooks_total{code="200"}' in text
+    assert 'responder_webhooks_total{code="400"}' in text
+    assert "responder_dispatch_seconds_bucket" in text
+
+
+async def _ready(client: httpx.AsyncClient) -> bool:
+    response = await client.get("/readyz")
+    return response.status_code == 200 and response.json()["checks"]["engine"] is True

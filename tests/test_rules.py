@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from responder.cli import app
+from responder.exceptions import RuleError
+from responder.rules import load_rules
+from tests.conftest import ROOT
+
+FLOWS = ["restart-service"]
+
+GOOD = """\
+rules:
+  - name: first
+    match: ['alertname="A"']
+    run: {flow: restart-service, parameters: {host: "{{ alert.labels.instance }}"}}
+    guard: {key: "k/{{ alert.labels.instance }}"}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error_for(tmp_path: Path, text: str) -> RuleError:
+    with pytest.raises(RuleError) as info:
+        load_rules([write(tmp_path, text)], FLOWS)
+    return info.value
+
+
+def test_shipped_rules_are_valid() -> None:
+    book = load_rules([ROOT / "rules"], FLOWS)
+    assert [r.name for r in book.rules] == ["restart-crashed-service"]
+
+
+def test_good_file_loads_with_source_lines(tmp_path: Path) -> None:
+    book = load_rules([write(tmp_path, GOOD)], FLOWS)
+    assert book.sources[0].line == 2
+    assert book.rules[0].matchers[0].value == "A"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        (GOOD.replace("match:", "matches:"), 3, "accepted keys: name, description, match"),
+        (GOOD.replace("'alertname=\"A\"'", "'alertname==\"A\"'"), 3, 'quote it: name="value"'),
+        (GOOD.replace("'alertname=\"A\"'", "'alertname<>\"A\"'"), 3, "accepted operators"),
+        (
+            GOOD.replace("k/{{ alert.labels.instance }}", "k/{{ alert.labels.instance"),
+            5,
+            "unexpected end",
+        ),
+        (GOOD.replace("name: first", "name: First Rule"), 2, "should match pattern"),
+        (GOOD.replace("flow: restart-service", "flow: nope"), 2, "unknown flow 'nope'"),
+        (GOOD + "  - name: first\n    match: []\n", 7, "at least 1 item"),
+        (GOOD.replace("    match:", "    name: again\n    match:"), 3, "appears twice"),
+        ("rules:\n  - name: [unclosed\n", 3, "not valid YAML"),
+    ],
+)
+def test_errors_name_file_line_and_what_is_accepted(
+    tmp_path: Path, text: str, line: int, needle: str
+) -> None:
+    error = error_for(tmp_path, text)
+    assert error.file == str(tmp_path / "r.yaml")
+    assert error.line == line, str(error)
+    assert needle in str(error)
+
+
+def test_duplicate_rule_names_across_files(tmp_path: Path) -> None:
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, GOOD, "b.yaml")
+    with pytest.raises(RuleError, match=r"already used at .*a\.yaml:2") as info:
+        load_rules([tmp_path], FLOWS)
+    assert info.value.file is not None and info.value.file.endswith("b.yaml")
+
+
+def test_check_command_reports_file_and_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["check", str(write(tmp_path, GOOD))])
+    assert ok.exit_code == 0, ok.output
+    assert "1 rules valid" in ok.output
+    bad = write(tmp_path, GOOD.replace("guard:", "gaurd:"), "bad.yaml")
+    result = runner.invoke(app, ["check", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:5" in result.output.replace("\n", "")
