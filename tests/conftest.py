@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,22 +25,6 @@ POSTGRES_URL = os.environ.get(
     "RESPONDER_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 
-RULE_TEMPLATE = """
-rules:
-  - name: restart-crashed-service
-    match: ['alertname="ServiceDown"', 'severity=~"critical|page"']
-    run:
-      flow: restart-service
-      parameters:
-        host: "{{ alert.labels.instance }}"
-        service: "{{ alert.labels.service }}"
-        restart_url: "{{ vars.service_control_url }}/restart/{{ alert.labels.instance | urlencode }}/{{ alert.labels.service | urlencode }}"
-        health_url: "{{ vars.service_control_url }}/health/{{ alert.labels.instance | urlencode }}/{{ alert.labels.service | urlencode }}"
-        verify_within_seconds: 20
-    guard:
-      key: "restart-service/{{ alert.labels.instance }}/{{ alert.labels.service }}"
-"""
-
 
 def fixture_body(name: str) -> bytes:
     """The exact bytes Alertmanager 0.25 sent, from ../shared/fixtures/alertmanager."""
@@ -57,9 +42,9 @@ def all_fixture_names() -> list[str]:
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
+    """A copy of the shipped rules, so tests exercise what users get."""
     path = tmp_path / "rules"
-    path.mkdir()
-    (path / "restart.yaml").write_text(RULE_TEMPLATE)
+    shutil.copytree(ROOT / "rules", path)
     return path
 
 

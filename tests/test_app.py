@@ -22,9 +22,9 @@ from responder.service import Service
 from tests.conftest import (
     POSTGRES_URL,
     fixture_body,
-    reset_postgres,
     fixture_json,
     make_settings,
+    reset_postgres,
     wait_for,
 )
 

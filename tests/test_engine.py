@@ -5,7 +5,7 @@ from pathlib import Path
 
 from responder.engine import Engine
 from responder.models import Alert
-from responder.rules import load_rule_text, RuleBook
+from responder.rules import RuleBook, load_rule_text
 
 RULES = """
 rules:

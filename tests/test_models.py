@@ -40,6 +40,10 @@ def test_stale_resolved_alert_keeps_its_original_identity() -> None:
     resolved_in_stale = [a for a in stale.alerts if a.status == "resolved"]
     assert len(resolved_in_stale) == 1
     assert resolved_in_stale[0].fingerprint == "4c49c27c50dac262"
+    # Same labels as host-1's first incident, resolved earlier: a different incident.
+    [earlier] = [a for a in partial.alerts if a.status == "resolved"]
+    assert earlier.fingerprint == resolved_in_stale[0].fingerprint
+    assert earlier.incident != resolved_in_stale[0].incident
 
 
 @pytest.mark.parametrize(
