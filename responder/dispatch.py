@@ -48,6 +48,21 @@ def ui_url_for(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
 
+def _is_refusal(exc: Exception) -> bool:
+    """A 4xx from Prefect (bad parameters, say) will not succeed on retry; 404, 408, 429 may."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (404, 408, 429)
+
+
+def _refusal_detail(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    try:
+        return str(response.json()["detail"])[:2000]  # type: ignore[union-attr]
+    except Exception:
+        return str(exc)[:2000]
+
+
 class Dispatcher:
     """Creates flow runs for admitted decisions and releases their leases when they end."""
 
@@ -108,25 +123,9 @@ class Dispatcher:
     async def _create_runs(self) -> None:
         while True:
             run, admitted_at = await self._queue.get()
-            delay = self._retry_seconds
-            while True:
-                try:
-                    flow_run_id = await self._create(run)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.prefect_reachable = False
-                    metrics.DISPATCH_FAILURES.inc()
-                    log.warning(
-                        "creating a flow run for decision %s failed (%s); retrying in %.0fs",
-                        run.decision_id,
-                        exc,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 30.0)
-            self.prefect_reachable = True
+            flow_run_id = await self._create_with_retries(run)
+            if flow_run_id is None:
+                continue
             metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
             await self._store.set_flow_run(run.decision_id, flow_run_id)
             log.info(
@@ -135,6 +134,37 @@ class Dispatcher:
                 flow_run_id,
                 self.flow_run_url(flow_run_id),
             )
+
+    async def _create_with_retries(self, run: ActiveRun) -> str | None:
+        """Create the run, backing off while Prefect is away; None if Prefect refused it."""
+        delay = self._retry_seconds
+        while True:
+            try:
+                flow_run_id = await self._create(run)
+                self.prefect_reachable = True
+                return flow_run_id
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.DISPATCH_FAILURES.inc()
+                if _is_refusal(exc):
+                    await self._refused(run, exc)
+                    return None
+                self.prefect_reachable = False
+                log.warning(
+                    "creating a flow run for decision %s failed (%s); retrying in %.0fs",
+                    run.decision_id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _refused(self, run: ActiveRun, exc: Exception) -> None:
+        detail = _refusal_detail(exc)
+        log.error("Prefect refused the flow run of decision %s: %s", run.decision_id, detail)
+        await self._store.finish(run.decision_id, "REJECTED", detail=detail)
+        metrics.FLOW_RUNS_FINISHED.labels(state="REJECTED").inc()
 
     async def _create(self, run: ActiveRun) -> str:
         deployment_id = self._deployments.get(run.flow)

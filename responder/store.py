@@ -91,6 +91,7 @@ decisions = Table(
     Column("flow_run_id", String(36), nullable=True),
     Column("flow_run_state", String(24), nullable=True),
     Column("finished_at", Float, nullable=True),
+    Column("detail", Text, nullable=True),
     Index("ix_decisions_flow_run", "flow_run_id"),
     Index("ix_decisions_rule", "rule", "id"),
 )
@@ -356,13 +357,13 @@ class Store:
                 .values(flow_run_id=flow_run_id)
             )
 
-    async def finish(self, decision_id: int, state: str) -> bool:
+    async def finish(self, decision_id: int, state: str, detail: str | None = None) -> bool:
         """Record a final state and free the decision's lease; False if already final."""
         async with self.transaction() as conn:
             result = await conn.execute(
                 update(decisions)
                 .where(decisions.c.id == decision_id, decisions.c.finished_at.is_(None))
-                .values(flow_run_state=state, finished_at=time.time())
+                .values(flow_run_state=state, finished_at=time.time(), detail=detail)
             )
             await conn.execute(delete(leases).where(leases.c.decision_id == decision_id))
             return bool(result.rowcount)

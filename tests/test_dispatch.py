@@ -1,0 +1,127 @@
+"""Decisions become real Prefect flow runs (prefect_test_harness plus a served runner)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from responder.app import create_app
+from responder.demo import DemoService
+from responder.service import Service
+from tests.conftest import fixture_json, make_settings, wait_for
+
+pytestmark = pytest.mark.prefect
+
+URL = "/webhook/alertmanager"
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture
+async def running(
+    flow_runner: str, tmp_path: Path, rules_dir: Path, demo_service: DemoService
+) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
+    # Polling is slowed to 60 s so that final states within the tests' timeouts must have
+    # come from Prefect's event stream.
+    settings = make_settings(
+        tmp_path,
+        rules_dir,
+        rule_vars={"service_control_url": demo_service.url},
+        poll_seconds=60,
+    )
+    service = Service(settings, prefect_api_url=flow_runner)
+    await service.start()
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
+    )
+    yield client, service
+    await client.aclose()
+    await service.stop()
+
+
+def payload(instance: str, service: str = "checkout") -> bytes:
+    body = fixture_json("firing_single_servicedown")
+    body["alerts"][0]["labels"].update(instance=instance, service=service)
+    body["alerts"][0]["fingerprint"] = f"{abs(hash((instance, service))):x}"[:16]
+    return json.dumps(body).encode()
+
+
+async def decisions(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    response = await client.get("/api/v1/decisions", params={"limit": 1000})
+    return list(reversed(response.json()["decisions"]))
+
+
+async def final(client: httpx.AsyncClient) -> list[dict[str, Any]] | None:
+    rows = [d for d in await decisions(client) if d["verdict"] == "admitted"]
+    return rows if rows and all(d["flow_run_state"] for d in rows) else None
+
+
+async def flow_runs_tagged(api_url: str, tag: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{api_url}/flow_runs/filter",
+            json={"flow_runs": {"tags": {"all_": [tag]}}},
+        )
+        response.raise_for_status()
+        return list(response.json())
+
+
+async def test_decision_runs_a_flow_that_completes_and_releases_the_lease(
+    running: tuple[httpx.AsyncClient, Service], demo_service: DemoService
+) -> None:
+    client, service = running
+    response = await client.post(URL, content=payload("host-11"), headers=JSON)
+    assert response.status_code == 200
+    [decision] = await wait_for(lambda: final(client), timeout=45)
+    assert decision["flow_run_state"] == "COMPLETED"
+    assert demo_service.restarts == [("host-11", "checkout")]
+    assert decision["flow_run_url"].endswith(f"/runs/flow-run/{decision['flow_run_id']}")
+    assert await service.store.lease_count() == 0
+    dispatcher = service.dispatcher
+    assert dispatcher is not None
+    [run] = await flow_runs_tagged(dispatcher.api_url, "key:restart-service/host-11/checkout")
+    assert run["id"] == decision["flow_run_id"]
+    assert "rule:restart-crashed-service" in run["tags"]
+    assert run["parameters"]["host"] == "host-11"
+    assert run["idempotency_key"].startswith("responder:restart-crashed-service:")
+
+
+async def test_fifty_concurrent_identical_webhooks_make_one_flow_run(
+    running: tuple[httpx.AsyncClient, Service], demo_service: DemoService
+) -> None:
+    client, service = running
+    body = payload("host-50")
+    responses = await asyncio.gather(
+        *(client.post(URL, content=body, headers=JSON) for _ in range(50))
+    )
+    assert [r.status_code for r in responses] == [200] * 50
+    await wait_for(lambda: final(client), timeout=45)
+    verdicts = [d["verdict"] for d in await decisions(client)]
+    assert verdicts.count("admitted") == 1
+    assert verdicts.count("duplicate") == 49
+    dispatcher = service.dispatcher
+    assert dispatcher is not None
+    runs = await flow_runs_tagged(dispatcher.api_url, "key:restart-service/host-50/checkout")
+    assert len(runs) == 1
+    assert demo_service.restarts == [("host-50", "checkout")]
+
+
+async def test_hostile_parameters_are_refused_before_any_action(
+    running: tuple[httpx.AsyncClient, Service], demo_service: DemoService
+) -> None:
+    client, service = running
+    body = payload("host-66;reboot", service="$(touch /tmp/pwned)")
+    await client.post(URL, content=body, headers=JSON)
+    [decision] = await wait_for(lambda: final(client), timeout=90)
+    # Prefect validates parameters against the flow's schema and refuses to create the run.
+    assert decision["flow_run_state"] == "REJECTED"
+    assert "service" in decision["detail"]
+    assert decision["flow_run_id"] is None
+    assert demo_service.restarts == []
+    assert await service.store.lease_count() == 0
+    assert not Path("/tmp/pwned").exists()
