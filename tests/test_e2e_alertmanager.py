@@ -1,0 +1,169 @@
+"""End to end with a real Alertmanager (Debian prometheus-alertmanager) on 127.0.0.1.
+
+Alerts are pushed into Alertmanager's /api/v2/alerts. Alertmanager delivers webhooks, with a
+bearer token, to Responder's real HTTP server; Responder runs a real flow on a real Prefect
+server that calls a local HTTP target. Alertmanager keeps resending the group; the target must
+still be called exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from responder.app import create_app
+from responder.demo import DemoService
+from responder.service import Service
+from tests.conftest import make_settings, wait_for
+
+pytestmark = [pytest.mark.alertmanager, pytest.mark.prefect]
+
+TOKEN = "e2e-secret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def responder_url(
+    flow_runner: str, tmp_path: Path, rules_dir: Path, demo_service: DemoService
+) -> AsyncIterator[tuple[str, Service]]:
+    """Responder's real HTTP server (uvicorn) on a free loopback port."""
+    port = free_port()
+    settings = make_settings(
+        tmp_path,
+        rules_dir,
+        port=port,
+        bearer_token=TOKEN,
+        rule_vars={"service_control_url": demo_service.url},
+    )
+    service = Service(settings, prefect_api_url=flow_runner)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: _started(server), timeout=30)
+    yield f"http://127.0.0.1:{port}", service
+    server.should_exit = True
+    await task
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return bool(server.started)
+
+
+@pytest.fixture
+def alertmanager(responder_url: tuple[str, Service], tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        pytest.fail("prometheus-alertmanager is not installed; run `make system-deps`")
+    base, _ = responder_url
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(
+        f"""
+route:
+  receiver: responder
+  group_by: [alertname]
+  group_wait: 1s
+  group_interval: 2s
+  repeat_interval: 3s
+receivers:
+  - name: responder
+    webhook_configs:
+      - url: {base}/webhook/alertmanager
+        send_resolved: true
+        http_config:
+          authorization:
+            credentials: {TOKEN}
+"""
+    )
+    port = free_port()
+    log = (tmp_path / "alertmanager.log").open("wb")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("Alertmanager did not become ready")
+        if process.poll() is not None:
+            pytest.fail(f"Alertmanager exited:\n{(tmp_path / 'alertmanager.log').read_text()}")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+async def push_alert(alertmanager_url: str, **labels: str) -> None:
+    alert: dict[str, Any] = {
+        "labels": {"alertname": "ServiceDown", "severity": "critical", **labels},
+        "annotations": {"summary": "service down"},
+        "startsAt": datetime.now(UTC).isoformat(),
+        "generatorURL": "http://127.0.0.1/graph",
+    }
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{alertmanager_url}/api/v2/alerts", json=[alert])
+        assert response.status_code == 200, response.text
+
+
+async def test_alertmanager_resends_but_the_target_is_called_once(
+    alertmanager: str, responder_url: tuple[str, Service], demo_service: DemoService
+) -> None:
+    base, service = responder_url
+    await push_alert(alertmanager, instance="host-7", service="checkout")
+    headers = {"authorization": f"Bearer {TOKEN}"}
+
+    async def all_decisions() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient() as http:
+            response = await http.get(
+                f"{base}/api/v1/decisions", params={"limit": 1000}, headers=headers
+            )
+            assert response.status_code == 200
+            return list(response.json()["decisions"])
+
+    async def completed() -> bool:
+        rows = await all_decisions()
+        return any(d["flow_run_state"] == "COMPLETED" for d in rows)
+
+    async def resent_three_times() -> bool:
+        rows = await all_decisions()
+        return sum(d["verdict"] == "duplicate" for d in rows) >= 3
+
+    await wait_for(completed, timeout=60)
+    # Alertmanager repeats the unchanged group every few seconds; wait for three repeats.
+    await wait_for(resent_three_times, timeout=60, every=0.5)
+    rows = await all_decisions()
+    assert [d["verdict"] for d in rows].count("admitted") == 1
+    assert demo_service.restarts == [("host-7", "checkout")]
+    assert await service.store.lease_count() == 0
