@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,17 +25,11 @@ import uvicorn
 from responder.app import create_app
 from responder.demo import DemoService
 from responder.service import Service
-from tests.conftest import make_settings, wait_for
+from tests.conftest import free_port, make_settings, wait_for
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.prefect]
 
 TOKEN = "e2e-secret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
