@@ -7,13 +7,13 @@ import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from responder.exceptions import ResponderError
 
@@ -180,21 +180,26 @@ def decisions(
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table("id", "alert", "rule", "verdict", "reason", "flow run", "state")
-    for row in rows:
-        labels = row["labels"]
-        alert = f"{row['alertname']} {labels.get('instance', '')} [{row['alert_status']}]"
-        run = row["flow_run_url"] or ""
-        table.add_row(
-            str(row["id"]),
-            alert,
-            row["rule"] or "-",
-            row["verdict"],
-            row["reason"],
-            run,
-            row["flow_run_state"] or "",
+    for row in reversed(rows):
+        console.print(_describe(row), highlight=False, soft_wrap=True)
+
+
+def _describe(row: dict[str, Any]) -> str:
+    """One decision as a short block: the alert, the rule and verdict, the flow run."""
+    labels = row["labels"]
+    shown = ",".join(f"{k}={labels[k]}" for k in ("instance", "service", "severity") if k in labels)
+    when = datetime.fromtimestamp(row["created_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [
+        f"#{row['id']}  {when}  {row['alertname']}{{{shown}}} {row['alert_status']}",
+        f"    {row['rule'] or '(no rule)'} → {row['verdict']}: {row['reason']}",
+    ]
+    if row["flow_run_id"] or row["flow_run_state"]:
+        state = row["flow_run_state"] or "running"
+        detail = f" ({row['detail']})" if row.get("detail") else ""
+        lines.append(
+            f"    flow run {row['flow_run_id'] or '-'} {state}{detail}  {row['flow_run_url'] or ''}"
         )
-    console.print(table)
+    return "\n".join(lines)
 
 
 @app.command("serve-flows", hidden=True)

@@ -217,6 +217,8 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self._poll_seconds)
             try:
+                # api_healthcheck returns the error instead of raising it.
+                self.prefect_reachable = await self._client.api_healthcheck() is None
                 runs = [r for r in await self._store.active_runs() if r.flow_run_id]
                 metrics.ACTIVE_LEASES.set(await self._store.lease_count())
                 if not runs:
@@ -225,7 +227,6 @@ class Dispatcher:
                 flow_runs = await self._client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))
                 )
-                self.prefect_reachable = True
                 for flow_run in flow_runs:
                     if flow_run.state is not None and flow_run.state.type.value in FINAL_STATES:
                         await self._finish(str(flow_run.id), flow_run.state.type.value)

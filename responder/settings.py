@@ -65,7 +65,11 @@ class Settings(BaseSettings):
     )
     engine_batch: int = Field(256, ge=1, le=10_000, description="Inbox rows read per engine step.")
     engine_idle_seconds: float = Field(
-        0.05, gt=0, le=5, description="Engine loop sleep when the inbox is empty."
+        0.5,
+        gt=0,
+        le=5,
+        description="How often an idle engine loop looks at the inbox; this replica's own "
+        "webhooks wake it at once.",
     )
     poll_seconds: float = Field(
         2.0,
