@@ -46,7 +46,7 @@ class Service:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.store.create()
+        await self.store.migrate()
         if self.dispatcher is not None:
             await self.dispatcher.start()
         await self.loop.rebuild()

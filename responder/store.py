@@ -172,10 +172,10 @@ class Store:
                 lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, busy_ms),
             )
 
-    async def create(self) -> None:
-        """Create missing tables."""
+    async def migrate(self) -> None:
+        """Bring the schema to the newest alembic revision."""
         async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_upgrade_to_head)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -412,6 +412,22 @@ class Store:
         statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
         result = await conn.execute(statement)
         return bool(result.rowcount == 1)
+
+
+def alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return config
+
+
+def _upgrade_to_head(connection: Any) -> None:
+    from alembic import command
+
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int) -> None:

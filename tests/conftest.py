@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from responder.demo import DemoService
 from responder.settings import Settings
@@ -69,7 +70,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     else:
         await reset_postgres()
         s = Store(POSTGRES_URL)
-    await s.create()
+    await s.migrate()
     yield s
     await s.close()
 
@@ -89,6 +90,7 @@ async def reset_postgres() -> None:
     try:
         async with store.engine.begin() as conn:
             await conn.run_sync(metadata.drop_all)
+            await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     finally:
         await store.close()
 
