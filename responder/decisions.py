@@ -9,6 +9,7 @@ from typing import Any
 
 from responder.engine import Match
 from responder.models import Alert
+from responder.rules import GuardSpec
 from responder.templates import render, render_value
 
 
@@ -16,7 +17,9 @@ class Verdict(StrEnum):
     """The verdicts a decision record can carry."""
 
     ADMITTED = "admitted"  # the guard took the key; a flow run follows
-    REFUSED = "refused"  # the guard refused (key active); reason says why
+    REFUSED = "refused"  # the guard refused; `refusal` says which check, `reason` the detail
+    SHADOW = "shadow"  # a shadow rule: recorded what the guard would do, nothing dispatched
+    DRY_RUN = "dry_run"  # Responder runs in dry-run mode: recorded, nothing dispatched
     DUPLICATE = "duplicate"  # this (fingerprint, startsAt, status) was already handled
     UNMATCHED = "unmatched"  # a new firing alert no rule matched
     RESOLVED = "resolved"  # a resolved alert; its fact was retracted
@@ -32,6 +35,9 @@ class Decision:
     parameters: dict[str, Any] = field(hash=False)
     key: str
     alert: Alert
+    mutex: tuple[str, ...] = ()
+    policy: GuardSpec = field(default_factory=lambda: GuardSpec(key="-"), hash=False)
+    shadow: bool = False
 
 
 def template_context(alert: Alert, rule_vars: Mapping[str, str]) -> dict[str, Any]:
@@ -59,4 +65,7 @@ def decide(match: Match, rule_vars: Mapping[str, str]) -> Decision:
         parameters=render_value(rule.run.parameters, context),
         key=render(rule.guard.key, context),
         alert=match.alert,
+        mutex=tuple(sorted({render(name, context) for name in rule.guard.mutex})),
+        policy=rule.guard,
+        shadow=rule.shadow,
     )

@@ -1,7 +1,13 @@
 """The guard: admits a decision only when it is safe and not a duplicate.
 
 Admission happens inside the caller's store transaction, together with the decision's audit
-record, so two engine loops or two identical webhooks can never both admit one key.
+record, so two engine loops or two identical webhooks can never both admit one key. The
+checks run in this order, and the first that refuses names the refusal:
+
+    paused → max_attempts → cooldown → budget → max_active → key_active / mutex_held
+
+Shadow rules and dry-run mode run the same checks without taking anything, and record what
+the guard would have done.
 """
 
 from __future__ import annotations
@@ -12,39 +18,135 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.decisions import Decision, Verdict
-from responder.store import Store
+from responder.store import LeaseHolder, Store
+
+PAUSE = "pause"
 
 
 @dataclass(frozen=True)
 class Admission:
     """The guard's answer. A refusal is a normal outcome, not an error."""
 
-    admitted: bool
+    verdict: Verdict
+    refusal: str | None
     reason: str
     decision_id: int
 
+    @property
+    def admitted(self) -> bool:
+        return self.verdict is Verdict.ADMITTED
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    code: str
+    reason: str
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def key_name(key: str) -> str:
+    return f"key:{key}"
+
+
+def mutex_name(name: str) -> str:
+    return f"mutex:{name}"
+
 
 class Guard:
-    """One active remediation per key, with an expiring lease."""
+    """One active remediation per key, mutexes, cooldowns, budgets, pause and dry-run."""
 
-    def __init__(self, store: Store, lease_seconds: float) -> None:
+    def __init__(self, store: Store, lease_seconds: float, *, dry_run: bool = False) -> None:
         self._store = store
         self._lease_seconds = lease_seconds
+        self._dry_run = dry_run
 
     async def admit(self, conn: AsyncConnection, decision: Decision, inbox_id: int) -> Admission:
-        """Take the decision's key or refuse; record the decision either way."""
+        """Take the decision's names or refuse; record the decision either way."""
         now = time.time()
-        holder = await self._store.acquire_lease(conn, decision.key, self._lease_seconds, now)
-        if holder is None:
-            verdict, reason = Verdict.ADMITTED, "key free; lease taken"
-        else:
-            verdict = Verdict.REFUSED
-            run = f" (flow run {holder.flow_run_id})" if holder.flow_run_id else ""
-            reason = (
-                f"key {decision.key!r} is active: held by decision {holder.decision_id}{run} "
-                f"until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(holder.expires_at))}"
+        names = [key_name(decision.key), *(mutex_name(m) for m in decision.mutex)]
+        refusal = await self._check(conn, decision, now)
+        observe_only = decision.shadow or self._dry_run
+        if observe_only:
+            if refusal is None:
+                holder = await self._store.lease_holder(conn, names, now)
+                refusal = _held(holder) if holder else None
+            verdict = Verdict.SHADOW if decision.shadow else Verdict.DRY_RUN
+            reason = f"would refuse: {refusal.reason}" if refusal else "would admit"
+            decision_id = await self._record(
+                conn, decision, inbox_id, now, verdict, refusal, reason
             )
-        decision_id = await self._store.record_decision(
+            return Admission(verdict, refusal.code if refusal else None, reason, decision_id)
+        verdict = Verdict.REFUSED if refusal else Verdict.ADMITTED
+        reason = refusal.reason if refusal else "admitted"
+        decision_id = await self._record(conn, decision, inbox_id, now, verdict, refusal, reason)
+        if refusal is None:
+            holder = await self._store.acquire_leases(
+                conn, names, decision_id, self._lease_seconds, now
+            )
+            if holder is not None:
+                refusal = _held(holder)
+                verdict, reason = Verdict.REFUSED, refusal.reason
+                await self._store.set_verdict(conn, decision_id, verdict, refusal.code, reason)
+        return Admission(verdict, refusal.code if refusal else None, reason, decision_id)
+
+    async def _check(
+        self, conn: AsyncConnection, decision: Decision, now: float
+    ) -> _Refusal | None:
+        """The checks that need no lock, in order; the first refusal wins."""
+        policy = decision.policy
+        pause = await self._store.control_value(conn, PAUSE)
+        if pause:
+            return _Refusal("paused", f"remediation is paused: {pause.get('reason') or '-'}")
+        if policy.max_attempts is not None:
+            done = await self._store.attempts(conn, decision.rule, decision.alert.incident)
+            if done >= policy.max_attempts:
+                return _Refusal(
+                    "max_attempts",
+                    f"{done} attempts for this incident reached max_attempts "
+                    f"{policy.max_attempts}; escalate instead",
+                )
+        until = await self._store.cooldown_until(conn, decision.key, now)
+        if until is not None:
+            return _Refusal("cooldown", f"key {decision.key!r} cools down until {_when(until)}")
+        if policy.budget is not None or policy.max_active is not None:
+            scope = "*" if policy.budget and policy.budget.scope == "global" else decision.flow
+            await self._store.serialize(conn, f"admit:{scope}")
+        if policy.budget is not None:
+            budget = policy.budget
+            flow = decision.flow if budget.scope == "flow" else None
+            started = await self._store.admitted_since(conn, now - budget.per, flow)
+            if started >= budget.max_starts:
+                scope = f"flow {decision.flow}" if flow else "all flows"
+                return _Refusal(
+                    "budget",
+                    f"budget spent: {started} starts of {scope} in the last {budget.per:.0f}s "
+                    f"(max {budget.max_starts})",
+                )
+        if policy.max_active is not None:
+            active = await self._store.active_of_flow(conn, decision.flow, now)
+            if active >= policy.max_active:
+                return _Refusal(
+                    "max_active",
+                    f"blast radius: {active} runs of {decision.flow} active "
+                    f"(max_active {policy.max_active})",
+                )
+        return None
+
+    async def _record(
+        self,
+        conn: AsyncConnection,
+        decision: Decision,
+        inbox_id: int,
+        now: float,
+        verdict: Verdict,
+        refusal: _Refusal | None,
+        reason: str,
+    ) -> int:
+        policy = decision.policy
+        return await self._store.record_decision(
             conn,
             created_at=now,
             inbox_id=inbox_id,
@@ -57,8 +159,21 @@ class Guard:
             parameters=decision.parameters,
             guard_key=decision.key,
             verdict=verdict.value,
+            refusal=refusal.code if refusal else None,
             reason=reason,
+            policy={
+                "mutex": list(decision.mutex),
+                "cooldown": policy.cooldown,
+                "cooldown_failed": policy.cooldown_failed,
+            },
         )
-        if holder is None:
-            await self._store.bind_lease(conn, decision.key, decision_id)
-        return Admission(holder is None, reason, decision_id)
+
+
+def _held(holder: LeaseHolder) -> _Refusal:
+    kind, _, name = holder.name.partition(":")
+    run = f" (flow run {holder.flow_run_id})" if holder.flow_run_id else ""
+    what = f"key {name!r} is active" if kind == "key" else f"mutex {name!r} is held"
+    return _Refusal(
+        "key_active" if kind == "key" else "mutex_held",
+        f"{what}: held by decision {holder.decision_id}{run} until {_when(holder.expires_at)}",
+    )

@@ -149,7 +149,7 @@ class EngineLoop:
                 continue
             admission = await self._guard.admit(conn, decision, inbox_id)
             metrics.DECISIONS.labels(
-                verdict=Verdict.ADMITTED if admission.admitted else Verdict.REFUSED
+                verdict=admission.verdict, refusal=admission.refusal or ""
             ).inc()
             if admission.admitted:
                 admitted.append(
@@ -175,7 +175,7 @@ class EngineLoop:
         reason: str,
         **extra: Any,
     ) -> None:
-        metrics.DECISIONS.labels(verdict=verdict).inc()
+        metrics.DECISIONS.labels(verdict=verdict, refusal="").inc()
         await self._store.record_decision(
             conn,
             inbox_id=inbox_id,

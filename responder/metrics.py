@@ -10,7 +10,11 @@ WEBHOOKS = Counter(
 ALERTS_RECEIVED = Counter(
     "responder_alerts_received_total", "Alerts read from the inbox, by alert status.", ["status"]
 )
-DECISIONS = Counter("responder_decisions_total", "Recorded decisions, by verdict.", ["verdict"])
+DECISIONS = Counter(
+    "responder_decisions_total",
+    "Recorded decisions, by verdict and, for refusals, the guard check that refused.",
+    ["verdict", "refusal"],
+)
 DISPATCH_SECONDS = Histogram(
     "responder_dispatch_seconds",
     "Time from a decision being admitted to its Prefect flow run existing.",

@@ -6,16 +6,18 @@ Errors name the file, the line and what is accepted. Compiling rules for the eng
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -57,6 +59,26 @@ def _valid_templates(value: Any) -> Any:
     return value
 
 
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a Prometheus-style duration (`90s`, `15m`, `1h30m`, `2d`) or a number."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 90s, 15m, 1h30m, 2d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m and any(m.groups()):
+            days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+            return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    raise ValueError(f"{value!r} is not a duration; use seconds or text like 90s, 15m, 1h30m, 2d")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 MatcherText = Annotated[str, AfterValidator(_valid_matcher)]
 TemplateText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_valid_template)]
 
@@ -74,10 +96,33 @@ class RunSpec(_Spec):
     )
 
 
+class BudgetSpec(_Spec):
+    """At most `max_starts` admitted remediations per `per` window, for the flow or for all."""
+
+    max_starts: int = Field(ge=1, description="Starts allowed in one window.")
+    per: Duration = Field(description="The window, e.g. 1h.")
+    scope: Literal["flow", "global"] = Field("flow", description="Count this flow, or all.")
+
+
 class GuardSpec(_Spec):
     """The guard policy a rule's decisions carry."""
 
     key: TemplateText = Field(description="At most one active remediation per rendered key.")
+    mutex: list[TemplateText] = Field(
+        default_factory=list,
+        description="Lock names (templates) taken together or not at all, e.g. host:{{...}}.",
+    )
+    cooldown: Duration = Field(0.0, description="After a run ends, refuse the key this long.")
+    cooldown_failed: Duration | None = Field(
+        None, description="Cooldown after a run that did not complete; default `cooldown`."
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, description="Admitted attempts per incident before the guard refuses."
+    )
+    max_active: int | None = Field(
+        None, ge=1, description="Blast radius: at most this many active runs of the flow."
+    )
+    budget: BudgetSpec | None = None
 
 
 class Rule(_Spec):
@@ -85,6 +130,7 @@ class Rule(_Spec):
 
     name: RuleName
     description: str = ""
+    shadow: bool = Field(False, description="Record what the rule would do; never dispatch.")
     match: list[MatcherText] = Field(min_length=1)
     run: RunSpec
     guard: GuardSpec

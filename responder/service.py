@@ -37,7 +37,7 @@ class Service:
         self.loop = EngineLoop(
             self.store,
             lambda: Engine(self.book),
-            Guard(self.store, settings.lease_seconds),
+            Guard(self.store, settings.lease_seconds, dry_run=settings.dry_run),
             self.dispatcher,
             rule_vars=settings.rule_vars,
             batch=settings.engine_batch,

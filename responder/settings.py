@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         3600.0, gt=0, description="A guard lease expires after this long if no final state came."
     )
+    dry_run: bool = Field(
+        False, description="Decide and record every decision, but never dispatch a flow run."
+    )
     engine_batch: int = Field(256, ge=1, le=10_000, description="Inbox rows read per engine step.")
     engine_idle_seconds: float = Field(
         0.5,

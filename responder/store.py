@@ -1,4 +1,4 @@
-"""The store: inbox, alert identities, decisions (the audit) and guard leases.
+"""The store: inbox, alert identities, decisions (the audit), guard leases and cooldowns.
 
 SQLAlchemy 2 async Core. SQLite in WAL mode is the embedded default; PostgreSQL serves
 several replicas. Uniqueness in the schema, not application checks, makes admission atomic.
@@ -92,20 +92,45 @@ decisions = Table(
     Column("flow_run_state", String(24), nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("detail", Text, nullable=True),
+    # Which guard check refused (key_active, mutex_held, cooldown, budget, ...).
+    Column("refusal", String(24), nullable=True),
+    # The guard policy the decision was admitted under (cooldowns apply when it ends).
+    Column("policy", JSON, nullable=True),
     Index("ix_decisions_flow_run", "flow_run_id"),
     Index("ix_decisions_rule", "rule", "id"),
+    Index("ix_decisions_flow_created", "flow", "created_at"),
+    Index("ix_decisions_incident", "incident"),
 )
 
+# Names held by active remediations: `key:<guard key>` and `mutex:<lock name>`.
 leases = Table(
     "leases",
     metadata,
-    # Keys are rendered from hostile labels and may be long: index their digest.
+    # Names are rendered from hostile labels and may be long: index their digest.
     Column("key_digest", String(64), primary_key=True),
-    Column("guard_key", Text, nullable=False),
-    Column("decision_id", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("decision_id", Integer, nullable=False, index=True),
     Column("flow_run_id", String(36), nullable=True),
     Column("acquired_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+cooldowns = Table(
+    "cooldowns",
+    metadata,
+    Column("key_digest", String(64), primary_key=True),
+    Column("guard_key", Text, nullable=False),
+    Column("until", Float, nullable=False),
+    Column("decision_id", Integer, nullable=False),
+)
+
+# Operator switches that every replica obeys, such as the global pause.
+control = Table(
+    "control",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 
@@ -120,8 +145,9 @@ class PendingMessage:
 
 @dataclass(frozen=True)
 class LeaseHolder:
-    """Who holds a guard key."""
+    """Who holds a guard name (a key or a mutex)."""
 
+    name: str
     decision_id: int
     flow_run_id: str | None
     expires_at: float
@@ -308,41 +334,139 @@ class Store:
 
     # --- guard leases ------------------------------------------------------------------
 
-    async def acquire_lease(
-        self, conn: AsyncConnection, key: str, ttl: float, now: float
+    async def acquire_leases(
+        self, conn: AsyncConnection, names: list[str], decision_id: int, ttl: float, now: float
     ) -> LeaseHolder | None:
-        """Take `key` unless a live lease holds it; return the holder when refused."""
-        digest = key_digest(key)
+        """Take every name or none; return a live holder of one of them when refused.
+
+        Names are taken in digest order, so two admissions that want overlapping names
+        cannot deadlock on PostgreSQL.
+        """
+        by_digest = sorted((key_digest(name), name) for name in set(names))
+        digests = [digest for digest, _ in by_digest]
         await conn.execute(
-            delete(leases).where(leases.c.key_digest == digest, leases.c.expires_at <= now)
+            delete(leases).where(leases.c.key_digest.in_(digests), leases.c.expires_at <= now)
         )
-        taken = await self._insert_ignore(
-            conn,
-            leases,
-            key_digest=digest,
-            guard_key=key,
-            decision_id=0,
-            acquired_at=now,
-            expires_at=now + ttl,
-        )
-        if taken:
-            return None
+        taken: list[str] = []
+        for digest, name in by_digest:
+            inserted = await self._insert_ignore(
+                conn,
+                leases,
+                key_digest=digest,
+                name=name,
+                decision_id=decision_id,
+                acquired_at=now,
+                expires_at=now + ttl,
+            )
+            if not inserted:
+                if taken:
+                    await conn.execute(delete(leases).where(leases.c.key_digest.in_(taken)))
+                return await self.lease_holder(conn, [name], now)
+            taken.append(digest)
+        return None
+
+    async def lease_holder(
+        self, conn: AsyncConnection, names: list[str], now: float
+    ) -> LeaseHolder | None:
+        """A live holder of any of `names`, if there is one."""
         row = (
             await conn.execute(
-                select(leases.c.decision_id, leases.c.flow_run_id, leases.c.expires_at).where(
-                    leases.c.key_digest == digest
+                select(
+                    leases.c.name, leases.c.decision_id, leases.c.flow_run_id, leases.c.expires_at
                 )
+                .where(
+                    leases.c.key_digest.in_([key_digest(n) for n in names]),
+                    leases.c.expires_at > now,
+                )
+                .limit(1)
             )
-        ).one()
-        return LeaseHolder(row.decision_id, row.flow_run_id, row.expires_at)
+        ).first()
+        if row is None:
+            return None
+        return LeaseHolder(row.name, row.decision_id, row.flow_run_id, row.expires_at)
 
     @staticmethod
-    async def bind_lease(conn: AsyncConnection, key: str, decision_id: int) -> None:
-        await conn.execute(
-            update(leases)
-            .where(leases.c.key_digest == key_digest(key))
-            .values(decision_id=decision_id)
+    async def cooldown_until(conn: AsyncConnection, key: str, now: float) -> float | None:
+        until = await conn.scalar(
+            select(cooldowns.c.until).where(
+                cooldowns.c.key_digest == key_digest(key), cooldowns.c.until > now
+            )
         )
+        return float(until) if until is not None else None
+
+    @staticmethod
+    async def admitted_since(conn: AsyncConnection, since: float, flow: str | None) -> int:
+        """Admitted decisions since `since`, for one flow or all of them."""
+        query = (
+            select(func.count())
+            .select_from(decisions)
+            .where(decisions.c.created_at >= since, decisions.c.verdict == "admitted")
+        )
+        if flow is not None:
+            query = query.where(decisions.c.flow == flow)
+        return int(await conn.scalar(query) or 0)
+
+    @staticmethod
+    async def attempts(conn: AsyncConnection, rule: str, incident: str) -> int:
+        """Admitted decisions of `rule` for one incident."""
+        return int(
+            await conn.scalar(
+                select(func.count())
+                .select_from(decisions)
+                .where(
+                    decisions.c.incident == incident,
+                    decisions.c.rule == rule,
+                    decisions.c.verdict == "admitted",
+                )
+            )
+            or 0
+        )
+
+    @staticmethod
+    async def active_of_flow(conn: AsyncConnection, flow: str, now: float) -> int:
+        """Decisions of `flow` that hold a live lease."""
+        holders = select(leases.c.decision_id).where(leases.c.expires_at > now)
+        return int(
+            await conn.scalar(
+                select(func.count())
+                .select_from(decisions)
+                .where(decisions.c.flow == flow, decisions.c.id.in_(holders))
+            )
+            or 0
+        )
+
+    @staticmethod
+    async def set_verdict(
+        conn: AsyncConnection, decision_id: int, verdict: str, refusal: str | None, reason: str
+    ) -> None:
+        await conn.execute(
+            update(decisions)
+            .where(decisions.c.id == decision_id)
+            .values(verdict=verdict, refusal=refusal, reason=reason)
+        )
+
+    # --- control -----------------------------------------------------------------------
+
+    async def control_value(self, conn: AsyncConnection, name: str) -> Any:
+        return await conn.scalar(select(control.c.value).where(control.c.name == name))
+
+    async def serialize(self, conn: AsyncConnection, name: str) -> None:
+        """Hold a row lock on `name` until the transaction ends.
+
+        Checks that count (budgets, blast radius) are otherwise racy: two transactions could
+        both count N-1. Writing first also makes SQLite take its write lock before reading.
+        """
+        now = time.time()
+        await self._insert_ignore(conn, control, name=name, value={}, updated_at=now)
+        await conn.execute(update(control).where(control.c.name == name).values(updated_at=now))
+
+    async def set_control(self, name: str, value: Any) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(delete(control).where(control.c.name == name))
+            if value is not None:
+                await conn.execute(
+                    control.insert().values(name=name, value=value, updated_at=time.time())
+                )
 
     async def set_flow_run(self, decision_id: int, flow_run_id: str) -> None:
         async with self.transaction() as conn:
@@ -358,15 +482,43 @@ class Store:
             )
 
     async def finish(self, decision_id: int, state: str, detail: str | None = None) -> bool:
-        """Record a final state and free the decision's lease; False if already final."""
+        """Record a final state, free the decision's names and start its key's cooldown.
+
+        False if the decision was already final: the first final state wins.
+        """
+        now = time.time()
         async with self.transaction() as conn:
             result = await conn.execute(
                 update(decisions)
                 .where(decisions.c.id == decision_id, decisions.c.finished_at.is_(None))
-                .values(flow_run_state=state, finished_at=time.time(), detail=detail)
+                .values(flow_run_state=state, finished_at=now, detail=detail)
             )
             await conn.execute(delete(leases).where(leases.c.decision_id == decision_id))
-            return bool(result.rowcount)
+            if not result.rowcount:
+                return False
+            row = (
+                await conn.execute(
+                    select(decisions.c.guard_key, decisions.c.policy).where(
+                        decisions.c.id == decision_id
+                    )
+                )
+            ).one()
+            policy = row.policy or {}
+            seconds = policy.get("cooldown", 0.0)
+            if state != "COMPLETED" and policy.get("cooldown_failed") is not None:
+                seconds = policy["cooldown_failed"]
+            if seconds and row.guard_key is not None:
+                digest = key_digest(row.guard_key)
+                await conn.execute(delete(cooldowns).where(cooldowns.c.key_digest == digest))
+                await conn.execute(
+                    cooldowns.insert().values(
+                        key_digest=digest,
+                        guard_key=row.guard_key,
+                        until=now + seconds,
+                        decision_id=decision_id,
+                    )
+                )
+            return True
 
     async def active_runs(self) -> list[ActiveRun]:
         """Admitted decisions that still hold their lease."""
@@ -381,7 +533,7 @@ class Store:
                 decisions.c.alertname,
                 decisions.c.parameters,
             )
-            .join(leases, leases.c.decision_id == decisions.c.id)
+            .where(decisions.c.id.in_(select(leases.c.decision_id)))
             .order_by(decisions.c.id)
         )
         async with self.transaction() as conn:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from responder.decisions import Decision
-from responder.guard import Admission, Guard
+from responder.decisions import Decision, Verdict
+from responder.guard import PAUSE, Admission, Guard
 from responder.models import Alert
+from responder.rules import GuardSpec
 from responder.store import Store
 
 
@@ -58,9 +60,11 @@ async def test_expired_lease_is_taken_over(store: Store) -> None:
     assert await store.lease_count() == 1
 
 
-async def test_concurrent_admissions_admit_exactly_one(store: Store) -> None:
+async def test_200_concurrent_admissions_admit_exactly_one(store: Store) -> None:
     guard = Guard(store, lease_seconds=60)
-    results = await asyncio.gather(*(admit(store, guard, decision(fp=f"{i:x}")) for i in range(20)))
+    results = await asyncio.gather(
+        *(admit(store, guard, decision(fp=f"{i:x}")) for i in range(200))
+    )
     assert sum(r.admitted for r in results) == 1
     assert await store.lease_count() == 1
 
@@ -72,3 +76,112 @@ async def test_long_hostile_keys_are_stored_whole(store: Store) -> None:
     assert not (await admit(store, guard, decision(key=key, fp="bb"))).admitted
     [row, _] = await store.decisions()
     assert row["guard_key"] == key
+
+
+async def test_mutex_names_are_taken_together_or_not_at_all(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    first = replace(decision(key="clean-disk/host-1"), mutex=("host:host-1",))
+    assert (await admit(store, guard, first)).admitted
+    # A different flow on the same host: its key is free, the host mutex is not.
+    both = replace(decision(key="restart/host-1", fp="bb"), mutex=("host:host-1", "svc:checkout"))
+    refused = await admit(store, guard, both)
+    assert refused.refusal == "mutex_held"
+    assert "mutex 'host:host-1' is held" in refused.reason
+    # Nothing of the refused decision stays held: svc:checkout is still free.
+    other = replace(decision(key="x", fp="cc"), mutex=("svc:checkout",))
+    assert (await admit(store, guard, other)).admitted
+    assert await store.lease_count() == 4  # two keys, two mutexes
+
+
+async def test_concurrent_mutex_sharing_decisions_never_both_admitted(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    results = await asyncio.gather(
+        *(
+            admit(store, guard, replace(decision(key=f"k{i}", fp=f"{i:x}"), mutex=("host:h",)))
+            for i in range(50)
+        )
+    )
+    assert sum(r.admitted for r in results) == 1
+    assert {r.refusal for r in results if not r.admitted} == {"mutex_held"}
+
+
+async def test_cooldown_after_success_and_after_failure(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    spec = GuardSpec(key="-", cooldown="1h", cooldown_failed=0)
+    first = await admit(store, guard, replace(decision(), policy=spec))
+    assert await store.finish(first.decision_id, "COMPLETED")
+    cooling = await admit(store, guard, replace(decision(fp="bb"), policy=spec))
+    assert cooling.refusal == "cooldown"
+    assert "cools down until" in cooling.reason
+    # A failed run with cooldown_failed=0 leaves its key free at once.
+    other = replace(decision(key="restart/host-2", fp="cc"), policy=spec)
+    failed = await admit(store, guard, other)
+    assert await store.finish(failed.decision_id, "FAILED")
+    assert (await admit(store, guard, replace(other, alert=decision(fp="dd").alert))).admitted
+
+
+async def test_budget_never_admits_n_plus_one_even_concurrently(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    spec = GuardSpec(key="-", budget={"max_starts": 3, "per": "1h"})
+    results = await asyncio.gather(
+        *(
+            admit(store, guard, replace(decision(key=f"k{i}", fp=f"{i:x}"), policy=spec))
+            for i in range(30)
+        )
+    )
+    assert sum(r.admitted for r in results) == 3
+    assert {r.refusal for r in results if not r.admitted} == {"budget"}
+    # Another flow has its own budget; a global budget counts every flow.
+    other_flow = replace(decision(key="z", fp="ff"), flow="clean-disk", policy=spec)
+    assert (await admit(store, guard, other_flow)).admitted
+    global_spec = GuardSpec(key="-", budget={"max_starts": 4, "per": 3600, "scope": "global"})
+    last = replace(decision(key="y", fp="ee"), flow="third", policy=global_spec)
+    assert (await admit(store, guard, last)).refusal == "budget"
+
+
+async def test_max_active_caps_the_blast_radius(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    spec = GuardSpec(key="-", max_active=2)
+    results = [
+        await admit(store, guard, replace(decision(key=f"k{i}", fp=f"{i:x}"), policy=spec))
+        for i in range(3)
+    ]
+    assert [r.admitted for r in results] == [True, True, False]
+    assert results[2].refusal == "max_active"
+    assert await store.finish(results[0].decision_id, "COMPLETED")
+    assert (await admit(store, guard, replace(decision(key="k9", fp="9"), policy=spec))).admitted
+
+
+async def test_max_attempts_per_incident(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    spec = GuardSpec(key="-", max_attempts=2)
+    for expected in (True, True, False):
+        result = await admit(store, guard, replace(decision(), policy=spec))
+        assert result.admitted is expected
+        if result.admitted:
+            assert await store.finish(result.decision_id, "FAILED")
+    assert result.refusal == "max_attempts"
+
+
+async def test_pause_refuses_everything_until_resumed(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    await store.set_control(PAUSE, {"reason": "change freeze", "by": "oncall"})
+    paused = await admit(store, guard, decision())
+    assert paused.refusal == "paused"
+    assert "change freeze" in paused.reason
+    await store.set_control(PAUSE, None)
+    assert (await admit(store, guard, decision(fp="bb"))).admitted
+
+
+async def test_shadow_and_dry_run_record_without_taking_anything(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    shadow = await admit(store, guard, replace(decision(), shadow=True))
+    assert shadow.verdict == Verdict.SHADOW
+    assert shadow.reason == "would admit"
+    assert await store.lease_count() == 0
+    real = await admit(store, guard, decision(fp="bb"))
+    assert real.admitted
+    dry = await admit(store, Guard(store, 60, dry_run=True), decision(fp="cc"))
+    assert dry.verdict == Verdict.DRY_RUN
+    assert dry.refusal == "key_active"
+    assert dry.reason.startswith("would refuse: key 'restart/host-1' is active")

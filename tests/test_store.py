@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
+from responder.decisions import Decision
+from responder.guard import Guard
+from responder.models import Alert
 from responder.store import Store, alembic_config, metadata
 
 
@@ -15,10 +21,13 @@ def _diff(connection: Any) -> list[Any]:
     return list(compare_metadata(MigrationContext.configure(connection), metadata))
 
 
-def _downgrade_to_base(connection: Any) -> None:
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.downgrade(config, "base")
+def _downgrade_to(revision: str) -> Any:
+    def run(connection: Any) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    return run
 
 
 async def test_migrations_build_exactly_the_models_schema(store: Store) -> None:
@@ -28,8 +37,32 @@ async def test_migrations_build_exactly_the_models_schema(store: Store) -> None:
 
 async def test_migrations_go_down_and_up_again(store: Store) -> None:
     async with store.engine.begin() as conn:
-        await conn.run_sync(_downgrade_to_base)
+        await conn.run_sync(_downgrade_to("base"))
     await store.migrate()
     await store.migrate()  # idempotent at head
     async with store.engine.begin() as conn:
         assert await conn.run_sync(_diff) == []
+
+
+async def test_a_lease_held_under_the_first_schema_survives_the_upgrade(store: Store) -> None:
+    async with store.engine.begin() as conn:
+        await conn.run_sync(_downgrade_to("0001"))
+        await conn.execute(
+            text(
+                "INSERT INTO leases (key_digest, guard_key, decision_id, acquired_at, expires_at)"
+                " VALUES (:digest, :key, 7, 0, 1e12)"
+            ),
+            {"digest": hashlib.sha256(b"restart/host-1").hexdigest(), "key": "restart/host-1"},
+        )
+    await store.migrate()
+    alert = Alert(
+        status="firing",
+        labels={"alertname": "ServiceDown"},
+        startsAt=datetime(2026, 11, 25, tzinfo=UTC),
+        fingerprint="aa",
+    )
+    decision = Decision("r", "restart-service", {}, "restart/host-1", alert)
+    async with store.transaction() as conn:
+        admission = await Guard(store, 60).admit(conn, decision, inbox_id=1)
+    assert admission.refusal == "key_active"
+    assert "held by decision 7" in admission.reason
