@@ -47,7 +47,7 @@ def test_good_file_loads_with_source_lines(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "needle"),
     [
-        (GOOD.replace("match:", "matches:"), 3, "accepted keys: name, description, match"),
+        (GOOD.replace("match:", "matches:"), 3, "accepted keys: name, description, shadow, match"),
         (GOOD.replace("'alertname=\"A\"'", "'alertname==\"A\"'"), 3, 'quote it: name="value"'),
         (GOOD.replace("'alertname=\"A\"'", "'alertname<>\"A\"'"), 3, "accepted operators"),
         (
@@ -88,3 +88,22 @@ def test_check_command_reports_file_and_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["check", str(bad)])
     assert result.exit_code == 1
     assert f"{bad}:5" in result.output.replace("\n", "")
+
+
+def test_guard_policy_fields_and_durations(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        '    guard: {key: "k/{{ alert.labels.instance }}"}',
+        "    guard:\n"
+        '      key: "k/{{ alert.labels.instance }}"\n'
+        '      mutex: ["host:{{ alert.labels.instance }}"]\n'
+        "      cooldown: 1h30m\n"
+        "      cooldown_failed: 90\n"
+        "      budget: {max_starts: 5, per: 10m, scope: global}\n",
+    )
+    [rule] = load_rules([write(tmp_path, text)], FLOWS).rules
+    assert rule.guard.cooldown == 5400.0
+    assert rule.guard.cooldown_failed == 90.0
+    assert rule.guard.budget is not None and rule.guard.budget.per == 600.0
+    bad = error_for(tmp_path, text.replace("cooldown: 1h30m", "cooldown: soon"))
+    assert bad.line == 8
+    assert "'soon' is not a duration" in str(bad)
