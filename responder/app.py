@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,11 +11,12 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from responder import metrics
 from responder.auth import Credentials
 from responder.exceptions import StoreUnavailable
+from responder.guard import PAUSE
 from responder.models import AlertmanagerWebhook
 from responder.service import Service
 
@@ -23,6 +25,15 @@ log = logging.getLogger(__name__)
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class PauseRequest(BaseModel):
+    """Body of `POST /api/v1/pause`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000)
+    by: str = Field("", max_length=200)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -132,6 +143,32 @@ def create_app(service: Service) -> FastAPI:
             run_id = row.get("flow_run_id")
             row["flow_run_url"] = dispatcher.flow_run_url(run_id) if run_id and dispatcher else None
         return JSONResponse({"decisions": rows})
+
+    @app.post("/api/v1/pause")
+    async def pause(request: Request, body: PauseRequest) -> JSONResponse:
+        """Refuse every new remediation until resumed; recorded as refusal `paused`."""
+        if not credentials.accepts(request.headers.get("authorization")):
+            return unauthorized()
+        value = {"reason": body.reason, "by": body.by, "at": time.time()}
+        await service.store.set_control(PAUSE, value)
+        log.warning("remediation paused by %r: %s", body.by, body.reason)
+        return JSONResponse({"pause": value})
+
+    @app.post("/api/v1/resume")
+    async def resume(request: Request) -> JSONResponse:
+        """Lift the pause."""
+        if not credentials.accepts(request.headers.get("authorization")):
+            return unauthorized()
+        await service.store.set_control(PAUSE, None)
+        log.warning("remediation resumed")
+        return JSONResponse({"pause": None})
+
+    @app.get("/api/v1/status")
+    async def status(request: Request) -> JSONResponse:
+        """The pause switch, held keys and mutexes, and cooling keys."""
+        if not credentials.accepts(request.headers.get("authorization")):
+            return unauthorized()
+        return JSONResponse(await service.store.guard_state())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

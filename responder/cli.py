@@ -154,6 +154,68 @@ def decisions(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show recent decisions from a running Responder, newest first."""
+    params = {k: v for k, v in {"limit": limit, "rule": rule, "verdict": verdict}.items() if v}
+    response = _call(config, "GET", "/api/v1/decisions", params=params)
+    rows = response.json()["decisions"]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for row in reversed(rows):
+        console.print(_describe(row), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def pause(
+    reason: Annotated[str, typer.Option(help="Why; shown in every refusal.")],
+    config: ConfigOption = None,
+) -> None:
+    """Stop admitting remediations, cluster-wide (the kill switch). Active runs go on."""
+    by = os.environ.get("USER", "")
+    response = _call(config, "POST", "/api/v1/pause", json={"reason": reason, "by": by})
+    console.print(f"paused: {response.json()['pause']['reason']}", highlight=False)
+
+
+@app.command()
+def resume(config: ConfigOption = None) -> None:
+    """Admit remediations again."""
+    _call(config, "POST", "/api/v1/resume")
+    console.print("resumed")
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the pause switch, held keys and mutexes, and cooling keys."""
+    body = _call(config, "GET", "/api/v1/status").json()
+    if as_json:
+        console.print_json(json.dumps(body))
+        return
+    pause = body["pause"]
+    console.print(
+        f"paused: {pause['reason']} (by {pause.get('by') or '-'})" if pause else "admitting",
+        highlight=False,
+    )
+    console.print(f"held ({len(body['leases'])}):", highlight=False)
+    for lease in body["leases"]:
+        console.print(
+            f"  {lease['name']}  decision {lease['decision_id']}  "
+            f"flow run {lease['flow_run_id'] or '-'}  until {_utc(lease['expires_at'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"cooling down ({len(body['cooldowns'])}):", highlight=False)
+    for cooldown in body["cooldowns"]:
+        console.print(
+            f"  {cooldown['guard_key']}  until {_utc(cooldown['until'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _call(config: Path | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """Call a running Responder's API with the configured credentials; exit on failure."""
     try:
         settings = _settings(config)
     except ResponderError as exc:
@@ -165,10 +227,9 @@ def decisions(
     auth = None
     if settings.basic_username and settings.basic_password:
         auth = (settings.basic_username, settings.basic_password.get_secret_value())
-    params = {k: v for k, v in {"limit": limit, "rule": rule, "verdict": verdict}.items() if v}
     try:
-        response = httpx.get(
-            f"{base}/api/v1/decisions", params=params, headers=headers, auth=auth, timeout=10
+        response = httpx.request(
+            method, f"{base}{path}", headers=headers, auth=auth, timeout=10, **kwargs
         )
     except httpx.HTTPError as exc:
         err_console.print(f"[red]error:[/red] cannot reach Responder at {base}: {exc}")
@@ -176,19 +237,18 @@ def decisions(
     if response.status_code != 200:
         err_console.print(f"[red]error:[/red] {response.status_code}: {response.text[:500]}")
         raise typer.Exit(1)
-    rows = response.json()["decisions"]
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    for row in reversed(rows):
-        console.print(_describe(row), highlight=False, soft_wrap=True)
+    return response
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _describe(row: dict[str, Any]) -> str:
     """One decision as a short block: the alert, the rule and verdict, the flow run."""
     labels = row["labels"]
     shown = ",".join(f"{k}={labels[k]}" for k in ("instance", "service", "severity") if k in labels)
-    when = datetime.fromtimestamp(row["created_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    when = _utc(row["created_at"])
     lines = [
         f"#{row['id']}  {when}  {row['alertname']}{{{shown}}} {row['alert_status']}",
         f"    {row['rule'] or '(no rule)'} → {row['verdict']}: {row['reason']}",

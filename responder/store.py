@@ -450,6 +450,28 @@ class Store:
     async def control_value(self, conn: AsyncConnection, name: str) -> Any:
         return await conn.scalar(select(control.c.value).where(control.c.name == name))
 
+    async def guard_state(self) -> dict[str, Any]:
+        """Held names and live cooldowns, for operators."""
+        now = time.time()
+        async with self.transaction() as conn:
+            held = await conn.execute(
+                select(
+                    leases.c.name, leases.c.decision_id, leases.c.flow_run_id, leases.c.expires_at
+                )
+                .where(leases.c.expires_at > now)
+                .order_by(leases.c.acquired_at)
+            )
+            cooling = await conn.execute(
+                select(cooldowns.c.guard_key, cooldowns.c.until, cooldowns.c.decision_id)
+                .where(cooldowns.c.until > now)
+                .order_by(cooldowns.c.until)
+            )
+            return {
+                "leases": [dict(r._mapping) for r in held],
+                "cooldowns": [dict(r._mapping) for r in cooling],
+                "pause": await self.control_value(conn, "pause"),
+            }
+
     async def serialize(self, conn: AsyncConnection, name: str) -> None:
         """Hold a row lock on `name` until the transaction ends.
 

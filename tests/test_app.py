@@ -72,8 +72,12 @@ async def post(client: httpx.AsyncClient, name: str, **headers: str) -> httpx.Re
     return await client.post(URL, content=fixture_body(name), headers={**JSON, **headers})
 
 
-async def decisions(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
-    response = await client.get("/api/v1/decisions", params={"limit": 1000, **params})
+async def decisions(
+    client: httpx.AsyncClient, headers: dict[str, str] | None = None, **params: Any
+) -> list[dict[str, Any]]:
+    response = await client.get(
+        "/api/v1/decisions", params={"limit": 1000, **params}, headers=headers or {}
+    )
     assert response.status_code == 200, response.text
     return list(reversed(response.json()["decisions"]))
 
@@ -315,3 +319,35 @@ async def test_health_readiness_and_metrics(make_client: ClientFactory) -> None:
 async def _ready(client: httpx.AsyncClient) -> bool:
     response = await client.get("/readyz")
     return response.status_code == 200 and response.json()["checks"]["engine"] is True
+
+
+async def test_pause_status_and_resume(make_client: ClientFactory) -> None:
+    client, service = await make_client(bearer_token="t")
+    auth = {"authorization": "Bearer t"}
+    assert (await client.post("/api/v1/pause", json={"reason": "x"})).status_code == 401
+    bad = await client.post("/api/v1/pause", json={"reason": ""}, headers=auth)
+    assert bad.status_code == 422
+    paused = await client.post(
+        "/api/v1/pause", json={"reason": "change freeze", "by": "oncall"}, headers=auth
+    )
+    assert paused.status_code == 200
+    await post(client, "firing_single_servicedown", **auth)
+    await wait_for(lambda: settled(service))
+    status = (await client.get("/api/v1/status", headers=auth)).json()
+    assert status["pause"]["reason"] == "change freeze"
+    assert status["leases"] == []
+    assert (await client.post("/api/v1/resume", headers=auth)).status_code == 200
+    await post(client, "firing_group_servicedown_3_hosts", **auth)
+    await wait_for(lambda: settled(service))
+    rows = await decisions(client, headers=auth)
+    assert [(d["verdict"], d["refusal"]) for d in rows][:2] == [
+        ("refused", "paused"),
+        ("admitted", None),
+    ]
+    status = (await client.get("/api/v1/status", headers=auth)).json()
+    assert status["pause"] is None
+    assert {lease["name"] for lease in status["leases"]} == {
+        f"key:restart-service/host-{i}/checkout" for i in (1, 2, 3)
+    }
+    text = (await client.get("/metrics")).text
+    assert 'responder_decisions_total{refusal="paused",verdict="refused"}' in text

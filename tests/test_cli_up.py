@@ -104,18 +104,28 @@ def test_up_runs_a_remediation_and_ctrl_c_leaves_no_orphans(
         assert rows[0]["flow_run_state"] == "COMPLETED"
         assert demo_service.restarts == [("host-1", "checkout")]
 
-        shown = subprocess.run(
-            [sys.executable, "-m", "responder", "decisions", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-            check=True,
-        ).stdout
+        def responder(*args: str) -> str:
+            return subprocess.run(
+                [sys.executable, "-m", "responder", *args, "--config", str(config)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=30,
+                check=True,
+            ).stdout
+
+        shown = responder("decisions")
         assert "ServiceDown{instance=host-1,service=checkout" in shown
         assert "restart-crashed-service → admitted" in shown
         run_url = f"http://127.0.0.1:{prefect_port}/runs/flow-run/{rows[0]['flow_run_id']}"
         assert f"COMPLETED  {run_url}" in shown
+
+        assert "paused: maintenance of the fleet" in responder(
+            "pause", "--reason", "maintenance of the fleet"
+        )
+        assert "paused: maintenance of the fleet" in responder("status")
+        assert "resumed" in responder("resume")
+        assert "admitting" in responder("status")
 
         tree = descendants(process.pid)
         assert len(tree) >= 2  # the Prefect server and the flow runner, at least
