@@ -140,9 +140,17 @@ def check(
         raise _fail(exc) from None
     for rule, source in zip(book.rules, book.sources, strict=True):
         console.print(
-            f"ok  {rule.name:<32} {source.file}:{source.line}  → {rule.run.flow}", highlight=False
+            f"ok  {rule.name:<32} {source.file}:{source.line}  → {_does(rule)}", highlight=False
         )
     console.print(f"{len(book.rules)} rules valid")
+
+
+def _does(rule: Any) -> str:
+    parts = [f"run {rule.run.flow}"] if rule.run else []
+    if rule.assert_:
+        parts.append(f"assert {rule.assert_.fact}")
+    parts.extend(f"retract {c.fact}" for c in rule.retract)
+    return ", ".join(parts)
 
 
 @app.command()

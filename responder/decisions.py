@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from responder.engine import Match
+from responder.facts import Fact
 from responder.models import Alert
 from responder.rules import GuardSpec
 from responder.templates import render, render_value
@@ -20,6 +21,7 @@ class Verdict(StrEnum):
     REFUSED = "refused"  # the guard refused; `refusal` says which check, `reason` the detail
     SHADOW = "shadow"  # a shadow rule: recorded what the guard would do, nothing dispatched
     DRY_RUN = "dry_run"  # Responder runs in dry-run mode: recorded, nothing dispatched
+    ASSERTED = "asserted"  # a rule without `run` held and asserted or retracted facts
     DUPLICATE = "duplicate"  # this (fingerprint, startsAt, status) was already handled
     UNMATCHED = "unmatched"  # a new firing alert no rule matched
     RESOLVED = "resolved"  # a resolved alert; its fact was retracted
@@ -40,8 +42,12 @@ class Decision:
     shadow: bool = False
 
 
-def template_context(alert: Alert, rule_vars: Mapping[str, str]) -> dict[str, Any]:
-    """What a rule template sees: `alert` (labels are data) and `vars` from settings."""
+def template_context(
+    alert: Alert,
+    rule_vars: Mapping[str, str],
+    facts: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
+    """What a rule template sees: `alert` (labels are data), `facts` it joined, and `vars`."""
     return {
         "alert": {
             "labels": dict(alert.labels),
@@ -51,14 +57,17 @@ def template_context(alert: Alert, rule_vars: Mapping[str, str]) -> dict[str, An
             "startsAt": alert.starts_at.isoformat(),
             "generatorURL": alert.generator_url,
         },
+        "facts": {name: dict(fields) for name, fields in (facts or {}).items()},
         "vars": dict(rule_vars),
     }
 
 
 def decide(match: Match, rule_vars: Mapping[str, str]) -> Decision:
     """Render a match's flow parameters and guard key; raises `TemplateError`."""
-    context = template_context(match.alert, rule_vars)
     rule = match.rule
+    if rule.run is None or rule.guard is None:
+        raise ValueError(f"rule {rule.name!r} runs no flow")
+    context = template_context(match.alert, rule_vars, match.facts)
     return Decision(
         rule=rule.name,
         flow=rule.run.flow,
@@ -69,3 +78,13 @@ def decide(match: Match, rule_vars: Mapping[str, str]) -> Decision:
         policy=rule.guard,
         shadow=rule.shadow,
     )
+
+
+def fact_for(match: Match, rule_vars: Mapping[str, str], now: float) -> Fact:
+    """Render the fact a match's rule asserts; raises `TemplateError`."""
+    spec = match.rule.assert_
+    if spec is None:
+        raise ValueError(f"rule {match.rule.name!r} asserts no fact")
+    context = template_context(match.alert, rule_vars, match.facts)
+    fields = {name: render(template, context) for name, template in spec.fields.items()}
+    return Fact(spec.fact, fields, now + spec.ttl, source=f"rule:{match.rule.name}")

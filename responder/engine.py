@@ -1,24 +1,40 @@
 """The decision engine: the only module that imports durable_rules.
 
-Rules compile to one durable_rules ruleset. A firing alert becomes a fact; a resolved alert
-retracts it. Label equality is left to the Rete network. Regex matchers are evaluated here with
-Python's `re` (anchored, as Alertmanager does) because durable_rules' own regex dialect
-silently misreads escapes such as `\\.`; the fact carries each regex result as a field.
+Rules compile to one durable_rules ruleset. A firing alert becomes a fact; its resolution
+retracts it. Facts asserted by rules, configuration or events are facts too, and rules join
+them with alerts (`when`, `unless`), so asserting one can make other rules hold: forward
+chaining, done by the Rete network.
+
+Where durable_rules falls short, this module does the work itself and says so:
+
+- Regex matchers are evaluated with Python's `re` (anchored, as Alertmanager does), because
+  durable_rules' own regex dialect silently misreads escapes such as `\\.`. Each result rides
+  on the alert's fact as a field.
+- State is partitioned (`sid`) by fingerprint so that no partition nears durable_rules'
+  rejection threshold. Facts are asserted into every partition, so joins hold everywhere.
+- `count` windows, `firing_for` and fact TTLs are kept here, bounded, on a clock the engine
+  loop drives; they need no durable_rules timer threads.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import re
+import time
 import zlib
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from durable import engine as durable
 
 from responder import metrics
+from responder.facts import Fact, fact_meets
 from responder.matchers import Matcher, MatchOp
 from responder.models import Alert
-from responder.rules import Rule, RuleBook
+from responder.rules import FactCondition, Rule, RuleBook
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +43,21 @@ RULESET = "responder"
 
 @dataclass(frozen=True)
 class Match:
-    """A rule whose conditions hold for an alert."""
+    """A rule whose conditions hold for an alert, with the facts its `when` joined."""
 
     rule: Rule
     alert: Alert
+    facts: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+class EngineRejected(Exception):
+    """durable_rules refused a message as already observed (its state table is full)."""
 
 
 class _Host(durable.Host):  # type: ignore[misc]
-    """A durable_rules host whose actions only record which rule fired for which fact."""
+    """A durable_rules host whose actions only record which rule fired for which messages."""
 
-    def __init__(self, on_fire: Any) -> None:
+    def __init__(self, on_fire: Callable[[str, Any], None]) -> None:
         self._on_fire = on_fire
         super().__init__()
 
@@ -48,7 +69,7 @@ class _Host(durable.Host):  # type: ignore[misc]
     def get_action(self, action_name: str) -> Any:
         def action(c: Any) -> None:
             try:
-                self._on_fire(action_name, c.m["id"])
+                self._on_fire(action_name, c)
             except Exception:
                 # durable_rules swallows exceptions raised in actions; we must not.
                 metrics.ENGINE_ERRORS.labels(kind="action").inc()
@@ -58,86 +79,298 @@ class _Host(durable.Host):  # type: ignore[misc]
 
 
 class Engine:
-    """Holds firing alerts as facts and tells which rules they satisfy."""
+    """Holds firing alerts and facts; tells which rules hold as they change."""
 
-    def __init__(self, book: RuleBook, partitions: int = 64) -> None:
+    def __init__(
+        self, book: RuleBook, partitions: int = 16, clock: Callable[[], float] = time.time
+    ) -> None:
         self.book = book
-        self._partitions = partitions
+        self._clock = clock
+        self._partitions = [f"p{i}" for i in range(partitions)]
         self._rules = {rule.name: rule for rule in book.rules}
-        self._labels: list[str] = sorted(
-            {m.name for rule in book.rules for m in rule.matchers if not m.op.is_regex}
-        )
+        self._order = {rule.name: i for i, rule in enumerate(book.rules)}
+        self._labels = sorted(self._referenced_labels())
         self._regexes: list[Matcher] = []
         self._alerts: dict[str, Alert] = {}
-        self._fired: list[tuple[str, str]] = []
-        self._host = _Host(lambda rule, fact_id: self._fired.append((rule, fact_id)))
-        definition = {f"r{i}": self._compile(rule) for i, rule in enumerate(book.rules)}
-        if definition:
-            self._host.set_rulesets({RULESET: definition})
+        self._facts: dict[str, Fact] = {}
+        self._fact_expiry: list[tuple[float, str]] = []
+        self._due: list[tuple[float, str, str]] = []  # (when, rule, incident) for firing_for
+        self._windows: dict[tuple[str, tuple[str, ...]], deque[tuple[float, str]]] = {}
+        self._fired: list[tuple[str, Any]] = []
+        self._host = _Host(lambda rule, c: self._fired.append((rule, c)))
+        firing = {
+            f"r{i}": self._compile(r) for i, r in enumerate(book.rules) if r.status == "firing"
+        }
+        resolved = {
+            f"r{i}": self._compile(r) for i, r in enumerate(book.rules) if r.status == "resolved"
+        }
+        self._has_firing = bool(firing)
+        self._has_resolved = bool(resolved)
+        rulesets = {}
+        if firing:
+            rulesets[RULESET] = firing
+        if resolved:
+            rulesets[f"{RULESET}-resolved"] = resolved
+        if rulesets:
+            self._host.set_rulesets(rulesets)
+
+    # --- what is held --------------------------------------------------------------------
 
     @property
     def fact_count(self) -> int:
+        """Firing alerts held."""
         return len(self._alerts)
 
+    def facts(self) -> list[Fact]:
+        return list(self._facts.values())
+
+    def holds_alert(self, incident: str) -> bool:
+        return incident in self._alerts
+
+    # --- alerts --------------------------------------------------------------------------
+
     def assert_alert(self, alert: Alert) -> list[Match]:
-        """Add a firing alert as a fact; return the rules it satisfies, in rule order."""
-        fact_id = alert.incident
-        if fact_id in self._alerts or not self._rules:
+        """Hold a firing alert; return the rules that now hold for it."""
+        incident = alert.incident
+        if incident in self._alerts:
             return []
-        self._alerts[fact_id] = alert
-        self._fired.clear()
+        self._alerts[incident] = alert
+        for rule in self.book.rules:
+            if rule.firing_for is not None:
+                due = alert.starts_at.timestamp() + rule.firing_for
+                heapq.heappush(self._due, (due, rule.name, incident))
+        if not self._has_firing:
+            return []
         try:
-            self._host.assert_fact(RULESET, self._fact(alert))
+            self._send(
+                self._host.assert_fact, RULESET, self._alert_message(alert, self._sid(alert))
+            )
+        except EngineRejected:
+            del self._alerts[incident]
+            raise
+        return self._collect()
+
+    def retract_alert(self, alert: Alert) -> list[Match]:
+        """Let go of a resolved alert; return the rules on resolutions that hold for it."""
+        held = self._alerts.pop(alert.incident, None)
+        if held is not None and self._has_firing:
+            self._send(
+                self._host.retract_fact,
+                RULESET,
+                {"sid": self._sid(held), "id": f"alert:{held.incident}"},
+            )
+            self._collect()  # retraction fires nothing, but keep the buffer clean
+        if not self._has_resolved:
+            return []
+        message = self._alert_message(alert, "resolved")
+        message["id"] = f"resolved:{alert.incident}"
+        self._send(self._host.post, f"{RULESET}-resolved", message)
+        return self._collect()
+
+    # --- facts ---------------------------------------------------------------------------
+
+    def assert_fact(self, fact: Fact) -> list[Match]:
+        """Hold a fact in every partition (a new expiry refreshes a held one)."""
+        known = self._facts.get(fact.id)
+        self._facts[fact.id] = fact
+        heapq.heappush(self._fact_expiry, (fact.expires_at, fact.id))
+        if known is not None or not self._has_firing:
+            return []
+        message = {"id": fact.id, "kind": "fact", "name": fact.name}
+        message.update({f"f_{k}": v for k, v in fact.fields.items()})
+        for sid in self._partitions:
+            self._send(self._host.assert_fact, RULESET, {**message, "sid": sid})
+        return self._collect()
+
+    def retract_facts(self, condition: FactCondition, alert: Alert | None) -> list[Fact]:
+        """Retract every held fact that meets `condition` (joined with `alert`)."""
+        gone = [fact for fact in self._facts.values() if fact_meets(fact, condition, alert)]
+        for fact in gone:
+            self._drop_fact(fact.id)
+        return gone
+
+    # --- time ----------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> tuple[list[Match], list[Fact]]:
+        """Expire facts and fire `firing_for` rules that came due; return both."""
+        now = self._clock() if now is None else now
+        expired: list[Fact] = []
+        while self._fact_expiry and self._fact_expiry[0][0] <= now:
+            _, fid = heapq.heappop(self._fact_expiry)
+            fact = self._facts.get(fid)
+            if fact is not None and fact.expires_at <= now:
+                self._drop_fact(fid)
+                expired.append(fact)
+        due: list[Match] = []
+        while self._due and self._due[0][0] <= now:
+            _, rule_name, incident = heapq.heappop(self._due)
+            alert = self._alerts.get(incident)
+            rule = self._rules.get(rule_name)
+            if alert is not None and rule is not None and self._holds_now(rule, alert):
+                due.append(Match(rule, alert))
+        return self._ordered(due), expired
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _drop_fact(self, fid: str) -> None:
+        self._facts.pop(fid, None)
+        if self._has_firing:
+            for sid in self._partitions:
+                self._send(self._host.retract_fact, RULESET, {"sid": sid, "id": fid})
+            self._collect()
+
+    def _send(self, method: Callable[..., Any], ruleset: str, message: dict[str, Any]) -> None:
+        try:
+            method(ruleset, message)
         except durable.MessageNotHandledException:
-            pass  # no rule holds: normal
+            pass  # no rule holds: normal control flow in durable_rules
         except durable.MessageObservedException:
             metrics.ENGINE_ERRORS.labels(kind="rejected").inc()
-            log.error("engine rejected fact for alert %s as already observed", fact_id)
-        fired = {name for name, fid in self._fired if fid == fact_id}
-        return [Match(rule, alert) for rule in self.book.rules if rule.name in fired]
+            log.error("durable_rules rejected %s as already observed", message.get("id"))
+            raise EngineRejected(str(message.get("id"))) from None
 
-    def retract_alert(self, alert: Alert) -> bool:
-        """Remove the fact of a resolved alert; False if it was not held."""
-        fact_id = alert.incident
-        held = self._alerts.pop(fact_id, None)
-        if held is None or not self._rules:
+    def _collect(self) -> list[Match]:
+        fired, self._fired = self._fired, []
+        matches: list[Match] = []
+        for rule_name, c in fired:
+            rule = self._rules[rule_name]
+            message = c.a if rule.status == "firing" else c.m
+            incident = str(message["id"]).split(":", 1)[1]
+            alert = self._alerts.get(incident)
+            if alert is None and rule.status == "resolved":
+                alert = Alert.model_validate_json(message["alert"])
+            if alert is None:
+                continue
+            if rule.firing_for is not None and not self._has_fired_long_enough(rule, alert):
+                continue  # tick() fires it when due
+            joined = {
+                condition.fact: _fields_of(getattr(c, f"w{i}"))
+                for i, condition in enumerate(rule.when)
+            }
+            if rule.count is not None and not self._window_full(rule, alert):
+                continue
+            matches.append(Match(rule, alert, joined))
+        return self._ordered(matches)
+
+    def _ordered(self, matches: list[Match]) -> list[Match]:
+        return sorted(matches, key=lambda m: (-m.rule.priority, self._order[m.rule.name]))
+
+    def _has_fired_long_enough(self, rule: Rule, alert: Alert) -> bool:
+        assert rule.firing_for is not None
+        return alert.starts_at.timestamp() + rule.firing_for <= self._clock()
+
+    def _holds_now(self, rule: Rule, alert: Alert) -> bool:
+        """Re-check a rule for a held alert (used when a `firing_for` rule comes due)."""
+        labels = alert.labels
+        if not all(m.matches(labels) for m in rule.matchers):
             return False
-        try:
-            self._host.retract_fact(RULESET, {"sid": self._sid(held), "id": fact_id})
-        except (durable.MessageNotHandledException, durable.MessageObservedException):
-            pass
-        return True
+        if not all(m.matches(alert.annotations) for m in rule.annotation_matchers):
+            return False
+        if not self._facts_hold(rule, alert):
+            return False
+        return rule.count is None or self._window_full(rule, alert)
+
+    def still_holds(self, match: Match) -> bool:
+        """Whether a match's `when` and `unless` still hold for the facts held now.
+
+        Acting on one match can assert or retract facts that another, already collected,
+        match depends on; that match must then be dropped, as Rete drops an activation.
+        """
+        return self._facts_hold(match.rule, match.alert)
+
+    def _facts_hold(self, rule: Rule, alert: Alert) -> bool:
+        if not rule.when and not rule.unless:
+            return True
+        facts = list(self._facts.values())
+        return all(
+            any(fact_meets(f, condition, alert) for f in facts) for condition in rule.when
+        ) and not any(fact_meets(f, condition, alert) for condition in rule.unless for f in facts)
+
+    def _window_full(self, rule: Rule, alert: Alert) -> bool:
+        """Add the alert to the rule's window for its `same` labels; True once it is full."""
+        assert rule.count is not None
+        now = self._clock()
+        group = tuple(alert.labels.get(name, "") for name in rule.count.same)
+        window = self._windows.setdefault((rule.name, group), deque())
+        while window and window[0][0] <= now - rule.count.within:
+            window.popleft()
+        if all(incident != alert.incident for _, incident in window):
+            window.append((now, alert.incident))
+        if not window:
+            del self._windows[(rule.name, group)]
+        return len(window) >= rule.count.at_least
 
     def _sid(self, alert: Alert) -> str:
-        # Partitioned state keeps durable_rules far from its per-sid rejection threshold.
-        return f"p{zlib.crc32(alert.fingerprint.encode()) % self._partitions}"
+        return self._partitions[zlib.crc32(alert.fingerprint.encode()) % len(self._partitions)]
 
-    def _fact(self, alert: Alert) -> dict[str, Any]:
-        fact: dict[str, Any] = {"sid": self._sid(alert), "id": alert.incident, "kind": "alert"}
+    def _alert_message(self, alert: Alert, sid: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"sid": sid, "id": f"alert:{alert.incident}", "kind": "alert"}
         labels = alert.labels
         for name in self._labels:
-            fact[f"l_{name}"] = labels.get(name, "")
+            message[f"l_{name}"] = labels.get(name, "")
         for i, matcher in enumerate(self._regexes):
-            fact[f"x_{i}"] = 1 if matcher.matches(labels) else 0
-        return fact
+            source = alert.annotations if matcher.name.startswith("@") else labels
+            probe = Matcher(matcher.name.lstrip("@"), MatchOp.RE, matcher.value, matcher.regex)
+            message[f"x_{i}"] = 1 if probe.matches(source) else 0
+        if sid == "resolved":
+            message["alert"] = alert.model_dump_json(by_alias=True)
+        return message
+
+    def _referenced_labels(self) -> set[str]:
+        names: set[str] = set()
+        for rule in self.book.rules:
+            names.update(m.name for m in rule.matchers if not m.op.is_regex)
+            for condition in (*rule.when, *rule.unless):
+                names.update(t.label for t in condition.tests if t.label)
+        return names
 
     def _compile(self, rule: Rule) -> dict[str, Any]:
-        conditions: list[dict[str, Any]] = [{"kind": "alert"}]
+        alert_tests: list[dict[str, Any]] = [{"kind": "alert"}]
         for matcher in rule.matchers:
-            if matcher.op.is_regex:
-                # Store the positive regex; the condition asks for its result.
-                positive = Matcher(matcher.name, MatchOp.RE, matcher.value, matcher.regex)
-                index = self._regex_index(positive)
-                conditions.append({f"x_{index}": 0 if matcher.op.is_negative else 1})
-            elif matcher.op is MatchOp.EQ:
-                conditions.append({f"l_{matcher.name}": matcher.value})
-            else:
-                conditions.append({"$neq": {f"l_{matcher.name}": matcher.value}})
-        return {"all": [{"m": {"$and": conditions}}], "run": rule.name}
+            alert_tests.append(self._matcher_test(matcher, on_annotations=False))
+        for matcher in rule.annotation_matchers:
+            alert_tests.append(self._matcher_test(matcher, on_annotations=True))
+        alias = "a" if rule.status == "firing" else "m"
+        conditions: list[dict[str, Any]] = [{alias: {"$and": alert_tests}}]
+        for i, condition in enumerate(rule.when):
+            conditions.append({f"w{i}": {"$and": _fact_tests(condition)}})
+        for i, condition in enumerate(rule.unless):
+            conditions.append({f"u{i}$not": {"$and": _fact_tests(condition)}})
+        return {"all": conditions, "run": rule.name}
+
+    def _matcher_test(self, matcher: Matcher, *, on_annotations: bool) -> dict[str, Any]:
+        if matcher.op.is_regex or on_annotations:
+            # Every annotation test, and every regex, is evaluated in Python.
+            name = f"@{matcher.name}" if on_annotations else matcher.name
+            positive = Matcher(name, MatchOp.RE, _as_regex(matcher), matcher.regex)
+            index = self._regex_index(positive)
+            return {f"x_{index}": 0 if matcher.op.is_negative else 1}
+        if matcher.op is MatchOp.EQ:
+            return {f"l_{matcher.name}": matcher.value}
+        return {"$neq": {f"l_{matcher.name}": matcher.value}}
 
     def _regex_index(self, matcher: Matcher) -> int:
+        if matcher.regex is None:
+            matcher = Matcher(matcher.name, matcher.op, matcher.value, re.compile(matcher.value))
         for i, known in enumerate(self._regexes):
             if known == matcher:
                 return i
         self._regexes.append(matcher)
         return len(self._regexes) - 1
+
+
+def _as_regex(matcher: Matcher) -> str:
+    return matcher.value if matcher.op.is_regex else re.escape(matcher.value)
+
+
+def _fact_tests(condition: FactCondition) -> list[dict[str, Any]]:
+    tests: list[dict[str, Any]] = [{"kind": "fact"}, {"name": condition.fact}]
+    for test in condition.tests:
+        value: Any = {"a": f"l_{test.label}"} if test.label else test.value
+        clause = {f"f_{test.field}": value}
+        tests.append({"$neq": clause} if test.negative else clause)
+    return tests
+
+
+def _fields_of(message: Any) -> dict[str, str]:
+    return {k[2:]: str(v) for k, v in message._d.items() if k.startswith("f_")}

@@ -63,7 +63,9 @@ class Guard:
         self._lease_seconds = lease_seconds
         self._dry_run = dry_run
 
-    async def admit(self, conn: AsyncConnection, decision: Decision, inbox_id: int) -> Admission:
+    async def admit(
+        self, conn: AsyncConnection, decision: Decision, inbox_id: int | None
+    ) -> Admission:
         """Take the decision's names or refuse; record the decision either way."""
         now = time.time()
         names = [key_name(decision.key), *(mutex_name(m) for m in decision.mutex)]
@@ -139,7 +141,7 @@ class Guard:
         self,
         conn: AsyncConnection,
         decision: Decision,
-        inbox_id: int,
+        inbox_id: int | None,
         now: float,
         verdict: Verdict,
         refusal: _Refusal | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,15 +17,23 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder import metrics
-from responder.decisions import Verdict, decide
+from responder.decisions import Verdict, decide, fact_for
 from responder.dispatch import Dispatcher
-from responder.engine import Engine
+from responder.engine import Engine, EngineRejected, Match
 from responder.exceptions import StoreUnavailable, TemplateError
+from responder.facts import Fact
 from responder.guard import Guard
 from responder.models import Alert, AlertmanagerWebhook
 from responder.store import ActiveRun, PendingMessage, Store
 
 log = logging.getLogger(__name__)
+
+MAX_CHAIN = 8
+
+
+def _show(fact: Fact) -> str:
+    fields = ",".join(f"{k}={v}" for k, v in sorted(fact.fields.items()))
+    return f"{fact.name}{{{fields}}}"
 
 
 class EngineLoop:
@@ -53,10 +62,15 @@ class EngineLoop:
         self.wake = asyncio.Event()
 
     async def rebuild(self) -> None:
-        """Rebuild the engine's facts from the store; no decision is made again."""
+        """Rebuild the engine's facts and alerts from the store; nothing is decided again."""
         self.engine = self._make_engine()
+        for fact in await self._store.live_facts(time.time()):
+            self.engine.assert_fact(fact)
         for alert in await self._store.firing():
-            self.engine.assert_alert(alert)
+            try:
+                self.engine.assert_alert(alert)
+            except EngineRejected:
+                log.error("engine rejected held alert %s during rebuild", alert.incident)
 
     async def run(self) -> None:
         """Process the inbox until cancelled; a store failure rebuilds and retries.
@@ -82,14 +96,30 @@ class EngineLoop:
             self.running = False
 
     async def step(self) -> int:
-        """Process up to one batch of inbox rows; return how many."""
+        """Process due timers and up to one batch of inbox rows; return how many rows."""
+        await self._submit(await self._tick())
         messages = await self._store.pending(self._batch)
         for message in messages:
-            admitted = await self._process(message)
-            if self._dispatcher is not None:
-                for run in admitted:
-                    await self._dispatcher.submit(run)
+            await self._submit(await self._process(message))
         return len(messages)
+
+    async def _submit(self, admitted: list[ActiveRun]) -> None:
+        if self._dispatcher is not None:
+            for run in admitted:
+                await self._dispatcher.submit(run)
+
+    async def _tick(self) -> list[ActiveRun]:
+        """Expire facts, and decide for `firing_for` rules that came due."""
+        due, expired = self.engine.tick()
+        if not due and not expired:
+            return []
+        async with self._store.transaction() as conn:
+            await self._store.delete_facts(conn, [f.id for f in expired])
+            # A restart re-arms every timer: decide once per rule and incident.
+            fresh = [
+                m for m in due if not await self._store.decided(conn, m.rule.name, m.alert.incident)
+            ]
+            return await self._apply(conn, fresh, inbox_id=None)
 
     async def _process(self, message: PendingMessage) -> list[ActiveRun]:
         try:
@@ -123,29 +153,62 @@ class EngineLoop:
             )
             return []
         if alert.status == "resolved":
-            self.engine.retract_alert(alert)
+            matches = self.engine.retract_alert(alert)
             await self._store.set_firing(conn, alert, firing=False)
             await self._record(conn, alert, inbox_id, Verdict.RESOLVED, "fact retracted")
-            return []
+            return await self._apply(conn, matches, inbox_id)
         if await self._store.was_resolved(conn, alert):
             # A firing notice that arrives after the same incident resolved is stale.
             await self._record(
                 conn, alert, inbox_id, Verdict.DUPLICATE, "incident already resolved"
             )
             return []
-        matches = self.engine.assert_alert(alert)
+        try:
+            matches = self.engine.assert_alert(alert)
+        except EngineRejected:
+            await self._record(
+                conn, alert, inbox_id, Verdict.ERROR, "the rules engine rejected this alert"
+            )
+            return []
         await self._store.set_firing(conn, alert, firing=True)
         if not matches:
             await self._record(conn, alert, inbox_id, Verdict.UNMATCHED, "no rule matched")
             return []
+        return await self._apply(conn, matches, inbox_id)
+
+    async def _apply(
+        self, conn: AsyncConnection, matches: list[Match], inbox_id: int | None, depth: int = 0
+    ) -> list[ActiveRun]:
+        """Act on matches in priority order: retract and assert facts, then decide.
+
+        Asserting a fact can make more rules hold (forward chaining); those are applied
+        in turn, up to `MAX_CHAIN` levels deep.
+        """
         admitted: list[ActiveRun] = []
         for match in matches:
+            rule, alert = match.rule, match.alert
+            if not self.engine.still_holds(match):
+                await self._record(
+                    conn,
+                    alert,
+                    inbox_id,
+                    Verdict.UNMATCHED,
+                    "held, then a fact it requires or excludes changed",
+                    rule=rule.name,
+                )
+                continue
+            try:
+                done = await self._change_facts(conn, match, inbox_id, depth)
+            except TemplateError as exc:
+                await self._record(conn, alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
+                continue
+            admitted.extend(done)
+            if rule.run is None:
+                continue
             try:
                 decision = decide(match, self._rule_vars)
             except TemplateError as exc:
-                await self._record(
-                    conn, alert, inbox_id, Verdict.ERROR, str(exc), rule=match.rule.name
-                )
+                await self._record(conn, alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
                 continue
             admission = await self._guard.admit(conn, decision, inbox_id)
             metrics.DECISIONS.labels(
@@ -166,11 +229,43 @@ class EngineLoop:
                 )
         return admitted
 
+    async def _change_facts(
+        self, conn: AsyncConnection, match: Match, inbox_id: int | None, depth: int
+    ) -> list[ActiveRun]:
+        rule, alert = match.rule, match.alert
+        notes: list[str] = []
+        for condition in rule.retract:
+            gone = self.engine.retract_facts(condition, alert)
+            await self._store.delete_facts(conn, [f.id for f in gone])
+            notes.extend(f"retracted {_show(f)}" for f in gone)
+        chained: list[Match] = []
+        if rule.assert_ is not None:
+            fact = fact_for(match, self._rule_vars, time.time())
+            chained = self.engine.assert_fact(fact)
+            await self._store.save_fact(conn, fact)
+            notes.append(f"asserted {_show(fact)}")
+        if rule.run is None:
+            await self._record(
+                conn,
+                alert,
+                inbox_id,
+                Verdict.ASSERTED,
+                "; ".join(notes) or "nothing to change",
+                rule=rule.name,
+            )
+        if not chained:
+            return []
+        if depth >= MAX_CHAIN:
+            metrics.ENGINE_ERRORS.labels(kind="chain_depth").inc()
+            log.error("rule %s: forward chaining deeper than %d; stopped", rule.name, MAX_CHAIN)
+            return []
+        return await self._apply(conn, chained, inbox_id, depth + 1)
+
     async def _record(
         self,
         conn: AsyncConnection,
         alert: Alert,
-        inbox_id: int,
+        inbox_id: int | None,
         verdict: Verdict,
         reason: str,
         **extra: Any,

@@ -22,10 +22,12 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    model_validator,
 )
 
 from responder.exceptions import ResponderError, RuleError
 from responder.matchers import Matcher, parse_matcher
+from responder.models import AlertStatus, LabelName
 from responder.templates import compile_template
 
 RuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", strict=True)]
@@ -125,19 +127,118 @@ class GuardSpec(_Spec):
     budget: BudgetSpec | None = None
 
 
+FactName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$", strict=True)]
+FieldName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")]
+_JOIN = re.compile(r"^\{\{\s*alert\.labels\.([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}$")
+
+
+@dataclass(frozen=True)
+class FactTest:
+    """One `where` condition on a fact field: a constant, or a join with an alert label."""
+
+    field: str
+    negative: bool
+    value: str
+    label: str | None  # set when the value is exactly {{ alert.labels.<label> }}
+
+
+def _valid_where(text: str) -> str:
+    try:
+        _parsed_where(text)
+    except RuleError as exc:
+        raise ValueError(exc.problem) from None
+    return text
+
+
+@lru_cache(maxsize=4096)
+def _parsed_where(text: str) -> FactTest:
+    matcher = _parsed_matcher(text)
+    if matcher.op.is_regex:
+        raise RuleError(f"where {text!r}: only = and != are accepted on facts")
+    join = _JOIN.match(matcher.value)
+    if join is None and ("{{" in matcher.value or "{%" in matcher.value):
+        raise RuleError(
+            f"where {text!r}: a value is a constant or exactly {{{{ alert.labels.NAME }}}}"
+        )
+    return FactTest(
+        matcher.name, matcher.op.is_negative, matcher.value, join.group(1) if join else None
+    )
+
+
+WhereText = Annotated[str, AfterValidator(_valid_where)]
+
+
+class FactCondition(_Spec):
+    """A fact that must exist (`when`) or must not (`unless`) for the rule to hold."""
+
+    fact: FactName
+    where: list[WhereText] = Field(default_factory=list)
+
+    @property
+    def tests(self) -> tuple[FactTest, ...]:
+        return tuple(_parsed_where(w) for w in self.where)
+
+
+class AssertSpec(_Spec):
+    """A fact the rule asserts when it holds; other rules can require or exclude it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    fact: FactName
+    fields: dict[FieldName, TemplateText] = Field(default_factory=dict, alias="with")
+    ttl: Duration = Field(3600.0, gt=0, description="The fact expires after this long.")
+
+
+class CountSpec(_Spec):
+    """At least `at_least` matching alerts within `within`, grouped by the `same` labels."""
+
+    at_least: int = Field(ge=2)
+    within: Duration = Field(gt=0)
+    same: list[LabelName] = Field(default_factory=list)
+
+
 class Rule(_Spec):
-    """One rule: when every matcher holds for a firing alert, decide to run a flow."""
+    """One rule: when its conditions hold for an alert, decide, assert or retract."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     name: RuleName
     description: str = ""
+    priority: int = Field(0, description="Higher-priority rules are decided first.")
     shadow: bool = Field(False, description="Record what the rule would do; never dispatch.")
+    status: AlertStatus = Field("firing", description="Match firing alerts, or resolutions.")
     match: list[MatcherText] = Field(min_length=1)
-    run: RunSpec
-    guard: GuardSpec
+    match_annotations: list[MatcherText] = Field(default_factory=list)
+    when: list[FactCondition] = Field(default_factory=list)
+    unless: list[FactCondition] = Field(default_factory=list)
+    count: CountSpec | None = None
+    firing_for: Duration | None = Field(
+        None, gt=0, description="Hold only once the alert has fired this long unresolved."
+    )
+    assert_: AssertSpec | None = Field(None, alias="assert")
+    retract: list[FactCondition] = Field(default_factory=list)
+    run: RunSpec | None = None
+    guard: GuardSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if (self.run is None) != (self.guard is None):
+            raise ValueError("`run` and `guard` go together: a remediation needs its guard key")
+        if self.run is None and self.assert_ is None and not self.retract:
+            raise ValueError("a rule needs at least one of run, assert or retract")
+        if self.status == "resolved" and (
+            self.when or self.unless or self.count or self.firing_for
+        ):
+            raise ValueError("a rule on resolved alerts accepts match and match_annotations only")
+        return self
 
     @property
     def matchers(self) -> tuple[Matcher, ...]:
         return tuple(_parsed_matcher(m) for m in self.match)
+
+    @property
+    def annotation_matchers(self) -> tuple[Matcher, ...]:
+        return tuple(_parsed_matcher(m) for m in self.match_annotations)
 
 
 class RuleFile(_Spec):
@@ -222,7 +323,7 @@ def load_rules(paths: Iterable[Path], known_flows: Collection[str] | None = None
                     file=source.file,
                     line=source.line,
                 )
-            if known_flows is not None and rule.run.flow not in known_flows:
+            if known_flows is not None and rule.run and rule.run.flow not in known_flows:
                 raise RuleError(
                     f"rule {rule.name!r}: unknown flow {rule.run.flow!r}; "
                     f"known flows: {', '.join(sorted(known_flows))}",
@@ -290,9 +391,10 @@ def _accepted(loc: Sequence[Any]) -> str:
     for part in loc:
         if isinstance(part, int) or model is None:
             continue
-        info = model.model_fields.get(str(part))
+        fields = {info.alias or name: info for name, info in model.model_fields.items()}
+        info = fields.get(str(part))
         if info is None:
-            return f"; accepted keys: {', '.join(model.model_fields)}"
+            return f"; accepted keys: {', '.join(fields)}"
         annotation = info.annotation
         model = _model_in(annotation)
     return ""

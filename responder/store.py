@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from responder.exceptions import StoreUnavailable
+from responder.facts import Fact
 from responder.models import Alert
 
 metadata = MetaData()
@@ -122,6 +123,17 @@ cooldowns = Table(
     Column("guard_key", Text, nullable=False),
     Column("until", Float, nullable=False),
     Column("decision_id", Integer, nullable=False),
+)
+
+# Facts asserted by rules, configuration or events, so the engine can rebuild them.
+facts = Table(
+    "facts",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("fields", JSON, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("source", String(128), nullable=False),
 )
 
 # Operator switches that every replica obeys, such as the global pause.
@@ -301,6 +313,39 @@ class Store:
         async with self.transaction() as conn:
             rows = await conn.execute(select(firing_alerts.c.alert))
             return [Alert.model_validate_json(r.alert) for r in rows]
+
+    @staticmethod
+    async def save_fact(conn: AsyncConnection, fact: Fact) -> None:
+        await conn.execute(delete(facts).where(facts.c.id == fact.id))
+        await conn.execute(
+            facts.insert().values(
+                id=fact.id,
+                name=fact.name,
+                fields=dict(fact.fields),
+                expires_at=fact.expires_at,
+                source=fact.source,
+            )
+        )
+
+    @staticmethod
+    async def delete_facts(conn: AsyncConnection, ids: list[str]) -> None:
+        if ids:
+            await conn.execute(delete(facts).where(facts.c.id.in_(ids)))
+
+    async def live_facts(self, now: float) -> list[Fact]:
+        async with self.transaction() as conn:
+            rows = await conn.execute(select(facts).where(facts.c.expires_at > now))
+            return [Fact(r.name, r.fields, r.expires_at, r.source) for r in rows]
+
+    @staticmethod
+    async def decided(conn: AsyncConnection, rule: str, incident: str) -> bool:
+        """Whether `rule` already decided something for this incident."""
+        found = await conn.scalar(
+            select(decisions.c.id)
+            .where(decisions.c.incident == incident, decisions.c.rule == rule)
+            .limit(1)
+        )
+        return found is not None
 
     # --- decisions ---------------------------------------------------------------------
 

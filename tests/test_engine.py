@@ -76,9 +76,10 @@ def test_retract_then_reassert_fires_again() -> None:
     engine = Engine(book())
     a = alert("08", alertname="ServiceDown", severity="page", env="prod")
     assert fired(engine, a) == ["restart"]
-    assert engine.retract_alert(a)
+    assert engine.retract_alert(a) == []
     assert engine.fact_count == 0
-    assert not engine.retract_alert(a)
+    assert not engine.holds_alert(a.incident)
+    assert engine.retract_alert(a) == []  # resolving twice is harmless
     assert fired(engine, a) == ["restart"]
 
 
@@ -99,3 +100,137 @@ def test_many_alerts_across_partitions() -> None:
 def test_no_rules_is_fine(tmp_path: Path) -> None:
     engine = Engine(book("rules: []\n"))
     assert fired(engine, alert("09", alertname="X")) == []
+
+
+CHAIN = """
+rules:
+  - name: zone-outage
+    description: Many nodes down in one zone is an outage, not a node problem.
+    match: ['alertname="NodeDown"']
+    count: {at_least: 3, within: 2m, same: [zone]}
+    assert: {fact: zone-outage, with: {zone: "{{ alert.labels.zone }}"}, ttl: 30m}
+  - name: drain-node
+    priority: 5
+    match: ['alertname=~"NodeDown|NodeNotReady"']
+    unless: [{fact: zone-outage, where: ['zone="{{ alert.labels.zone }}"']}]
+    run: {flow: restart-service}
+    guard: {key: "drain/{{ alert.labels.instance }}"}
+  - name: rollback
+    match: ['alertname="KubePodCrashLooping"']
+    when: [{fact: deploy, where: ['workload="{{ alert.labels.deployment }}"']}]
+    run: {flow: restart-service, parameters: {to: "{{ facts.deploy.previous }}"}}
+    guard: {key: "rollback/{{ alert.labels.deployment }}"}
+  - name: escalate
+    match: ['alertname="ServiceDown"']
+    match_annotations: ['runbook_url=~"https://.*"']
+    firing_for: 10m
+    run: {flow: restart-service}
+    guard: {key: "page/{{ alert.labels.instance }}"}
+  - name: notify-resolved
+    status: resolved
+    match: ['alertname="ServiceDown"']
+    run: {flow: restart-service}
+    guard: {key: "resolved/{{ alert.labels.instance }}"}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 25, tzinfo=UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def node(fp: str, zone: str, instance: str) -> Alert:
+    return alert(fp, alertname="NodeDown", zone=zone, instance=instance)
+
+
+def test_count_asserts_a_fact_that_suppresses_other_rules() -> None:
+    clock = Clock()
+    engine = Engine(book(CHAIN), clock=clock)
+    assert fired(engine, node("a1", "eu-1", "n1")) == ["drain-node"]
+    assert fired(engine, node("a2", "eu-1", "n2")) == ["drain-node"]
+    # A node in another zone does not count towards eu-1.
+    assert fired(engine, node("b1", "us-1", "m1")) == ["drain-node"]
+    # The third in eu-1 fills the window: the outage rule holds, and the higher-priority
+    # drain decision comes first, before the fact exists.
+    assert fired(engine, node("a3", "eu-1", "n3")) == ["drain-node", "zone-outage"]
+    from responder.facts import Fact
+
+    outage = Fact("zone-outage", {"zone": "eu-1"}, clock.now + 1800)
+    assert engine.assert_fact(outage) == []
+    # Now node remediation in eu-1 stops; us-1 is unaffected.
+    assert fired(engine, node("a4", "eu-1", "n4")) == ["zone-outage"]
+    assert fired(engine, node("b2", "us-1", "m2")) == ["drain-node"]
+    # When the fact expires, eu-1 nodes are remediated again.
+    _, expired = engine.tick(clock.now + 1801)
+    assert [f.name for f in expired] == ["zone-outage"]
+    clock.now += 1801  # the window has long passed, too
+    assert fired(engine, node("a5", "eu-1", "n5")) == ["drain-node"]
+
+
+def test_count_window_slides() -> None:
+    clock = Clock()
+    engine = Engine(book(CHAIN), clock=clock)
+    fired(engine, node("a1", "eu-1", "n1"))
+    fired(engine, node("a2", "eu-1", "n2"))
+    clock.now += 121
+    assert "zone-outage" not in fired(engine, node("a3", "eu-1", "n3"))
+
+
+def test_a_fact_arriving_later_makes_a_held_alert_hold() -> None:
+    from responder.facts import Fact
+
+    engine = Engine(book(CHAIN))
+    crash = alert("c1", alertname="KubePodCrashLooping", deployment="api")
+    assert fired(engine, crash) == []
+    other = Fact("deploy", {"workload": "web", "previous": "v1"}, 2e9)
+    assert engine.assert_fact(other) == []
+    deploy = Fact("deploy", {"workload": "api", "previous": "v41"}, 2e9)
+    [match] = engine.assert_fact(deploy)
+    assert match.rule.name == "rollback"
+    assert match.alert.incident == crash.incident
+    assert match.facts["deploy"]["previous"] == "v41"
+
+
+def test_firing_for_waits_until_the_alert_has_fired_long_enough() -> None:
+    clock = Clock()
+    engine = Engine(book(CHAIN), clock=clock)
+    down = Alert(
+        status="firing",
+        labels={"alertname": "ServiceDown", "instance": "h1"},
+        annotations={"runbook_url": "https://runbooks/x"},
+        startsAt=datetime.fromtimestamp(clock.now, UTC),
+        fingerprint="d1",
+    )
+    no_runbook = down.model_copy(update={"fingerprint": "d2", "annotations": {}})
+    assert fired(engine, down) == []
+    assert fired(engine, no_runbook) == []
+    due, _ = engine.tick(clock.now + 599)
+    assert due == []
+    clock.now += 600
+    due, _ = engine.tick()
+    assert [(m.rule.name, m.alert.fingerprint) for m in due] == [("escalate", "d1")]
+    # A resolved alert is not escalated, and rules on resolutions hold for it.
+    later = down.model_copy(
+        update={"fingerprint": "d3", "starts_at": datetime.fromtimestamp(clock.now, UTC)}
+    )
+    assert fired(engine, later) == []
+    resolved = later.model_copy(update={"status": "resolved"})
+    assert [m.rule.name for m in engine.retract_alert(resolved)] == ["notify-resolved"]
+    clock.now += 600
+    assert engine.tick()[0] == []
+
+
+def test_retract_facts_by_condition() -> None:
+    from responder.facts import Fact
+    from responder.rules import FactCondition
+
+    engine = Engine(book(CHAIN))
+    engine.assert_fact(Fact("zone-outage", {"zone": "eu-1"}, 2e9))
+    engine.assert_fact(Fact("zone-outage", {"zone": "us-1"}, 2e9))
+    condition = FactCondition(fact="zone-outage", where=['zone="{{ alert.labels.zone }}"'])
+    gone = engine.retract_facts(condition, node("e1", "eu-1", "n1"))
+    assert [f.fields["zone"] for f in gone] == ["eu-1"]
+    assert [f.fields["zone"] for f in engine.facts()] == ["us-1"]

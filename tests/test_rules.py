@@ -47,7 +47,11 @@ def test_good_file_loads_with_source_lines(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "needle"),
     [
-        (GOOD.replace("match:", "matches:"), 3, "accepted keys: name, description, shadow, match"),
+        (
+            GOOD.replace("match:", "matches:"),
+            3,
+            "accepted keys: name, description, priority, shadow, status, match,",
+        ),
         (GOOD.replace("'alertname=\"A\"'", "'alertname==\"A\"'"), 3, 'quote it: name="value"'),
         (GOOD.replace("'alertname=\"A\"'", "'alertname<>\"A\"'"), 3, "accepted operators"),
         (
