@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from responder import metrics
 from responder.auth import Credentials
-from responder.exceptions import StoreUnavailable
+from responder.exceptions import DocumentError, StoreUnavailable
 from responder.guard import PAUSE
 from responder.models import AlertmanagerWebhook
 from responder.service import Service
@@ -66,6 +69,26 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
+def _on_sighup(service: Service) -> bool:
+    """Reload on SIGHUP, like Prometheus and Alertmanager; False where signals cannot be set."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        async def run() -> None:
+            with contextlib.suppress(DocumentError):
+                await service.reload()
+
+        reloads.add(task := loop.create_task(run()))
+        task.add_done_callback(reloads.discard)
+
+    reloads: set[asyncio.Task[None]] = set()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (ValueError, RuntimeError, NotImplementedError):
+        return False  # not the main thread
+    return True
+
+
 def create_app(service: Service) -> FastAPI:
     """Build the FastAPI app around a `Service`; the app's lifespan starts and stops it."""
     settings = service.settings
@@ -74,9 +97,12 @@ def create_app(service: Service) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        hangup = _on_sighup(service)
         try:
             yield
         finally:
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await service.stop()
 
     app = FastAPI(title="Responder", version="0.1.0", lifespan=lifespan)
@@ -169,6 +195,17 @@ def create_app(service: Service) -> FastAPI:
         if not credentials.accepts(request.headers.get("authorization")):
             return unauthorized()
         return JSONResponse(await service.store.guard_state())
+
+    @app.post("/-/reload")
+    async def reload(request: Request) -> JSONResponse:
+        """Reload rules and the catalog; on an error the old ones stay and the error says why."""
+        if not credentials.accepts(request.headers.get("authorization")):
+            return unauthorized()
+        try:
+            book = await service.reload()
+        except DocumentError as exc:
+            return _error(400, str(exc), file=exc.file, line=exc.line)
+        return JSONResponse({"status": "reloaded", "rules": len(book.rules)})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

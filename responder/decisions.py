@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from responder.catalog import Catalog
 from responder.engine import Match
 from responder.facts import Fact
 from responder.models import Alert
@@ -46,8 +47,13 @@ def template_context(
     alert: Alert,
     rule_vars: Mapping[str, str],
     facts: Mapping[str, Mapping[str, str]] | None = None,
+    catalog: Catalog | None = None,
 ) -> dict[str, Any]:
-    """What a rule template sees: `alert` (labels are data), `facts` it joined, and `vars`."""
+    """What a rule template sees.
+
+    `alert` (labels are data), the `facts` its `when` joined, the catalog entry of its
+    `service` label, and `vars` from the settings.
+    """
     return {
         "alert": {
             "labels": dict(alert.labels),
@@ -58,16 +64,17 @@ def template_context(
             "generatorURL": alert.generator_url,
         },
         "facts": {name: dict(fields) for name, fields in (facts or {}).items()},
+        "service": catalog.service_of(dict(alert.labels)) if catalog else {},
         "vars": dict(rule_vars),
     }
 
 
-def decide(match: Match, rule_vars: Mapping[str, str]) -> Decision:
+def decide(match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None = None) -> Decision:
     """Render a match's flow parameters and guard key; raises `TemplateError`."""
     rule = match.rule
     if rule.run is None or rule.guard is None:
         raise ValueError(f"rule {rule.name!r} runs no flow")
-    context = template_context(match.alert, rule_vars, match.facts)
+    context = template_context(match.alert, rule_vars, match.facts, catalog)
     return Decision(
         rule=rule.name,
         flow=rule.run.flow,
@@ -80,11 +87,13 @@ def decide(match: Match, rule_vars: Mapping[str, str]) -> Decision:
     )
 
 
-def fact_for(match: Match, rule_vars: Mapping[str, str], now: float) -> Fact:
+def fact_for(
+    match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None, now: float
+) -> Fact:
     """Render the fact a match's rule asserts; raises `TemplateError`."""
     spec = match.rule.assert_
     if spec is None:
         raise ValueError(f"rule {match.rule.name!r} asserts no fact")
-    context = template_context(match.alert, rule_vars, match.facts)
+    context = template_context(match.alert, rule_vars, match.facts, catalog)
     fields = {name: render(template, context) for name, template in spec.fields.items()}
     return Fact(spec.fact, fields, now + spec.ttl, source=f"rule:{match.rule.name}")

@@ -2,8 +2,10 @@
 
     ResponderError
     ├── ConfigError            settings that cannot work together
-    ├── RuleError              a rule file that cannot be loaded (file, line, what is accepted)
-    │   └── MatcherError       a label matcher that cannot be parsed
+    ├── DocumentError          a YAML file that cannot be loaded (file, line, what is accepted)
+    │   ├── RuleError          ...a rule file
+    │   │   └── MatcherError   a label matcher that cannot be parsed
+    │   └── CatalogError       ...the service catalog (config/services.yaml)
     ├── TemplateError          a template that cannot render for this alert
     ├── StoreUnavailable       the store could not commit; callers answer 503
     └── DispatchError          Prefect refused or could not be reached
@@ -22,17 +24,25 @@ class ConfigError(ResponderError):
     """Settings are invalid or contradict each other."""
 
 
-class RuleError(ResponderError):
-    """A rule file is invalid; the message names the file, the line and what is accepted."""
+class DocumentError(ResponderError):
+    """A YAML file is invalid; the message names the file, the line and what is accepted."""
 
     def __init__(self, problem: str, *, file: str | None = None, line: int | None = None) -> None:
         self.problem = problem
         self.file = file
         self.line = line
-        where = file or "<rules>"
+        where = file or "<input>"
         if line is not None:
             where = f"{where}:{line}"
         super().__init__(f"{where}: {problem}")
+
+
+class RuleError(DocumentError):
+    """A rule file is invalid."""
+
+
+class CatalogError(DocumentError):
+    """The service catalog is invalid."""
 
 
 class MatcherError(RuleError):

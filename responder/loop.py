@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder import metrics
+from responder.catalog import Catalog
 from responder.decisions import Verdict, decide, fact_for
 from responder.dispatch import Dispatcher
 from responder.engine import Engine, EngineRejected, Match
@@ -24,6 +24,7 @@ from responder.exceptions import StoreUnavailable, TemplateError
 from responder.facts import Fact
 from responder.guard import Guard
 from responder.models import Alert, AlertmanagerWebhook
+from responder.rules import RuleBook
 from responder.store import ActiveRun, PendingMessage, Store
 
 log = logging.getLogger(__name__)
@@ -42,28 +43,42 @@ class EngineLoop:
     def __init__(
         self,
         store: Store,
-        make_engine: Callable[[], Engine],
         guard: Guard,
         dispatcher: Dispatcher | None,
+        book: RuleBook,
+        catalog: Catalog,
         *,
         rule_vars: dict[str, str] | None = None,
         batch: int = 256,
         idle_seconds: float = 0.05,
+        partitions: int = 16,
     ) -> None:
         self._store = store
-        self._make_engine = make_engine
         self._guard = guard
         self._dispatcher = dispatcher
         self._rule_vars = rule_vars or {}
         self._batch = batch
         self._idle_seconds = idle_seconds
-        self.engine = make_engine()
+        self._partitions = partitions
+        self.book = book
+        self.catalog = catalog
+        self.engine = Engine(book, partitions)
         self.running = False
         self.wake = asyncio.Event()
+        # Held while a step runs, so a reload never swaps the engine mid-row.
+        self._lock = asyncio.Lock()
+
+    async def use(self, book: RuleBook, catalog: Catalog) -> None:
+        """Switch to new rules and catalog between two steps, rebuilding the engine."""
+        async with self._lock:
+            self.book, self.catalog = book, catalog
+            await self.rebuild()
 
     async def rebuild(self) -> None:
         """Rebuild the engine's facts and alerts from the store; nothing is decided again."""
-        self.engine = self._make_engine()
+        self.engine = Engine(self.book, self._partitions)
+        for fact in self.catalog.facts():
+            self.engine.assert_fact(fact)
         for fact in await self._store.live_facts(time.time()):
             self.engine.assert_fact(fact)
         for alert in await self._store.firing():
@@ -91,17 +106,19 @@ class EngineLoop:
                     metrics.ENGINE_ERRORS.labels(kind="store").inc()
                     log.error("engine loop: %s; rebuilding and retrying", exc)
                     await asyncio.sleep(1.0)
-                    await self.rebuild()
+                    async with self._lock:
+                        await self.rebuild()
         finally:
             self.running = False
 
     async def step(self) -> int:
         """Process due timers and up to one batch of inbox rows; return how many rows."""
-        await self._submit(await self._tick())
-        messages = await self._store.pending(self._batch)
-        for message in messages:
-            await self._submit(await self._process(message))
-        return len(messages)
+        async with self._lock:
+            await self._submit(await self._tick())
+            messages = await self._store.pending(self._batch)
+            for message in messages:
+                await self._submit(await self._process(message))
+            return len(messages)
 
     async def _submit(self, admitted: list[ActiveRun]) -> None:
         if self._dispatcher is not None:
@@ -206,7 +223,7 @@ class EngineLoop:
             if rule.run is None:
                 continue
             try:
-                decision = decide(match, self._rule_vars)
+                decision = decide(match, self._rule_vars, self.catalog)
             except TemplateError as exc:
                 await self._record(conn, alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
                 continue
@@ -240,7 +257,7 @@ class EngineLoop:
             notes.extend(f"retracted {_show(f)}" for f in gone)
         chained: list[Match] = []
         if rule.assert_ is not None:
-            fact = fact_for(match, self._rule_vars, time.time())
+            fact = fact_for(match, self._rule_vars, self.catalog, time.time())
             chained = self.engine.assert_fact(fact)
             await self._store.save_fact(conn, fact)
             notes.append(f"asserted {_show(fact)}")

@@ -33,3 +33,10 @@ ENGINE_ERRORS = Counter(
 )
 INBOX_BACKLOG = Gauge("responder_inbox_backlog", "Inbox rows not yet processed by the engine.")
 ACTIVE_LEASES = Gauge("responder_active_leases", "Guard keys currently held.")
+RULES_LOADED = Gauge("responder_rules_loaded", "Rules in force.")
+RELOADS = Counter(
+    "responder_rule_reloads_total", "Reloads of rules and catalog, by result.", ["result"]
+)
+RELOAD_SUCCESS = Gauge(
+    "responder_rule_reload_success", "1 if the last reload succeeded; 0 if the old rules stay."
+)

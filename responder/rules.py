@@ -7,13 +7,12 @@ Errors name the file, the line and what is accepted. Compiling rules for the eng
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -21,10 +20,10 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
 
+from responder.documents import line_of, load_document
 from responder.exceptions import ResponderError, RuleError
 from responder.matchers import Matcher, parse_matcher
 from responder.models import AlertStatus, LabelName
@@ -276,30 +275,10 @@ def _parsed_matcher(text: str) -> Matcher:
 
 def load_rule_text(text: str, file: str) -> tuple[list[Rule], list[RuleSource]]:
     """Load one rule file's text; raise `RuleError` naming file and line."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return [], []
-        _reject_duplicate_keys(node, file)
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise RuleError(f"not valid YAML: {exc.problem}", file=file, line=line) from None
-    finally:
-        loader.dispose()
-    try:
-        parsed = RuleFile.model_validate(data)
-    except ValidationError as exc:
-        # An unknown key usually explains a missing one (a typo): report it first.
-        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        loc = tuple(err["loc"])
-        path = ".".join(str(p) for p in loc) or "(top level)"
-        message = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"]
-        raise RuleError(
-            f"{path}: {message}{_accepted(loc)}", file=file, line=_line_of(node, loc)
-        ) from None
-    sources = [RuleSource(file, _line_of(node, ("rules", i))) for i in range(len(parsed.rules))]
+    parsed, node = load_document(text, file, RuleFile, RuleError)
+    if parsed is None or node is None:
+        return [], []
+    sources = [RuleSource(file, line_of(node, ("rules", i))) for i in range(len(parsed.rules))]
     return parsed.rules, sources
 
 
@@ -346,65 +325,3 @@ def _rule_files(paths: Iterable[Path]) -> list[Path]:
         else:
             raise RuleError("no such file or directory", file=str(path))
     return files
-
-
-def _reject_duplicate_keys(node: yaml.Node, file: str) -> None:
-    if isinstance(node, yaml.MappingNode):
-        keys: set[Any] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in keys:
-                raise RuleError(
-                    f"key {key!r} appears twice in one mapping",
-                    file=file,
-                    line=key_node.start_mark.line + 1,
-                )
-            keys.add(key)
-            _reject_duplicate_keys(value_node, file)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _reject_duplicate_keys(item, file)
-
-
-def _line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
-    """The line of the deepest YAML node that `loc` (a pydantic error path) reaches."""
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if key_node.value == part:
-                    node = value_node
-                    break
-            else:
-                break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                break
-            node = node.value[part]
-        else:
-            break
-    return int(node.start_mark.line) + 1
-
-
-def _accepted(loc: Sequence[Any]) -> str:
-    """What a field accepts, when pydantic's message does not already say it."""
-    model: type[BaseModel] | None = RuleFile
-    for part in loc:
-        if isinstance(part, int) or model is None:
-            continue
-        fields = {info.alias or name: info for name, info in model.model_fields.items()}
-        info = fields.get(str(part))
-        if info is None:
-            return f"; accepted keys: {', '.join(fields)}"
-        annotation = info.annotation
-        model = _model_in(annotation)
-    return ""
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None

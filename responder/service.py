@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 
+from responder import metrics
+from responder.catalog import Catalog, load_catalog
 from responder.dispatch import Dispatcher
-from responder.engine import Engine
+from responder.exceptions import DocumentError
 from responder.guard import Guard
 from responder.loop import EngineLoop
 from responder.rules import RuleBook, load_rules
@@ -28,7 +30,7 @@ class Service:
 
     def __init__(self, settings: Settings, *, prefect_api_url: str | None = None) -> None:
         self.settings = settings
-        self.book: RuleBook = load_rules([settings.rules_dir], known_flows())
+        book, catalog = self._load()
         self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
         api_url = prefect_api_url or settings.prefect_api_url
         self.dispatcher = (
@@ -36,14 +38,69 @@ class Service:
         )
         self.loop = EngineLoop(
             self.store,
-            lambda: Engine(self.book),
             Guard(self.store, settings.lease_seconds, dry_run=settings.dry_run),
             self.dispatcher,
+            book,
+            catalog,
             rule_vars=settings.rule_vars,
             batch=settings.engine_batch,
             idle_seconds=settings.engine_idle_seconds,
+            partitions=settings.engine_partitions,
         )
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stamp = self._files_stamp()
+        metrics.RULES_LOADED.set(len(book.rules))
+        metrics.RELOAD_SUCCESS.set(1)
+
+    @property
+    def book(self) -> RuleBook:
+        return self.loop.book
+
+    def _load(self) -> tuple[RuleBook, Catalog]:
+        return (
+            load_rules([self.settings.rules_dir], known_flows()),
+            load_catalog(self.settings.services_file),
+        )
+
+    async def reload(self) -> RuleBook:
+        """Load rules and catalog again; on any error keep the old ones and raise it."""
+        try:
+            book, catalog = self._load()
+        except DocumentError as exc:
+            metrics.RELOADS.labels(result="failure").inc()
+            metrics.RELOAD_SUCCESS.set(0)
+            log.error("reload failed, the previous rules stay in force: %s", exc)
+            raise
+        await self.loop.use(book, catalog)
+        metrics.RELOADS.labels(result="success").inc()
+        metrics.RELOAD_SUCCESS.set(1)
+        metrics.RULES_LOADED.set(len(book.rules))
+        log.info("reloaded %d rules and %d services", len(book.rules), len(catalog.services))
+        return book
+
+    def _files_stamp(self) -> tuple[tuple[str, float, int], ...]:
+        paths = [self.settings.services_file]
+        if self.settings.rules_dir.is_dir():
+            paths.extend(sorted(self.settings.rules_dir.iterdir()))
+        else:
+            paths.append(self.settings.rules_dir)
+        stamp = []
+        for path in paths:
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                stamp.append((str(path), info.st_mtime, info.st_size))
+        return tuple(stamp)
+
+    async def _watch_files(self) -> None:
+        """Reload when a rule file or the catalog changes (checked every few seconds)."""
+        while True:
+            await asyncio.sleep(self.settings.reload_check_seconds)
+            stamp = self._files_stamp()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                with contextlib.suppress(DocumentError):
+                    await self.reload()
 
     async def start(self) -> None:
         await self.store.migrate()
@@ -51,13 +108,17 @@ class Service:
             await self.dispatcher.start()
         await self.loop.rebuild()
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
+        if self.settings.reload_check_seconds > 0:
+            self._watcher = asyncio.create_task(self._watch_files(), name="rule-watcher")
         log.info("loaded %d rules; engine loop started", len(self.book.rules))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._watcher, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watcher = None
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         await self.store.close()

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="Store wait before answering 503 (Alertmanager gives up at 10 s).",
     )
     rules_dir: Path = Field(Path("rules"), description="Directory of rule YAML files.")
+    services_file: Path = Field(
+        Path("config/services.yaml"), description="The service catalog; may be absent."
+    )
+    reload_check_seconds: float = Field(
+        2.0, ge=0, le=3600, description="How often to look for changed rule files; 0: never."
+    )
     rule_vars: dict[str, str] = Field(
         default_factory=dict, description="Values rule templates can use as `vars.<name>`."
     )
@@ -65,6 +71,9 @@ class Settings(BaseSettings):
     )
     dry_run: bool = Field(
         False, description="Decide and record every decision, but never dispatch a flow run."
+    )
+    engine_partitions: int = Field(
+        16, ge=1, le=1024, description="durable_rules state partitions the alerts spread over."
     )
     engine_batch: int = Field(256, ge=1, le=10_000, description="Inbox rows read per engine step.")
     engine_idle_seconds: float = Field(

@@ -57,6 +57,8 @@ def make_settings(tmp_path: Path, rules_dir: Path, **overrides: Any) -> Settings
         "rule_vars": {"service_control_url": "http://127.0.0.1:9"},
         "engine_idle_seconds": 0.01,
         "poll_seconds": 0.5,
+        "services_file": tmp_path / "services.yaml",  # absent unless a test writes it
+        "reload_check_seconds": 0,
     }
     values.update(overrides)
     return Settings(**values)

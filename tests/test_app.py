@@ -351,3 +351,50 @@ async def test_pause_status_and_resume(make_client: ClientFactory) -> None:
     }
     text = (await client.get("/metrics")).text
     assert 'responder_decisions_total{refusal="paused",verdict="refused"}' in text
+
+
+EXTRA_RULE = """
+rules:
+  - name: disk-full
+    match: ['alertname="DiskAlmostFull"']
+    run: {flow: restart-service, parameters: {host: "{{ alert.labels.instance }}"}}
+    guard: {key: "disk/{{ alert.labels.instance }}"}
+"""
+
+
+async def test_reload_keeps_the_old_rules_when_the_new_ones_are_bad(
+    make_client: ClientFactory, rules_dir: Path
+) -> None:
+    client, service = await make_client()
+    (rules_dir / "disk.yaml").write_text(EXTRA_RULE)
+    response = await client.post("/-/reload")
+    assert response.status_code == 200
+    assert response.json()["rules"] == 2
+    (rules_dir / "disk.yaml").write_text(EXTRA_RULE.replace("match:", "mtach:"))
+    response = await client.post("/-/reload")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["file"] == str(rules_dir / "disk.yaml")
+    assert body["line"] == 4
+    assert "mtach" in body["error"]
+    assert "responder_rule_reload_success 0.0" in (await client.get("/metrics")).text
+    # The rules loaded before the bad edit still decide.
+    await post(client, "firing_group_diskalmostfull_2_hosts")
+    await wait_for(lambda: settled(service))
+    assert [d["rule"] for d in await decisions(client)] == ["disk-full", "disk-full"]
+
+
+async def test_a_changed_rule_file_is_reloaded_by_itself(
+    make_client: ClientFactory, rules_dir: Path
+) -> None:
+    client, service = await make_client(reload_check_seconds=0.05)
+    assert len(service.book.rules) == 1
+    (rules_dir / "disk.yaml").write_text(EXTRA_RULE)
+
+    async def reloaded() -> bool:
+        return len(service.book.rules) == 2
+
+    await wait_for(reloaded, timeout=10)
+    await post(client, "firing_group_diskalmostfull_2_hosts")
+    await wait_for(lambda: settled(service))
+    assert {d["verdict"] for d in await decisions(client)} == {"admitted"}

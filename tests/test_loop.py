@@ -86,3 +86,47 @@ async def test_an_asserted_fact_stops_per_host_remediation_and_survives_restart(
     assert ("host-1", "outage-over", "asserted") in rows
     assert await again.store.live_facts(0) == []
     await again.store.close()
+
+
+CATALOG_RULES = """
+rules:
+  - name: restart-unless-maintenance
+    match: ['alertname="ServiceDown"']
+    when: [{fact: service, where: ['name="{{ alert.labels.service }}"', 'tier!="0"']}]
+    unless: [{fact: maintenance, where: ['instance="{{ alert.labels.instance }}"']}]
+    run:
+      flow: restart-service
+      parameters: {host: "{{ alert.labels.instance }}", owner: "{{ service.owner }}"}
+    guard: {key: "restart/{{ alert.labels.instance }}/{{ alert.labels.service }}"}
+"""
+
+CATALOG = """
+services:
+  checkout: {tier: 1, owner: team-checkout}
+  payments: {tier: 0, owner: team-payments}
+maintenance:
+  - {labels: {instance: host-2}, until: 2099-01-01T00:00:00Z, reason: disk swap}
+"""
+
+
+async def test_catalog_facts_gate_rules_and_fill_templates(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "rules.yaml").write_text(CATALOG_RULES)
+    (tmp_path / "services.yaml").write_text(CATALOG)
+    svc = Service(make_settings(tmp_path, rules), prefect_api_url=None)
+    await svc.store.migrate()
+    await svc.loop.rebuild()
+    await feed(svc, "firing_group_servicedown_3_hosts")  # checkout on host-1, 2, 3
+    await feed(svc, "firing_group_with_stale_resolved_alert")  # payments on host-3 (tier 0)
+    rows = list(reversed(await svc.store.decisions(limit=100)))
+    got = [(r["labels"]["instance"], r["labels"]["service"], r["verdict"]) for r in rows]
+    assert got == [
+        ("host-1", "checkout", "admitted"),
+        ("host-2", "checkout", "unmatched"),  # in maintenance
+        ("host-3", "checkout", "admitted"),
+        ("host-1", "checkout", "resolved"),
+        ("host-3", "payments", "unmatched"),  # tier 0: not automated by this rule
+    ]
+    assert rows[0]["parameters"]["owner"] == "team-checkout"
+    await svc.store.close()

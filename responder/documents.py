@@ -1,0 +1,110 @@
+"""YAML documents users edit: `safe_load` → validate (unknown keys rejected) → frozen model.
+
+Every error names the file, the line and what the field accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from responder.exceptions import DocumentError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_document(
+    text: str, file: str, model: type[M], error: type[DocumentError]
+) -> tuple[M | None, yaml.Node | None]:
+    """Parse and validate; (None, None) for an empty document."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _reject_duplicate_keys(node, file, error)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise error(f"not valid YAML: {exc.problem}", file=file, line=line) from None
+    finally:
+        loader.dispose()
+    try:
+        return model.model_validate(data), node
+    except ValidationError as exc:
+        # An unknown key usually explains a missing one (a typo): report it first.
+        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        message = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"]
+        raise error(
+            f"{path}: {message}{_accepted(model, loc)}", file=file, line=line_of(node, loc)
+        ) from None
+
+
+def line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
+    """The line of the deepest YAML node that `loc` (a pydantic error path) reaches."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    node = value_node
+                    break
+            else:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+        else:
+            break
+    return int(node.start_mark.line) + 1
+
+
+def _reject_duplicate_keys(node: yaml.Node, file: str, error: type[DocumentError]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        keys: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in keys:
+                raise error(
+                    f"key {key!r} appears twice in one mapping",
+                    file=file,
+                    line=key_node.start_mark.line + 1,
+                )
+            keys.add(key)
+            _reject_duplicate_keys(value_node, file, error)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _reject_duplicate_keys(item, file, error)
+
+
+def _accepted(model: type[BaseModel] | None, loc: Sequence[Any]) -> str:
+    """What a field accepts, when pydantic's message does not already say it."""
+    mapping_key = False
+    for part in loc:
+        if isinstance(part, int) or model is None or mapping_key:
+            mapping_key = False
+            continue
+        fields = {info.alias or name: info for name, info in model.model_fields.items()}
+        info = fields.get(str(part))
+        if info is None:
+            if model.model_config.get("extra") == "forbid":
+                return f"; accepted keys: {', '.join(fields)}"
+            return ""
+        model = _model_in(info.annotation)
+        mapping_key = get_origin(info.annotation) is dict
+    return ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
