@@ -8,6 +8,7 @@ from __future__ import annotations
 
 REMEDIATIONS: dict[str, str] = {
     "restart-service": "flows.remediations:restart_service",
+    "http-call": "flows.remediations:http_call",
 }
 
 __all__ = ["REMEDIATIONS"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
+import httpx
 from prefect import flow, get_run_logger
 from pydantic import AnyHttpUrl, Field, StringConstraints
 
-from flows.operations import HttpRequest, http_request
+from flows.operations import HttpRequest, UnexpectedStatus, http_request
 
 # A host is a DNS name or an address with an optional port, never shell or path syntax.
 Host = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.\-:\[\]]{0,252})$")]
@@ -37,16 +38,44 @@ def restart_service(
     http_request(
         HttpRequest(method="POST", url=restart_url, json_body={"host": host, "service": service})
     )
-    deadline = time.monotonic() + verify_within_seconds
-    check = HttpRequest(method="GET", url=health_url, expected_status=[200])
+    _verify_healthy(health_url, verify_within_seconds, verify_every_seconds, f"{service} on {host}")
+    logger.info("%s on %s is healthy again", service, host)
+    return f"{service} on {host} restarted and healthy"
+
+
+def _verify_healthy(url: AnyHttpUrl, within: float, every: float, what: str) -> None:
+    """Poll `url` until it answers 200; raise `NotRecovered` after `within` seconds."""
+    deadline = time.monotonic() + within
+    check = HttpRequest(method="GET", url=url, expected_status=[200])
     while True:
         try:
             http_request.with_options(retries=0)(check)
-            logger.info("%s on %s is healthy again", service, host)
-            return f"{service} on {host} restarted and healthy"
-        except Exception as exc:
+            return
+        except (UnexpectedStatus, httpx.HTTPError) as exc:
             if time.monotonic() >= deadline:
-                raise NotRecovered(
-                    f"{service} on {host} not healthy within {verify_within_seconds}s: {exc}"
-                ) from exc
-            time.sleep(verify_every_seconds)
+                raise NotRecovered(f"{what} not healthy within {within}s: {exc}") from exc
+        time.sleep(every)
+
+
+@flow(name="http-call", flow_run_name="http-call {method} {url}")
+def http_call(
+    url: AnyHttpUrl,
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST",
+    json_body: dict[str, Any] | None = None,
+    expected_status: list[int] | None = None,
+    verify_url: AnyHttpUrl | None = None,
+    verify_within_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0,
+    verify_every_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0,
+) -> str:
+    """Call another system's API (a deploy tool's rollback, a pager), then optionally verify.
+
+    With `verify_url`, the flow polls it until it answers 200 or the deadline passes.
+    """
+    request = HttpRequest(method=method, url=url, json_body=json_body)
+    if expected_status is not None:
+        request = request.model_copy(update={"expected_status": expected_status})
+    response = http_request(request)
+    if verify_url is None:
+        return f"{method} {url} answered {response.status_code}"
+    _verify_healthy(verify_url, verify_within_seconds, verify_every_seconds, f"{url}")
+    return f"{method} {url} answered {response.status_code}; {verify_url} is healthy"

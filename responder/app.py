@@ -18,12 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from responder import metrics
 from responder.auth import Credentials
+from responder.events import is_batch, parse_events
 from responder.exceptions import DocumentError, StoreUnavailable
 from responder.guard import PAUSE
 from responder.models import AlertmanagerWebhook
 from responder.service import Service
 
 log = logging.getLogger(__name__)
+
+
+EVENT_CONTENT_TYPES = frozenset(
+    {"application/cloudevents+json", "application/cloudevents-batch+json", "application/json"}
+)
 
 
 class _BodyTooLarge(Exception):
@@ -148,6 +154,41 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(
             {"status": "accepted", "inbox_id": inbox_id, "alerts": len(webhook.alerts)}
         )
+
+    @app.post("/api/v1/events")
+    async def cloudevents(request: Request) -> JSONResponse:
+        """Accept CloudEvents 1.0 (structured JSON, one or a batch) into the inbox."""
+        if not credentials.accepts(request.headers.get("authorization")):
+            return unauthorized()
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in EVENT_CONTENT_TYPES:
+            return _error(
+                415,
+                "content type must be application/cloudevents+json, "
+                "application/cloudevents-batch+json or application/json",
+                received=content_type[:100],
+            )
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+        except _BodyTooLarge:
+            return _error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
+        batch = content_type == "application/cloudevents-batch+json" or (
+            content_type == "application/json" and is_batch(body)
+        )
+        try:
+            events = parse_events(body, batch)
+        except ValidationError as exc:
+            errors = _field_errors(exc)
+            if any(e["type"] == "json_invalid" for e in errors):
+                return _error(400, "body is not valid JSON", detail=errors[0]["message"])
+            return _error(422, "body is not a CloudEvent (1.0, structured mode)", fields=errors)
+        try:
+            inbox_id = await service.store.add_to_inbox("cloudevents", body)
+        except StoreUnavailable as exc:
+            log.error("events not committed, answering 503: %s", exc)
+            return _error(503, "store unavailable; retry")
+        service.loop.wake.set()
+        return JSONResponse({"status": "accepted", "inbox_id": inbox_id, "events": len(events)})
 
     @app.get("/api/v1/decisions")
     async def list_decisions(

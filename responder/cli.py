@@ -35,7 +35,7 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
 
 
 def _fail(exc: ResponderError) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -140,7 +140,9 @@ def check(
         raise _fail(exc) from None
     for rule, source in zip(book.rules, book.sources, strict=True):
         console.print(
-            f"ok  {rule.name:<32} {source.file}:{source.line}  → {_does(rule)}", highlight=False
+            f"ok  {rule.name:<32} {source.file}:{source.line}  → {_does(rule)}",
+            highlight=False,
+            soft_wrap=True,
         )
     console.print(f"{len(book.rules)} rules valid")
 
@@ -151,6 +153,39 @@ def _does(rule: Any) -> str:
         parts.append(f"assert {rule.assert_.fact}")
     parts.extend(f"retract {c.fact}" for c in rule.retract)
     return ", ".join(parts)
+
+
+@app.command("test")
+def test_rules(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Test files or directories (default rules/tests).")
+    ] = None,
+) -> None:
+    """Run rule test files: alerts and events over time in, expected decisions and facts out."""
+    from responder.ruletest import run_test_file
+    from responder.service import known_flows
+
+    files: list[Path] = []
+    for path in paths or [Path("rules/tests")]:
+        files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
+    if not files:
+        err_console.print("error: no rule test files found")
+        raise typer.Exit(1)
+    failed = 0
+    for file in files:
+        try:
+            outcomes = asyncio.run(run_test_file(file, known_flows()))
+        except ResponderError as exc:
+            raise _fail(exc) from None
+        for outcome in outcomes:
+            if outcome.passed:
+                console.print(f"ok    {file}: {outcome.name}", highlight=False, soft_wrap=True)
+            else:
+                failed += 1
+                console.print(f"FAIL  {file}: {outcome.name}", highlight=False, soft_wrap=True)
+                console.print(outcome.diff, highlight=False, markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,7 +1,9 @@
-"""A stand-in for a real service's control API, for the quick start and the tests.
+"""A stand-in for the APIs the shipped rules call, for the quick start and the tests.
 
-`POST /restart/<host>/<service>` records a restart; `GET /health/<host>/<service>` answers
-200 once that service was restarted; `GET /calls` lists what was received.
+Every POST is recorded. `POST /restart/<host>/<service>` records a restart, and
+`GET /health/<host>/<service>` answers 200 once that service was restarted. Other GETs
+(a deploy's health, a disk check) answer 200 once a POST was made to the matching path.
+`GET /calls` lists what was received.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class DemoService:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.restarts: list[tuple[str, str]] = []
+        self.posts: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
         demo = self
 
@@ -25,22 +28,31 @@ class DemoService:
             def do_POST(self) -> None:
                 parts = [unquote(p) for p in self.path.strip("/").split("/")]
                 length = int(self.headers.get("content-length") or 0)
-                self.rfile.read(length)
-                if len(parts) == 3 and parts[0] == "restart":
-                    with demo._lock:
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                with demo._lock:
+                    demo.posts.append((self.path, body))
+                    if len(parts) == 3 and parts[0] == "restart":
                         demo.restarts.append((parts[1], parts[2]))
-                    self._send(202, {"restarting": parts[1:]})
-                else:
-                    self._send(404, {"error": "not found"})
+                self._send(202, {"accepted": self.path})
 
             def do_GET(self) -> None:
                 parts = [unquote(p) for p in self.path.strip("/").split("/")]
+                with demo._lock:
+                    posted = [
+                        [unquote(p) for p in path.strip("/").split("/")] for path, _ in demo.posts
+                    ]
+                    calls = {"restarts": [list(r) for r in demo.restarts], "posts": demo.posts}
+                checks = [i for i, part in enumerate(parts) if part in ("health", "disk-ok")]
                 if parts == ["calls"]:
-                    with demo._lock:
-                        self._send(200, {"restarts": [list(r) for r in demo.restarts]})
-                elif len(parts) == 3 and parts[0] == "health":
-                    with demo._lock:
-                        healthy = (parts[1], parts[2]) in demo.restarts
+                    self._send(200, calls)
+                elif checks and checks[0] < len(parts) - 1:
+                    # .../health/<x>/<y> is healthy once a POST to .../<x>/<y> was made.
+                    tail = parts[checks[0] + 1 :]
+                    healthy = any(p[-len(tail) :] == tail for p in posted)
                     self._send(200 if healthy else 503, {"healthy": healthy})
                 else:
                     self._send(404, {"error": "not found"})

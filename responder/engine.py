@@ -92,6 +92,8 @@ class Engine:
         self._labels = sorted(self._referenced_labels())
         self._regexes: list[Matcher] = []
         self._alerts: dict[str, Alert] = {}
+        self._arrival: dict[str, int] = {}
+        self._arrived = 0
         self._facts: dict[str, Fact] = {}
         self._fact_expiry: list[tuple[float, str]] = []
         self._due: list[tuple[float, str, str]] = []  # (when, rule, incident) for firing_for
@@ -135,6 +137,8 @@ class Engine:
         if incident in self._alerts:
             return []
         self._alerts[incident] = alert
+        self._arrived += 1
+        self._arrival[incident] = self._arrived
         for rule in self.book.rules:
             if rule.firing_for is not None:
                 due = alert.starts_at.timestamp() + rule.firing_for
@@ -147,12 +151,14 @@ class Engine:
             )
         except EngineRejected:
             del self._alerts[incident]
+            del self._arrival[incident]
             raise
         return self._collect()
 
     def retract_alert(self, alert: Alert) -> list[Match]:
         """Let go of a resolved alert; return the rules on resolutions that hold for it."""
         held = self._alerts.pop(alert.incident, None)
+        self._arrival.pop(alert.incident, None)
         if held is not None and self._has_firing:
             self._send(
                 self._host.retract_fact,
@@ -253,7 +259,15 @@ class Engine:
         return self._ordered(matches)
 
     def _ordered(self, matches: list[Match]) -> list[Match]:
-        return sorted(matches, key=lambda m: (-m.rule.priority, self._order[m.rule.name]))
+        """Higher priority first, then rule order, then the order the alerts arrived in."""
+        return sorted(
+            matches,
+            key=lambda m: (
+                -m.rule.priority,
+                self._order[m.rule.name],
+                self._arrival.get(m.alert.incident, 0),
+            ),
+        )
 
     def _has_fired_long_enough(self, rule: Rule, alert: Alert) -> bool:
         assert rule.firing_for is not None

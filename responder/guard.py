@@ -13,6 +13,7 @@ the guard would have done.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -58,8 +59,16 @@ def mutex_name(name: str) -> str:
 class Guard:
     """One active remediation per key, mutexes, cooldowns, budgets, pause and dry-run."""
 
-    def __init__(self, store: Store, lease_seconds: float, *, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease_seconds: float,
+        *,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
+        self._clock = clock
         self._lease_seconds = lease_seconds
         self._dry_run = dry_run
 
@@ -67,7 +76,7 @@ class Guard:
         self, conn: AsyncConnection, decision: Decision, inbox_id: int | None
     ) -> Admission:
         """Take the decision's names or refuse; record the decision either way."""
-        now = time.time()
+        now = self._clock()
         names = [key_name(decision.key), *(mutex_name(m) for m in decision.mutex)]
         refusal = await self._check(conn, decision, now)
         observe_only = decision.shadow or self._dry_run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from responder.catalog import Catalog
 from responder.decisions import Verdict, decide, fact_for
 from responder.dispatch import Dispatcher
 from responder.engine import Engine, EngineRejected, Match
+from responder.events import CloudEvent, is_batch, parse_events
 from responder.exceptions import StoreUnavailable, TemplateError
 from responder.facts import Fact
 from responder.guard import Guard
@@ -52,6 +54,8 @@ class EngineLoop:
         batch: int = 256,
         idle_seconds: float = 0.05,
         partitions: int = 16,
+        event_ttl: float = 3600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._guard = guard
@@ -60,9 +64,11 @@ class EngineLoop:
         self._batch = batch
         self._idle_seconds = idle_seconds
         self._partitions = partitions
+        self._event_ttl = event_ttl
+        self._clock = clock
         self.book = book
         self.catalog = catalog
-        self.engine = Engine(book, partitions)
+        self.engine = Engine(book, partitions, clock)
         self.running = False
         self.wake = asyncio.Event()
         # Held while a step runs, so a reload never swaps the engine mid-row.
@@ -76,10 +82,10 @@ class EngineLoop:
 
     async def rebuild(self) -> None:
         """Rebuild the engine's facts and alerts from the store; nothing is decided again."""
-        self.engine = Engine(self.book, self._partitions)
-        for fact in self.catalog.facts():
+        self.engine = Engine(self.book, self._partitions, self._clock)
+        for fact in self.catalog.facts(self._clock()):
             self.engine.assert_fact(fact)
-        for fact in await self._store.live_facts(time.time()):
+        for fact in await self._store.live_facts(self._clock()):
             self.engine.assert_fact(fact)
         for alert in await self._store.firing():
             try:
@@ -140,6 +146,9 @@ class EngineLoop:
 
     async def _process(self, message: PendingMessage) -> list[ActiveRun]:
         try:
+            if message.source == "cloudevents":
+                events = parse_events(message.body, is_batch(message.body))
+                return await self._process_events(message.id, events)
             webhook = AlertmanagerWebhook.model_validate_json(message.body)
         except ValidationError as exc:
             # Intake validated it; this only happens if the schema changed underneath.
@@ -154,6 +163,19 @@ class EngineLoop:
                 metrics.ALERTS_RECEIVED.labels(status=alert.status).inc()
                 admitted.extend(await self._handle_alert(conn, alert, message.id))
             await self._store.mark_processed(conn, message.id)
+        return admitted
+
+    async def _process_events(self, inbox_id: int, events: list[CloudEvent]) -> list[ActiveRun]:
+        """Assert each event as a fact; rules it completes decide for their alerts."""
+        admitted: list[ActiveRun] = []
+        expires_at = self._clock() + self._event_ttl
+        async with self._store.transaction() as conn:
+            for event in events:
+                metrics.EVENTS_RECEIVED.inc()
+                fact = event.fact(expires_at)
+                await self._store.save_fact(conn, fact)
+                admitted.extend(await self._apply(conn, self.engine.assert_fact(fact), inbox_id))
+            await self._store.mark_processed(conn, inbox_id)
         return admitted
 
     async def _handle_alert(
@@ -257,7 +279,7 @@ class EngineLoop:
             notes.extend(f"retracted {_show(f)}" for f in gone)
         chained: list[Match] = []
         if rule.assert_ is not None:
-            fact = fact_for(match, self._rule_vars, self.catalog, time.time())
+            fact = fact_for(match, self._rule_vars, self.catalog, self._clock())
             chained = self.engine.assert_fact(fact)
             await self._store.save_fact(conn, fact)
             notes.append(f"asserted {_show(fact)}")

@@ -10,6 +10,7 @@ WEBHOOKS = Counter(
 ALERTS_RECEIVED = Counter(
     "responder_alerts_received_total", "Alerts read from the inbox, by alert status.", ["status"]
 )
+EVENTS_RECEIVED = Counter("responder_events_received_total", "CloudEvents read from the inbox.")
 DECISIONS = Counter(
     "responder_decisions_total",
     "Recorded decisions, by verdict and, for refusals, the guard check that refused.",

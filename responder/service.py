@@ -46,6 +46,7 @@ class Service:
             batch=settings.engine_batch,
             idle_seconds=settings.engine_idle_seconds,
             partitions=settings.engine_partitions,
+            event_ttl=settings.event_ttl,
         )
         self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None

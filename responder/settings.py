@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     dry_run: bool = Field(
         False, description="Decide and record every decision, but never dispatch a flow run."
     )
+    event_ttl: float = Field(
+        3600.0, gt=0, description="Seconds a CloudEvent stays a fact rules can join."
+    )
     engine_partitions: int = Field(
         16, ge=1, le=1024, description="durable_rules state partitions the alerts spread over."
     )

@@ -406,7 +406,7 @@ class Store:
             if not inserted:
                 if taken:
                     await conn.execute(delete(leases).where(leases.c.key_digest.in_(taken)))
-                return await self.lease_holder(conn, [name], now)
+                return await self.lease_holder(conn, names, now)
             taken.append(digest)
         return None
 
@@ -423,6 +423,7 @@ class Store:
                     leases.c.key_digest.in_([key_digest(n) for n in names]),
                     leases.c.expires_at > now,
                 )
+                .order_by(leases.c.name)  # `key:...` sorts before `mutex:...`: name the key
                 .limit(1)
             )
         ).first()
@@ -548,12 +549,14 @@ class Store:
                 .values(flow_run_id=flow_run_id)
             )
 
-    async def finish(self, decision_id: int, state: str, detail: str | None = None) -> bool:
+    async def finish(
+        self, decision_id: int, state: str, detail: str | None = None, now: float | None = None
+    ) -> bool:
         """Record a final state, free the decision's names and start its key's cooldown.
 
         False if the decision was already final: the first final state wins.
         """
-        now = time.time()
+        now = time.time() if now is None else now
         async with self.transaction() as conn:
             result = await conn.execute(
                 update(decisions)

@@ -44,9 +44,10 @@ def all_fixture_names() -> list[str]:
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
-    """A copy of the shipped rules, so tests exercise what users get."""
+    """A copy of the shipped restart rule, so tests exercise what users get."""
     path = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", path)
+    path.mkdir()
+    shutil.copy(ROOT / "rules" / "restart-service.yaml", path)
     return path
 
 

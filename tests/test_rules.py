@@ -10,7 +10,7 @@ from responder.exceptions import RuleError
 from responder.rules import load_rules
 from tests.conftest import ROOT
 
-FLOWS = ["restart-service"]
+FLOWS = ["restart-service", "http-call"]
 
 GOOD = """\
 rules:
@@ -35,7 +35,8 @@ def error_for(tmp_path: Path, text: str) -> RuleError:
 
 def test_shipped_rules_are_valid() -> None:
     book = load_rules([ROOT / "rules"], FLOWS)
-    assert [r.name for r in book.rules] == ["restart-crashed-service"]
+    assert "restart-crashed-service" in [r.name for r in book.rules]
+    assert len(book.rules) >= 7
 
 
 def test_good_file_loads_with_source_lines(tmp_path: Path) -> None:
