@@ -405,3 +405,46 @@ async def test_a_changed_rule_file_is_reloaded_by_itself(
     await post(client, "firing_group_diskalmostfull_2_hosts")
     await wait_for(lambda: settled(service))
     assert {d["verdict"] for d in await decisions(client)} == {"admitted"}
+
+
+DEPLOY = {
+    "specversion": "1.0",
+    "id": "d-1",
+    "source": "argo",
+    "type": "deploy.finished",
+    "data": {"workload": "api", "previous_revision": "41"},
+}
+
+
+async def test_cloudevents_single_and_batch_become_facts(make_client: ClientFactory) -> None:
+    client, service = await make_client()
+    single = await client.post(
+        "/api/v1/events", json=DEPLOY, headers={"content-type": "application/cloudevents+json"}
+    )
+    assert single.status_code == 200
+    assert single.json()["events"] == 1
+    batch = [{**DEPLOY, "id": f"d-{i}", "data": {"workload": f"w{i}"}} for i in range(3)]
+    response = await client.post(
+        "/api/v1/events",
+        content=json.dumps(batch),
+        headers={"content-type": "application/cloudevents-batch+json"},
+    )
+    assert response.json()["events"] == 3
+    await wait_for(lambda: settled(service))
+    workloads = sorted(
+        f.fields["workload"] for f in service.loop.engine.facts() if f.name == "event"
+    )
+    assert workloads == ["api", "w0", "w1", "w2"]
+
+
+async def test_cloudevents_errors(make_client: ClientFactory) -> None:
+    client, _ = await make_client()
+    ce = {"content-type": "application/cloudevents+json"}
+    assert (await client.post("/api/v1/events", content=b"{", headers=ce)).status_code == 400
+    text = await client.post("/api/v1/events", content=b"{}", headers={"content-type": "text/x"})
+    assert text.status_code == 415
+    bad = {**DEPLOY, "specversion": "0.3"}
+    del bad["id"]
+    response = await client.post("/api/v1/events", json=bad, headers=ce)
+    assert response.status_code == 422
+    assert {f["field"] for f in response.json()["fields"]} == {"specversion", "id"}
