@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -210,6 +210,29 @@ def create_app(service: Service) -> FastAPI:
             run_id = row.get("flow_run_id")
             row["flow_run_url"] = dispatcher.flow_run_url(run_id) if run_id and dispatcher else None
         return JSONResponse({"decisions": rows})
+
+    @app.get("/api/v1/explain/{fingerprint}")
+    async def explain(
+        request: Request, fingerprint: str = Path(pattern=r"^[0-9a-fA-F]{1,64}$")
+    ) -> JSONResponse:
+        """An alert's story: every decision about it, and how each rule judges it now."""
+        if not credentials.accepts(request.headers.get("authorization")):
+            return unauthorized()
+        rows = await service.store.decisions(limit=1000, fingerprint=fingerprint)
+        engine = service.loop.engine
+        held = [
+            {
+                "incident": alert.incident,
+                "rules": [
+                    {"rule": rule.name, "holds": failure is None, "failure": failure}
+                    for rule, failure in engine.explain(alert)
+                ],
+            }
+            for alert in engine.held_alerts(fingerprint)
+        ]
+        if not rows and not held:
+            return _error(404, f"no alert with fingerprint {fingerprint} was seen")
+        return JSONResponse({"decisions": list(reversed(rows)), "held": held})
 
     @app.post("/api/v1/pause")
     async def pause(request: Request, body: PauseRequest) -> JSONResponse:

@@ -208,6 +208,42 @@ def decisions(
 
 
 @app.command()
+def explain(
+    fingerprint: Annotated[str, typer.Argument(help="The alert's fingerprint.")],
+    config: ConfigOption = None,
+) -> None:
+    """Tell an alert's story: every decision about it, and how each rule judges it now."""
+    body = _call(config, "GET", f"/api/v1/explain/{fingerprint}").json()
+    for row in body["decisions"]:
+        console.print(_describe(row), highlight=False, soft_wrap=True)
+    for alert in body["held"]:
+        console.print(f"still firing: {alert['incident']}", highlight=False, soft_wrap=True)
+        for rule in alert["rules"]:
+            verdict = "holds" if rule["holds"] else rule["failure"]
+            console.print(f"  {rule['rule']}: {verdict}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def simulate(
+    payload: Annotated[Path, typer.Argument(help="An Alertmanager webhook body (JSON).")],
+    config: ConfigOption = None,
+) -> None:
+    """Show what the rules would do with a webhook; nothing is dispatched or stored."""
+    from responder.simulation import simulate as run_simulation
+
+    try:
+        settings = _settings(config)
+        lines = asyncio.run(run_simulation(settings, payload.read_bytes()))
+    except ResponderError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        err_console.print(f"error: cannot read {payload}: {exc}")
+        raise typer.Exit(1) from None
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
 def pause(
     reason: Annotated[str, typer.Option(help="Why; shown in every refusal.")],
     config: ConfigOption = None,

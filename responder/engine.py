@@ -129,6 +129,10 @@ class Engine:
     def holds_alert(self, incident: str) -> bool:
         return incident in self._alerts
 
+    def held_alerts(self, fingerprint: str) -> list[Alert]:
+        """Firing alerts held with this fingerprint (one per incident)."""
+        return [a for a in self._alerts.values() if a.fingerprint == fingerprint]
+
     # --- alerts --------------------------------------------------------------------------
 
     def assert_alert(self, alert: Alert) -> list[Match]:
@@ -275,14 +279,42 @@ class Engine:
 
     def _holds_now(self, rule: Rule, alert: Alert) -> bool:
         """Re-check a rule for a held alert (used when a `firing_for` rule comes due)."""
-        labels = alert.labels
-        if not all(m.matches(labels) for m in rule.matchers):
-            return False
-        if not all(m.matches(alert.annotations) for m in rule.annotation_matchers):
-            return False
-        if not self._facts_hold(rule, alert):
-            return False
-        return rule.count is None or self._window_full(rule, alert)
+        if rule.count is not None:
+            self._window_full(rule, alert)  # count this alert in its window first
+        return self._first_failure(rule, alert) is None
+
+    def explain(self, alert: Alert) -> list[tuple[Rule, str | None]]:
+        """For each rule, None if it holds for `alert` now, else the first condition that fails."""
+        return [(rule, self._first_failure(rule, alert)) for rule in self.book.rules]
+
+    def _first_failure(self, rule: Rule, alert: Alert) -> str | None:
+        if rule.status != alert.status:
+            return f"the rule is for {rule.status} alerts; this one is {alert.status}"
+        for matcher in rule.matchers:
+            if not matcher.matches(alert.labels):
+                value = alert.labels.get(matcher.name, "")
+                return f"{matcher} does not hold: {matcher.name}={value!r}"
+        for matcher in rule.annotation_matchers:
+            if not matcher.matches(alert.annotations):
+                value = alert.annotations.get(matcher.name, "")
+                return f"annotation {matcher} does not hold: {matcher.name}={value!r}"
+        failure = self._fact_failure(rule, alert)
+        if failure is not None:
+            return failure
+        if rule.count is not None:
+            group = tuple(alert.labels.get(name, "") for name in rule.count.same)
+            window = self._windows.get((rule.name, group), deque())
+            since = self._clock() - rule.count.within
+            seen = sum(1 for at, _ in window if at > since)
+            if seen < rule.count.at_least:
+                return (
+                    f"count: {seen} of {rule.count.at_least} alerts within "
+                    f"{rule.count.within:.0f}s (same {rule.count.same})"
+                )
+        if rule.firing_for is not None and not self._has_fired_long_enough(rule, alert):
+            fired = self._clock() - alert.starts_at.timestamp()
+            return f"firing_for: fired {fired:.0f}s of {rule.firing_for:.0f}s"
+        return None
 
     def still_holds(self, match: Match) -> bool:
         """Whether a match's `when` and `unless` still hold for the facts held now.
@@ -290,15 +322,19 @@ class Engine:
         Acting on one match can assert or retract facts that another, already collected,
         match depends on; that match must then be dropped, as Rete drops an activation.
         """
-        return self._facts_hold(match.rule, match.alert)
+        return self._fact_failure(match.rule, match.alert) is None
 
-    def _facts_hold(self, rule: Rule, alert: Alert) -> bool:
-        if not rule.when and not rule.unless:
-            return True
+    def _fact_failure(self, rule: Rule, alert: Alert) -> str | None:
+        """The first `when` or `unless` condition that fails for `alert`, if any."""
         facts = list(self._facts.values())
-        return all(
-            any(fact_meets(f, condition, alert) for f in facts) for condition in rule.when
-        ) and not any(fact_meets(f, condition, alert) for condition in rule.unless for f in facts)
+        for condition in rule.when:
+            if not any(fact_meets(f, condition, alert) for f in facts):
+                return f"when: no fact {condition.fact} with {condition.where}"
+        for condition in rule.unless:
+            for fact in facts:
+                if fact_meets(fact, condition, alert):
+                    return f"unless: fact {fact.name} {dict(fact.fields)} holds"
+        return None
 
     def _window_full(self, rule: Rule, alert: Alert) -> bool:
         """Add the alert to the rule's window for its `same` labels; True once it is full."""

@@ -363,6 +363,7 @@ class Store:
         verdict: str | None = None,
         alertname: str | None = None,
         before_id: int | None = None,
+        fingerprint: str | None = None,
     ) -> list[dict[str, Any]]:
         query = select(decisions).order_by(decisions.c.id.desc()).limit(limit)
         if rule is not None:
@@ -373,6 +374,8 @@ class Store:
             query = query.where(decisions.c.alertname == alertname)
         if before_id is not None:
             query = query.where(decisions.c.id < before_id)
+        if fingerprint is not None:
+            query = query.where(decisions.c.incident.startswith(f"{fingerprint}@", autoescape=True))
         async with self.transaction() as conn:
             rows = await conn.execute(query)
             return [dict(r._mapping) for r in rows]

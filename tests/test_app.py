@@ -448,3 +448,17 @@ async def test_cloudevents_errors(make_client: ClientFactory) -> None:
     response = await client.post("/api/v1/events", json=bad, headers=ce)
     assert response.status_code == 422
     assert {f["field"] for f in response.json()["fields"]} == {"specversion", "id"}
+
+
+async def test_explain_tells_an_alerts_story(make_client: ClientFactory) -> None:
+    client, service = await make_client()
+    await post(client, "firing_single_servicedown")
+    await post(client, "firing_single_servicedown")
+    await wait_for(lambda: settled(service))
+    story = (await client.get("/api/v1/explain/4c49c27c50dac262")).json()
+    assert [d["verdict"] for d in story["decisions"]] == ["admitted", "duplicate"]
+    [held] = story["held"]
+    [rule] = held["rules"]
+    assert rule == {"rule": "restart-crashed-service", "holds": True, "failure": None}
+    assert (await client.get("/api/v1/explain/abcdef")).status_code == 404
+    assert (await client.get("/api/v1/explain/not-hex")).status_code == 422
