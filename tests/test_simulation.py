@@ -29,4 +29,4 @@ def test_simulate_rejects_a_non_webhook(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["simulate", str(bad)])
     assert result.exit_code == 1
     assert "not an Alertmanager webhook" in result.output
-    assert "alerts: Field required" in result.output
+    assert "groupKey: Field required" in result.output
