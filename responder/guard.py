@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,6 +23,7 @@ from responder.decisions import Decision, Verdict
 from responder.store import LeaseHolder, Store
 
 PAUSE = "pause"
+_UNREAD: Any = object()
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,26 @@ class Guard:
         self._lease_seconds = lease_seconds
         self._dry_run = dry_run
 
+    async def pause(self, conn: AsyncConnection) -> Any:
+        """The global pause switch: None, or who paused and why."""
+        return await self._store.control_value(conn, PAUSE)
+
     async def admit(
-        self, conn: AsyncConnection, decision: Decision, inbox_id: int | None
+        self,
+        conn: AsyncConnection,
+        decision: Decision,
+        inbox_id: int | None,
+        pause: Any = _UNREAD,
     ) -> Admission:
-        """Take the decision's names or refuse; record the decision either way."""
+        """Take the decision's names or refuse; record the decision either way.
+
+        `pause` is the switch as read earlier in the same transaction, if it was.
+        """
         now = self._clock()
         names = [key_name(decision.key), *(mutex_name(m) for m in decision.mutex)]
-        refusal = await self._check(conn, decision, now)
+        if pause is _UNREAD:
+            pause = await self.pause(conn)
+        refusal = await self._check(conn, decision, now, pause)
         observe_only = decision.shadow or self._dry_run
         if observe_only:
             if refusal is None:
@@ -104,11 +119,10 @@ class Guard:
         return Admission(verdict, refusal.code if refusal else None, reason, decision_id)
 
     async def _check(
-        self, conn: AsyncConnection, decision: Decision, now: float
+        self, conn: AsyncConnection, decision: Decision, now: float, pause: Any
     ) -> _Refusal | None:
         """The checks that need no lock, in order; the first refusal wins."""
         policy = decision.policy
-        pause = await self._store.control_value(conn, PAUSE)
         if pause:
             return _Refusal("paused", f"remediation is paused: {pause.get('reason') or '-'}")
         if policy.max_attempts is not None:

@@ -118,12 +118,16 @@ class EngineLoop:
             self.running = False
 
     async def step(self) -> int:
-        """Process due timers and up to one batch of inbox rows; return how many rows."""
+        """Process due timers and up to one batch of inbox rows; return how many rows.
+
+        The whole batch is one transaction, with buffered, bulk writes: this is where
+        throughput comes from. A failure rolls the batch back, and it is read again.
+        """
         async with self._lock:
             await self._submit(await self._tick())
             messages = await self._store.pending(self._batch)
-            for message in messages:
-                await self._submit(await self._process(message))
+            if messages:
+                await self._submit(await self._process(messages))
             return len(messages)
 
     async def _submit(self, admitted: list[ActiveRun]) -> None:
@@ -137,86 +141,98 @@ class EngineLoop:
         if not due and not expired:
             return []
         async with self._store.transaction() as conn:
+            work = _Work(self._store, conn, self._clock)
             await self._store.delete_facts(conn, [f.id for f in expired])
             # A restart re-arms every timer: decide once per rule and incident.
             fresh = [
                 m for m in due if not await self._store.decided(conn, m.rule.name, m.alert.incident)
             ]
-            return await self._apply(conn, fresh, inbox_id=None)
+            admitted = await self._apply(work, fresh, inbox_id=None)
+            await work.flush()
+            return admitted
 
-    async def _process(self, message: PendingMessage) -> list[ActiveRun]:
-        try:
-            if message.source == "cloudevents":
-                events = parse_events(message.body, is_batch(message.body))
-                return await self._process_events(message.id, events)
-            webhook = AlertmanagerWebhook.model_validate_json(message.body)
-        except ValidationError as exc:
-            # Intake validated it; this only happens if the schema changed underneath.
-            metrics.ENGINE_ERRORS.labels(kind="bad_message").inc()
-            log.error("inbox row %s no longer validates: %s", message.id, exc)
-            async with self._store.transaction() as conn:
-                await self._store.mark_processed(conn, message.id)
-            return []
+    async def _process(self, messages: list[PendingMessage]) -> list[ActiveRun]:
+        parsed: list[tuple[int, AlertmanagerWebhook | list[CloudEvent]]] = []
+        for message in messages:
+            try:
+                if message.source == "cloudevents":
+                    parsed.append((message.id, parse_events(message.body, is_batch(message.body))))
+                else:
+                    parsed.append(
+                        (message.id, AlertmanagerWebhook.model_validate_json(message.body))
+                    )
+            except ValidationError as exc:
+                # Intake validated it; this only happens if the schema changed underneath.
+                metrics.ENGINE_ERRORS.labels(kind="bad_message").inc()
+                log.error("inbox row %s no longer validates: %s", message.id, exc)
         admitted: list[ActiveRun] = []
         async with self._store.transaction() as conn:
-            for alert in webhook.alerts:
-                metrics.ALERTS_RECEIVED.labels(status=alert.status).inc()
-                admitted.extend(await self._handle_alert(conn, alert, message.id))
-            await self._store.mark_processed(conn, message.id)
+            work = _Work(self._store, conn, self._clock)
+            await work.learn_identities(
+                [
+                    a
+                    for _, body in parsed
+                    if isinstance(body, AlertmanagerWebhook)
+                    for a in body.alerts
+                ]
+            )
+            for inbox_id, body in parsed:
+                if isinstance(body, AlertmanagerWebhook):
+                    for alert in body.alerts:
+                        metrics.ALERTS_RECEIVED.labels(status=alert.status).inc()
+                        admitted.extend(await self._handle_alert(work, alert, inbox_id))
+                else:
+                    admitted.extend(await self._handle_events(work, body, inbox_id))
+            await work.flush()
+            await self._store.mark_processed(conn, [m.id for m in messages])
         return admitted
 
-    async def _process_events(self, inbox_id: int, events: list[CloudEvent]) -> list[ActiveRun]:
+    async def _handle_events(
+        self, work: _Work, events: list[CloudEvent], inbox_id: int
+    ) -> list[ActiveRun]:
         """Assert each event as a fact; rules it completes decide for their alerts."""
         admitted: list[ActiveRun] = []
         expires_at = self._clock() + self._event_ttl
-        async with self._store.transaction() as conn:
-            for event in events:
-                metrics.EVENTS_RECEIVED.inc()
-                fact = event.fact(expires_at)
-                await self._store.save_fact(conn, fact)
-                admitted.extend(await self._apply(conn, self.engine.assert_fact(fact), inbox_id))
-            await self._store.mark_processed(conn, inbox_id)
+        for event in events:
+            metrics.EVENTS_RECEIVED.inc()
+            fact = event.fact(expires_at)
+            await self._store.save_fact(work.conn, fact)
+            admitted.extend(await self._apply(work, self.engine.assert_fact(fact), inbox_id))
         return admitted
 
-    async def _handle_alert(
-        self, conn: AsyncConnection, alert: Alert, inbox_id: int
-    ) -> list[ActiveRun]:
-        if not await self._store.note_alert(conn, alert, inbox_id):
-            first = await self._store.first_seen_in(conn, alert)
-            await self._record(
-                conn,
+    async def _handle_alert(self, work: _Work, alert: Alert, inbox_id: int) -> list[ActiveRun]:
+        first = work.first_seen_in(alert)
+        if first is not None:
+            work.record(
                 alert,
                 inbox_id,
                 Verdict.DUPLICATE,
                 f"{alert.status} alert already handled (inbox #{first})",
             )
             return []
+        work.note(alert, inbox_id)
         if alert.status == "resolved":
             matches = self.engine.retract_alert(alert)
-            await self._store.set_firing(conn, alert, firing=False)
-            await self._record(conn, alert, inbox_id, Verdict.RESOLVED, "fact retracted")
-            return await self._apply(conn, matches, inbox_id)
-        if await self._store.was_resolved(conn, alert):
+            work.set_firing(alert, firing=False)
+            work.record(alert, inbox_id, Verdict.RESOLVED, "fact retracted")
+            return await self._apply(work, matches, inbox_id)
+        if work.was_resolved(alert):
             # A firing notice that arrives after the same incident resolved is stale.
-            await self._record(
-                conn, alert, inbox_id, Verdict.DUPLICATE, "incident already resolved"
-            )
+            work.record(alert, inbox_id, Verdict.DUPLICATE, "incident already resolved")
             return []
         try:
             matches = self.engine.assert_alert(alert)
         except EngineRejected:
-            await self._record(
-                conn, alert, inbox_id, Verdict.ERROR, "the rules engine rejected this alert"
-            )
+            work.record(alert, inbox_id, Verdict.ERROR, "the rules engine rejected this alert")
             return []
-        await self._store.set_firing(conn, alert, firing=True)
+        work.set_firing(alert, firing=True)
         if not matches:
-            await self._record(conn, alert, inbox_id, Verdict.UNMATCHED, "no rule matched")
+            work.record(alert, inbox_id, Verdict.UNMATCHED, "no rule matched")
             return []
-        return await self._apply(conn, matches, inbox_id)
+        return await self._apply(work, matches, inbox_id)
 
     async def _apply(
-        self, conn: AsyncConnection, matches: list[Match], inbox_id: int | None, depth: int = 0
+        self, work: _Work, matches: list[Match], inbox_id: int | None, depth: int = 0
     ) -> list[ActiveRun]:
         """Act on matches in priority order: retract and assert facts, then decide.
 
@@ -227,8 +243,7 @@ class EngineLoop:
         for match in matches:
             rule, alert = match.rule, match.alert
             if not self.engine.still_holds(match):
-                await self._record(
-                    conn,
+                work.record(
                     alert,
                     inbox_id,
                     Verdict.UNMATCHED,
@@ -237,9 +252,9 @@ class EngineLoop:
                 )
                 continue
             try:
-                done = await self._change_facts(conn, match, inbox_id, depth)
+                done = await self._change_facts(work, match, inbox_id, depth)
             except TemplateError as exc:
-                await self._record(conn, alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
+                work.record(alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
                 continue
             admitted.extend(done)
             if rule.run is None:
@@ -247,9 +262,12 @@ class EngineLoop:
             try:
                 decision = decide(match, self._rule_vars, self.catalog)
             except TemplateError as exc:
-                await self._record(conn, alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
+                work.record(alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
                 continue
-            admission = await self._guard.admit(conn, decision, inbox_id)
+            await work.flush_decisions()  # keep the audit in the order decisions were made
+            admission = await self._guard.admit(
+                work.conn, decision, inbox_id, pause=await work.pause(self._guard)
+            )
             metrics.DECISIONS.labels(
                 verdict=admission.verdict, refusal=admission.refusal or ""
             ).inc()
@@ -269,23 +287,22 @@ class EngineLoop:
         return admitted
 
     async def _change_facts(
-        self, conn: AsyncConnection, match: Match, inbox_id: int | None, depth: int
+        self, work: _Work, match: Match, inbox_id: int | None, depth: int
     ) -> list[ActiveRun]:
         rule, alert = match.rule, match.alert
         notes: list[str] = []
         for condition in rule.retract:
             gone = self.engine.retract_facts(condition, alert)
-            await self._store.delete_facts(conn, [f.id for f in gone])
+            await self._store.delete_facts(work.conn, [f.id for f in gone])
             notes.extend(f"retracted {_show(f)}" for f in gone)
         chained: list[Match] = []
         if rule.assert_ is not None:
             fact = fact_for(match, self._rule_vars, self.catalog, self._clock())
             chained = self.engine.assert_fact(fact)
-            await self._store.save_fact(conn, fact)
+            await self._store.save_fact(work.conn, fact)
             notes.append(f"asserted {_show(fact)}")
         if rule.run is None:
-            await self._record(
-                conn,
+            work.record(
                 alert,
                 inbox_id,
                 Verdict.ASSERTED,
@@ -298,26 +315,95 @@ class EngineLoop:
             metrics.ENGINE_ERRORS.labels(kind="chain_depth").inc()
             log.error("rule %s: forward chaining deeper than %d; stopped", rule.name, MAX_CHAIN)
             return []
-        return await self._apply(conn, chained, inbox_id, depth + 1)
+        return await self._apply(work, chained, inbox_id, depth + 1)
 
-    async def _record(
+
+class _Work:
+    """One transaction's buffered writes: decisions, alert identities and firing alerts.
+
+    Identities of a whole batch are read in one query and written in one; decisions are
+    written in bulk, flushed before every guard admission so ids follow decision order.
+    """
+
+    def __init__(self, store: Store, conn: AsyncConnection, clock: Callable[[], float]) -> None:
+        self._store = store
+        self.conn = conn
+        self._clock = clock
+        self._seen: dict[tuple[str, str, str], int] = {}
+        self._identities: list[dict[str, Any]] = []
+        self._decisions: list[dict[str, Any]] = []
+        self._firing: dict[str, Alert | None] = {}
+        self._pause: Any = None
+        self._pause_read = False
+
+    async def pause(self, guard: Guard) -> Any:
+        """The pause switch, read once per transaction."""
+        if not self._pause_read:
+            self._pause, self._pause_read = await guard.pause(self.conn), True
+        return self._pause
+
+    async def learn_identities(self, alerts: list[Alert]) -> None:
+        self._seen.update(await self._store.known_identities(self.conn, alerts))
+
+    def first_seen_in(self, alert: Alert) -> int | None:
+        return self._seen.get(_identity(alert))
+
+    def was_resolved(self, alert: Alert) -> bool:
+        return (alert.fingerprint, alert.starts_at.isoformat(), "resolved") in self._seen
+
+    def note(self, alert: Alert, inbox_id: int) -> None:
+        identity = _identity(alert)
+        self._seen[identity] = inbox_id
+        self._identities.append(
+            {
+                "fingerprint": identity[0],
+                "starts_at": identity[1],
+                "status": identity[2],
+                "inbox_id": inbox_id,
+                "seen_at": self._clock(),
+            }
+        )
+
+    def set_firing(self, alert: Alert, *, firing: bool) -> None:
+        self._firing[alert.incident] = alert if firing else None
+
+    def record(
         self,
-        conn: AsyncConnection,
         alert: Alert,
         inbox_id: int | None,
         verdict: Verdict,
         reason: str,
-        **extra: Any,
+        rule: str | None = None,
     ) -> None:
         metrics.DECISIONS.labels(verdict=verdict, refusal="").inc()
-        await self._store.record_decision(
-            conn,
-            inbox_id=inbox_id,
-            incident=alert.incident,
-            alertname=alert.alertname,
-            alert_status=alert.status,
-            labels=dict(alert.labels),
-            verdict=verdict.value,
-            reason=reason,
-            **extra,
+        self._decisions.append(
+            {
+                "created_at": self._clock(),
+                "inbox_id": inbox_id,
+                "incident": alert.incident,
+                "alertname": alert.alertname,
+                "alert_status": alert.status,
+                "labels": dict(alert.labels),
+                "rule": rule,
+                "verdict": verdict.value,
+                "reason": reason,
+            }
         )
+
+    async def flush_decisions(self) -> None:
+        if self._decisions:
+            await self._store.record_decisions(self.conn, self._decisions)
+            self._decisions = []
+
+    async def flush(self) -> None:
+        await self.flush_decisions()
+        if self._identities:
+            await self._store.add_identities(self.conn, self._identities)
+            self._identities = []
+        if self._firing:
+            await self._store.replace_firing(self.conn, self._firing)
+            self._firing = {}
+
+
+def _identity(alert: Alert) -> tuple[str, str, str]:
+    return (alert.fingerprint, alert.starts_at.isoformat(), alert.status)

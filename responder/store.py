@@ -30,6 +30,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -263,51 +264,57 @@ class Store:
             return int(count or 0)
 
     @staticmethod
-    async def mark_processed(conn: AsyncConnection, inbox_id: int) -> None:
-        await conn.execute(update(inbox).where(inbox.c.id == inbox_id).values(processed=True))
+    async def mark_processed(conn: AsyncConnection, inbox_ids: list[int]) -> None:
+        await conn.execute(update(inbox).where(inbox.c.id.in_(inbox_ids)).values(processed=True))
 
     # --- alert identity and facts ------------------------------------------------------
 
-    async def note_alert(self, conn: AsyncConnection, alert: Alert, inbox_id: int) -> bool:
-        """Record `(fingerprint, startsAt, status)`; False if it was already handled."""
-        return await self._insert_ignore(
-            conn,
-            alert_events,
-            fingerprint=alert.fingerprint,
-            starts_at=alert.starts_at.isoformat(),
-            status=alert.status,
-            inbox_id=inbox_id,
-            seen_at=time.time(),
-        )
-
-    async def first_seen_in(self, conn: AsyncConnection, alert: Alert) -> int | None:
-        return await conn.scalar(
-            select(alert_events.c.inbox_id).where(
-                alert_events.c.fingerprint == alert.fingerprint,
-                alert_events.c.starts_at == alert.starts_at.isoformat(),
-                alert_events.c.status == alert.status,
-            )
-        )
-
-    async def was_resolved(self, conn: AsyncConnection, alert: Alert) -> bool:
-        found = await conn.scalar(
-            select(alert_events.c.inbox_id).where(
-                alert_events.c.fingerprint == alert.fingerprint,
-                alert_events.c.starts_at == alert.starts_at.isoformat(),
-                alert_events.c.status == "resolved",
-            )
-        )
-        return found is not None
-
     @staticmethod
-    async def set_firing(conn: AsyncConnection, alert: Alert, firing: bool) -> None:
-        await conn.execute(delete(firing_alerts).where(firing_alerts.c.incident == alert.incident))
-        if firing:
-            await conn.execute(
-                firing_alerts.insert().values(
-                    incident=alert.incident, alert=alert.model_dump_json(by_alias=True)
+    async def known_identities(
+        conn: AsyncConnection, alerts: list[Alert]
+    ) -> dict[tuple[str, str, str], int]:
+        """Every handled `(fingerprint, startsAt, status)` of these alerts' incidents."""
+        pairs = sorted({(a.fingerprint, a.starts_at.isoformat()) for a in alerts})
+        found: dict[tuple[str, str, str], int] = {}
+        for start in range(0, len(pairs), 500):
+            rows = await conn.execute(
+                select(
+                    alert_events.c.fingerprint,
+                    alert_events.c.starts_at,
+                    alert_events.c.status,
+                    alert_events.c.inbox_id,
+                ).where(
+                    tuple_(alert_events.c.fingerprint, alert_events.c.starts_at).in_(
+                        pairs[start : start + 500]
+                    )
                 )
             )
+            for r in rows:
+                found[(r.fingerprint, r.starts_at, r.status)] = r.inbox_id
+        return found
+
+    async def add_identities(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """Record handled identities; one already there (another replica's) is kept."""
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        await conn.execute(dialect.insert(alert_events).on_conflict_do_nothing(), rows)
+
+    @staticmethod
+    async def replace_firing(conn: AsyncConnection, changes: dict[str, Alert | None]) -> None:
+        """Apply a batch's changes to the firing alerts: an Alert holds it, None drops it."""
+        incidents = list(changes)
+        for start in range(0, len(incidents), 500):
+            await conn.execute(
+                delete(firing_alerts).where(
+                    firing_alerts.c.incident.in_(incidents[start : start + 500])
+                )
+            )
+        rows = [
+            {"incident": incident, "alert": alert.model_dump_json(by_alias=True)}
+            for incident, alert in changes.items()
+            if alert is not None
+        ]
+        if rows:
+            await conn.execute(firing_alerts.insert(), rows)
 
     async def firing(self) -> list[Alert]:
         async with self.transaction() as conn:
@@ -350,6 +357,11 @@ class Store:
     # --- decisions ---------------------------------------------------------------------
 
     @staticmethod
+    async def record_decisions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """Insert decisions in bulk; every row has the same keys."""
+        await conn.execute(decisions.insert(), rows)
+
+    @staticmethod
     async def record_decision(conn: AsyncConnection, **values: Any) -> int:
         values.setdefault("created_at", time.time())
         result = await conn.execute(decisions.insert().values(**values))
@@ -390,28 +402,37 @@ class Store:
         Names are taken in digest order, so two admissions that want overlapping names
         cannot deadlock on PostgreSQL.
         """
-        by_digest = sorted((key_digest(name), name) for name in set(names))
-        digests = [digest for digest, _ in by_digest]
-        await conn.execute(
-            delete(leases).where(leases.c.key_digest.in_(digests), leases.c.expires_at <= now)
-        )
-        taken: list[str] = []
-        for digest, name in by_digest:
-            inserted = await self._insert_ignore(
-                conn,
-                leases,
-                key_digest=digest,
-                name=name,
-                decision_id=decision_id,
-                acquired_at=now,
-                expires_at=now + ttl,
+        rows = [
+            {
+                "key_digest": digest,
+                "name": name,
+                "decision_id": decision_id,
+                "acquired_at": now,
+                "expires_at": now + ttl,
+            }
+            for digest, name in sorted((key_digest(name), name) for name in set(names))
+        ]
+        digests = [row["key_digest"] for row in rows]
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        for _ in range(2):
+            statement = (
+                dialect.insert(leases)
+                .values(rows)
+                .on_conflict_do_nothing()
+                .returning(leases.c.key_digest)
             )
-            if not inserted:
-                if taken:
-                    await conn.execute(delete(leases).where(leases.c.key_digest.in_(taken)))
-                return await self.lease_holder(conn, names, now)
-            taken.append(digest)
-        return None
+            taken = list(await conn.scalars(statement))
+            if len(taken) == len(rows):
+                return None
+            if taken:
+                await conn.execute(delete(leases).where(leases.c.key_digest.in_(taken)))
+            # A holder whose lease expired gives way, once.
+            expired = await conn.execute(
+                delete(leases).where(leases.c.key_digest.in_(digests), leases.c.expires_at <= now)
+            )
+            if not expired.rowcount:
+                break
+        return await self.lease_holder(conn, names, now)
 
     async def lease_holder(
         self, conn: AsyncConnection, names: list[str], now: float

@@ -1,0 +1,186 @@
+"""Benchmark of the decision path: inbox → engine → guard → decision recorded.
+
+Runs the real EngineLoop on a real store (SQLite file, or PostgreSQL with --postgres),
+with generated rules, and reports medians over repeated runs. Nothing is dispatched.
+
+    python bench/decision_path.py --rules 10 200 1000 --alerts 20000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from responder.catalog import Catalog  # noqa: E402
+from responder.engine import Engine  # noqa: E402
+from responder.guard import Guard  # noqa: E402
+from responder.loop import EngineLoop  # noqa: E402
+from responder.models import Alert  # noqa: E402
+from responder.rules import RuleBook, load_rule_text  # noqa: E402
+from responder.store import Store  # noqa: E402
+
+GROUP = 20
+
+
+def rule_text(count: int) -> str:
+    """`count` rules: 10% remediate, the rest match other alert names; all realistic."""
+    lines = ["rules:"]
+    for i in range(count):
+        lines += [
+            f"  - name: rule-{i}",
+            f"    match: ['alertname=\"Alert{i}\"', 'severity=~\"critical|page\"']",
+            f"    unless: [{{fact: maintenance, where: ['instance=\"{{{{ alert.labels.instance }}}}\"']}}]",
+            "    run: {flow: restart-service, parameters: {host: \"{{ alert.labels.instance }}\"}}",
+            f"    guard: {{key: \"r{i}/{{{{ alert.labels.instance }}}}\", mutex: [\"host:{{{{ alert.labels.instance }}}}\"]}}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def book_of(count: int) -> RuleBook:
+    rules, sources = load_rule_text(rule_text(count), "bench.yaml")
+    return RuleBook(tuple(rules), tuple(sources))
+
+
+def payloads(alerts: int, rules: int, instances: int = 2000) -> list[bytes]:
+    """Webhook bodies of GROUP alerts: 10% match a rule, 60% other names, 30% noise."""
+    now = "2026-11-25T23:17:29.549Z"
+    bodies = []
+    for start in range(0, alerts, GROUP):
+        group = []
+        for n in range(start, min(start + GROUP, alerts)):
+            kind = n % 10
+            name = f"Alert{n % rules}" if kind == 0 else (f"Other{n % 50}" if kind < 7 else "Noise")
+            group.append(
+                {
+                    "status": "firing",
+                    "labels": {
+                        "alertname": name,
+                        "instance": f"host-{n % instances}",
+                        "severity": "critical",
+                        "n": str(n),
+                    },
+                    "annotations": {"summary": "bench"},
+                    "startsAt": now,
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "fingerprint": f"{n:016x}",
+                }
+            )
+        bodies.append(
+            json.dumps(
+                {"version": "4", "groupKey": "{}", "status": "firing", "receiver": "r", "alerts": group}
+            ).encode()
+        )
+    return bodies
+
+
+async def decided_per_second(url: str, rules: int, alerts: int) -> dict[str, float]:
+    store = Store(url)
+    await store.migrate()
+    loop = EngineLoop(store, Guard(store, 3600), None, book_of(rules), Catalog(), batch=256)
+    await loop.rebuild()
+    for body in payloads(alerts, rules):
+        await store.add_to_inbox("alertmanager", body)
+    started = time.perf_counter()
+    while await loop.step():
+        pass
+    elapsed = time.perf_counter() - started
+    recorded = len(await store.decisions(limit=alerts + 1))
+    await store.close()
+    assert recorded == alerts, f"{recorded} decisions for {alerts} alerts"
+    return {"alerts_per_s": alerts / elapsed}
+
+
+def engine_per_second(rules: int, alerts: int) -> float:
+    engine = Engine(book_of(rules))
+    sample = [
+        Alert.model_validate(a)
+        for body in payloads(alerts, rules)
+        for a in json.loads(body)["alerts"]
+    ]
+    started = time.perf_counter()
+    for alert in sample:
+        engine.assert_alert(alert)
+    return alerts / (time.perf_counter() - started)
+
+
+def startup_seconds(rules: int) -> float:
+    text = rule_text(rules)
+    started = time.perf_counter()
+    parsed, sources = load_rule_text(text, "bench.yaml")
+    Engine(RuleBook(tuple(parsed), tuple(sources)))
+    return time.perf_counter() - started
+
+
+def held_alerts(count: int) -> dict[str, Any]:
+    engine = Engine(book_of(200))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for body in payloads(count, 200):
+        for raw in json.loads(body)["alerts"]:
+            engine.assert_alert(Alert.model_validate(raw))
+    return {
+        "held": engine.fact_count,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rules", type=int, nargs="+", default=[10, 200, 1000])
+    parser.add_argument("--alerts", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--postgres", default=os.environ.get("RESPONDER_BENCH_POSTGRES_URL"))
+    parser.add_argument("--held", type=int, default=100_000)
+    args = parser.parse_args()
+    results: dict[str, Any] = {"alerts": args.alerts, "repeat": args.repeat, "rows": []}
+    for rules in args.rules:
+        row: dict[str, Any] = {"rules": rules}
+        row["engine_alerts_per_s"] = statistics.median(
+            engine_per_second(rules, args.alerts) for _ in range(args.repeat)
+        )
+        row["startup_s"] = statistics.median(startup_seconds(rules) for _ in range(args.repeat))
+        runs = []
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory() as tmp:
+                url = f"sqlite+aiosqlite:///{tmp}/bench.db"
+                runs.append(asyncio.run(decided_per_second(url, rules, args.alerts))["alerts_per_s"])
+        row["sqlite_decided_per_s"] = statistics.median(runs)
+        if args.postgres:
+            pg = []
+            for _ in range(args.repeat):
+                asyncio.run(_reset(args.postgres))
+                pg.append(asyncio.run(decided_per_second(args.postgres, rules, args.alerts))["alerts_per_s"])
+            row["postgres_decided_per_s"] = statistics.median(pg)
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    if args.held:
+        results["held"] = held_alerts(args.held)
+        print(json.dumps(results["held"]), flush=True)
+    print(json.dumps(results))
+
+
+async def _reset(url: str) -> None:
+    from sqlalchemy import text
+
+    from responder.store import metadata
+
+    store = Store(url)
+    async with store.engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    await store.close()
+
+
+if __name__ == "__main__":
+    main()
