@@ -37,5 +37,9 @@ pytest: setup system-deps
 
 test: lint pytest
 
+# Benchmarks: figures go to docs/benchmarks.md. RESPONDER_BENCH_POSTGRES_URL adds PostgreSQL.
+bench: setup
+	$(PY) bench/decision_path.py --rules 10 200 1000 --alerts 20000 --repeat 3 --held 100000
+
 clean:
 	rm -rf $(VENV) .responder .pytest_cache .mypy_cache .ruff_cache

@@ -155,6 +155,14 @@ def _does(rule: Any) -> str:
     return ", ".join(parts)
 
 
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of rule files, for editors (rules/rules.schema.json)."""
+    from responder.rules import rule_file_schema
+
+    print(json.dumps(rule_file_schema(), indent=2, sort_keys=True))
+
+
 @app.command("test")
 def test_rules(
     paths: Annotated[

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -79,7 +80,19 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"{value!r} is not a duration; use seconds or text like 90s, 15m, 1h30m, 2d")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ],
+            "description": "Seconds, or a duration like 90s, 15m, 1h30m, 2d.",
+        }
+    ),
+]
 MatcherText = Annotated[str, AfterValidator(_valid_matcher)]
 TemplateText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_valid_template)]
 
@@ -271,6 +284,14 @@ class RuleBook:
 @lru_cache(maxsize=4096)
 def _parsed_matcher(text: str) -> Matcher:
     return parse_matcher(text)
+
+
+def rule_file_schema() -> dict[str, Any]:
+    """The JSON Schema of a rule file, as editors use it (keys as written in YAML)."""
+    schema = RuleFile.model_json_schema(by_alias=True)
+    schema["$id"] = "https://responder.dev/schemas/rules.schema.json"
+    schema["title"] = "Responder rule file"
+    return schema
 
 
 def load_rule_text(text: str, file: str) -> tuple[list[Rule], list[RuleSource]]:

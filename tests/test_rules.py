@@ -112,3 +112,28 @@ def test_guard_policy_fields_and_durations(tmp_path: Path) -> None:
     bad = error_for(tmp_path, text.replace("cooldown: 1h30m", "cooldown: soon"))
     assert bad.line == 8
     assert "'soon' is not a duration" in str(bad)
+
+
+def test_the_committed_json_schema_is_current() -> None:
+    import json
+
+    from responder.rules import rule_file_schema
+
+    committed = json.loads((ROOT / "rules" / "rules.schema.json").read_text())
+    assert committed == rule_file_schema(), "run: responder schema > rules/rules.schema.json"
+    rule = committed["$defs"]["Rule"]
+    assert rule["additionalProperties"] is False
+    assert "assert" in rule["properties"]
+
+
+def test_shipped_rules_validate_against_the_json_schema() -> None:
+    import json
+
+    import jsonschema
+    import yaml
+
+    schema = json.loads((ROOT / "rules" / "rules.schema.json").read_text())
+    for path in sorted((ROOT / "rules").glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"rules": [{"name": "x", "mtach": []}]}, schema)
