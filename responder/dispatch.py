@@ -188,6 +188,14 @@ class Dispatcher:
                         "decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type
                     )
 
+    async def _expire_lost_runs(self) -> None:
+        """End decisions whose lease expired with no final state seen: the run was lost."""
+        for decision_id in await self._store.expired_decisions(time.time()):
+            detail = "lease expired before a final state was seen; the key is free again"
+            if await self._store.finish(decision_id, "EXPIRED", detail=detail):
+                metrics.FLOW_RUNS_FINISHED.labels(state="EXPIRED").inc()
+                log.warning("decision %s: %s", decision_id, detail)
+
     async def _follow_events(self) -> None:
         from prefect.events.clients import PrefectEventSubscriber
         from prefect.events.filters import EventFilter, EventNameFilter
@@ -219,6 +227,7 @@ class Dispatcher:
             try:
                 # api_healthcheck returns the error instead of raising it.
                 self.prefect_reachable = await self._client.api_healthcheck() is None
+                await self._expire_lost_runs()
                 runs = [r for r in await self._store.active_runs() if r.flow_run_id]
                 metrics.ACTIVE_LEASES.set(await self._store.lease_count())
                 if not runs:

@@ -61,3 +61,31 @@ def parse_events(body: bytes, batch: bool) -> list[CloudEvent]:
 
 def is_batch(body: bytes) -> bool:
     return body.lstrip()[:1] == b"["
+
+
+class Outcome(BaseModel):
+    """A remediation's final state, fed back to the engine as an `outcome` fact.
+
+    Its fields are the alert's labels, then `rule`, `flow`, `key` and `state` (COMPLETED,
+    FAILED, CRASHED, CANCELLED, REJECTED), so rules join it with the alert they act on:
+
+        when: [{fact: outcome, where: ['rule="restart-crashed-service"', 'state!="COMPLETED"',
+                                       'instance="{{ alert.labels.instance }}"']}]
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    decision_id: int
+    state: str
+    rule: str | None
+    flow: str | None
+    key: str | None
+    incident: str
+    labels: dict[str, str]
+
+    def fact(self, expires_at: float) -> Fact:
+        fields = {k: v[:MAX_VALUE] for k, v in self.labels.items() if _FIELD.match(k)}
+        fields.update(
+            rule=self.rule or "", flow=self.flow or "", key=self.key or "", state=self.state
+        )
+        return Fact("outcome", fields, expires_at, source=f"outcome:{self.decision_id}")

@@ -106,7 +106,7 @@ class Guard:
             )
             return Admission(verdict, refusal.code if refusal else None, reason, decision_id)
         verdict = Verdict.REFUSED if refusal else Verdict.ADMITTED
-        reason = refusal.reason if refusal else "admitted"
+        reason = refusal.reason if refusal else "every check passed; names taken"
         decision_id = await self._record(conn, decision, inbox_id, now, verdict, refusal, reason)
         if refusal is None:
             holder = await self._store.acquire_leases(

@@ -21,7 +21,7 @@ from responder.catalog import Catalog
 from responder.decisions import Verdict, decide, fact_for
 from responder.dispatch import Dispatcher
 from responder.engine import Engine, EngineRejected, Match
-from responder.events import CloudEvent, is_batch, parse_events
+from responder.events import CloudEvent, Outcome, is_batch, parse_events
 from responder.exceptions import StoreUnavailable, TemplateError
 from responder.facts import Fact
 from responder.guard import Guard
@@ -152,11 +152,13 @@ class EngineLoop:
             return admitted
 
     async def _process(self, messages: list[PendingMessage]) -> list[ActiveRun]:
-        parsed: list[tuple[int, AlertmanagerWebhook | list[CloudEvent]]] = []
+        parsed: list[tuple[int, AlertmanagerWebhook | list[CloudEvent] | Outcome]] = []
         for message in messages:
             try:
                 if message.source == "cloudevents":
                     parsed.append((message.id, parse_events(message.body, is_batch(message.body))))
+                elif message.source == "outcome":
+                    parsed.append((message.id, Outcome.model_validate_json(message.body)))
                 else:
                     parsed.append(
                         (message.id, AlertmanagerWebhook.model_validate_json(message.body))
@@ -181,24 +183,26 @@ class EngineLoop:
                     for alert in body.alerts:
                         metrics.ALERTS_RECEIVED.labels(status=alert.status).inc()
                         admitted.extend(await self._handle_alert(work, alert, inbox_id))
+                elif isinstance(body, Outcome):
+                    admitted.extend(
+                        await self._assert(work, body.fact(self._fact_expiry()), inbox_id)
+                    )
                 else:
-                    admitted.extend(await self._handle_events(work, body, inbox_id))
+                    for event in body:
+                        metrics.EVENTS_RECEIVED.inc()
+                        fact = event.fact(self._fact_expiry())
+                        admitted.extend(await self._assert(work, fact, inbox_id))
             await work.flush()
             await self._store.mark_processed(conn, [m.id for m in messages])
         return admitted
 
-    async def _handle_events(
-        self, work: _Work, events: list[CloudEvent], inbox_id: int
-    ) -> list[ActiveRun]:
-        """Assert each event as a fact; rules it completes decide for their alerts."""
-        admitted: list[ActiveRun] = []
-        expires_at = self._clock() + self._event_ttl
-        for event in events:
-            metrics.EVENTS_RECEIVED.inc()
-            fact = event.fact(expires_at)
-            await self._store.save_fact(work.conn, fact)
-            admitted.extend(await self._apply(work, self.engine.assert_fact(fact), inbox_id))
-        return admitted
+    def _fact_expiry(self) -> float:
+        return self._clock() + self._event_ttl
+
+    async def _assert(self, work: _Work, fact: Fact, inbox_id: int) -> list[ActiveRun]:
+        """Hold an event's or outcome's fact; rules it completes decide for their alerts."""
+        await self._store.save_fact(work.conn, fact)
+        return await self._apply(work, self.engine.assert_fact(fact), inbox_id)
 
     async def _handle_alert(self, work: _Work, alert: Alert, inbox_id: int) -> list[ActiveRun]:
         first = work.first_seen_in(alert)

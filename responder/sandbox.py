@@ -118,7 +118,9 @@ class Sandbox:
         """Report the flow run holding `key` as final; False if no run holds it."""
         for run in await self.store.active_runs():
             if run.guard_key == key:
-                return await self.store.finish(run.decision_id, state, now=self.clock.now)
+                finished = await self.store.finish(run.decision_id, state, now=self.clock.now)
+                await self.settle()  # the engine hears the outcome
+                return finished
         return False
 
     async def decisions(self) -> list[dict[str, Any]]:

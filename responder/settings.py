@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         False, description="Decide and record every decision, but never dispatch a flow run."
     )
     event_ttl: float = Field(
-        3600.0, gt=0, description="Seconds a CloudEvent stays a fact rules can join."
+        3600.0, gt=0, description="Seconds an event or a flow-run outcome stays a fact."
     )
     engine_partitions: int = Field(
         16, ge=1, le=1024, description="durable_rules state partitions the alerts spread over."

@@ -7,6 +7,7 @@ several replicas. Uniqueness in the schema, not application checks, makes admiss
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -578,7 +579,9 @@ class Store:
     ) -> bool:
         """Record a final state, free the decision's names and start its key's cooldown.
 
-        False if the decision was already final: the first final state wins.
+        The outcome is also committed to the inbox, in the same transaction, so the engine
+        loop hears it in order and rules can react to it (the closed loop). False if the
+        decision was already final: the first final state wins.
         """
         now = time.time() if now is None else now
         async with self.transaction() as conn:
@@ -592,11 +595,30 @@ class Store:
                 return False
             row = (
                 await conn.execute(
-                    select(decisions.c.guard_key, decisions.c.policy).where(
-                        decisions.c.id == decision_id
-                    )
+                    select(
+                        decisions.c.guard_key,
+                        decisions.c.policy,
+                        decisions.c.rule,
+                        decisions.c.flow,
+                        decisions.c.incident,
+                        decisions.c.labels,
+                    ).where(decisions.c.id == decision_id)
                 )
             ).one()
+            outcome = {
+                "decision_id": decision_id,
+                "state": state,
+                "rule": row.rule,
+                "flow": row.flow,
+                "key": row.guard_key,
+                "incident": row.incident,
+                "labels": row.labels,
+            }
+            await conn.execute(
+                inbox.insert().values(
+                    received_at=now, source="outcome", body=json.dumps(outcome).encode()
+                )
+            )
             policy = row.policy or {}
             seconds = policy.get("cooldown", 0.0)
             if state != "COMPLETED" and policy.get("cooldown_failed") is not None:
@@ -645,6 +667,17 @@ class Store:
                 )
                 for r in rows
             ]
+
+    async def expired_decisions(self, now: float) -> list[int]:
+        """Decisions whose leases all expired before a final state was seen."""
+        async with self.transaction() as conn:
+            live = select(leases.c.decision_id).where(leases.c.expires_at > now)
+            rows = await conn.execute(
+                select(leases.c.decision_id)
+                .where(leases.c.expires_at <= now, leases.c.decision_id.not_in(live))
+                .distinct()
+            )
+            return [r.decision_id for r in rows]
 
     async def lease_count(self) -> int:
         async with self.transaction() as conn:

@@ -90,6 +90,15 @@ async def test_decision_runs_a_flow_that_completes_and_releases_the_lease(
     assert run["parameters"]["host"] == "host-11"
     assert run["idempotency_key"].startswith("responder:restart-crashed-service:")
 
+    async def outcome_heard() -> bool:
+        return any(
+            f.name == "outcome" and f.fields.get("state") == "COMPLETED"
+            for f in service.loop.engine.facts()
+        )
+
+    # The closed loop: the final state came back to the engine as a fact rules can use.
+    await wait_for(outcome_heard, timeout=10)
+
 
 async def test_fifty_concurrent_identical_webhooks_make_one_flow_run(
     running: tuple[httpx.AsyncClient, Service], demo_service: DemoService

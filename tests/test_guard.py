@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -185,3 +186,16 @@ async def test_shadow_and_dry_run_record_without_taking_anything(store: Store) -
     assert dry.verdict == Verdict.DRY_RUN
     assert dry.refusal == "key_active"
     assert dry.reason.startswith("would refuse: key 'restart/host-1' is active")
+
+
+async def test_decisions_whose_leases_expired_are_found_once(store: Store) -> None:
+    guard = Guard(store, lease_seconds=0.01)
+    lost = await admit(store, guard, replace(decision(), mutex=("host:h",)))
+    live = await admit(store, Guard(store, 60), decision(key="other", fp="bb"))
+    await asyncio.sleep(0.05)
+    assert await store.expired_decisions(time.time()) == [lost.decision_id]
+    assert await store.finish(lost.decision_id, "EXPIRED", detail="lost")
+    assert await store.expired_decisions(time.time()) == []
+    assert live.admitted
+    [row] = [d for d in await store.decisions() if d["id"] == lost.decision_id]
+    assert (row["flow_run_state"], row["detail"]) == ("EXPIRED", "lost")
