@@ -84,6 +84,7 @@ class Dispatcher:
         self._deployments: dict[str, UUID] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._client: Any = None
+        self._events: Any = None
         self.events_connected = False
         self.prefect_reachable = False
 
@@ -93,9 +94,17 @@ class Dispatcher:
     async def start(self) -> None:
         """Start workers; re-queue admitted decisions that never got a flow run."""
         from prefect.client.orchestration import PrefectClient
+        from prefect.events.clients import PrefectEventsClient
 
         self._client = PrefectClient(self.api_url)
         await self._client.__aenter__()
+        self._events = PrefectEventsClient(self.api_url, reconnection_attempts=2)
+        try:
+            await self._events.__aenter__()
+        except Exception as exc:
+            log.warning(
+                "Prefect's event stream is unavailable (%s); decisions are not mirrored", exc
+            )
         for run in await self._store.active_runs():
             if run.flow_run_id is None:
                 await self._queue.put((run, time.monotonic()))
@@ -112,6 +121,10 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                await self._events.__aexit__(None, None, None)
+            self._events = None
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
             self._client = None
@@ -128,6 +141,7 @@ class Dispatcher:
                 continue
             metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
             await self._store.set_flow_run(run.decision_id, flow_run_id)
+            await self._emit_decision(run, flow_run_id)
             log.info(
                 "decision %s: flow run %s (%s)",
                 run.decision_id,
@@ -159,6 +173,41 @@ class Dispatcher:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
+        """Tell Prefect why the run exists: its event feed then shows the decision."""
+        from prefect.events import Event, RelatedResource, Resource
+
+        event = Event(
+            event="responder.decision.admitted",
+            resource=Resource(
+                {
+                    "prefect.resource.id": f"responder.decision.{run.decision_id}",
+                    "prefect.resource.name": f"{run.rule} → {run.flow}",
+                    "responder.rule": run.rule,
+                }
+            ),
+            related=[
+                RelatedResource(
+                    {
+                        "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                        "prefect.resource.role": "flow-run",
+                    }
+                )
+            ],
+            payload={
+                "rule": run.rule,
+                "flow": run.flow,
+                "key": run.guard_key,
+                "incident": run.incident,
+                "alertname": run.alertname,
+            },
+        )
+        try:
+            await self._events.emit(event)
+        except Exception as exc:
+            # The decision is recorded in the store; the event only mirrors it.
+            log.warning("could not emit the event of decision %s: %s", run.decision_id, exc)
 
     async def _refused(self, run: ActiveRun, exc: Exception) -> None:
         detail = _refusal_detail(exc)

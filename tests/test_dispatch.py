@@ -99,6 +99,25 @@ async def test_decision_runs_a_flow_that_completes_and_releases_the_lease(
     # The closed loop: the final state came back to the engine as a fact rules can use.
     await wait_for(outcome_heard, timeout=10)
 
+    async def decision_event() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{dispatcher.api_url}/events/filter",
+                json={"filter": {"event": {"prefix": ["responder.decision."]}}, "limit": 50},
+            )
+            response.raise_for_status()
+            return [
+                e
+                for e in response.json()["events"]
+                if e["resource"]["prefect.resource.id"] == f"responder.decision.{decision['id']}"
+            ]
+
+    # The Prefect UI's event feed shows why the run exists.
+    [event] = await wait_for(decision_event, timeout=15, every=0.5)
+    assert event["event"] == "responder.decision.admitted"
+    assert event["related"][0]["prefect.resource.id"] == f"prefect.flow-run.{run['id']}"
+    assert event["payload"]["rule"] == "restart-crashed-service"
+
 
 async def test_fifty_concurrent_identical_webhooks_make_one_flow_run(
     running: tuple[httpx.AsyncClient, Service], demo_service: DemoService
