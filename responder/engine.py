@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import durable_rules_engine
 from durable import engine as durable
 
 from responder import metrics
@@ -38,7 +39,30 @@ from responder.rules import FactCondition, Rule, RuleBook
 
 log = logging.getLogger(__name__)
 
-RULESET = "responder"
+RESOLVED = "resolved"
+GENERIC = "*"  # the group of rules that do not require one alertname
+
+
+@dataclass
+class _Group:
+    """One durable_rules ruleset: the rules for one alertname, or the generic ones."""
+
+    ruleset: str
+    facts: frozenset[str]  # fact names its rules join, given to each partition it uses
+    primed: set[str] = field(default_factory=set)
+
+
+def _required_alertname(rule: Rule) -> str | None:
+    for matcher in rule.matchers:
+        if matcher.name == "alertname" and matcher.op is MatchOp.EQ:
+            return matcher.value
+    return None
+
+
+def _fact_message(fact: Fact, sid: str) -> dict[str, Any]:
+    message = {"sid": sid, "id": fact.id, "kind": "fact", "name": fact.name}
+    message.update({f"f_{k}": v for k, v in fact.fields.items()})
+    return message
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,7 @@ class Engine:
         self._clock = clock
         self._partitions = [f"p{i}" for i in range(partitions)]
         self._rules = {rule.name: rule for rule in book.rules}
+        self._waiting_rules = [r for r in book.rules if r.firing_for is not None]
         self._order = {rule.name: i for i, rule in enumerate(book.rules)}
         self._labels = sorted(self._referenced_labels())
         self._regexes: list[Matcher] = []
@@ -100,21 +125,39 @@ class Engine:
         self._windows: dict[tuple[str, tuple[str, ...]], deque[tuple[float, str]]] = {}
         self._fired: list[tuple[str, Any]] = []
         self._host = _Host(lambda rule, c: self._fired.append((rule, c)))
-        firing = {
-            f"r{i}": self._compile(r) for i, r in enumerate(book.rules) if r.status == "firing"
-        }
-        resolved = {
-            f"r{i}": self._compile(r) for i, r in enumerate(book.rules) if r.status == "resolved"
-        }
-        self._has_firing = bool(firing)
+        # Rules are grouped by the alertname they require, one durable_rules ruleset per
+        # group: an alert meets only its own group's rules (and the generic group's), so its
+        # cost in time and native memory does not grow with the size of the whole library.
+        by_name: dict[str, list[tuple[int, Rule]]] = {}
+        resolved: dict[str, Any] = {}
+        for i, rule in enumerate(book.rules):
+            if rule.status == "resolved":
+                resolved[f"r{i}"] = self._compile(rule)
+            else:
+                by_name.setdefault(_required_alertname(rule) or GENERIC, []).append((i, rule))
+        self._groups: dict[str, _Group] = {}
+        rulesets: dict[str, Any] = {}
+        for n, (alertname, members) in enumerate(sorted(by_name.items())):
+            group = _Group(
+                f"g{n}",
+                frozenset(c.fact for _, r in members for c in (*r.when, *r.unless)),
+            )
+            self._groups[alertname] = group
+            rulesets[group.ruleset] = {f"r{i}": self._compile(r) for i, r in members}
         self._has_resolved = bool(resolved)
-        rulesets = {}
-        if firing:
-            rulesets[RULESET] = firing
         if resolved:
-            rulesets[f"{RULESET}-resolved"] = resolved
+            rulesets[RESOLVED] = resolved
         if rulesets:
             self._host.set_rulesets(rulesets)
+
+    def close(self) -> None:
+        """Hand durable_rules' rulesets back; the engine cannot be used afterwards."""
+        for ruleset in self._host._ruleset_list:
+            durable_rules_engine.delete_ruleset(ruleset._handle)
+        self._host._ruleset_list.clear()
+        self._host._ruleset_directory.clear()
+        self._groups.clear()
+        self._has_resolved = False
 
     # --- what is held --------------------------------------------------------------------
 
@@ -143,17 +186,28 @@ class Engine:
         self._alerts[incident] = alert
         self._arrived += 1
         self._arrival[incident] = self._arrived
-        for rule in self.book.rules:
-            if rule.firing_for is not None:
-                due = alert.starts_at.timestamp() + rule.firing_for
-                heapq.heappush(self._due, (due, rule.name, incident))
-        if not self._has_firing:
+        for rule in self._waiting_rules:
+            assert rule.firing_for is not None
+            due = alert.starts_at.timestamp() + rule.firing_for
+            heapq.heappush(self._due, (due, rule.name, incident))
+        groups = self._groups_of(alert)
+        if not groups:
             return []
+        sid = self._sid(alert)
+        message = self._alert_message(alert, sid)
+        for group in groups:
+            self._prime(group, sid)
+        done: list[_Group] = []
         try:
-            self._send(
-                self._host.assert_fact, RULESET, self._alert_message(alert, self._sid(alert))
-            )
+            for group in groups:
+                self._send(self._host.assert_fact, group.ruleset, message)
+                done.append(group)
         except EngineRejected:
+            for group in done:
+                self._send(
+                    self._host.retract_fact, group.ruleset, {"sid": sid, "id": message["id"]}
+                )
+            self._collect()
             del self._alerts[incident]
             del self._arrival[incident]
             raise
@@ -163,18 +217,16 @@ class Engine:
         """Let go of a resolved alert; return the rules on resolutions that hold for it."""
         held = self._alerts.pop(alert.incident, None)
         self._arrival.pop(alert.incident, None)
-        if held is not None and self._has_firing:
-            self._send(
-                self._host.retract_fact,
-                RULESET,
-                {"sid": self._sid(held), "id": f"alert:{held.incident}"},
-            )
+        if held is not None:
+            message = {"sid": self._sid(held), "id": f"alert:{held.incident}"}
+            for group in self._groups_of(held):
+                self._send(self._host.retract_fact, group.ruleset, message)
             self._collect()  # retraction fires nothing, but keep the buffer clean
         if not self._has_resolved:
             return []
         message = self._alert_message(alert, "resolved")
         message["id"] = f"resolved:{alert.incident}"
-        self._send(self._host.post, f"{RULESET}-resolved", message)
+        self._send(self._host.post, RESOLVED, message)
         return self._collect()
 
     # --- facts ---------------------------------------------------------------------------
@@ -184,12 +236,12 @@ class Engine:
         known = self._facts.get(fact.id)
         self._facts[fact.id] = fact
         heapq.heappush(self._fact_expiry, (fact.expires_at, fact.id))
-        if known is not None or not self._has_firing:
+        if known is not None:
             return []
-        message = {"id": fact.id, "kind": "fact", "name": fact.name}
-        message.update({f"f_{k}": v for k, v in fact.fields.items()})
-        for sid in self._partitions:
-            self._send(self._host.assert_fact, RULESET, {**message, "sid": sid})
+        for group in self._groups.values():
+            if fact.name in group.facts:
+                for sid in group.primed:
+                    self._send(self._host.assert_fact, group.ruleset, _fact_message(fact, sid))
         return self._collect()
 
     def retract_facts(self, condition: FactCondition, alert: Alert | None) -> list[Fact]:
@@ -223,11 +275,28 @@ class Engine:
     # --- internals -----------------------------------------------------------------------
 
     def _drop_fact(self, fid: str) -> None:
-        self._facts.pop(fid, None)
-        if self._has_firing:
-            for sid in self._partitions:
-                self._send(self._host.retract_fact, RULESET, {"sid": sid, "id": fid})
-            self._collect()
+        fact = self._facts.pop(fid, None)
+        if fact is None:
+            return
+        for group in self._groups.values():
+            if fact.name in group.facts:
+                for sid in group.primed:
+                    self._send(self._host.retract_fact, group.ruleset, {"sid": sid, "id": fid})
+        self._collect()
+
+    def _groups_of(self, alert: Alert) -> list[_Group]:
+        found = [self._groups.get(alert.alertname), self._groups.get(GENERIC)]
+        return [g for g in found if g is not None]
+
+    def _prime(self, group: _Group, sid: str) -> None:
+        """Give a partition the facts its group's rules join, before its first alert."""
+        if sid in group.primed:
+            return
+        group.primed.add(sid)
+        # No alert of this group is in this partition yet, so these asserts fire nothing.
+        for fact in self._facts.values():
+            if fact.name in group.facts:
+                self._send(self._host.assert_fact, group.ruleset, _fact_message(fact, sid))
 
     def _send(self, method: Callable[..., Any], ruleset: str, message: dict[str, Any]) -> None:
         try:

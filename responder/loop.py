@@ -82,6 +82,7 @@ class EngineLoop:
 
     async def rebuild(self) -> None:
         """Rebuild the engine's facts and alerts from the store; nothing is decided again."""
+        self.engine.close()
         self.engine = Engine(self.book, self._partitions, self._clock)
         for fact in self.catalog.facts(self._clock()):
             self.engine.assert_fact(fact)

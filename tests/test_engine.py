@@ -234,3 +234,29 @@ def test_retract_facts_by_condition() -> None:
     gone = engine.retract_facts(condition, node("e1", "eu-1", "n1"))
     assert [f.fields["zone"] for f in gone] == ["eu-1"]
     assert [f.fields["zone"] for f in engine.facts()] == ["us-1"]
+
+
+def test_facts_reach_every_partition_an_alert_lands_in() -> None:
+    from responder.facts import Fact
+
+    rules = """
+rules:
+  - name: gated
+    match: ['alertname="KubePodCrashLooping"']
+    when: [{fact: deploy, where: ['workload="{{ alert.labels.deployment }}"']}]
+    assert: {fact: seen, with: {d: "{{ alert.labels.deployment }}"}}
+  - name: muted
+    match: ['alertname="ServiceDown"']
+    unless: [{fact: freeze}]
+    assert: {fact: seen, with: {d: x}}
+"""
+    engine = Engine(book(rules), partitions=16)
+    # Facts asserted before any alert: no partition holds alerts yet.
+    engine.assert_fact(Fact("deploy", {"workload": "api"}, 2e9))
+    engine.assert_fact(Fact("freeze", {}, 2e9))
+    crashes = [
+        alert(f"c{i:x}", alertname="KubePodCrashLooping", deployment="api") for i in range(64)
+    ]
+    downs = [alert(f"d{i:x}", alertname="ServiceDown") for i in range(64)]
+    assert all(fired(engine, a) == ["gated"] for a in crashes)
+    assert all(fired(engine, a) == [] for a in downs)
