@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,6 +27,7 @@ from responder.service import Service
 log = logging.getLogger(__name__)
 
 
+WEBHOOK_CONTENT_TYPES = frozenset({"application/json"})
 EVENT_CONTENT_TYPES = frozenset(
     {"application/cloudevents+json", "application/cloudevents-batch+json", "application/json"}
 )
@@ -119,76 +120,80 @@ def create_app(service: Service) -> FastAPI:
         response.headers["WWW-Authenticate"] = credentials.challenge
         return response
 
-    @app.post("/webhook/alertmanager")
-    async def alertmanager_webhook(request: Request) -> JSONResponse:
-        """Validate an Alertmanager v4 payload, commit it to the inbox, then acknowledge."""
-        response = await _accept_webhook(request)
-        metrics.WEBHOOKS.labels(code=str(response.status_code)).inc()
-        return response
+    async def intake(
+        request: Request,
+        source: str,
+        content_types: frozenset[str],
+        parse: Callable[[bytes, str], int],
+        what: str,
+        noun: str,
+    ) -> JSONResponse:
+        """Authenticate, check type and size, validate, commit to the inbox, then acknowledge.
 
-    async def _accept_webhook(request: Request) -> JSONResponse:
-        if not credentials.accepts(request.headers.get("authorization")):
-            return unauthorized()
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            return _error(415, "content type must be application/json", received=content_type[:100])
-        try:
-            body = await _read_body(request, settings.max_body_bytes)
-        except _BodyTooLarge:
-            return _error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
-        try:
-            webhook = AlertmanagerWebhook.model_validate_json(body)
-        except ValidationError as exc:
-            errors = _field_errors(exc)
-            if any(e["type"] == "json_invalid" for e in errors):
-                return _error(400, "body is not valid JSON", detail=errors[0]["message"])
-            return _error(
-                422, "payload does not match the Alertmanager webhook (v4)", fields=errors
-            )
-        try:
-            inbox_id = await service.store.add_to_inbox("alertmanager", body)
-        except StoreUnavailable as exc:
-            log.error("webhook not committed, answering 503: %s", exc)
-            return _error(503, "store unavailable; retry")
-        service.loop.wake.set()
-        return JSONResponse(
-            {"status": "accepted", "inbox_id": inbox_id, "alerts": len(webhook.alerts)}
-        )
-
-    @app.post("/api/v1/events")
-    async def cloudevents(request: Request) -> JSONResponse:
-        """Accept CloudEvents 1.0 (structured JSON, one or a batch) into the inbox."""
+        `parse` validates the body (raising pydantic's ValidationError) and counts its items.
+        """
         if not credentials.accepts(request.headers.get("authorization")):
             return unauthorized()
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in EVENT_CONTENT_TYPES:
+        if content_type not in content_types:
             return _error(
                 415,
-                "content type must be application/cloudevents+json, "
-                "application/cloudevents-batch+json or application/json",
+                f"content type must be {' or '.join(sorted(content_types))}",
                 received=content_type[:100],
             )
         try:
             body = await _read_body(request, settings.max_body_bytes)
         except _BodyTooLarge:
             return _error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
-        batch = content_type == "application/cloudevents-batch+json" or (
-            content_type == "application/json" and is_batch(body)
-        )
         try:
-            events = parse_events(body, batch)
+            count = parse(body, content_type)
         except ValidationError as exc:
             errors = _field_errors(exc)
             if any(e["type"] == "json_invalid" for e in errors):
                 return _error(400, "body is not valid JSON", detail=errors[0]["message"])
-            return _error(422, "body is not a CloudEvent (1.0, structured mode)", fields=errors)
+            return _error(422, f"body is not {what}", fields=errors)
         try:
-            inbox_id = await service.store.add_to_inbox("cloudevents", body)
+            inbox_id = await service.store.add_to_inbox(source, body)
         except StoreUnavailable as exc:
-            log.error("events not committed, answering 503: %s", exc)
+            log.error("%s not committed, answering 503: %s", source, exc)
             return _error(503, "store unavailable; retry")
         service.loop.wake.set()
-        return JSONResponse({"status": "accepted", "inbox_id": inbox_id, "events": len(events)})
+        return JSONResponse({"status": "accepted", "inbox_id": inbox_id, noun: count})
+
+    def alertmanager_payload(body: bytes, _content_type: str) -> int:
+        return len(AlertmanagerWebhook.model_validate_json(body).alerts)
+
+    def cloudevents_payload(body: bytes, content_type: str) -> int:
+        batch = content_type == "application/cloudevents-batch+json" or (
+            content_type == "application/json" and is_batch(body)
+        )
+        return len(parse_events(body, batch))
+
+    @app.post("/webhook/alertmanager")
+    async def alertmanager_webhook(request: Request) -> JSONResponse:
+        """Validate an Alertmanager v4 payload, commit it to the inbox, then acknowledge."""
+        response = await intake(
+            request,
+            "alertmanager",
+            WEBHOOK_CONTENT_TYPES,
+            alertmanager_payload,
+            "an Alertmanager webhook (version 4)",
+            "alerts",
+        )
+        metrics.WEBHOOKS.labels(code=str(response.status_code)).inc()
+        return response
+
+    @app.post("/api/v1/events")
+    async def cloudevents(request: Request) -> JSONResponse:
+        """Accept CloudEvents 1.0 (structured JSON, one or a batch) into the inbox."""
+        return await intake(
+            request,
+            "cloudevents",
+            EVENT_CONTENT_TYPES,
+            cloudevents_payload,
+            "a CloudEvent (1.0, structured mode) or a batch of them",
+            "events",
+        )
 
     @app.get("/api/v1/decisions")
     async def list_decisions(
