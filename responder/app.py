@@ -284,8 +284,12 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         """Ready when the store answers and the engine loop runs."""
-        checks = {"store": await service.store.ping(), "engine": service.engine_alive}
-        if service.dispatcher is not None:
+        checks = {
+            "store": await service.store.ping(),
+            "engine": service.engine_alive,
+            "leader": service.leading,
+        }
+        if service.dispatcher is not None and service.leading:
             checks["prefect"] = service.dispatcher.prefect_reachable
         ready = checks["store"] and checks["engine"]
         return JSONResponse(

@@ -11,6 +11,7 @@ from responder.catalog import Catalog, load_catalog
 from responder.dispatch import Dispatcher
 from responder.exceptions import DocumentError
 from responder.guard import Guard
+from responder.leadership import Leadership
 from responder.loop import EngineLoop
 from responder.rules import RuleBook, load_rules
 from responder.settings import Settings
@@ -48,8 +49,10 @@ class Service:
             partitions=settings.engine_partitions,
             event_ttl=settings.event_ttl,
         )
+        self.leadership = Leadership(self.store, settings.data_dir / "leader.lock")
         self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._campaign: asyncio.Task[None] | None = None
         self._stamp = self._files_stamp()
         metrics.RULES_LOADED.set(len(book.rules))
         metrics.RELOAD_SUCCESS.set(1)
@@ -104,26 +107,61 @@ class Service:
                     await self.reload()
 
     async def start(self) -> None:
+        """Migrate the store, lead if no other replica does, and watch the rule files."""
         await self.store.migrate()
+        if await self.leadership.acquire():
+            await self._lead()
+        else:
+            log.info("another replica leads; accepting webhooks into the shared inbox")
+        self._campaign = asyncio.create_task(self._campaign_forever(), name="leadership")
+        if self.settings.reload_check_seconds > 0:
+            self._watcher = asyncio.create_task(self._watch_files(), name="rule-watcher")
+
+    async def _lead(self) -> None:
         if self.dispatcher is not None:
             await self.dispatcher.start()
         await self.loop.rebuild()
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
-        if self.settings.reload_check_seconds > 0:
-            self._watcher = asyncio.create_task(self._watch_files(), name="rule-watcher")
-        log.info("loaded %d rules; engine loop started", len(self.book.rules))
+        log.info("leading: %d rules loaded, engine loop started", len(self.book.rules))
+
+    async def _step_down(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+
+    async def _campaign_forever(self) -> None:
+        """Followers try to take the lead; the leader checks that it still holds it."""
+        while True:
+            await asyncio.sleep(self.settings.leader_check_seconds)
+            if self._task is None:
+                if await self.leadership.acquire():
+                    log.warning("took the lead")
+                    await self._lead()
+            elif not await self.leadership.still_held():
+                await self._step_down()
+
+    @property
+    def leading(self) -> bool:
+        return self._task is not None
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._task):
+        for task in (self._watcher, self._campaign):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._watcher = None
-        if self.dispatcher is not None:
-            await self.dispatcher.stop()
+        self._watcher = self._campaign = None
+        await self._step_down()
+        await self.leadership.release()
         await self.store.close()
 
     @property
     def engine_alive(self) -> bool:
-        return self._task is not None and not self._task.done() and self.loop.running
+        """The leader's engine loop runs; a follower has none to run."""
+        if self._task is None:
+            return True
+        return not self._task.done() and self.loop.running

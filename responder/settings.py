@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     event_ttl: float = Field(
         3600.0, gt=0, description="Seconds an event or a flow-run outcome stays a fact."
     )
+    leader_check_seconds: float = Field(
+        2.0, gt=0, le=60, description="How often replicas check or try to take the lead."
+    )
     engine_partitions: int = Field(
         16, ge=1, le=1024, description="durable_rules state partitions the alerts spread over."
     )
