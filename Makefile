@@ -28,8 +28,8 @@ run: setup
 	$(VENV)/bin/responder up
 
 lint: setup
-	$(VENV)/bin/ruff format --check responder flows tests
-	$(VENV)/bin/ruff check responder flows tests
+	$(VENV)/bin/ruff format --check responder flows tests bench
+	$(VENV)/bin/ruff check responder flows tests bench
 	$(VENV)/bin/mypy
 
 pytest: setup system-deps

@@ -22,29 +22,31 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from responder.catalog import Catalog  # noqa: E402
-from responder.engine import Engine, EngineRejected  # noqa: E402
-from responder.guard import Guard  # noqa: E402
-from responder.loop import EngineLoop  # noqa: E402
-from responder.models import Alert  # noqa: E402
-from responder.rules import RuleBook, load_rule_text  # noqa: E402
-from responder.store import Store  # noqa: E402
+from responder.catalog import Catalog
+from responder.engine import Engine, EngineRejected
+from responder.guard import Guard
+from responder.loop import EngineLoop
+from responder.models import Alert
+from responder.rules import RuleBook, load_rule_text
+from responder.store import Store
 
 GROUP = 20
 
 
+RULE = """\
+  - name: rule-{i}
+    match: ['alertname="Alert{i}"', 'severity=~"critical|page"']
+    unless: [{{fact: maintenance, where: ['instance="{{{{ alert.labels.instance }}}}"']}}]
+    run: {{flow: restart-service, parameters: {{host: "{{{{ alert.labels.instance }}}}"}}}}
+    guard:
+      key: "r{i}/{{{{ alert.labels.instance }}}}"
+      mutex: ["host:{{{{ alert.labels.instance }}}}"]
+"""
+
+
 def rule_text(count: int) -> str:
-    """`count` rules: 10% remediate, the rest match other alert names; all realistic."""
-    lines = ["rules:"]
-    for i in range(count):
-        lines += [
-            f"  - name: rule-{i}",
-            f"    match: ['alertname=\"Alert{i}\"', 'severity=~\"critical|page\"']",
-            f"    unless: [{{fact: maintenance, where: ['instance=\"{{{{ alert.labels.instance }}}}\"']}}]",
-            '    run: {flow: restart-service, parameters: {host: "{{ alert.labels.instance }}"}}',
-            f'    guard: {{key: "r{i}/{{{{ alert.labels.instance }}}}", mutex: ["host:{{{{ alert.labels.instance }}}}"]}}',
-        ]
-    return "\n".join(lines) + "\n"
+    """`count` rules, each with a regex, an unless join, a key and a host mutex."""
+    return "rules:\n" + "".join(RULE.format(i=i) for i in range(count))
 
 
 def book_of(count: int) -> RuleBook:
