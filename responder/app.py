@@ -82,7 +82,7 @@ def _on_sighup(service: Service) -> bool:
 
     def reload() -> None:
         async def run() -> None:
-            with contextlib.suppress(DocumentError):
+            with contextlib.suppress(DocumentError, StoreUnavailable):
                 await service.reload()
 
         reloads.add(task := loop.create_task(run()))
@@ -274,6 +274,8 @@ def create_app(service: Service) -> FastAPI:
             book = await service.reload()
         except DocumentError as exc:
             return _error(400, str(exc), file=exc.file, line=exc.line)
+        except StoreUnavailable:
+            return _error(503, "store unavailable; the previous rules stay in force")
         return JSONResponse({"status": "reloaded", "rules": len(book.rules)})
 
     @app.get("/healthz")

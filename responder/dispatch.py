@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from typing import Any
 from uuid import UUID
 
 from responder import metrics
-from responder.store import ActiveRun, Store
+from responder.store import LEASE_EXPIRED, ActiveRun, Store
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,10 @@ def deployment_name(flow: str) -> str:
 
 
 def idempotency_key(run: ActiveRun) -> str:
-    # Prefect keeps idempotency keys per flow, forever: the incident makes each one unique.
-    return f"responder:{run.rule}:{run.incident}:{run.guard_key}"[:2000]
+    """One flow run per decision, whatever retries happen. Prefect keeps keys per flow,
+    forever: the digest of the incident and key keeps two stores' decision ids apart."""
+    what = hashlib.sha256(f"{run.rule}|{run.incident}|{run.guard_key}".encode()).hexdigest()
+    return f"responder:decision:{run.decision_id}:{what[:24]}"
 
 
 def run_tags(run: ActiveRun) -> list[str]:
@@ -83,6 +86,8 @@ class Dispatcher:
         self._queue: asyncio.Queue[tuple[ActiveRun, float]] = asyncio.Queue(queue_size)
         self._deployments: dict[str, UUID] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._retries: set[asyncio.Task[None]] = set()
+        self._attempts: dict[int, int] = {}
         self._client: Any = None
         self._events: Any = None
         self.events_connected = False
@@ -115,9 +120,9 @@ class Dispatcher:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._retries]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._retries]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
@@ -134,45 +139,63 @@ class Dispatcher:
         await self._queue.put((run, time.monotonic()))
 
     async def _create_runs(self) -> None:
+        """Take queued decisions one at a time; a failed attempt is retried later, so one
+        decision that cannot be created never holds up the others."""
         while True:
             run, admitted_at = await self._queue.get()
-            flow_run_id = await self._create_with_retries(run)
-            if flow_run_id is None:
-                continue
-            metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
-            await self._store.set_flow_run(run.decision_id, flow_run_id)
-            await self._emit_decision(run, flow_run_id)
-            log.info(
-                "decision %s: flow run %s (%s)",
-                run.decision_id,
-                flow_run_id,
-                self.flow_run_url(flow_run_id),
-            )
-
-    async def _create_with_retries(self, run: ActiveRun) -> str | None:
-        """Create the run, backing off while Prefect is away; None if Prefect refused it."""
-        delay = self._retry_seconds
-        while True:
+            attempt = self._attempts.pop(run.decision_id, 0)
             try:
-                flow_run_id = await self._create(run)
-                self.prefect_reachable = True
-                return flow_run_id
+                outcome = await self._attempt(run)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                metrics.DISPATCH_FAILURES.inc()
-                if _is_refusal(exc):
-                    await self._refused(run, exc)
-                    return None
+                outcome = "retry"
+                log.warning("dispatch of decision %s failed: %s", run.decision_id, exc)
+            if outcome == "retry":
                 self.prefect_reachable = False
-                log.warning(
-                    "creating a flow run for decision %s failed (%s); retrying in %.0fs",
-                    run.decision_id,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(self._retry_seconds * 2**attempt, 30.0)
+                self._retry_later(run, admitted_at, attempt + 1, delay)
+            elif outcome == "created":
+                self.prefect_reachable = True
+                metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
+
+    async def _attempt(self, run: ActiveRun) -> str:
+        """One try: "created", "retry", or "done" (refused, or no longer wanted)."""
+        wanted = await self._store.still_wanted(run.decision_id)
+        if wanted is None:
+            log.info("decision %s ended before its flow run was created", run.decision_id)
+            return "done"
+        if wanted == "paused":
+            return "retry"  # a paused system starts nothing, not even what it admitted
+        try:
+            flow_run_id = await self._create(run)
+        except Exception as exc:
+            metrics.DISPATCH_FAILURES.inc()
+            self._deployments.pop(run.flow, None)  # it may have been recreated
+            if _is_refusal(exc):
+                await self._refused(run, exc)
+                return "done"
+            log.warning("creating a flow run for decision %s failed: %s", run.decision_id, exc)
+            return "retry"
+        await self._store.set_flow_run(run.decision_id, flow_run_id)
+        await self._emit_decision(run, flow_run_id)
+        log.info(
+            "decision %s: flow run %s (%s)",
+            run.decision_id,
+            flow_run_id,
+            self.flow_run_url(flow_run_id),
+        )
+        return "created"
+
+    def _retry_later(self, run: ActiveRun, admitted_at: float, attempt: int, delay: float) -> None:
+        async def requeue() -> None:
+            await asyncio.sleep(delay)
+            self._attempts[run.decision_id] = attempt
+            await self._queue.put((run, admitted_at))
+
+        task = asyncio.create_task(requeue())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
         """Tell Prefect why the run exists: its event feed then shows the decision."""
@@ -240,7 +263,7 @@ class Dispatcher:
     async def _expire_lost_runs(self) -> None:
         """End decisions whose lease expired with no final state seen: the run was lost."""
         for decision_id in await self._store.expired_decisions(time.time()):
-            detail = "lease expired before a final state was seen; the key is free again"
+            detail = LEASE_EXPIRED
             if await self._store.finish(decision_id, "EXPIRED", detail=detail):
                 metrics.FLOW_RUNS_FINISHED.labels(state="EXPIRED").inc()
                 log.warning("decision %s: %s", decision_id, detail)

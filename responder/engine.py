@@ -23,7 +23,6 @@ import logging
 import re
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,7 +121,7 @@ class Engine:
         self._facts: dict[str, Fact] = {}
         self._fact_expiry: list[tuple[float, str]] = []
         self._due: list[tuple[float, str, str]] = []  # (when, rule, incident) for firing_for
-        self._windows: dict[tuple[str, tuple[str, ...]], deque[tuple[float, str]]] = {}
+        self._windows: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
         self._fired: list[tuple[str, Any]] = []
         self._host = _Host(lambda rule, c: self._fired.append((rule, c)))
         # Rules are grouped by the alertname they require, one durable_rules ruleset per
@@ -269,7 +268,7 @@ class Engine:
             alert = self._alerts.get(incident)
             rule = self._rules.get(rule_name)
             if alert is not None and rule is not None and self._holds_now(rule, alert):
-                due.append(Match(rule, alert))
+                due.append(Match(rule, alert, self._joined(rule, alert)))
         return self._ordered(due), expired
 
     # --- internals -----------------------------------------------------------------------
@@ -371,10 +370,7 @@ class Engine:
         if failure is not None:
             return failure
         if rule.count is not None:
-            group = tuple(alert.labels.get(name, "") for name in rule.count.same)
-            window = self._windows.get((rule.name, group), deque())
-            since = self._clock() - rule.count.within
-            seen = sum(1 for at, _ in window if at > since)
+            seen = self._window_count(rule, alert)
             if seen < rule.count.at_least:
                 return (
                     f"count: {seen} of {rule.count.at_least} alerts within "
@@ -393,6 +389,16 @@ class Engine:
         """
         return self._fact_failure(match.rule, match.alert) is None
 
+    def _joined(self, rule: Rule, alert: Alert) -> dict[str, Mapping[str, str]]:
+        """The facts a rule's `when` joins for an alert, by fact name (as Rete would give)."""
+        joined: dict[str, Mapping[str, str]] = {}
+        for condition in rule.when:
+            for fact in self._facts.values():
+                if fact_meets(fact, condition, alert):
+                    joined[condition.fact] = fact.fields
+                    break
+        return joined
+
     def _fact_failure(self, rule: Rule, alert: Alert) -> str | None:
         """The first `when` or `unless` condition that fails for `alert`, if any."""
         facts = list(self._facts.values())
@@ -406,18 +412,33 @@ class Engine:
         return None
 
     def _window_full(self, rule: Rule, alert: Alert) -> bool:
-        """Add the alert to the rule's window for its `same` labels; True once it is full."""
+        """Add the alert to its window; True once `at_least` alerts started within `within`.
+
+        Windows go by the alerts' own start times, not by when they arrived, so a rebuild
+        that re-reads day-old alerts cannot make them count as a burst with a new one.
+        """
         assert rule.count is not None
-        now = self._clock()
         group = tuple(alert.labels.get(name, "") for name in rule.count.same)
-        window = self._windows.setdefault((rule.name, group), deque())
-        while window and window[0][0] <= now - rule.count.within:
-            window.popleft()
-        if all(incident != alert.incident for _, incident in window):
-            window.append((now, alert.incident))
-        if not window:
-            del self._windows[(rule.name, group)]
-        return len(window) >= rule.count.at_least
+        key = (rule.name, group)
+        started = alert.starts_at.timestamp()
+        window = [
+            (t, incident)
+            for t, incident in self._windows.get(key, ())
+            if t > started - rule.count.within and incident != alert.incident
+        ]
+        window.append((started, alert.incident))
+        self._windows[key] = window
+        return self._window_count(rule, alert) >= rule.count.at_least
+
+    def _window_count(self, rule: Rule, alert: Alert) -> int:
+        assert rule.count is not None
+        group = tuple(alert.labels.get(name, "") for name in rule.count.same)
+        started = alert.starts_at.timestamp()
+        return sum(
+            1
+            for t, _ in self._windows.get((rule.name, group), ())
+            if abs(t - started) < rule.count.within
+        )
 
     def _sid(self, alert: Alert) -> str:
         return self._partitions[zlib.crc32(alert.fingerprint.encode()) % len(self._partitions)]

@@ -4,7 +4,9 @@ Admission happens inside the caller's store transaction, together with the decis
 record, so two engine loops or two identical webhooks can never both admit one key. The
 checks run in this order, and the first that refuses names the refusal:
 
-    paused → max_attempts → cooldown → budget → max_active → key_active / mutex_held
+    paused → max_attempts → budget → max_active → key_active / mutex_held → cooldown
+
+(the cooldown is read once the key is taken, so a run ending meanwhile cannot slip past it).
 
 Shadow rules and dry-run mode run the same checks without taking anything, and record what
 the guard would have done.
@@ -114,9 +116,24 @@ class Guard:
             )
             if holder is not None:
                 refusal = _held(holder)
+            else:
+                # Checked once the key is ours: a run that ended meanwhile has committed
+                # its cooldown together with freeing the key, so it is visible now.
+                refusal = await self._cooling(conn, decision, now)
+                if refusal is not None:
+                    await self._store.release(conn, decision_id)
+            if refusal is not None:
                 verdict, reason = Verdict.REFUSED, refusal.reason
                 await self._store.set_verdict(conn, decision_id, verdict, refusal.code, reason)
         return Admission(verdict, refusal.code if refusal else None, reason, decision_id)
+
+    async def _cooling(
+        self, conn: AsyncConnection, decision: Decision, now: float
+    ) -> _Refusal | None:
+        until = await self._store.cooldown_until(conn, decision.key, now)
+        if until is None:
+            return None
+        return _Refusal("cooldown", f"key {decision.key!r} cools down until {_when(until)}")
 
     async def _check(
         self, conn: AsyncConnection, decision: Decision, now: float, pause: Any
@@ -133,11 +150,17 @@ class Guard:
                     f"{done} attempts for this incident reached max_attempts "
                     f"{policy.max_attempts}; escalate instead",
                 )
-        until = await self._store.cooldown_until(conn, decision.key, now)
-        if until is not None:
-            return _Refusal("cooldown", f"key {decision.key!r} cools down until {_when(until)}")
-        if policy.budget is not None or policy.max_active is not None:
-            scope = "*" if policy.budget and policy.budget.scope == "global" else decision.flow
+        if decision.shadow or self._dry_run:
+            cooling = await self._cooling(conn, decision, now)
+            if cooling is not None:
+                return cooling
+        # Counting checks lock every scope they count, in a fixed order.
+        scopes = set()
+        if policy.budget is not None:
+            scopes.add("*" if policy.budget.scope == "global" else decision.flow)
+        if policy.max_active is not None:
+            scopes.add(decision.flow)
+        for scope in sorted(scopes):
             await self._store.serialize(conn, f"admit:{scope}")
         if policy.budget is not None:
             budget = policy.budget

@@ -9,6 +9,7 @@ database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -53,9 +54,11 @@ class Leadership:
         if self._conn is None:
             return self._fd is not None
         try:
-            await self._conn.execute(text("SELECT 1"))
+            async with asyncio.timeout(5):
+                await self._conn.execute(text("SELECT 1"))
+                await self._conn.commit()  # never sit "idle in transaction"
             return True
-        except (SQLAlchemyError, OSError):
+        except (SQLAlchemyError, OSError, TimeoutError):
             log.error("lost the leader's connection to PostgreSQL; no longer leading")
             await self.release()
             return False

@@ -75,24 +75,28 @@ class EngineLoop:
         self._lock = asyncio.Lock()
 
     async def use(self, book: RuleBook, catalog: Catalog) -> None:
-        """Switch to new rules and catalog between two steps, rebuilding the engine."""
+        """Switch to new rules and catalog between two steps; on a store error keep the old."""
         async with self._lock:
-            self.book, self.catalog = book, catalog
-            await self.rebuild()
+            await self._rebuild(book, catalog)
 
     async def rebuild(self) -> None:
         """Rebuild the engine's facts and alerts from the store; nothing is decided again."""
-        self.engine.close()
-        self.engine = Engine(self.book, self._partitions, self._clock)
-        for fact in self.catalog.facts(self._clock()):
-            self.engine.assert_fact(fact)
-        for fact in await self._store.live_facts(self._clock()):
-            self.engine.assert_fact(fact)
-        for alert in await self._store.firing():
+        await self._rebuild(self.book, self.catalog)
+
+    async def _rebuild(self, book: RuleBook, catalog: Catalog) -> None:
+        # Read the store first: if it fails, the engine in use stays whole.
+        facts = await self._store.live_facts(self._clock())
+        firing = await self._store.firing()
+        engine = Engine(book, self._partitions, self._clock)
+        for fact in [*catalog.facts(self._clock()), *facts]:
+            engine.assert_fact(fact)
+        for alert in firing:
             try:
-                self.engine.assert_alert(alert)
+                engine.assert_alert(alert)
             except EngineRejected:
                 log.error("engine rejected held alert %s during rebuild", alert.incident)
+        old, self.engine, self.book, self.catalog = self.engine, engine, book, catalog
+        old.close()
 
     async def run(self) -> None:
         """Process the inbox until cancelled; a store failure rebuilds and retries.
@@ -109,14 +113,29 @@ class EngineLoop:
                             await asyncio.wait_for(self.wake.wait(), self._idle_seconds)
                         except TimeoutError:
                             pass
-                except StoreUnavailable as exc:
-                    metrics.ENGINE_ERRORS.labels(kind="store").inc()
-                    log.error("engine loop: %s; rebuilding and retrying", exc)
-                    await asyncio.sleep(1.0)
-                    async with self._lock:
-                        await self.rebuild()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # The batch rolled back; the engine may hold what the store does not.
+                    # Retry until the store answers: this task must not die.
+                    kind = "store" if isinstance(exc, StoreUnavailable | OSError) else "step"
+                    metrics.ENGINE_ERRORS.labels(kind=kind).inc()
+                    log.exception("engine loop: %s; rebuilding and retrying", exc)
+                    await self._recover()
         finally:
             self.running = False
+
+    async def _recover(self) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                async with self._lock:
+                    await self.rebuild()
+                return
+            except (StoreUnavailable, OSError) as exc:
+                log.error("engine loop: rebuild failed (%s); retrying in %.0fs", exc, delay)
+                delay = min(delay * 2, 30.0)
 
     async def step(self) -> int:
         """Process due timers and up to one batch of inbox rows; return how many rows.

@@ -9,7 +9,7 @@ import logging
 from responder import metrics
 from responder.catalog import Catalog, load_catalog
 from responder.dispatch import Dispatcher
-from responder.exceptions import DocumentError
+from responder.exceptions import DocumentError, StoreUnavailable
 from responder.guard import Guard
 from responder.leadership import Leadership
 from responder.loop import EngineLoop
@@ -71,12 +71,12 @@ class Service:
         """Load rules and catalog again; on any error keep the old ones and raise it."""
         try:
             book, catalog = self._load()
-        except DocumentError as exc:
+            await self.loop.use(book, catalog)
+        except (DocumentError, StoreUnavailable) as exc:
             metrics.RELOADS.labels(result="failure").inc()
             metrics.RELOAD_SUCCESS.set(0)
             log.error("reload failed, the previous rules stay in force: %s", exc)
             raise
-        await self.loop.use(book, catalog)
         metrics.RELOADS.labels(result="success").inc()
         metrics.RELOAD_SUCCESS.set(1)
         metrics.RULES_LOADED.set(len(book.rules))
@@ -103,8 +103,10 @@ class Service:
             stamp = self._files_stamp()
             if stamp != self._stamp:
                 self._stamp = stamp
-                with contextlib.suppress(DocumentError):
+                try:
                     await self.reload()
+                except (DocumentError, StoreUnavailable):
+                    pass  # logged and counted by reload(); the rules in force stay
 
     async def start(self) -> None:
         """Migrate the store, lead if no other replica does, and watch the rule files."""
@@ -137,12 +139,19 @@ class Service:
         """Followers try to take the lead; the leader checks that it still holds it."""
         while True:
             await asyncio.sleep(self.settings.leader_check_seconds)
-            if self._task is None:
-                if await self.leadership.acquire():
-                    log.warning("took the lead")
-                    await self._lead()
-            elif not await self.leadership.still_held():
-                await self._step_down()
+            try:
+                if self._task is None:
+                    if await self.leadership.acquire():
+                        log.warning("took the lead")
+                        await self._lead()
+                elif self._task.done() or not await self.leadership.still_held():
+                    # A leader whose loop ended must let another replica lead.
+                    await self._step_down()
+                    await self.leadership.release()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("leadership check failed; trying again")
 
     @property
     def leading(self) -> bool:

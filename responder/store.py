@@ -181,6 +181,9 @@ class ActiveRun:
     parameters: dict[str, Any]
 
 
+LEASE_EXPIRED = "lease expired before a final state was seen; the key is free again"
+
+
 def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -226,7 +229,8 @@ class Store:
         try:
             async with self.engine.begin() as conn:
                 yield conn
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            # OSError and TimeoutError: asyncpg failing to connect at all.
             raise StoreUnavailable(f"store error: {exc.__class__.__name__}: {exc}") from exc
 
     async def ping(self) -> bool:
@@ -427,12 +431,21 @@ class Store:
                 return None
             if taken:
                 await conn.execute(delete(leases).where(leases.c.key_digest.in_(taken)))
-            # A holder whose lease expired gives way, once.
-            expired = await conn.execute(
-                delete(leases).where(leases.c.key_digest.in_(digests), leases.c.expires_at <= now)
+            # A holder whose lease expired gives way, once: its decision ends as EXPIRED
+            # (outcome and cooldown included), as the dispatcher's poll would end it.
+            expired = list(
+                await conn.scalars(
+                    select(leases.c.decision_id)
+                    .where(leases.c.key_digest.in_(digests), leases.c.expires_at <= now)
+                    .distinct()
+                )
             )
-            if not expired.rowcount:
+            if not expired:
                 break
+            for holder in expired:
+                await self._finish_in(conn, holder, "EXPIRED", LEASE_EXPIRED, now)
+                # A holder already final (a lost release) still frees its names.
+                await conn.execute(delete(leases).where(leases.c.decision_id == holder))
         return await self.lease_holder(conn, names, now)
 
     async def lease_holder(
@@ -505,6 +518,11 @@ class Store:
             )
             or 0
         )
+
+    @staticmethod
+    async def release(conn: AsyncConnection, decision_id: int) -> None:
+        """Free every name a decision holds (in the caller's transaction)."""
+        await conn.execute(delete(leases).where(leases.c.decision_id == decision_id))
 
     @staticmethod
     async def set_verdict(
@@ -583,58 +601,64 @@ class Store:
         loop hears it in order and rules can react to it (the closed loop). False if the
         decision was already final: the first final state wins.
         """
-        now = time.time() if now is None else now
         async with self.transaction() as conn:
-            result = await conn.execute(
-                update(decisions)
-                .where(decisions.c.id == decision_id, decisions.c.finished_at.is_(None))
-                .values(flow_run_state=state, finished_at=now, detail=detail)
+            return await self._finish_in(
+                conn, decision_id, state, detail, time.time() if now is None else now
             )
-            await conn.execute(delete(leases).where(leases.c.decision_id == decision_id))
-            if not result.rowcount:
-                return False
-            row = (
-                await conn.execute(
-                    select(
-                        decisions.c.guard_key,
-                        decisions.c.policy,
-                        decisions.c.rule,
-                        decisions.c.flow,
-                        decisions.c.incident,
-                        decisions.c.labels,
-                    ).where(decisions.c.id == decision_id)
-                )
-            ).one()
-            outcome = {
-                "decision_id": decision_id,
-                "state": state,
-                "rule": row.rule,
-                "flow": row.flow,
-                "key": row.guard_key,
-                "incident": row.incident,
-                "labels": row.labels,
-            }
+
+    async def _finish_in(
+        self, conn: AsyncConnection, decision_id: int, state: str, detail: str | None, now: float
+    ) -> bool:
+        result = await conn.execute(
+            update(decisions)
+            .where(decisions.c.id == decision_id, decisions.c.finished_at.is_(None))
+            .values(flow_run_state=state, finished_at=now, detail=detail)
+        )
+        await conn.execute(delete(leases).where(leases.c.decision_id == decision_id))
+        if not result.rowcount:
+            return False
+        row = (
             await conn.execute(
-                inbox.insert().values(
-                    received_at=now, source="outcome", body=json.dumps(outcome).encode()
+                select(
+                    decisions.c.guard_key,
+                    decisions.c.policy,
+                    decisions.c.rule,
+                    decisions.c.flow,
+                    decisions.c.incident,
+                    decisions.c.labels,
+                ).where(decisions.c.id == decision_id)
+            )
+        ).one()
+        outcome = {
+            "decision_id": decision_id,
+            "state": state,
+            "rule": row.rule,
+            "flow": row.flow,
+            "key": row.guard_key,
+            "incident": row.incident,
+            "labels": row.labels,
+        }
+        await conn.execute(
+            inbox.insert().values(
+                received_at=now, source="outcome", body=json.dumps(outcome).encode()
+            )
+        )
+        policy = row.policy or {}
+        seconds = policy.get("cooldown", 0.0)
+        if state != "COMPLETED" and policy.get("cooldown_failed") is not None:
+            seconds = policy["cooldown_failed"]
+        if seconds and row.guard_key is not None:
+            digest = key_digest(row.guard_key)
+            await conn.execute(delete(cooldowns).where(cooldowns.c.key_digest == digest))
+            await conn.execute(
+                cooldowns.insert().values(
+                    key_digest=digest,
+                    guard_key=row.guard_key,
+                    until=now + seconds,
+                    decision_id=decision_id,
                 )
             )
-            policy = row.policy or {}
-            seconds = policy.get("cooldown", 0.0)
-            if state != "COMPLETED" and policy.get("cooldown_failed") is not None:
-                seconds = policy["cooldown_failed"]
-            if seconds and row.guard_key is not None:
-                digest = key_digest(row.guard_key)
-                await conn.execute(delete(cooldowns).where(cooldowns.c.key_digest == digest))
-                await conn.execute(
-                    cooldowns.insert().values(
-                        key_digest=digest,
-                        guard_key=row.guard_key,
-                        until=now + seconds,
-                        decision_id=decision_id,
-                    )
-                )
-            return True
+        return True
 
     async def active_runs(self) -> list[ActiveRun]:
         """Admitted decisions that still hold their lease."""
@@ -667,6 +691,25 @@ class Store:
                 )
                 for r in rows
             ]
+
+    async def still_wanted(self, decision_id: int) -> str | None:
+        """Whether an admitted decision should still get its flow run.
+
+        None when it ended (expired, finished) or holds no name any more; "paused" while the
+        global pause is on; "yes" otherwise.
+        """
+        async with self.transaction() as conn:
+            open_decision = await conn.scalar(
+                select(decisions.c.id).where(
+                    decisions.c.id == decision_id,
+                    decisions.c.finished_at.is_(None),
+                    decisions.c.flow_run_id.is_(None),
+                    decisions.c.id.in_(select(leases.c.decision_id)),
+                )
+            )
+            if open_decision is None:
+                return None
+            return "paused" if await self.control_value(conn, "pause") else "yes"
 
     async def expired_decisions(self, now: float) -> list[int]:
         """Decisions whose leases all expired before a final state was seen."""

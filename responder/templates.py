@@ -9,13 +9,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from responder.exceptions import TemplateError
 
+
+def path_segment(value: object) -> str:
+    """Quote a value as one URL path segment: `/` included, and never `.` or `..`.
+
+    jinja2's `urlencode` keeps `/`, and URL parsers resolve `..`, so a label such as
+    `../admin` would otherwise walk to another path of the API it is sent to.
+    """
+    text = str(value)
+    if text.strip(".") == "" or text.lower().replace("%2e", ".").strip(".") == "":
+        raise ValueError(f"{text!r} cannot be a URL path segment")
+    return quote(text, safe="")
+
+
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_ENV.filters["segment"] = path_segment
 
 
 @lru_cache(maxsize=4096)
@@ -37,6 +52,10 @@ def render(source: str, context: Mapping[str, Any]) -> str:
         raise TemplateError(f"template {source!r}: {exc.message}") from None
     except jinja2.TemplateError as exc:  # includes SecurityError from the sandbox
         raise TemplateError(f"template {source!r}: {exc}") from None
+    except Exception as exc:
+        # A label can make a filter fail (1/(x|int) with x="0", '%d'|format("a")): that is
+        # this alert's problem, not the engine's.
+        raise TemplateError(f"template {source!r}: {exc.__class__.__name__}: {exc}") from None
 
 
 def render_value(value: Any, context: Mapping[str, Any]) -> Any:

@@ -171,14 +171,37 @@ async def test_a_held_key_refuses_a_new_incident(make_client: ClientFactory) -> 
     assert f"held by decision {first['id']}" in second["reason"]
 
 
-async def test_an_expired_lease_frees_the_key(make_client: ClientFactory) -> None:
+async def test_an_expired_lease_ends_its_decision_as_lost(
+    make_client: ClientFactory, rules_dir: Path
+) -> None:
+    rule = rules_dir / "restart-service.yaml"
+    rule.write_text(rule.read_text().replace("cooldown_failed: 5m", "cooldown_failed: 0"))
     client, service = await make_client(lease_seconds=0.01)
     await post(client, "firing_single_servicedown")
     await wait_for(lambda: settled(service))
     await asyncio.sleep(0.05)
     await post(client, "firing_single_servicedown_bearer_auth")
     await wait_for(lambda: settled(service))
-    assert [d["verdict"] for d in await decisions(client)] == ["admitted", "admitted"]
+    rows = await decisions(client)
+    # The new incident takes the key over; the lost run's decision ends as EXPIRED, and
+    # that outcome goes back to the engine like any other.
+    assert [(d["verdict"], d["flow_run_state"]) for d in rows] == [
+        ("admitted", "EXPIRED"),
+        ("admitted", None),
+    ]
+    outcomes = [f for f in service.loop.engine.facts() if f.name == "outcome"]
+    assert [f.fields["state"] for f in outcomes] == ["EXPIRED"]
+
+
+async def test_a_lost_run_cools_its_key_down_like_a_failure(make_client: ClientFactory) -> None:
+    client, service = await make_client(lease_seconds=0.01)
+    await post(client, "firing_single_servicedown")
+    await wait_for(lambda: settled(service))
+    await asyncio.sleep(0.05)
+    await post(client, "firing_single_servicedown_bearer_auth")
+    await wait_for(lambda: settled(service))
+    second = (await decisions(client))[1]
+    assert (second["verdict"], second["refusal"]) == ("refused", "cooldown")
 
 
 async def test_restart_rebuilds_facts_without_deciding_again(
@@ -462,3 +485,26 @@ async def test_explain_tells_an_alerts_story(make_client: ClientFactory) -> None
     assert rule == {"rule": "restart-crashed-service", "holds": True, "failure": None}
     assert (await client.get("/api/v1/explain/abcdef")).status_code == 404
     assert (await client.get("/api/v1/explain/not-hex")).status_code == 422
+
+
+async def test_the_engine_loop_outlives_a_store_that_cannot_commit(
+    backend: str, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("the write lock below is SQLite's")
+    client, service = await make_client(store_timeout_seconds=0.2)
+    locker = sqlite3.connect(tmp_path / "data" / "responder.db", isolation_level=None)
+    await service.loop._lock.acquire()  # hold the loop back until the database is locked
+    await post(client, "firing_single_servicedown")  # committed before the lock
+    locker.execute("BEGIN IMMEDIATE")
+    service.loop._lock.release()
+    try:
+        await asyncio.sleep(1.0)  # the loop's batches fail to commit meanwhile
+        assert await service.store.lease_count() == 0
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    await wait_for(lambda: settled(service), timeout=30)
+    [decision] = await decisions(client)
+    assert decision["verdict"] == "admitted"
+    assert service.engine_alive

@@ -88,7 +88,7 @@ async def test_decision_runs_a_flow_that_completes_and_releases_the_lease(
     assert run["id"] == decision["flow_run_id"]
     assert "rule:restart-crashed-service" in run["tags"]
     assert run["parameters"]["host"] == "host-11"
-    assert run["idempotency_key"].startswith("responder:restart-crashed-service:")
+    assert run["idempotency_key"].startswith(f"responder:decision:{decision['id']}:")
 
     async def outcome_heard() -> bool:
         return any(

@@ -142,8 +142,11 @@ class Clock:
         return self.now
 
 
-def node(fp: str, zone: str, instance: str) -> Alert:
-    return alert(fp, alertname="NodeDown", zone=zone, instance=instance)
+def node(fp: str, zone: str, instance: str, at: float | None = None) -> Alert:
+    """A NodeDown alert that started at `at` (default: the start of the test clock)."""
+    start = datetime.fromtimestamp(at, UTC) if at else datetime(2026, 11, 25, tzinfo=UTC)
+    labels = {"alertname": "NodeDown", "zone": zone, "instance": instance}
+    return Alert(status="firing", labels=labels, startsAt=start, fingerprint=fp)
 
 
 def test_count_asserts_a_fact_that_suppresses_other_rules() -> None:
@@ -166,17 +169,19 @@ def test_count_asserts_a_fact_that_suppresses_other_rules() -> None:
     # When the fact expires, eu-1 nodes are remediated again.
     _, expired = engine.tick(clock.now + 1801)
     assert [f.name for f in expired] == ["zone-outage"]
-    clock.now += 1801  # the window has long passed, too
-    assert fired(engine, node("a5", "eu-1", "n5")) == ["drain-node"]
+    clock.now += 1801  # a node failing now is no burst with those of half an hour ago
+    assert fired(engine, node("a5", "eu-1", "n5", at=clock.now)) == ["drain-node"]
 
 
-def test_count_window_slides() -> None:
+def test_count_window_goes_by_start_times() -> None:
     clock = Clock()
     engine = Engine(book(CHAIN), clock=clock)
-    fired(engine, node("a1", "eu-1", "n1"))
-    fired(engine, node("a2", "eu-1", "n2"))
-    clock.now += 121
-    assert "zone-outage" not in fired(engine, node("a3", "eu-1", "n3"))
+    fired(engine, node("a1", "eu-1", "n1", at=clock.now))
+    fired(engine, node("a2", "eu-1", "n2", at=clock.now + 60))
+    # Started 121 s after the first: the first falls out of the 2-minute window.
+    assert "zone-outage" not in fired(engine, node("a3", "eu-1", "n3", at=clock.now + 121))
+    # Arriving late but started with the second and third: a burst of three.
+    assert "zone-outage" in fired(engine, node("a4", "eu-1", "n4", at=clock.now + 90))
 
 
 def test_a_fact_arriving_later_makes_a_held_alert_hold() -> None:
