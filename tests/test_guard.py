@@ -199,3 +199,14 @@ async def test_decisions_whose_leases_expired_are_found_once(store: Store) -> No
     assert live.admitted
     [row] = [d for d in await store.decisions() if d["id"] == lost.decision_id]
     assert (row["flow_run_state"], row["detail"]) == ("EXPIRED", "lost")
+
+
+async def test_dispatch_waits_while_paused_and_skips_ended_decisions(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    admitted = await admit(store, guard, decision())
+    assert await store.still_wanted(admitted.decision_id) == "yes"
+    await store.set_control(PAUSE, {"reason": "incident review"})
+    assert await store.still_wanted(admitted.decision_id) == "paused"
+    await store.set_control(PAUSE, None)
+    await store.finish(admitted.decision_id, "EXPIRED")
+    assert await store.still_wanted(admitted.decision_id) is None
