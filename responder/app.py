@@ -99,7 +99,11 @@ def _on_sighup(service: Service) -> bool:
 def create_app(service: Service) -> FastAPI:
     """Build the FastAPI app around a `Service`; the app's lifespan starts and stops it."""
     settings = service.settings
-    credentials = Credentials(settings)
+    webhook_auth = Credentials.for_webhooks(settings)
+    operator_auth = Credentials.for_operators(settings)
+    events_auth = Credentials.for_events(settings)
+    if settings.has_credentials and settings.operator_token is None:
+        log.warning("no operator_token: the operator API accepts the webhook credentials")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -115,13 +119,17 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="Responder", version="0.1.0", lifespan=lifespan)
     app.state.service = service
 
-    def unauthorized() -> JSONResponse:
+    def refused(request: Request, credentials: Credentials) -> JSONResponse | None:
+        """A 401 unless the request carries these credentials."""
+        if credentials.accepts(request.headers.get("authorization")):
+            return None
         response = _error(401, "missing or invalid credentials")
         response.headers["WWW-Authenticate"] = credentials.challenge
         return response
 
     async def intake(
         request: Request,
+        credentials: Credentials,
         source: str,
         content_types: frozenset[str],
         parse: Callable[[bytes, str], int],
@@ -132,8 +140,8 @@ def create_app(service: Service) -> FastAPI:
 
         `parse` validates the body (raising pydantic's ValidationError) and counts its items.
         """
-        if not credentials.accepts(request.headers.get("authorization")):
-            return unauthorized()
+        if denied := refused(request, credentials):
+            return denied
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in content_types:
             return _error(
@@ -174,6 +182,7 @@ def create_app(service: Service) -> FastAPI:
         """Validate an Alertmanager v4 payload, commit it to the inbox, then acknowledge."""
         response = await intake(
             request,
+            webhook_auth,
             "alertmanager",
             WEBHOOK_CONTENT_TYPES,
             alertmanager_payload,
@@ -188,6 +197,7 @@ def create_app(service: Service) -> FastAPI:
         """Accept CloudEvents 1.0 (structured JSON, one or a batch) into the inbox."""
         return await intake(
             request,
+            events_auth,
             "cloudevents",
             EVENT_CONTENT_TYPES,
             cloudevents_payload,
@@ -205,8 +215,8 @@ def create_app(service: Service) -> FastAPI:
         before_id: int | None = Query(None, ge=1),
     ) -> JSONResponse:
         """Recorded decisions, newest first, with the flow run's Prefect UI link."""
-        if not credentials.accepts(request.headers.get("authorization")):
-            return unauthorized()
+        if denied := refused(request, operator_auth):
+            return denied
         rows = await service.store.decisions(
             limit=limit, rule=rule, verdict=verdict, alertname=alertname, before_id=before_id
         )
@@ -221,8 +231,8 @@ def create_app(service: Service) -> FastAPI:
         request: Request, fingerprint: str = Path(pattern=r"^[0-9a-fA-F]{1,64}$")
     ) -> JSONResponse:
         """An alert's story: every decision about it, and how each rule judges it now."""
-        if not credentials.accepts(request.headers.get("authorization")):
-            return unauthorized()
+        if denied := refused(request, operator_auth):
+            return denied
         rows = await service.store.decisions(limit=1000, fingerprint=fingerprint)
         engine = service.loop.engine
         held = [
@@ -242,8 +252,8 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/api/v1/pause")
     async def pause(request: Request, body: PauseRequest) -> JSONResponse:
         """Refuse every new remediation until resumed; recorded as refusal `paused`."""
-        if not credentials.accepts(request.headers.get("authorization")):
-            return unauthorized()
+        if denied := refused(request, operator_auth):
+            return denied
         value = {"reason": body.reason, "by": body.by, "at": time.time()}
         await service.store.set_control(PAUSE, value)
         log.warning("remediation paused by %r: %s", body.by, body.reason)
@@ -252,8 +262,8 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/api/v1/resume")
     async def resume(request: Request) -> JSONResponse:
         """Lift the pause."""
-        if not credentials.accepts(request.headers.get("authorization")):
-            return unauthorized()
+        if denied := refused(request, operator_auth):
+            return denied
         await service.store.set_control(PAUSE, None)
         log.warning("remediation resumed")
         return JSONResponse({"pause": None})
@@ -261,15 +271,15 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/api/v1/status")
     async def status(request: Request) -> JSONResponse:
         """The pause switch, held keys and mutexes, and cooling keys."""
-        if not credentials.accepts(request.headers.get("authorization")):
-            return unauthorized()
+        if denied := refused(request, operator_auth):
+            return denied
         return JSONResponse(await service.store.guard_state())
 
     @app.post("/-/reload")
     async def reload(request: Request) -> JSONResponse:
         """Reload rules and the catalog; on an error the old ones stay and the error says why."""
-        if not credentials.accepts(request.headers.get("authorization")):
-            return unauthorized()
+        if denied := refused(request, operator_auth):
+            return denied
         try:
             book = await service.reload()
         except DocumentError as exc:

@@ -6,19 +6,43 @@ import base64
 import binascii
 import secrets
 
+from pydantic import SecretStr
+
 from responder.settings import Settings
 
 
 class Credentials:
     """Checks an `Authorization` header in constant time against configured secrets."""
 
-    def __init__(self, settings: Settings) -> None:
-        token = settings.bearer_token
-        password = settings.basic_password
+    def __init__(
+        self,
+        token: SecretStr | None = None,
+        username: str | None = None,
+        password: SecretStr | None = None,
+    ) -> None:
         self._token = token.get_secret_value().encode() if token else None
         self._basic: tuple[bytes, bytes] | None = None
-        if settings.basic_username is not None and password is not None:
-            self._basic = (settings.basic_username.encode(), password.get_secret_value().encode())
+        if username is not None and password is not None:
+            self._basic = (username.encode(), password.get_secret_value().encode())
+
+    @classmethod
+    def for_webhooks(cls, settings: Settings) -> Credentials:
+        """What Alertmanager presents: the bearer token and/or basic auth."""
+        return cls(settings.bearer_token, settings.basic_username, settings.basic_password)
+
+    @classmethod
+    def for_operators(cls, settings: Settings) -> Credentials:
+        """The operator API's token; the webhook credentials when none is set."""
+        if settings.operator_token is not None:
+            return cls(settings.operator_token)
+        return cls.for_webhooks(settings)
+
+    @classmethod
+    def for_events(cls, settings: Settings) -> Credentials:
+        """The CloudEvents senders' token; the webhook credentials when none is set."""
+        if settings.events_token is not None:
+            return cls(settings.events_token)
+        return cls.for_webhooks(settings)
 
     @property
     def required(self) -> bool:

@@ -309,10 +309,11 @@ def _call(config: Path | None, method: str, path: str, **kwargs: Any) -> httpx.R
         raise _fail(exc) from None
     base = settings.public_url or f"http://{settings.host}:{settings.port}"
     headers = {}
-    if settings.bearer_token is not None:
-        headers["authorization"] = f"Bearer {settings.bearer_token.get_secret_value()}"
     auth = None
-    if settings.basic_username and settings.basic_password:
+    token = settings.operator_token or settings.bearer_token
+    if token is not None:
+        headers["authorization"] = f"Bearer {token.get_secret_value()}"
+    elif settings.basic_username and settings.basic_password:
         auth = (settings.basic_username, settings.basic_password.get_secret_value())
     try:
         response = httpx.request(

@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     bearer_token: SecretStr | None = Field(None, description="Token Alertmanager must send.")
     basic_username: str | None = Field(None, description="Basic auth user Alertmanager must send.")
     basic_password: SecretStr | None = Field(None, description="Basic auth password.")
+    operator_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the operator API (decisions, pause, reload, ...); "
+        "without it the webhook credentials are accepted there too.",
+    )
+    events_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for POST /api/v1/events; without it, the webhook credentials.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, le=64 * 1_048_576, description="Largest webhook body accepted."
     )
@@ -127,7 +136,15 @@ class Settings(BaseSettings):
 
     @property
     def has_credentials(self) -> bool:
-        return self.bearer_token is not None or self.basic_username is not None
+        return any(
+            secret is not None
+            for secret in (
+                self.bearer_token,
+                self.basic_username,
+                self.operator_token,
+                self.events_token,
+            )
+        )
 
     @property
     def store_url(self) -> str:

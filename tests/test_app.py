@@ -508,3 +508,24 @@ async def test_the_engine_loop_outlives_a_store_that_cannot_commit(
     [decision] = await decisions(client)
     assert decision["verdict"] == "admitted"
     assert service.engine_alive
+
+
+async def test_webhook_operator_and_event_credentials_are_separate(
+    make_client: ClientFactory,
+) -> None:
+    client, _ = await make_client(bearer_token="wh", operator_token="op", events_token="ev")
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {token}"}
+
+    assert (await post(client, "firing_single_servicedown", **bearer("op"))).status_code == 401
+    assert (await post(client, "firing_single_servicedown", **bearer("wh"))).status_code == 200
+    assert (await client.get("/api/v1/decisions", headers=bearer("wh"))).status_code == 401
+    assert (await client.get("/api/v1/decisions", headers=bearer("op"))).status_code == 200
+    pause = await client.post("/api/v1/pause", json={"reason": "x"}, headers=bearer("wh"))
+    assert pause.status_code == 401
+    ce = {"content-type": "application/cloudevents+json"}
+    wrong = await client.post("/api/v1/events", json=DEPLOY, headers={**ce, **bearer("wh")})
+    assert wrong.status_code == 401
+    right = await client.post("/api/v1/events", json=DEPLOY, headers={**ce, **bearer("ev")})
+    assert right.status_code == 200
