@@ -7,7 +7,7 @@ Errors name the file, the line and what is accepted. Compiling rules for the eng
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,20 +33,28 @@ from responder.templates import compile_template
 RuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", strict=True)]
 
 
-def _valid_matcher(text: str) -> str:
-    try:
-        _parsed_matcher(text)
-    except RuleError as exc:
-        raise ValueError(exc.problem) from None
-    return text
+def _parses_with(parse: Callable[[str], object]) -> Callable[[str], str]:
+    """A pydantic validator that runs `parse` and reports its error as the field's."""
+
+    def valid(text: str) -> str:
+        try:
+            parse(text)
+        except RuleError as exc:
+            raise ValueError(exc.problem) from None
+        except ResponderError as exc:
+            raise ValueError(str(exc)) from None
+        return text
+
+    return valid
 
 
-def _valid_template(text: str) -> str:
-    try:
-        compile_template(text)
-    except ResponderError as exc:
-        raise ValueError(str(exc)) from None
-    return text
+@lru_cache(maxsize=4096)
+def _parsed_matcher(text: str) -> Matcher:
+    return parse_matcher(text)
+
+
+_valid_matcher = _parses_with(_parsed_matcher)
+_valid_template = _parses_with(compile_template)
 
 
 def _valid_templates(value: Any) -> Any:
@@ -94,6 +102,7 @@ Duration = Annotated[
     ),
 ]
 MatcherText = Annotated[str, AfterValidator(_valid_matcher)]
+
 TemplateText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_valid_template)]
 
 
@@ -154,14 +163,6 @@ class FactTest:
     label: str | None  # set when the value is exactly {{ alert.labels.<label> }}
 
 
-def _valid_where(text: str) -> str:
-    try:
-        _parsed_where(text)
-    except RuleError as exc:
-        raise ValueError(exc.problem) from None
-    return text
-
-
 @lru_cache(maxsize=4096)
 def _parsed_where(text: str) -> FactTest:
     matcher = _parsed_matcher(text)
@@ -177,6 +178,7 @@ def _parsed_where(text: str) -> FactTest:
     )
 
 
+_valid_where = _parses_with(_parsed_where)
 WhereText = Annotated[str, AfterValidator(_valid_where)]
 
 
@@ -279,11 +281,6 @@ class RuleBook:
             if rule.name == name:
                 return rule
         raise KeyError(name)
-
-
-@lru_cache(maxsize=4096)
-def _parsed_matcher(text: str) -> Matcher:
-    return parse_matcher(text)
 
 
 def rule_file_schema() -> dict[str, Any]:
