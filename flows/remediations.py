@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,25 @@ from flows.operations import HttpRequest, UnexpectedStatus, http_request
 # A host is a DNS name or an address with an optional port, never shell or path syntax.
 Host = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.\-:\[\]]{0,252})$")]
 ServiceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")]
+
+
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")]
+
+
+class MissingSecret(Exception):
+    """An environment variable named in `headers_from_env` is not set on the worker."""
+
+
+def secret_headers(names: dict[str, str] | None) -> dict[str, str]:
+    """Header values read from the worker's environment; fails before anything is sent."""
+    headers = {}
+    for header, variable in (names or {}).items():
+        value = os.environ.get(variable)
+        if value is None:
+            raise MissingSecret(f"header {header}: environment variable {variable} is not set")
+        headers[header] = value
+    return headers
 
 
 class NotRecovered(Exception):
@@ -66,12 +86,17 @@ def http_call(
     verify_url: AnyHttpUrl | None = None,
     verify_within_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0,
     verify_every_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0,
+    headers_from_env: dict[HeaderName, EnvName] | None = None,
 ) -> str:
     """Call another system's API (a deploy tool's rollback, a pager), then optionally verify.
 
     With `verify_url`, the flow polls it until it answers 200 or the deadline passes.
+    Secrets go in `headers_from_env` as header → environment variable *name*, read on the
+    worker when the run starts: their values never appear in parameters, the UI or logs.
     """
-    request = HttpRequest(method=method, url=url, json_body=json_body)
+    request = HttpRequest(
+        method=method, url=url, json_body=json_body, headers=secret_headers(headers_from_env)
+    )
     if expected_status is not None:
         request = request.model_copy(update={"expected_status": expected_status})
     response = http_request(request)

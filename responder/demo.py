@@ -21,6 +21,7 @@ class DemoService:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.restarts: list[tuple[str, str]] = []
         self.posts: list[tuple[str, Any]] = []
+        self.headers: list[dict[str, str]] = []  # of each POST, for tests
         self._lock = threading.Lock()
         demo = self
 
@@ -35,6 +36,7 @@ class DemoService:
                     body = raw.decode(errors="replace")
                 with demo._lock:
                     demo.posts.append((self.path, body))
+                    demo.headers.append(dict(self.headers.items()))
                     if len(parts) == 3 and parts[0] == "restart":
                         demo.restarts.append((parts[1], parts[2]))
                 self._send(202, {"accepted": self.path})

@@ -1,0 +1,35 @@
+"""Remediation flows run for real: on the test Prefect server, against a local HTTP target."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.remediations import MissingSecret, http_call
+from responder.demo import DemoService
+
+pytestmark = pytest.mark.prefect
+
+
+def test_http_call_sends_secret_headers_from_the_environment(
+    prefect_api_url: str, demo_service: DemoService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAGER_TOKEN", "s3cret")
+    summary = http_call(
+        url=f"{demo_service.url}/page",
+        json_body={"summary": "down"},
+        headers_from_env={"Authorization": "PAGER_TOKEN"},
+        verify_url=f"{demo_service.url}/health/page",
+        verify_within_seconds=5,
+    )
+    assert "answered 202" in summary
+    assert demo_service.posts == [("/page", {"summary": "down"})]
+    assert demo_service.headers[0]["Authorization"] == "s3cret"
+
+
+def test_http_call_fails_before_acting_when_a_secret_is_missing(
+    prefect_api_url: str, demo_service: DemoService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PAGER_TOKEN", raising=False)
+    with pytest.raises(MissingSecret, match="PAGER_TOKEN"):
+        http_call(url=f"{demo_service.url}/page", headers_from_env={"Authorization": "PAGER_TOKEN"})
+    assert demo_service.posts == []
