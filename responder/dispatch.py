@@ -16,7 +16,10 @@ import time
 from typing import Any
 from uuid import UUID
 
+import httpx
+
 from responder import metrics
+from responder.alertmanager import Alertmanager
 from responder.store import LEASE_EXPIRED, ActiveRun, Store
 
 log = logging.getLogger(__name__)
@@ -77,12 +80,17 @@ class Dispatcher:
         poll_seconds: float = 2.0,
         queue_size: int = 10_000,
         retry_seconds: float = 1.0,
+        alertmanager_url: str | None = None,
+        silence_seconds: float = 3600.0,
     ) -> None:
         self._store = store
         self.api_url = api_url
         self.ui_url = ui_url_for(api_url)
         self._poll_seconds = poll_seconds
         self._retry_seconds = retry_seconds
+        self._alertmanager_url = alertmanager_url
+        self._alertmanager: Alertmanager | None = None
+        self._silence_seconds = silence_seconds
         self._queue: asyncio.Queue[tuple[ActiveRun, float]] = asyncio.Queue(queue_size)
         self._deployments: dict[str, UUID] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,6 +111,8 @@ class Dispatcher:
 
         self._client = PrefectClient(self.api_url)
         await self._client.__aenter__()
+        if self._alertmanager_url:
+            self._alertmanager = Alertmanager(self._alertmanager_url)
         self._events = PrefectEventsClient(self.api_url, reconnection_attempts=2)
         try:
             await self._events.__aenter__()
@@ -133,6 +143,9 @@ class Dispatcher:
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
             self._client = None
+        if self._alertmanager is not None:
+            await self._alertmanager.close()
+            self._alertmanager = None
 
     async def submit(self, run: ActiveRun) -> None:
         """Queue an admitted decision; waits only when the queue is full (backpressure)."""
@@ -179,6 +192,8 @@ class Dispatcher:
             return "retry"
         await self._store.set_flow_run(run.decision_id, flow_run_id)
         await self._emit_decision(run, flow_run_id)
+        if run.silence:
+            await self._silence(run, flow_run_id)
         log.info(
             "decision %s: flow run %s (%s)",
             run.decision_id,
@@ -196,6 +211,32 @@ class Dispatcher:
         task = asyncio.create_task(requeue())
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
+
+    async def _silence(self, run: ActiveRun, flow_run_id: str) -> None:
+        """Silence the alert while its remediation runs; the poll lifts it when it ends."""
+        if self._alertmanager is None:
+            log.warning("rule %s asks for a silence, but alertmanager_url is not set", run.rule)
+            return
+        comment = f"Responder is remediating ({run.rule}): {self.flow_run_url(flow_run_id)}"
+        try:
+            silence_id = await self._alertmanager.silence(
+                run.labels, self._silence_seconds, comment
+            )
+        except httpx.HTTPError as exc:
+            log.warning("could not silence the alert of decision %s: %s", run.decision_id, exc)
+            return
+        await self._store.set_silence(run.decision_id, silence_id)
+
+    async def _lift_silences(self) -> None:
+        if self._alertmanager is None:
+            return
+        for silence in await self._store.silences_to_lift():
+            try:
+                await self._alertmanager.lift(silence.silence_id)
+            except httpx.HTTPError as exc:
+                log.warning("could not lift silence %s: %s", silence.silence_id, exc)
+                continue
+            await self._store.silence_lifted(silence.decision_id)
 
     async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
         """Tell Prefect why the run exists: its event feed then shows the decision."""
@@ -300,6 +341,7 @@ class Dispatcher:
                 # api_healthcheck returns the error instead of raising it.
                 self.prefect_reachable = await self._client.api_healthcheck() is None
                 await self._expire_lost_runs()
+                await self._lift_silences()
                 runs = [r for r in await self._store.active_runs() if r.flow_run_id]
                 metrics.ACTIVE_LEASES.set(await self._store.lease_count())
                 if not runs:

@@ -213,6 +213,7 @@ class Guard:
                 "mutex": list(decision.mutex),
                 "cooldown": policy.cooldown,
                 "cooldown_failed": policy.cooldown_failed,
+                "silence": policy.silence,
             },
         )
 

@@ -306,6 +306,8 @@ class EngineLoop:
                         incident=alert.incident,
                         alertname=alert.alertname,
                         parameters=decision.parameters,
+                        labels=dict(alert.labels),
+                        silence=decision.policy.silence,
                     )
                 )
         return admitted

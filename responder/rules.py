@@ -146,6 +146,11 @@ class GuardSpec(_Spec):
         None, ge=1, description="Blast radius: at most this many active runs of the flow."
     )
     budget: BudgetSpec | None = None
+    silence: bool = Field(
+        False,
+        description="Silence the alert in Alertmanager while the remediation runs "
+        "(needs alertmanager_url); lifted when the run ends.",
+    )
 
 
 FactName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$", strict=True)]

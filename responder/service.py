@@ -35,7 +35,15 @@ class Service:
         self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
         api_url = prefect_api_url or settings.prefect_api_url
         self.dispatcher = (
-            Dispatcher(self.store, api_url, poll_seconds=settings.poll_seconds) if api_url else None
+            Dispatcher(
+                self.store,
+                api_url,
+                poll_seconds=settings.poll_seconds,
+                alertmanager_url=settings.alertmanager_url,
+                silence_seconds=settings.lease_seconds,
+            )
+            if api_url
+            else None
         )
         self.loop = EngineLoop(
             self.store,

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
         description="Fallback poll of flow-run states while the event stream is down.",
     )
 
+    alertmanager_url: str | None = Field(
+        None, description="Alertmanager's URL, for silences while remediations run."
+    )
     prefect_api_url: str | None = Field(
         None, description="Use this Prefect server instead of starting one (PREFECT_API_URL)."
     )

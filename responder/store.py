@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,9 @@ decisions = Table(
     Column("refusal", String(24), nullable=True),
     # The guard policy the decision was admitted under (cooldowns apply when it ends).
     Column("policy", JSON, nullable=True),
+    # The Alertmanager silence set while the remediation runs, and whether it was lifted.
+    Column("silence_id", String(64), nullable=True),
+    Column("silence_lifted", Boolean, nullable=False, default=False),
     Index("ix_decisions_flow_run", "flow_run_id"),
     Index("ix_decisions_rule", "rule", "id"),
     Index("ix_decisions_flow_created", "flow", "created_at"),
@@ -179,6 +182,16 @@ class ActiveRun:
     incident: str
     alertname: str
     parameters: dict[str, Any]
+    labels: dict[str, str] = field(default_factory=dict)
+    silence: bool = False
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A silence Responder set in Alertmanager for a remediation that has since ended."""
+
+    decision_id: int
+    silence_id: str
 
 
 LEASE_EXPIRED = "lease expired before a final state was seen; the key is free again"
@@ -672,6 +685,8 @@ class Store:
                 decisions.c.incident,
                 decisions.c.alertname,
                 decisions.c.parameters,
+                decisions.c.labels,
+                decisions.c.policy,
             )
             .where(decisions.c.id.in_(select(leases.c.decision_id)))
             .order_by(decisions.c.id)
@@ -688,9 +703,35 @@ class Store:
                     r.incident,
                     r.alertname,
                     r.parameters or {},
+                    r.labels or {},
+                    bool((r.policy or {}).get("silence")),
                 )
                 for r in rows
             ]
+
+    async def set_silence(self, decision_id: int, silence_id: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                update(decisions).where(decisions.c.id == decision_id).values(silence_id=silence_id)
+            )
+
+    async def silences_to_lift(self) -> list[Silence]:
+        """Silences of remediations that ended, not yet lifted."""
+        async with self.transaction() as conn:
+            rows = await conn.execute(
+                select(decisions.c.id, decisions.c.silence_id).where(
+                    decisions.c.silence_id.is_not(None),
+                    decisions.c.finished_at.is_not(None),
+                    decisions.c.silence_lifted.is_(False),
+                )
+            )
+            return [Silence(r.id, r.silence_id) for r in rows]
+
+    async def silence_lifted(self, decision_id: int) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                update(decisions).where(decisions.c.id == decision_id).values(silence_lifted=True)
+            )
 
     async def still_wanted(self, decision_id: int) -> str | None:
         """Whether an admitted decision should still get its flow run.

@@ -33,17 +33,29 @@ TOKEN = "e2e-secret-token"
 
 
 @pytest.fixture
+def alertmanager_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
 async def responder_url(
-    flow_runner: str, tmp_path: Path, rules_dir: Path, demo_service: DemoService
+    flow_runner: str,
+    tmp_path: Path,
+    rules_dir: Path,
+    demo_service: DemoService,
+    alertmanager_port: int,
 ) -> AsyncIterator[tuple[str, Service]]:
     """Responder's real HTTP server (uvicorn) on a free loopback port."""
     port = free_port()
+    rule = rules_dir / "restart-service.yaml"
+    rule.write_text(rule.read_text().replace("    guard:\n", "    guard:\n      silence: true\n"))
     settings = make_settings(
         tmp_path,
         rules_dir,
         port=port,
         bearer_token=TOKEN,
         rule_vars={"service_control_url": demo_service.url},
+        alertmanager_url=f"http://127.0.0.1:{alertmanager_port}",
     )
     service = Service(settings, prefect_api_url=flow_runner)
     server = uvicorn.Server(
@@ -61,7 +73,9 @@ async def _started(server: uvicorn.Server) -> bool:
 
 
 @pytest.fixture
-def alertmanager(responder_url: tuple[str, Service], tmp_path: Path) -> Iterator[str]:
+def alertmanager(
+    responder_url: tuple[str, Service], tmp_path: Path, alertmanager_port: int
+) -> Iterator[str]:
     binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     if binary is None:
         pytest.fail("prometheus-alertmanager is not installed; run `make system-deps`")
@@ -85,7 +99,7 @@ receivers:
             credentials: {TOKEN}
 """
     )
-    port = free_port()
+    port = alertmanager_port
     log = (tmp_path / "alertmanager.log").open("wb")
     process = subprocess.Popen(
         [
@@ -160,3 +174,15 @@ async def test_alertmanager_resends_but_the_target_is_called_once(
     assert [d["verdict"] for d in rows].count("admitted") == 1
     assert demo_service.restarts == [("host-7", "checkout")]
     assert await service.store.lease_count() == 0
+
+    # While the restart ran, the alert was silenced with a link to its flow run; the
+    # silence was lifted when the run ended.
+    [admitted] = [d for d in rows if d["verdict"] == "admitted"]
+    async with httpx.AsyncClient() as http:
+        silences = (await http.get(f"{alertmanager}/api/v2/silences")).json()
+    [silence] = [s for s in silences if s["createdBy"] == "responder"]
+    assert admitted["flow_run_id"] in silence["comment"]
+    assert {"name": "instance", "value": "host-7", "isRegex": False, "isEqual": True} in silence[
+        "matchers"
+    ]
+    assert silence["status"]["state"] == "expired"

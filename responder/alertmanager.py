@@ -1,0 +1,41 @@
+"""Alertmanager's v2 API: silences set while a remediation runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+
+class Alertmanager:
+    """Sets and lifts silences; every label of the alert becomes an equality matcher."""
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+
+    async def silence(self, labels: dict[str, str], lasting: float, comment: str) -> str:
+        """Silence exactly this alert for `lasting` seconds; return the silence id."""
+        now = datetime.now(UTC)
+        body = {
+            "matchers": [
+                {"name": name, "value": value, "isRegex": False, "isEqual": True}
+                for name, value in sorted(labels.items())
+            ],
+            "startsAt": now.isoformat(),
+            "endsAt": (now + timedelta(seconds=lasting)).isoformat(),
+            "createdBy": "responder",
+            "comment": comment,
+        }
+        response = await self._http.post("/api/v2/silences", json=body)
+        response.raise_for_status()
+        return str(response.json()["silenceID"])
+
+    async def lift(self, silence_id: str) -> None:
+        """Expire a silence; one already gone counts as lifted."""
+        response = await self._http.delete(f"/api/v2/silence/{silence_id}")
+        if response.status_code != 404:
+            response.raise_for_status()
+
+    async def close(self) -> None:
+        await self._http.aclose()
