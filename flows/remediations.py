@@ -18,7 +18,8 @@ ServiceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_
 
 
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
-EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")]
+# Only variables meant for flows: the runner also inherits Responder's own secrets.
+EnvName = Annotated[str, StringConstraints(pattern=r"^FLOW_SECRET_[A-Z0-9_]{1,100}$")]
 
 
 class MissingSecret(Exception):
@@ -91,8 +92,9 @@ def http_call(
     """Call another system's API (a deploy tool's rollback, a pager), then optionally verify.
 
     With `verify_url`, the flow polls it until it answers 200 or the deadline passes.
-    Secrets go in `headers_from_env` as header → environment variable *name*, read on the
-    worker when the run starts: their values never appear in parameters, the UI or logs.
+    Secrets go in `headers_from_env` as header → the *name* of an environment variable on
+    the worker, which must start with FLOW_SECRET_; the value is read when the run starts
+    and never appears in parameters, the UI or logs.
     """
     request = HttpRequest(
         method=method, url=url, json_body=json_body, headers=secret_headers(headers_from_env)

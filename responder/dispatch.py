@@ -81,7 +81,7 @@ class Dispatcher:
         queue_size: int = 10_000,
         retry_seconds: float = 1.0,
         alertmanager_url: str | None = None,
-        silence_seconds: float = 3600.0,
+        lease_seconds: float = 3600.0,
     ) -> None:
         self._store = store
         self.api_url = api_url
@@ -90,7 +90,7 @@ class Dispatcher:
         self._retry_seconds = retry_seconds
         self._alertmanager_url = alertmanager_url
         self._alertmanager: Alertmanager | None = None
-        self._silence_seconds = silence_seconds
+        self._lease_seconds = lease_seconds
         self._queue: asyncio.Queue[tuple[ActiveRun, float]] = asyncio.Queue(queue_size)
         self._deployments: dict[str, UUID] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -106,6 +106,8 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Start workers; re-queue admitted decisions that never got a flow run."""
+        if self._tasks:
+            return  # already started
         from prefect.client.orchestration import PrefectClient
         from prefect.events.clients import PrefectEventsClient
 
@@ -219,9 +221,7 @@ class Dispatcher:
             return
         comment = f"Responder is remediating ({run.rule}): {self.flow_run_url(flow_run_id)}"
         try:
-            silence_id = await self._alertmanager.silence(
-                run.labels, self._silence_seconds, comment
-            )
+            silence_id = await self._alertmanager.silence(run.labels, self._lease_seconds, comment)
         except httpx.HTTPError as exc:
             log.warning("could not silence the alert of decision %s: %s", run.decision_id, exc)
             return
@@ -302,12 +302,31 @@ class Dispatcher:
                     )
 
     async def _expire_lost_runs(self) -> None:
-        """End decisions whose lease expired with no final state seen: the run was lost."""
-        for decision_id in await self._store.expired_decisions(time.time()):
-            detail = LEASE_EXPIRED
-            if await self._store.finish(decision_id, "EXPIRED", detail=detail):
-                metrics.FLOW_RUNS_FINISHED.labels(state="EXPIRED").inc()
-                log.warning("decision %s: %s", decision_id, detail)
+        """End decisions whose lease expired, once Prefect confirms their run is not going.
+
+        A run still going gets its lease renewed: expiring it would let a second run of the
+        same key start. Without an answer from Prefect nothing is ended.
+        """
+        from prefect.exceptions import ObjectNotFound
+
+        renew: list[int] = []
+        for decision_id, flow_run_id in await self._store.expired_decisions(time.time()):
+            state, detail = "EXPIRED", LEASE_EXPIRED
+            if flow_run_id is not None:
+                try:
+                    flow_run = await self._client.read_flow_run(UUID(flow_run_id))
+                except ObjectNotFound:
+                    detail = f"{LEASE_EXPIRED}; Prefect has no flow run {flow_run_id}"
+                else:
+                    run_state = flow_run.state.type.value if flow_run.state else None
+                    if run_state not in FINAL_STATES:
+                        renew.append(decision_id)
+                        continue
+                    state, detail = str(run_state), "final state found after the lease expired"
+            if await self._store.finish(decision_id, state, detail=detail):
+                metrics.FLOW_RUNS_FINISHED.labels(state=state).inc()
+                log.warning("decision %s: %s (%s)", decision_id, state, detail)
+        await self._store.renew(renew, time.time() + self._lease_seconds)
 
     async def _follow_events(self) -> None:
         from prefect.events.clients import PrefectEventSubscriber
@@ -350,9 +369,17 @@ class Dispatcher:
                 flow_runs = await self._client.read_flow_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))
                 )
+                going = []
                 for flow_run in flow_runs:
                     if flow_run.state is not None and flow_run.state.type.value in FINAL_STATES:
                         await self._finish(str(flow_run.id), flow_run.state.type.value)
+                    else:
+                        going.append(str(flow_run.id))
+                # Runs Prefect reports as going keep their keys.
+                await self._store.renew(
+                    [r.decision_id for r in runs if r.flow_run_id in going],
+                    time.time() + self._lease_seconds,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -100,7 +100,7 @@ class Guard:
         if observe_only:
             if refusal is None:
                 holder = await self._store.lease_holder(conn, names, now)
-                refusal = _held(holder) if holder else None
+                refusal = _held(holder, now) if holder else await self._cooling(conn, decision, now)
             verdict = Verdict.SHADOW if decision.shadow else Verdict.DRY_RUN
             reason = f"would refuse: {refusal.reason}" if refusal else "would admit"
             decision_id = await self._record(
@@ -115,7 +115,7 @@ class Guard:
                 conn, names, decision_id, self._lease_seconds, now
             )
             if holder is not None:
-                refusal = _held(holder)
+                refusal = _held(holder, now)
             else:
                 # Checked once the key is ours: a run that ended meanwhile has committed
                 # its cooldown together with freeing the key, so it is visible now.
@@ -150,10 +150,6 @@ class Guard:
                     f"{done} attempts for this incident reached max_attempts "
                     f"{policy.max_attempts}; escalate instead",
                 )
-        if decision.shadow or self._dry_run:
-            cooling = await self._cooling(conn, decision, now)
-            if cooling is not None:
-                return cooling
         # Counting checks lock every scope they count, in a fixed order.
         scopes = set()
         if policy.budget is not None:
@@ -218,11 +214,17 @@ class Guard:
         )
 
 
-def _held(holder: LeaseHolder) -> _Refusal:
+def _held(holder: LeaseHolder, now: float) -> _Refusal:
     kind, _, name = holder.name.partition(":")
-    run = f" (flow run {holder.flow_run_id})" if holder.flow_run_id else ""
+    code = "key_active" if kind == "key" else "mutex_held"
     what = f"key {name!r} is active" if kind == "key" else f"mutex {name!r} is held"
+    if holder.decision_id == 0:
+        return _Refusal(code, f"{what}: taken by a concurrent admission")
+    run = f" (flow run {holder.flow_run_id})" if holder.flow_run_id else ""
+    if holder.expires_at <= now:
+        # An expired lease with a flow run: the dispatcher has not yet confirmed its end.
+        return _Refusal(code, f"{what}: decision {holder.decision_id}{run} not confirmed ended")
     return _Refusal(
-        "key_active" if kind == "key" else "mutex_held",
+        code,
         f"{what}: held by decision {holder.decision_id}{run} until {_when(holder.expires_at)}",
     )

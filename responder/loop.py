@@ -89,7 +89,10 @@ class EngineLoop:
         firing = await self._store.firing()
         engine = Engine(book, self._partitions, self._clock)
         for fact in [*catalog.facts(self._clock()), *facts]:
-            engine.assert_fact(fact)
+            try:
+                engine.assert_fact(fact)
+            except EngineRejected:
+                log.error("engine rejected fact %s during rebuild", fact.id)
         for alert in firing:
             try:
                 engine.assert_alert(alert)
@@ -133,7 +136,9 @@ class EngineLoop:
                 async with self._lock:
                     await self.rebuild()
                 return
-            except (StoreUnavailable, OSError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 log.error("engine loop: rebuild failed (%s); retrying in %.0fs", exc, delay)
                 delay = min(delay * 2, 30.0)
 
@@ -222,7 +227,12 @@ class EngineLoop:
     async def _assert(self, work: _Work, fact: Fact, inbox_id: int) -> list[ActiveRun]:
         """Hold an event's or outcome's fact; rules it completes decide for their alerts."""
         await self._store.save_fact(work.conn, fact)
-        return await self._apply(work, self.engine.assert_fact(fact), inbox_id)
+        try:
+            matches = self.engine.assert_fact(fact)
+        except EngineRejected:
+            log.error("the rules engine rejected fact %s", fact.id)  # counted by the engine
+            return []
+        return await self._apply(work, matches, inbox_id)
 
     async def _handle_alert(self, work: _Work, alert: Alert, inbox_id: int) -> list[ActiveRun]:
         first = work.first_seen_in(alert)
@@ -324,8 +334,11 @@ class EngineLoop:
         chained: list[Match] = []
         if rule.assert_ is not None:
             fact = fact_for(match, self._rule_vars, self.catalog, self._clock())
-            chained = self.engine.assert_fact(fact)
             await self._store.save_fact(work.conn, fact)
+            try:
+                chained = self.engine.assert_fact(fact)
+            except EngineRejected:
+                log.error("the rules engine rejected fact %s", fact.id)
             notes.append(f"asserted {_show(fact)}")
         if rule.run is None:
             work.record(

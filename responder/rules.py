@@ -110,13 +110,22 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _constant_secret_names(parameters: dict[str, Any]) -> dict[str, Any]:
+    names = parameters.get("headers_from_env") or {}
+    if any("{" in str(value) for value in (names.values() if isinstance(names, dict) else [])):
+        raise ValueError(
+            "headers_from_env names environment variables; they are constants, never templates"
+        )
+    return parameters
+
+
 class RunSpec(_Spec):
     """Which flow a rule runs, and its parameters (templates over `alert` and `vars`)."""
 
     flow: str = Field(description="Name of a remediation flow in flows/.")
-    parameters: Annotated[dict[str, Any], AfterValidator(_valid_templates)] = Field(
-        default_factory=dict
-    )
+    parameters: Annotated[
+        dict[str, Any], AfterValidator(_valid_templates), AfterValidator(_constant_secret_names)
+    ] = Field(default_factory=dict)
 
 
 class BudgetSpec(_Spec):

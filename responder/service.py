@@ -40,7 +40,7 @@ class Service:
                 api_url,
                 poll_seconds=settings.poll_seconds,
                 alertmanager_url=settings.alertmanager_url,
-                silence_seconds=settings.lease_seconds,
+                lease_seconds=settings.lease_seconds,
             )
             if api_url
             else None
@@ -108,13 +108,15 @@ class Service:
         """Reload when a rule file or the catalog changes (checked every few seconds)."""
         while True:
             await asyncio.sleep(self.settings.reload_check_seconds)
-            stamp = self._files_stamp()
-            if stamp != self._stamp:
-                self._stamp = stamp
-                try:
+            try:
+                stamp = self._files_stamp()
+                if stamp != self._stamp:
+                    self._stamp = stamp
                     await self.reload()
-                except (DocumentError, StoreUnavailable):
-                    pass  # logged and counted by reload(); the rules in force stay
+            except (DocumentError, StoreUnavailable):
+                pass  # logged and counted by reload(); the rules in force stay
+            except Exception:
+                log.exception("watching the rule files failed; trying again")
 
     async def start(self) -> None:
         """Migrate the store, lead if no other replica does, and watch the rule files."""
@@ -128,9 +130,14 @@ class Service:
             self._watcher = asyncio.create_task(self._watch_files(), name="rule-watcher")
 
     async def _lead(self) -> None:
-        if self.dispatcher is not None:
-            await self.dispatcher.start()
-        await self.loop.rebuild()
+        try:
+            if self.dispatcher is not None:
+                await self.dispatcher.start()
+            await self.loop.rebuild()
+        except BaseException:
+            if self.dispatcher is not None:
+                await self.dispatcher.stop()
+            raise
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
         log.info("leading: %d rules loaded, engine loop started", len(self.book.rules))
 

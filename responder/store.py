@@ -446,10 +446,16 @@ class Store:
                 await conn.execute(delete(leases).where(leases.c.key_digest.in_(taken)))
             # A holder whose lease expired gives way, once: its decision ends as EXPIRED
             # (outcome and cooldown included), as the dispatcher's poll would end it.
+            # Not if its flow run exists: only the dispatcher, which can ask Prefect whether
+            # that run ended, may end such a decision.
             expired = list(
                 await conn.scalars(
                     select(leases.c.decision_id)
-                    .where(leases.c.key_digest.in_(digests), leases.c.expires_at <= now)
+                    .where(
+                        leases.c.key_digest.in_(digests),
+                        leases.c.expires_at <= now,
+                        leases.c.flow_run_id.is_(None),
+                    )
                     .distinct()
                 )
             )
@@ -459,21 +465,21 @@ class Store:
                 await self._finish_in(conn, holder, "EXPIRED", LEASE_EXPIRED, now)
                 # A holder already final (a lost release) still frees its names.
                 await conn.execute(delete(leases).where(leases.c.decision_id == holder))
-        return await self.lease_holder(conn, names, now)
+        holder = await self.lease_holder(conn, names, now)
+        # Not all names were taken, even if their holder let go meanwhile: refuse.
+        return holder or LeaseHolder(str(rows[0]["name"]), 0, None, now)
 
     async def lease_holder(
         self, conn: AsyncConnection, names: list[str], now: float
     ) -> LeaseHolder | None:
-        """A live holder of any of `names`, if there is one."""
+        """A holder of any of `names`, if there is one (an expired lease still holds until
+        its decision is ended)."""
         row = (
             await conn.execute(
                 select(
                     leases.c.name, leases.c.decision_id, leases.c.flow_run_id, leases.c.expires_at
                 )
-                .where(
-                    leases.c.key_digest.in_([key_digest(n) for n in names]),
-                    leases.c.expires_at > now,
-                )
+                .where(leases.c.key_digest.in_([key_digest(n) for n in names]))
                 .order_by(leases.c.name)  # `key:...` sorts before `mutex:...`: name the key
                 .limit(1)
             )
@@ -752,16 +758,26 @@ class Store:
                 return None
             return "paused" if await self.control_value(conn, "pause") else "yes"
 
-    async def expired_decisions(self, now: float) -> list[int]:
-        """Decisions whose leases all expired before a final state was seen."""
+    async def expired_decisions(self, now: float) -> list[tuple[int, str | None]]:
+        """Decisions whose leases all expired before a final state was seen, with their run."""
         async with self.transaction() as conn:
             live = select(leases.c.decision_id).where(leases.c.expires_at > now)
             rows = await conn.execute(
-                select(leases.c.decision_id)
+                select(leases.c.decision_id, leases.c.flow_run_id)
                 .where(leases.c.expires_at <= now, leases.c.decision_id.not_in(live))
                 .distinct()
             )
-            return [r.decision_id for r in rows]
+            return [(r.decision_id, r.flow_run_id) for r in rows]
+
+    async def renew(self, decision_ids: list[int], until: float) -> None:
+        """Extend the leases of decisions whose runs are still going."""
+        if decision_ids:
+            async with self.transaction() as conn:
+                await conn.execute(
+                    update(leases)
+                    .where(leases.c.decision_id.in_(decision_ids))
+                    .values(expires_at=until)
+                )
 
     async def lease_count(self) -> int:
         async with self.transaction() as conn:

@@ -193,7 +193,7 @@ async def test_decisions_whose_leases_expired_are_found_once(store: Store) -> No
     lost = await admit(store, guard, replace(decision(), mutex=("host:h",)))
     live = await admit(store, Guard(store, 60), decision(key="other", fp="bb"))
     await asyncio.sleep(0.05)
-    assert await store.expired_decisions(time.time()) == [lost.decision_id]
+    assert await store.expired_decisions(time.time()) == [(lost.decision_id, None)]
     assert await store.finish(lost.decision_id, "EXPIRED", detail="lost")
     assert await store.expired_decisions(time.time()) == []
     assert live.admitted
@@ -210,3 +210,17 @@ async def test_dispatch_waits_while_paused_and_skips_ended_decisions(store: Stor
     await store.set_control(PAUSE, None)
     await store.finish(admitted.decision_id, "EXPIRED")
     assert await store.still_wanted(admitted.decision_id) is None
+
+
+async def test_an_expired_lease_with_a_flow_run_is_not_taken_over(store: Store) -> None:
+    """Only the dispatcher, which asks Prefect, may end a decision whose run exists."""
+    short = Guard(store, lease_seconds=0.01)
+    running = await admit(store, short, decision())
+    await store.set_flow_run(running.decision_id, "00000000-0000-0000-0000-0000000000aa")
+    await asyncio.sleep(0.05)
+    refused = await admit(store, short, decision(fp="bb"))
+    assert refused.refusal == "key_active"
+    assert "not confirmed ended" in refused.reason
+    # Renewed because Prefect says the run goes on, the lease holds the key again.
+    await store.renew([running.decision_id], time.time() + 60)
+    assert await store.expired_decisions(time.time()) == []

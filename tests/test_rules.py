@@ -137,3 +137,13 @@ def test_shipped_rules_validate_against_the_json_schema() -> None:
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"rules": [{"name": "x", "mtach": []}]}, schema)
+
+
+def test_secret_header_names_cannot_be_templates(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'parameters: {host: "{{ alert.labels.instance }}"}',
+        'parameters: {headers_from_env: {Authorization: "{{ alert.labels.x }}"}}',
+    )
+    error = error_for(tmp_path, text)
+    assert "constants, never templates" in str(error)
+    assert error.line == 4
