@@ -585,10 +585,15 @@ class Store:
 
         Checks that count (budgets, blast radius) are otherwise racy: two transactions could
         both count N-1. Writing first also makes SQLite take its write lock before reading.
+        One upsert: the conflict path locks the existing row.
         """
         now = time.time()
-        await self._insert_ignore(conn, control, name=name, value={}, updated_at=now)
-        await conn.execute(update(control).where(control.c.name == name).values(updated_at=now))
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        await conn.execute(
+            dialect.insert(control)
+            .values(name=name, value={}, updated_at=now)
+            .on_conflict_do_update(index_elements=[control.c.name], set_={"updated_at": now})
+        )
 
     async def set_control(self, name: str, value: Any) -> None:
         async with self.transaction() as conn:
