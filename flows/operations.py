@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import httpx
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 
@@ -66,3 +68,34 @@ def http_request(request: HttpRequest) -> HttpResponse:
             f"expected one of {request.expected_status}"
         )
     return result
+
+
+class ApprovalInput(RunInput):
+    """What a person answers in the Prefect UI when a remediation asks for approval."""
+
+    approved: bool
+    approver: str = Field(min_length=1, max_length=200)
+    comment: str = Field("", max_length=2000)
+
+
+def require_approval(what: str, timeout_seconds: int) -> ApprovalInput:
+    """Pause the flow run until a person approves or rejects it in the Prefect UI.
+
+    The run keeps its guard key and mutexes while it waits (Prefect reports it as Paused,
+    so its leases are renewed). Without an answer within `timeout_seconds` the run fails.
+    """
+    get_run_logger().info("waiting for approval: %s", what)
+    answer = pause_flow_run(
+        wait_for_input=ApprovalInput.with_initial_data(
+            description=f"Approve this remediation? {what}", approved=False
+        ),
+        timeout=timeout_seconds,
+        poll_interval=2,
+    )
+    get_run_logger().info(
+        "%s by %s: %s",
+        "approved" if answer.approved else "rejected",
+        answer.approver,
+        answer.comment,
+    )
+    return answer

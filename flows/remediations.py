@@ -7,10 +7,17 @@ import time
 from typing import Annotated, Any, Literal
 
 import httpx
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
+from prefect.states import Cancelled
 from pydantic import AnyHttpUrl, Field, StringConstraints
 
-from flows.operations import HttpRequest, UnexpectedStatus, http_request
+from flows.operations import (
+    ApprovalInput,
+    HttpRequest,
+    UnexpectedStatus,
+    http_request,
+    require_approval,
+)
 
 # A host is a DNS name or an address with an optional port, never shell or path syntax.
 Host = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.\-:\[\]]{0,252})$")]
@@ -37,6 +44,11 @@ def secret_headers(names: dict[str, str] | None) -> dict[str, str]:
     return headers
 
 
+def rejected(answer: ApprovalInput) -> State:
+    """The final state of a run a person rejected: Cancelled, saying who and why."""
+    return Cancelled(message=f"rejected by {answer.approver}: {answer.comment or '-'}")
+
+
 class NotRecovered(Exception):
     """The remediation acted, but the target did not reach its healthy state in time."""
 
@@ -49,13 +61,19 @@ def restart_service(
     health_url: AnyHttpUrl,
     verify_within_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0,
     verify_every_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0,
-) -> str:
+    approval_required: bool = False,
+    approval_timeout_seconds: Annotated[int, Field(ge=10, le=86400)] = 3600,
+) -> str | State:
     """Ask a service's control endpoint to restart it, then poll its health endpoint.
 
     Parameters are validated by Prefect before the first step, so a host that is not a
     hostname fails the run before anything is touched.
     """
     logger = get_run_logger()
+    if approval_required:
+        answer = require_approval(f"restart {service} on {host}", approval_timeout_seconds)
+        if not answer.approved:
+            return rejected(answer)
     http_request(
         HttpRequest(method="POST", url=restart_url, json_body={"host": host, "service": service})
     )
@@ -88,7 +106,9 @@ def http_call(
     verify_within_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0,
     verify_every_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0,
     headers_from_env: dict[HeaderName, EnvName] | None = None,
-) -> str:
+    approval_required: bool = False,
+    approval_timeout_seconds: Annotated[int, Field(ge=10, le=86400)] = 3600,
+) -> str | State:
     """Call another system's API (a deploy tool's rollback, a pager), then optionally verify.
 
     With `verify_url`, the flow polls it until it answers 200 or the deadline passes.
@@ -96,9 +116,12 @@ def http_call(
     the worker, which must start with FLOW_SECRET_; the value is read when the run starts
     and never appears in parameters, the UI or logs.
     """
-    request = HttpRequest(
-        method=method, url=url, json_body=json_body, headers=secret_headers(headers_from_env)
-    )
+    headers = secret_headers(headers_from_env)
+    if approval_required:
+        answer = require_approval(f"{method} {url}", approval_timeout_seconds)
+        if not answer.approved:
+            return rejected(answer)
+    request = HttpRequest(method=method, url=url, json_body=json_body, headers=headers)
     if expected_status is not None:
         request = request.model_copy(update={"expected_status": expected_status})
     response = http_request(request)

@@ -75,10 +75,14 @@ def decide(match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None =
     if rule.run is None or rule.guard is None:
         raise ValueError(f"rule {rule.name!r} runs no flow")
     context = template_context(match.alert, rule_vars, match.facts, catalog)
+    parameters = render_value(rule.run.parameters, context)
+    if rule.guard.approval or context["service"].get("approval"):
+        # Every remediation flow takes this: its run waits for a person in the Prefect UI.
+        parameters["approval_required"] = True
     return Decision(
         rule=rule.name,
         flow=rule.run.flow,
-        parameters=render_value(rule.run.parameters, context),
+        parameters=parameters,
         key=render(rule.guard.key, context),
         alert=match.alert,
         mutex=tuple(sorted({render(name, context) for name in rule.guard.mutex})),

@@ -292,10 +292,10 @@ class Dispatcher:
         )
         return str(flow_run.id)
 
-    async def _finish(self, flow_run_id: str, state_type: str) -> None:
+    async def _finish(self, flow_run_id: str, state_type: str, detail: str | None = None) -> None:
         for run in await self._store.active_runs():
             if run.flow_run_id == flow_run_id:
-                if await self._store.finish(run.decision_id, state_type):
+                if await self._store.finish(run.decision_id, state_type, detail=detail):
                     metrics.FLOW_RUNS_FINISHED.labels(state=state_type).inc()
                     log.info(
                         "decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type
@@ -343,7 +343,8 @@ class Dispatcher:
                         state_type = event.resource.get("prefect.state-type")
                         if state_type in FINAL_STATES:
                             flow_run_id = event.resource.id.removeprefix("prefect.flow-run.")
-                            await self._finish(flow_run_id, state_type)
+                            message = (event.payload.get("validated_state") or {}).get("message")
+                            await self._finish(flow_run_id, state_type, message or None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -372,7 +373,11 @@ class Dispatcher:
                 going = []
                 for flow_run in flow_runs:
                     if flow_run.state is not None and flow_run.state.type.value in FINAL_STATES:
-                        await self._finish(str(flow_run.id), flow_run.state.type.value)
+                        await self._finish(
+                            str(flow_run.id),
+                            flow_run.state.type.value,
+                            flow_run.state.message or None,
+                        )
                     else:
                         going.append(str(flow_run.id))
                 # Runs Prefect reports as going keep their keys.

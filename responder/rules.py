@@ -155,6 +155,11 @@ class GuardSpec(_Spec):
         None, ge=1, description="Blast radius: at most this many active runs of the flow."
     )
     budget: BudgetSpec | None = None
+    approval: bool = Field(
+        False,
+        description="The flow run waits for a person's approval in the Prefect UI "
+        "(also when the alert's service requires approval in the catalog).",
+    )
     silence: bool = Field(
         False,
         description="Silence the alert in Alertmanager while the remediation runs "

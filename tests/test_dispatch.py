@@ -153,3 +153,61 @@ async def test_hostile_parameters_are_refused_before_any_action(
     assert demo_service.restarts == []
     assert await service.store.lease_count() == 0
     assert not Path("/tmp/pwned").exists()
+
+
+@pytest.fixture
+def approval_rules(rules_dir: Path) -> Path:
+    rule = rules_dir / "restart-service.yaml"
+    rule.write_text(rule.read_text().replace("    guard:\n", "    guard:\n      approval: true\n"))
+    return rules_dir
+
+
+async def paused_run(api_url: str, flow_run_id: str) -> bool:
+    async with httpx.AsyncClient() as http:
+        run = (await http.get(f"{api_url}/flow_runs/{flow_run_id}")).json()
+    return bool(run["state"] and run["state"]["type"] == "PAUSED")
+
+
+async def answer(api_url: str, flow_run_id: str, **run_input: Any) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{api_url}/flow_runs/{flow_run_id}/resume", json={"run_input": run_input}
+        )
+        response.raise_for_status()
+        assert response.json()["status"] == "ACCEPT", response.text
+
+
+@pytest.mark.parametrize("approved", [True, False])
+async def test_a_run_that_needs_approval_waits_for_a_person(
+    approved: bool,
+    approval_rules: Path,
+    running: tuple[httpx.AsyncClient, Service],
+    demo_service: DemoService,
+) -> None:
+    client, service = running
+    instance = f"host-a{int(approved)}"
+    await client.post(URL, content=payload(instance), headers=JSON)
+
+    async def created() -> str | None:
+        rows = [d for d in await decisions(client) if d["flow_run_id"]]
+        return rows[0]["flow_run_id"] if rows else None
+
+    flow_run_id = await wait_for(created, timeout=30)
+    dispatcher = service.dispatcher
+    assert dispatcher is not None
+    await wait_for(lambda: paused_run(dispatcher.api_url, flow_run_id), timeout=60)
+    # Waiting for a person: nothing touched yet, and the key stays held.
+    assert demo_service.restarts == []
+    assert await service.store.lease_count() == 2
+    await answer(
+        dispatcher.api_url, flow_run_id, approved=approved, approver="alice", comment="on call"
+    )
+    [decision] = await wait_for(lambda: final(client), timeout=60)
+    assert await service.store.lease_count() == 0
+    if approved:
+        assert decision["flow_run_state"] == "COMPLETED"
+        assert demo_service.restarts == [(instance, "checkout")]
+    else:
+        assert decision["flow_run_state"] == "CANCELLED"
+        assert decision["detail"] == "rejected by alice: on call"
+        assert demo_service.restarts == []
