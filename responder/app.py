@@ -205,6 +205,14 @@ def create_app(service: Service) -> FastAPI:
             "events",
         )
 
+    def linked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Decision rows with their flow run's Prefect UI link."""
+        dispatcher = service.dispatcher
+        for row in rows:
+            run_id = row.get("flow_run_id")
+            row["flow_run_url"] = dispatcher.flow_run_url(run_id) if run_id and dispatcher else None
+        return rows
+
     @app.get("/api/v1/decisions")
     async def list_decisions(
         request: Request,
@@ -220,11 +228,7 @@ def create_app(service: Service) -> FastAPI:
         rows = await service.store.decisions(
             limit=limit, rule=rule, verdict=verdict, alertname=alertname, before_id=before_id
         )
-        dispatcher = service.dispatcher
-        for row in rows:
-            run_id = row.get("flow_run_id")
-            row["flow_run_url"] = dispatcher.flow_run_url(run_id) if run_id and dispatcher else None
-        return JSONResponse({"decisions": rows})
+        return JSONResponse({"decisions": linked(rows)})
 
     @app.get("/api/v1/explain/{fingerprint}")
     async def explain(
@@ -233,7 +237,7 @@ def create_app(service: Service) -> FastAPI:
         """An alert's story: every decision about it, and how each rule judges it now."""
         if denied := refused(request, operator_auth):
             return denied
-        rows = await service.store.decisions(limit=1000, fingerprint=fingerprint)
+        rows = linked(await service.store.decisions(limit=1000, fingerprint=fingerprint))
         engine = service.loop.engine
         held = [
             {

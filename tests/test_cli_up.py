@@ -120,9 +120,17 @@ def test_up_runs_a_remediation_and_ctrl_c_leaves_no_orphans(
         run_url = f"http://127.0.0.1:{prefect_port}/runs/flow-run/{rows[0]['flow_run_id']}"
         assert f"COMPLETED  {run_url}" in shown
 
+        story = responder("explain", "4c49c27c50dac262")
+        assert "restart-crashed-service → admitted" in story
+        assert "still firing" in story
+
         assert "paused: maintenance of the fleet" in responder(
             "pause", "--reason", "maintenance of the fleet"
         )
+        story = responder("explain", "4c49c27c50dac262")
+        assert "restart-crashed-service → admitted" in story
+        assert "still firing" in story
+
         assert "paused: maintenance of the fleet" in responder("status")
         assert "resumed" in responder("resume")
         assert "admitting" in responder("status")
