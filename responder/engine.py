@@ -71,6 +71,7 @@ class Match:
     rule: Rule
     alert: Alert
     facts: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    retry: bool = False  # a new attempt for an incident still firing after a remediation
 
 
 class EngineRejected(Exception):
@@ -120,7 +121,8 @@ class Engine:
         self._arrived = 0
         self._facts: dict[str, Fact] = {}
         self._fact_expiry: list[tuple[float, str]] = []
-        self._due: list[tuple[float, str, str]] = []  # (when, rule, incident) for firing_for
+        # (when, rule, incident, retry): firing_for rules coming due, and retries
+        self._due: list[tuple[float, str, str, bool]] = []
         self._windows: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
         self._fired: list[tuple[str, Any]] = []
         self._host = _Host(lambda rule, c: self._fired.append((rule, c)))
@@ -188,7 +190,7 @@ class Engine:
         for rule in self._waiting_rules:
             assert rule.firing_for is not None
             due = alert.starts_at.timestamp() + rule.firing_for
-            heapq.heappush(self._due, (due, rule.name, incident))
+            heapq.heappush(self._due, (due, rule.name, incident, False))
         groups = self._groups_of(alert)
         if not groups:
             return []
@@ -264,12 +266,17 @@ class Engine:
                 expired.append(fact)
         due: list[Match] = []
         while self._due and self._due[0][0] <= now:
-            _, rule_name, incident = heapq.heappop(self._due)
+            _, rule_name, incident, retry = heapq.heappop(self._due)
             alert = self._alerts.get(incident)
             rule = self._rules.get(rule_name)
             if alert is not None and rule is not None and self._holds_now(rule, alert):
-                due.append(Match(rule, alert, self._joined(rule, alert)))
+                due.append(Match(rule, alert, self._joined(rule, alert), retry))
         return self._ordered(due), expired
+
+    def retry_after(self, rule_name: str, incident: str, when: float) -> None:
+        """Decide again at `when` if the alert still fires and the rule still holds then."""
+        if rule_name in self._rules and incident in self._alerts:
+            heapq.heappush(self._due, (when, rule_name, incident, True))
 
     # --- internals -----------------------------------------------------------------------
 

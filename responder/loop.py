@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -32,6 +32,11 @@ from responder.store import ActiveRun, PendingMessage, Store
 log = logging.getLogger(__name__)
 
 MAX_CHAIN = 8
+
+
+def _joinable(labels: Mapping[str, str]) -> dict[str, str]:
+    """Labels usable as fact fields (the ones rules can join on)."""
+    return {k: v for k, v in labels.items() if k.isidentifier() and len(k) <= 63}
 
 
 def _show(fact: Fact) -> str:
@@ -168,9 +173,12 @@ class EngineLoop:
         async with self._store.transaction() as conn:
             work = _Work(self._store, conn, self._clock)
             await self._store.delete_facts(conn, [f.id for f in expired])
-            # A restart re-arms every timer: decide once per rule and incident.
+            # A restart re-arms every firing_for timer: decide once per rule and incident.
+            # A retry is a new attempt on purpose; the guard's max_attempts bounds it.
             fresh = [
-                m for m in due if not await self._store.decided(conn, m.rule.name, m.alert.incident)
+                m
+                for m in due
+                if m.retry or not await self._store.decided(conn, m.rule.name, m.alert.incident)
             ]
             admitted = await self._apply(work, fresh, inbox_id=None)
             await work.flush()
@@ -209,6 +217,7 @@ class EngineLoop:
                         metrics.ALERTS_RECEIVED.labels(status=alert.status).inc()
                         admitted.extend(await self._handle_alert(work, alert, inbox_id))
                 elif isinstance(body, Outcome):
+                    self._climb_ladder(body)
                     admitted.extend(
                         await self._assert(work, body.fact(self._fact_expiry()), inbox_id)
                     )
@@ -221,11 +230,21 @@ class EngineLoop:
             await self._store.mark_processed(conn, [m.id for m in messages])
         return admitted
 
+    def _climb_ladder(self, outcome: Outcome) -> None:
+        """The escalation ladder: a remediation completed, but if its alert still fires once
+        the cooldown is over, that is a new attempt, until the rule's max_attempts."""
+        rule = next((r for r in self.book.rules if r.name == outcome.rule), None)
+        if outcome.state != "COMPLETED" or rule is None or rule.guard is None:
+            return
+        if (rule.guard.max_attempts or 1) > 1:
+            when = self._clock() + rule.guard.cooldown + 1.0
+            self.engine.retry_after(rule.name, outcome.incident, when)
+
     def _fact_expiry(self) -> float:
         return self._clock() + self._event_ttl
 
-    async def _assert(self, work: _Work, fact: Fact, inbox_id: int) -> list[ActiveRun]:
-        """Hold an event's or outcome's fact; rules it completes decide for their alerts."""
+    async def _assert(self, work: _Work, fact: Fact, inbox_id: int | None) -> list[ActiveRun]:
+        """Hold a fact (an event, an outcome, ...); rules it completes decide for their alerts."""
         await self._store.save_fact(work.conn, fact)
         try:
             matches = self.engine.assert_fact(fact)
@@ -305,6 +324,15 @@ class EngineLoop:
             metrics.DECISIONS.labels(
                 verdict=admission.verdict, refusal=admission.refusal or ""
             ).inc()
+            if admission.refusal == "max_attempts":
+                # The top of the ladder: rules escalate on this fact (page, notify).
+                exhausted = Fact(
+                    "exhausted",
+                    {**_joinable(alert.labels), "rule": rule.name},
+                    self._fact_expiry(),
+                    source=f"rule:{rule.name}",
+                )
+                admitted.extend(await self._assert(work, exhausted, inbox_id))
             if admission.admitted:
                 admitted.append(
                     ActiveRun(
