@@ -316,11 +316,8 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         """Prometheus exposition format."""
-        if service.store is not None:
-            try:
-                metrics.INBOX_BACKLOG.set(await service.store.backlog())
-            except StoreUnavailable:
-                pass
+        with contextlib.suppress(StoreUnavailable):
+            metrics.INBOX_BACKLOG.set(await service.store.backlog())
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

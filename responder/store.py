@@ -313,8 +313,7 @@ class Store:
 
     async def add_identities(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         """Record handled identities; one already there (another replica's) is kept."""
-        dialect = postgresql if self.dialect == "postgresql" else sqlite
-        await conn.execute(dialect.insert(alert_events).on_conflict_do_nothing(), rows)
+        await conn.execute(self._insert(alert_events).on_conflict_do_nothing(), rows)
 
     @staticmethod
     async def replace_firing(conn: AsyncConnection, changes: dict[str, Alert | None]) -> None:
@@ -431,10 +430,9 @@ class Store:
             for digest, name in sorted((key_digest(name), name) for name in set(names))
         ]
         digests = [row["key_digest"] for row in rows]
-        dialect = postgresql if self.dialect == "postgresql" else sqlite
         for _ in range(2):
             statement = (
-                dialect.insert(leases)
+                self._insert(leases)
                 .values(rows)
                 .on_conflict_do_nothing()
                 .returning(leases.c.key_digest)
@@ -588,9 +586,8 @@ class Store:
         One upsert: the conflict path locks the existing row.
         """
         now = time.time()
-        dialect = postgresql if self.dialect == "postgresql" else sqlite
         await conn.execute(
-            dialect.insert(control)
+            self._insert(control)
             .values(name=name, value={}, updated_at=now)
             .on_conflict_do_update(index_elements=[control.c.name], set_={"updated_at": now})
         )
@@ -790,12 +787,10 @@ class Store:
 
     # --- helpers -----------------------------------------------------------------------
 
-    async def _insert_ignore(self, conn: AsyncConnection, table: Table, **values: Any) -> bool:
-        """Insert unless the primary key exists; True if this call inserted the row."""
+    def _insert(self, table: Table) -> Any:
+        """This dialect's INSERT, which knows ON CONFLICT."""
         dialect = postgresql if self.dialect == "postgresql" else sqlite
-        statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
-        result = await conn.execute(statement)
-        return bool(result.rowcount == 1)
+        return dialect.insert(table)
 
 
 def alembic_config() -> Any:
