@@ -2,51 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Annotated, Any, Literal
 
 import httpx
 from prefect import State, flow, get_run_logger
-from prefect.states import Cancelled
-from pydantic import AnyHttpUrl, Field, StringConstraints
+from pydantic import AnyHttpUrl, Field
 
-from flows.operations import (
-    ApprovalInput,
-    HttpRequest,
-    UnexpectedStatus,
-    http_request,
-    require_approval,
-)
-
-# A host is a DNS name or an address with an optional port, never shell or path syntax.
-Host = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.\-:\[\]]{0,252})$")]
-ServiceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")]
-
-
-HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
-# Only variables meant for flows: the runner also inherits Responder's own secrets.
-EnvName = Annotated[str, StringConstraints(pattern=r"^FLOW_SECRET_[A-Z0-9_]{1,100}$")]
-
-
-class MissingSecret(Exception):
-    """An environment variable named in `headers_from_env` is not set on the worker."""
-
-
-def secret_headers(names: dict[str, str] | None) -> dict[str, str]:
-    """Header values read from the worker's environment; fails before anything is sent."""
-    headers = {}
-    for header, variable in (names or {}).items():
-        value = os.environ.get(variable)
-        if value is None:
-            raise MissingSecret(f"header {header}: environment variable {variable} is not set")
-        headers[header] = value
-    return headers
-
-
-def rejected(answer: ApprovalInput) -> State:
-    """The final state of a run a person rejected: Cancelled, saying who and why."""
-    return Cancelled(message=f"rejected by {answer.approver}: {answer.comment or '-'}")
+from flows.operations.approval import rejected, require_approval
+from flows.operations.http import HeaderName, HttpRequest, UnexpectedStatus, http_request
+from flows.secrets import SecretName, check_secrets
+from flows.types import Host, ServiceName
 
 
 class NotRecovered(Exception):
@@ -105,25 +71,29 @@ def http_call(
     verify_url: AnyHttpUrl | None = None,
     verify_within_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0,
     verify_every_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0,
-    headers_from_env: dict[HeaderName, EnvName] | None = None,
+    headers_from_env: dict[HeaderName, SecretName] | None = None,
     approval_required: bool = False,
     approval_timeout_seconds: Annotated[int, Field(ge=10, le=86400)] = 3600,
 ) -> str | State:
     """Call another system's API (a deploy tool's rollback, a pager), then optionally verify.
 
     With `verify_url`, the flow polls it until it answers 200 or the deadline passes.
-    Secrets go in `headers_from_env` as header → the *name* of an environment variable on
-    the worker, which must start with FLOW_SECRET_; the value is read when the run starts
-    and never appears in parameters, the UI or logs.
+    Secrets go in `headers_from_env` as header → the *name* of a secret: an environment
+    variable on the worker starting with FLOW_SECRET_, or `prefect:<Secret block>`. The value
+    is read when the request is sent and never appears in parameters, the UI or logs.
     """
-    headers = secret_headers(headers_from_env)
+    request = HttpRequest(
+        method=method,
+        url=url,
+        json_body=json_body,
+        headers_from_secrets=headers_from_env or {},
+        **({} if expected_status is None else {"expected_status": expected_status}),
+    )
+    check_secrets(request.headers_from_secrets.values())
     if approval_required:
         answer = require_approval(f"{method} {url}", approval_timeout_seconds)
         if not answer.approved:
             return rejected(answer)
-    request = HttpRequest(method=method, url=url, json_body=json_body, headers=headers)
-    if expected_status is not None:
-        request = request.model_copy(update={"expected_status": expected_status})
     response = http_request(request)
     if verify_url is None:
         return f"{method} {url} answered {response.status_code}"

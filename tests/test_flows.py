@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.remediations import MissingSecret, http_call
+from flows.remediations import http_call
+from flows.secrets import MissingSecret
 from responder.demo import DemoService
 
 pytestmark = pytest.mark.prefect

@@ -1,14 +1,18 @@
-"""Atomic operations: small, typed Prefect tasks that remediation flows are built from."""
+"""`http.request`: one HTTP call to another system's API."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
-from prefect import get_run_logger, task
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from prefect import task
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+
+from flows.operations import operation
+from flows.secrets import SecretName, secret_headers
+
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
+BODY_LIMIT = 4096
 
 
 class HttpRequest(BaseModel):
@@ -18,7 +22,13 @@ class HttpRequest(BaseModel):
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
     url: AnyHttpUrl
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[HeaderName, str] = Field(
+        default_factory=dict, description="Plain headers; never put a secret here."
+    )
+    headers_from_secrets: dict[HeaderName, SecretName] = Field(
+        default_factory=dict,
+        description="Header → secret name (FLOW_SECRET_* or prefect:<block>), read at run time.",
+    )
     json_body: Any = None
     expected_status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204])
     timeout_seconds: float = Field(10.0, gt=0, le=300)
@@ -36,9 +46,7 @@ class UnexpectedStatus(Exception):
     """The target answered with a status the operation did not expect."""
 
 
-BODY_LIMIT = 4096
-
-
+@operation(risk="medium", tags=["http"])
 @task(
     name="http.request",
     retries=2,
@@ -48,12 +56,13 @@ BODY_LIMIT = 4096
 def http_request(request: HttpRequest) -> HttpResponse:
     """Send one HTTP request; fail (and retry) unless the status is expected.
 
-    Header values are never logged: they may carry secrets.
+    Secret headers are read from their secret names when the request is sent; header values
+    are never logged.
     """
     response = httpx.request(
         request.method,
         str(request.url),
-        headers=request.headers,
+        headers={**request.headers, **secret_headers(request.headers_from_secrets)},
         json=request.json_body,
         timeout=request.timeout_seconds,
     )
@@ -68,34 +77,3 @@ def http_request(request: HttpRequest) -> HttpResponse:
             f"expected one of {request.expected_status}"
         )
     return result
-
-
-class ApprovalInput(RunInput):
-    """What a person answers in the Prefect UI when a remediation asks for approval."""
-
-    approved: bool
-    approver: str = Field(min_length=1, max_length=200)
-    comment: str = Field("", max_length=2000)
-
-
-def require_approval(what: str, timeout_seconds: int) -> ApprovalInput:
-    """Pause the flow run until a person approves or rejects it in the Prefect UI.
-
-    The run keeps its guard key and mutexes while it waits (Prefect reports it as Paused,
-    so its leases are renewed). Without an answer within `timeout_seconds` the run fails.
-    """
-    get_run_logger().info("waiting for approval: %s", what)
-    answer = pause_flow_run(
-        wait_for_input=ApprovalInput.with_initial_data(
-            description=f"Approve this remediation? {what}", approved=False
-        ),
-        timeout=timeout_seconds,
-        poll_interval=2,
-    )
-    get_run_logger().info(
-        "%s by %s: %s",
-        "approved" if answer.approved else "rejected",
-        answer.approver,
-        answer.comment,
-    )
-    return answer
