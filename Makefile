@@ -16,12 +16,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Real Alertmanager and Prometheus for the end-to-end tests (Debian packages).
+# Real Alertmanager, Prometheus and sshd for the end-to-end tests (Debian packages).
 system-deps:
-	@if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null; then \
+	@if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null \
+		|| [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-			prometheus-alertmanager prometheus >/dev/null; \
+			prometheus-alertmanager prometheus openssh-server openssh-client >/dev/null; \
 	fi
 
 run: setup
