@@ -1,14 +1,40 @@
-"""Remediation flows and the atomic operations they are built from.
+"""Remediation flows, the atomic operations they are built from, and YAML flows.
 
-`REMEDIATIONS` names every flow a rule may run, as `module:attribute`, so that rule checking
-and the engine know the names without importing Prefect.
+`REMEDIATIONS` names every Python flow a rule may run, as `module:attribute`; YAML flows are
+the `*.yaml` files of this directory (see `flows.dsl`). `flow_names()` lists both without
+importing Prefect, so rule checking stays fast; `load_flow()` imports one.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 REMEDIATIONS: dict[str, str] = {
     "restart-service": "flows.remediations:restart_service",
     "http-call": "flows.remediations:http_call",
 }
 
-__all__ = ["REMEDIATIONS"]
+
+def flow_names() -> list[str]:
+    """Every flow a rule may run: the Python remediations and the YAML flows."""
+    from flows.dsl import yaml_flow_names
+
+    return sorted({*REMEDIATIONS, *yaml_flow_names()})
+
+
+def load_flow(name: str) -> Any:
+    """The Prefect flow object a flow name refers to."""
+    if name in REMEDIATIONS:
+        module_name, _, attribute = REMEDIATIONS[name].partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+    from flows.interpreter import python_name
+    from flows.yaml_flows import flows
+
+    try:
+        return flows()[python_name(name)]
+    except KeyError:
+        raise KeyError(f"unknown flow {name!r}; known: {', '.join(flow_names())}") from None
+
+
+__all__ = ["REMEDIATIONS", "flow_names", "load_flow"]

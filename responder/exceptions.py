@@ -41,6 +41,10 @@ class RuleError(DocumentError):
     """A rule file is invalid."""
 
 
+class FlowFileError(DocumentError):
+    """A YAML flow file is invalid."""
+
+
 class CatalogError(DocumentError):
     """The service catalog is invalid."""
 

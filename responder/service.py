@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def known_flows() -> list[str]:
-    from flows import REMEDIATIONS
+    from flows import flow_names
 
-    return sorted(REMEDIATIONS)
+    return flow_names()
 
 
 class Service:

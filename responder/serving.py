@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from flows import REMEDIATIONS
-
-
-def load_flow(name: str) -> Any:
-    """Import the Prefect flow object a remediation name refers to."""
-    module_name, _, attribute = REMEDIATIONS[name].partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
+from flows import flow_names, load_flow
 
 
 def serve_flows(limit: int = 5) -> None:
-    """Register every remediation as a deployment and run them until interrupted."""
+    """Register every flow (Python and YAML) as a deployment and run them until interrupted."""
     from prefect import serve
+    from prefect.types.entrypoint import EntrypointType
 
-    deployments = [load_flow(name).to_deployment(name=name) for name in sorted(REMEDIATIONS)]
+    deployments = [
+        load_flow(name).to_deployment(name=name, entrypoint_type=EntrypointType.MODULE_PATH)
+        for name in flow_names()
+    ]
     serve(*deployments, limit=limit, print_starting_message=False)

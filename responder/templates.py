@@ -6,6 +6,7 @@ template source, so a label holding `{{ ... }}` renders as that literal text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -66,4 +67,45 @@ def render_value(value: Any, context: Mapping[str, Any]) -> Any:
         return {k: render_value(v, context) for k, v in value.items()}
     if isinstance(value, list):
         return [render_value(v, context) for v in value]
+    return value
+
+
+@lru_cache(maxsize=1024)
+def compile_expression(source: str) -> Any:
+    """Compile a bare jinja2 expression (`steps.check.samples | length > 0`) once."""
+    try:
+        return _ENV.compile_expression(source, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"expression {source!r}: {exc.message}") from None
+
+
+def evaluate(source: str, context: Mapping[str, Any]) -> Any:
+    """Evaluate a bare expression to its native value (a list, a number, a bool)."""
+    try:
+        return compile_expression(source)(**context)
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"expression {source!r}: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"expression {source!r}: {exc}") from None
+    except Exception as exc:
+        raise TemplateError(f"expression {source!r}: {exc.__class__.__name__}: {exc}") from None
+
+
+_WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expression>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.S)
+
+
+def render_native(value: Any, context: Mapping[str, Any]) -> Any:
+    """Like `render_value`, but a string that is one `{{ expression }}` keeps its type.
+
+    `"{{ params.hosts }}"` gives the list itself, not its text; anything else renders to text.
+    """
+    if isinstance(value, str):
+        whole = _WHOLE_EXPRESSION.match(value)
+        if whole:
+            return evaluate(whole["expression"].strip(), context)
+        return render(value, context) if ("{{" in value or "{%" in value) else value
+    if isinstance(value, Mapping):
+        return {k: render_native(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render_native(v, context) for v in value]
     return value

@@ -1,0 +1,375 @@
+"""YAML flows: remediations composed of atomic operations, without writing Python.
+
+A file in `flows/` such as `clean-disk.yaml` declares one flow:
+
+    flow: clean-disk
+    description: Free space on a host, then verify that it came back.
+    risk: medium
+    parameters:
+      host: {type: hostname}
+      agent_url: {type: url}
+    steps:
+      - name: clean
+        op: http.request
+        with: {method: POST, url: "{{ params.agent_url }}/cleanup/{{ params.host | segment }}"}
+        retries: 2
+      - name: enough_space
+        verify: {prometheus: "...", query: 'disk_free{instance="{{ params.host }}"} > 1e9'}
+
+Step kinds (exactly one per step): `op` (with `with`), `parallel`, `approval`, `verify` and
+`batch`. Every step may have a `when` condition, a jinja2 expression over `params` and the
+results of earlier steps (`steps.<name>`). Strings are templates rendered in jinja2's sandbox
+with StrictUndefined; a string that is one `{{ expression }}` keeps its type (a list stays a
+list). The file is validated when it is loaded: unknown keys, unknown operations, duplicate
+step names, bad templates and bad parameter types are refused with the file and line.
+
+This module only reads and checks files; `flows.interpreter` turns them into Prefect flows.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from flows.types import Host, Hostname
+from responder.documents import line_of, load_document
+from responder.exceptions import FlowFileError, TemplateError
+from responder.rules import Duration
+from responder.templates import compile_expression, compile_template
+
+FLOWS_DIR = Path(__file__).resolve().parent
+
+FlowName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+StepName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+ParameterName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+BatchSize = Annotated[
+    str, BeforeValidator(str), StringConstraints(pattern=r"^(100|[1-9][0-9]?)%$|^[1-9][0-9]{0,4}$")
+]
+# Names every YAML flow accepts besides its own parameters (set by the guard's decision).
+RESERVED_PARAMETERS = ("approval_required", "approval_timeout_seconds")
+
+
+def _template(value: Any) -> Any:
+    """Check that every string in a JSON-like value compiles as a template."""
+    if isinstance(value, str):
+        if "{{" in value or "{%" in value:
+            compile_template(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _template(item)
+    elif isinstance(value, list):
+        for item in value:
+            _template(item)
+    return value
+
+
+def _expression(value: str) -> str:
+    compile_expression(value)
+    return value
+
+
+Templated = Annotated[Any, BeforeValidator(_template)]
+Expression = Annotated[str, StringConstraints(min_length=1), BeforeValidator(_expression)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_SCALARS: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "hostname": Hostname,
+    "host": Host,
+    "url": AnyHttpUrl,
+}
+ParameterType = Literal["string", "integer", "number", "boolean", "hostname", "host", "url"]
+
+
+class ParameterSpec(_Spec):
+    """One input of the flow; the run is refused before any step if it does not fit."""
+
+    type: ParameterType | Literal["list"] = "string"
+    items: ParameterType | None = Field(None, description="The element type of a list.")
+    description: str = ""
+    default: Any = None
+    required: bool | None = Field(None, description="Defaults to: no default given.")
+    pattern: str | None = Field(None, description="A regex a string must match (anchored).")
+    enum: list[str | int] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    min_items: int | None = Field(None, ge=0)
+    max_items: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParameterSpec:
+        if (self.type == "list") != (self.items is not None):
+            raise ValueError("`items` is required for type list, and only for it")
+        return self
+
+    def annotation(self) -> Any:
+        """The pydantic type this parameter validates with."""
+        scalar = _SCALARS[self.items or self.type]
+        constraints: dict[str, Any] = {}
+        if self.pattern is not None:
+            constraints["pattern"] = self.pattern
+        if self.minimum is not None:
+            constraints["ge"] = self.minimum
+        if self.maximum is not None:
+            constraints["le"] = self.maximum
+        if self.enum is not None:
+            scalar = Literal[tuple(self.enum)]
+        elif constraints:
+            scalar = Annotated[scalar, Field(**constraints)]
+        if self.type != "list":
+            return scalar
+        elements = list.__class_getitem__(scalar)
+        return Annotated[elements, Field(min_length=self.min_items, max_length=self.max_items)]
+
+    @property
+    def is_required(self) -> bool:
+        return self.required if self.required is not None else self.default is None
+
+
+class OpStep(_Spec):
+    """Run one atomic operation, as a task run named after the step."""
+
+    kind: ClassVar[str] = "op"
+    name: StepName
+    when: Expression | None = None
+    op: str = Field(description="An operation from the catalog, e.g. http.request.")
+    with_: dict[str, Templated] = Field(default_factory=dict, alias="with")
+    retries: int | None = Field(None, ge=0, le=10, description="Overrides the operation's.")
+    retry_delay: Duration | None = None
+    timeout: Duration | None = None
+
+
+class ApprovalSpec(_Spec):
+    message: Templated = Field(min_length=1, max_length=2000)
+    timeout: Duration = 3600.0
+
+
+class ApprovalStep(_Spec):
+    """Pause the run until a person approves it in the Prefect UI; a rejection cancels it."""
+
+    kind: ClassVar[str] = "approval"
+    name: StepName
+    when: Expression | None = None
+    approval: ApprovalSpec
+
+
+class VerifySpec(_Spec):
+    """A PromQL condition that must hold before the deadline (see prometheus.wait_until)."""
+
+    prometheus: Templated = Field(description="The Prometheus base URL.")
+    query: Templated = Field(min_length=1)
+    condition: Literal["any", "none"] = Field(
+        "any", description="any: the query returns a sample. none: it returns none."
+    )
+    within: Duration = 300.0
+    every: Duration = 10.0
+
+
+class VerifyStep(_Spec):
+    kind: ClassVar[str] = "verify"
+    name: StepName
+    when: Expression | None = None
+    verify: VerifySpec
+
+
+class ParallelStep(_Spec):
+    """Operations run at the same time; the step fails if any of them fails."""
+
+    kind: ClassVar[str] = "parallel"
+    name: StepName
+    when: Expression | None = None
+    parallel: list[OpStep] = Field(min_length=1)
+
+
+class BatchSpec(_Spec):
+    """Roll steps out over a list of hosts, a batch at a time."""
+
+    over: Templated = Field(description="An expression giving the list, e.g. {{ params.hosts }}.")
+    as_: StepName = Field("host", alias="as", description="The name each element is bound to.")
+    size: BatchSize = Field("1", description="Elements per batch: a count or a percentage.")
+    pause: Duration = Field(0.0, description="Wait between batches.")
+    max_failures: int = Field(0, ge=0, description="Failed elements that stop the rollout.")
+    steps: list[OpStep] = Field(min_length=1, description="Run for each element, in order.")
+    verify: VerifySpec | None = Field(None, description="Checked after each batch.")
+
+
+class BatchStep(_Spec):
+    kind: ClassVar[str] = "batch"
+    name: StepName
+    when: Expression | None = None
+    batch: BatchSpec
+
+
+STEP_KINDS = ("op", "approval", "verify", "parallel", "batch")
+
+
+_STEP_MODELS: dict[str, type[_Spec]] = {}
+
+
+def _step(value: Any) -> Any:
+    """Validate a step as the model of its one kind key, so errors talk about that kind only."""
+    if not isinstance(value, dict):
+        return value
+    kinds = [key for key in STEP_KINDS if key in value]
+    if len(kinds) != 1:
+        raise ValueError(f"a step needs exactly one of: {', '.join(STEP_KINDS)}")
+    model = _STEP_MODELS[kinds[0]]
+    accepted = [info.alias or name for name, info in model.model_fields.items()]
+    unknown = [key for key in value if key not in accepted]
+    if unknown:
+        raise ValueError(
+            f"{kinds[0]} step: unknown key {unknown[0]!r}; accepted keys: {', '.join(accepted)}"
+        )
+    return model.model_validate(value)
+
+
+Step = OpStep | ApprovalStep | VerifyStep | ParallelStep | BatchStep
+_STEP_MODELS.update(op=OpStep, approval=ApprovalStep, verify=VerifyStep)
+_STEP_MODELS.update(parallel=ParallelStep, batch=BatchStep)
+
+
+class FlowFile(_Spec):
+    """One YAML flow file."""
+
+    flow: FlowName
+    description: str = Field(min_length=1, max_length=2000)
+    risk: Literal["read", "low", "medium", "high"] = "medium"
+    tags: list[str] = Field(default_factory=list)
+    parameters: dict[ParameterName, ParameterSpec] = Field(default_factory=dict)
+    steps: list[Annotated[Step, BeforeValidator(_step)]] = Field(min_length=1)
+
+    @field_validator("parameters")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, ParameterSpec]) -> dict[str, ParameterSpec]:
+        for name in value:
+            if name in RESERVED_PARAMETERS or keyword.iskeyword(name):
+                raise ValueError(f"parameter name {name!r} is reserved")
+        return value
+
+    def all_steps(self) -> list[tuple[tuple[Any, ...], Step]]:
+        """Every step, nested ones included, in order, with its path in the file."""
+        found: list[tuple[tuple[Any, ...], Step]] = []
+        for index, step in enumerate(self.steps):
+            found.append((("steps", index), step))
+            if isinstance(step, ParallelStep):
+                found += [(("steps", index, "parallel", i), s) for i, s in enumerate(step.parallel)]
+            elif isinstance(step, BatchStep):
+                nested = enumerate(step.batch.steps)
+                found += [(("steps", index, "batch", "steps", i), s) for i, s in nested]
+        return found
+
+    @property
+    def has_approval_step(self) -> bool:
+        return any(isinstance(step, ApprovalStep) for _, step in self.all_steps())
+
+    def parameter_fields(self) -> dict[str, tuple[Any, Any]]:
+        """Each parameter as (annotation, default), `...` when required; reserved ones last."""
+        fields: dict[str, tuple[Any, Any]] = {}
+        for name, spec in self.parameters.items():
+            annotation: Any = Annotated[spec.annotation(), Field(description=spec.description)]
+            fields[name] = (annotation, ... if spec.is_required else spec.default)
+        fields["approval_required"] = (bool, False)
+        fields["approval_timeout_seconds"] = (Annotated[int, Field(ge=10, le=86400)], 3600)
+        return fields
+
+    @cached_property
+    def parameters_model(self) -> type[BaseModel]:
+        """The flow's parameters as a pydantic model (its JSON schema is the catalog's)."""
+        model: type[BaseModel] = create_model(
+            f"{self.flow}-parameters",
+            __config__=ConfigDict(extra="forbid"),
+            **self.parameter_fields(),  # type: ignore[call-overload]
+        )
+        return model
+
+
+@dataclass(frozen=True)
+class FlowSource:
+    """A loaded YAML flow and where it came from."""
+
+    spec: FlowFile
+    file: Path
+
+
+def load_flow_file(path: Path, operations: set[str] | None = None) -> FlowSource:
+    """Read and validate one YAML flow; `operations` are the names steps may use."""
+    file = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FlowFileError(f"cannot read: {exc.strerror}", file=file) from None
+    try:
+        spec, node = load_document(text, file, FlowFile, FlowFileError)
+    except TemplateError as exc:  # raised inside a validator, outside pydantic's errors
+        raise FlowFileError(str(exc), file=file) from None
+    if spec is None or node is None:
+        raise FlowFileError(
+            "the file is empty; a flow needs `flow`, `description`, `steps`", file=file
+        )
+    seen: set[str] = set()
+    for where, step in spec.all_steps():
+        problem = None
+        if step.name in seen:
+            problem = f"step name {step.name!r} is used twice"
+        elif operations is not None and isinstance(step, OpStep) and step.op not in operations:
+            problem = f"step {step.name!r}: unknown operation {step.op!r}; "
+            problem += f"known: {', '.join(sorted(operations))}"
+        if problem:
+            raise FlowFileError(problem, file=file, line=line_of(node, (*where, "name")))
+        seen.add(step.name)
+    return FlowSource(spec, path)
+
+
+def flow_files(directory: Path = FLOWS_DIR) -> list[Path]:
+    """The YAML flow files of a directory, in name order."""
+    return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+
+
+def load_flow_files(
+    directory: Path = FLOWS_DIR, operations: set[str] | None = None
+) -> dict[str, FlowSource]:
+    """Every YAML flow in `directory` by flow name; a name declared twice is an error."""
+    found: dict[str, FlowSource] = {}
+    for path in flow_files(directory):
+        source = load_flow_file(path, operations)
+        if source.spec.flow in found:
+            raise FlowFileError(
+                f"flow {source.spec.flow!r} is also declared in {found[source.spec.flow].file}",
+                file=str(path),
+                line=1,
+            )
+        found[source.spec.flow] = source
+    return found
+
+
+def yaml_flow_names(directory: Path = FLOWS_DIR) -> list[str]:
+    """The names of the YAML flows, read cheaply (for rule checking, without Prefect)."""
+    names = []
+    for path in flow_files(directory):
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and isinstance(data.get("flow"), str):
+            names.append(data["flow"])
+    return names

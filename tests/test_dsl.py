@@ -1,0 +1,315 @@
+"""YAML flows: refused with file and line when invalid; run for real on the test Prefect server."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flows.dsl import FLOWS_DIR, load_flow_file, load_flow_files
+from flows.interpreter import RolloutStopped, batch_size, build_flow
+from flows.operations import all_operations
+from responder.demo import DemoService
+from responder.exceptions import FlowFileError
+
+OPERATIONS = set(all_operations())
+
+
+def write(tmp_path: Path, text: str, name: str = "flow.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def build(tmp_path: Path, text: str) -> Any:
+    return build_flow(load_flow_file(write(tmp_path, text), OPERATIONS))
+
+
+def test_shipped_yaml_flows_load_and_use_known_operations() -> None:
+    sources = load_flow_files(FLOWS_DIR, OPERATIONS)
+    assert sources, "flows/ ships YAML flows"
+    for name, source in sources.items():
+        assert source.file.parent == FLOWS_DIR
+        assert build_flow(source).name == name
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "problem"),
+    [
+        (
+            """\
+            flow: f
+            description: d
+            steps:
+              - name: a
+                op: http.request
+              - name: b
+                op: shell.exec
+            """,
+            6,
+            "unknown operation 'shell.exec'",
+        ),
+        (
+            """\
+            flow: f
+            description: d
+            steps:
+              - name: a
+                op: http.request
+                verify: {prometheus: x, query: up}
+            """,
+            4,
+            "a step needs exactly one of: op, approval, verify, parallel, batch",
+        ),
+        (
+            """\
+            flow: f
+            description: d
+            steps:
+              - name: a
+                op: http.request
+              - name: a
+                op: http.request
+            """,
+            6,
+            "step name 'a' is used twice",
+        ),
+        (
+            """\
+            flow: f
+            description: d
+            steps:
+              - name: a
+                op: http.request
+                with: {url: "{{ params.url "}
+            """,
+            6,
+            "template",
+        ),
+        (
+            """\
+            flow: f
+            description: d
+            parameters:
+              hosts: {type: list}
+            steps:
+              - {name: a, op: http.request}
+            """,
+            4,
+            "`items` is required for type list",
+        ),
+        (
+            """\
+            flow: f
+            description: d
+            parameters:
+              approval_required: {type: boolean}
+            steps:
+              - {name: a, op: http.request}
+            """,
+            4,
+            "reserved",
+        ),
+        (
+            """\
+            flow: f
+            description: d
+            steps:
+              - name: a
+                op: http.request
+                retires: 3
+            """,
+            4,
+            "unknown key 'retires'; accepted keys: name, when, op, with, retries, retry_delay,",
+        ),
+    ],
+    ids=[
+        "unknown-op",
+        "two-kinds",
+        "duplicate-step",
+        "bad-template",
+        "list-items",
+        "reserved",
+        "typo",
+    ],
+)
+def test_an_invalid_flow_file_is_refused_with_its_line(
+    tmp_path: Path, body: str, line: int, problem: str
+) -> None:
+    path = write(tmp_path, body)
+    with pytest.raises(FlowFileError) as caught:
+        load_flow_file(path, OPERATIONS)
+    assert problem in caught.value.problem
+    assert caught.value.file == str(path)
+    if "template" not in problem:
+        assert caught.value.line == line
+
+
+def test_a_flow_name_declared_twice_is_refused(tmp_path: Path) -> None:
+    flow = "flow: same\ndescription: d\nsteps: [{name: a, op: http.request}]\n"
+    write(tmp_path, flow, "a.yaml")
+    write(tmp_path, flow, "b.yaml")
+    with pytest.raises(FlowFileError, match="also declared in"):
+        load_flow_files(tmp_path, OPERATIONS)
+
+
+@pytest.mark.parametrize(
+    ("size", "total", "expected"), [("2", 5, 2), ("25%", 6, 1), ("50%", 10, 5)]
+)
+def test_batch_size_is_a_count_or_a_percentage(size: str, total: int, expected: int) -> None:
+    assert batch_size(size, total) == expected
+
+
+RESTART = """\
+flow: restart-and-check
+description: Restart a service on a host, then check its health.
+parameters:
+  host: {type: hostname}
+  base: {type: url}
+  note: {type: string, default: ""}
+  skip_check: {type: boolean, default: false}
+steps:
+  - name: restart
+    op: http.request
+    with:
+      method: POST
+      url: "{{ params.base }}restart/{{ params.host | segment }}/api"
+      json_body: {note: "{{ params.note }}"}
+  - name: health
+    op: http.request
+    when: "not params.skip_check and steps.restart.status_code == 202"
+    with: {url: "{{ params.base }}health/{{ params.host | segment }}/api"}
+    retries: 0
+"""
+
+
+@pytest.mark.prefect
+def test_a_yaml_flow_runs_each_step_as_a_named_task_run(
+    prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    restart = build(tmp_path, RESTART)
+    state = restart(host="host-1", base=demo_service.url, return_state=True)
+    assert state.is_completed(), state.message
+    assert demo_service.restarts == [("host-1", "api")]
+    runs = httpx.post(
+        f"{prefect_api_url}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}},
+    ).json()
+    assert sorted(run["name"] for run in runs) == ["health", "restart"]
+
+
+@pytest.mark.prefect
+def test_a_false_condition_skips_a_step(
+    prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    restart = build(tmp_path, RESTART)
+    summary = restart(host="host-2", base=demo_service.url, skip_check=True)
+    assert summary == "restart-and-check: done (restart)"
+
+
+@pytest.mark.prefect
+def test_a_bad_host_is_refused_before_any_step(
+    prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    restart = build(tmp_path, RESTART)
+    with pytest.raises(ParameterTypeError, match="host"):
+        restart(host="host-1;rm -rf /", base=demo_service.url)
+    assert demo_service.posts == []
+
+
+@pytest.mark.prefect
+def test_template_syntax_in_a_parameter_stays_literal_data(
+    prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    restart = build(tmp_path, RESTART)
+    hostile = "{{ 7*7 }} {% for x in [1] %}x{% endfor %} $(id)"
+    restart(host="host-3", base=demo_service.url, note=hostile)
+    assert demo_service.posts[0][1] == {"note": hostile}
+
+
+@pytest.mark.prefect
+def test_parallel_steps_all_run_and_their_results_are_kept(
+    prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    both = build(
+        tmp_path,
+        """\
+        flow: both
+        description: Two calls at once, then one that needs both.
+        parameters: {base: {type: url}}
+        steps:
+          - name: together
+            parallel:
+              - {name: left, op: http.request, with: {method: POST, url: "{{ params.base }}l"}}
+              - {name: right, op: http.request, with: {method: POST, url: "{{ params.base }}r"}}
+          - name: after
+            op: http.request
+            when: "steps.together.left.ok and steps.right.status_code == 202"
+            with: {method: POST, url: "{{ params.base }}after"}
+        """,
+    )
+    both(base=demo_service.url)
+    paths = [path for path, _ in demo_service.posts]
+    assert sorted(paths[:2]) == ["/l", "/r"]
+    assert paths[2] == "/after"
+
+
+ROLLOUT = """\
+flow: rolling-restart
+description: Restart a service host by host, checking each.
+parameters:
+  hosts: {type: list, items: hostname, min_items: 1}
+  base: {type: url}
+  broken: {type: string, default: none}
+  max_failures: {type: integer, default: 0}
+steps:
+  - name: roll
+    batch:
+      over: "{{ params.hosts }}"
+      size: "2"
+      max_failures: 0
+      steps:
+        - name: restart
+          op: http.request
+          when: "host != params.broken"
+          with: {method: POST, url: "{{ params.base }}restart/{{ host | segment }}/api"}
+        - name: check
+          op: http.request
+          retries: 0
+          with: {url: "{{ params.base }}health/{{ host | segment }}/api"}
+"""
+
+
+@pytest.mark.prefect
+def test_a_rollout_goes_batch_by_batch(
+    prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    roll = build(tmp_path, ROLLOUT)
+    roll(hosts=["h1", "h2", "h3"], base=demo_service.url)
+    assert sorted(demo_service.restarts[:2]) == [("h1", "api"), ("h2", "api")]
+    assert demo_service.restarts[2:] == [("h3", "api")]
+
+
+@pytest.mark.prefect
+def test_a_rollout_stops_when_more_fail_than_allowed(
+    prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    roll = build(tmp_path, ROLLOUT)
+    with pytest.raises(RolloutStopped, match=r"1 failed \(\['h2'\]\).*not started: \['h3', 'h4'\]"):
+        roll(hosts=["h1", "h2", "h3", "h4"], base=demo_service.url, broken="h2")
+    assert sorted(demo_service.restarts) == [("h1", "api")]
+
+
+@pytest.mark.prefect
+def test_a_rollout_tolerates_its_max_failures(
+    prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    roll = build(tmp_path, ROLLOUT.replace("max_failures: 0", "max_failures: 1"))
+    state = roll(hosts=["h1", "h2", "h3"], base=demo_service.url, broken="h2", return_state=True)
+    assert state.is_completed()
+    assert sorted(demo_service.restarts) == [("h1", "api"), ("h3", "api")]
