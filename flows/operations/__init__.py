@@ -18,9 +18,10 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_type_hints
+from typing import Any, Literal, TypeVar, cast, get_type_hints
 
 from prefect import Task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 # read: observes only. low: reversible, one target. medium: changes one target's state.
@@ -62,6 +63,9 @@ def operation(*, risk: Risk, tags: tuple[str, ...] | list[str] = ()) -> Callable
     """Register a task as an atomic operation; its one parameter must be a pydantic model."""
 
     def register(task: T) -> T:
+        # Operations act: a cached result would skip the action (or a verification poll)
+        # whenever the same parameters come again within a run.
+        task = cast(T, task.with_options(cache_policy=NO_CACHE))
         hints = get_type_hints(task.fn)
         returns = hints.pop("return", None)
         if len(hints) != 1:
