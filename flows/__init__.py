@@ -8,11 +8,22 @@ importing Prefect, so rule checking stays fast; `load_flow()` imports one.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-REMEDIATIONS: dict[str, str] = {
-    "restart-service": "flows.remediations:restart_service",
-    "http-call": "flows.remediations:http_call",
+
+@dataclass(frozen=True)
+class PythonFlow:
+    """Where a Python remediation lives, and what the catalog says of it."""
+
+    entry: str  # module:attribute
+    risk: Literal["read", "low", "medium", "high"]
+    tags: tuple[str, ...] = ()
+
+
+REMEDIATIONS: dict[str, PythonFlow] = {
+    "restart-service": PythonFlow("flows.remediations:restart_service", "medium", ("service",)),
+    "http-call": PythonFlow("flows.remediations:http_call", "medium", ("http",)),
 }
 
 
@@ -26,7 +37,7 @@ def flow_names() -> list[str]:
 def load_flow(name: str) -> Any:
     """The Prefect flow object a flow name refers to."""
     if name in REMEDIATIONS:
-        module_name, _, attribute = REMEDIATIONS[name].partition(":")
+        module_name, _, attribute = REMEDIATIONS[name].entry.partition(":")
         return getattr(importlib.import_module(module_name), attribute)
     from flows.interpreter import python_name
     from flows.yaml_flows import flows
@@ -37,4 +48,4 @@ def load_flow(name: str) -> Any:
         raise KeyError(f"unknown flow {name!r}; known: {', '.join(flow_names())}") from None
 
 
-__all__ = ["REMEDIATIONS", "flow_names", "load_flow"]
+__all__ = ["REMEDIATIONS", "PythonFlow", "flow_names", "load_flow"]

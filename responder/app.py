@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -16,12 +17,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from flows import flow_names
 from responder import metrics
 from responder.auth import Credentials
+from responder.decisions import Verdict
 from responder.events import is_batch, parse_events
 from responder.exceptions import DocumentError, StoreUnavailable
 from responder.guard import PAUSE
 from responder.models import AlertmanagerWebhook
+from responder.runs import RunRequest, RunRequestBody
 from responder.service import Service
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,14 @@ def _on_sighup(service: Service) -> bool:
     except (ValueError, RuntimeError, NotImplementedError):
         return False  # not the main thread
     return True
+
+
+@functools.cache
+def catalog_entries() -> list[Any]:
+    """The catalog, built once per process (it imports every flow)."""
+    from flows.catalog import catalog
+
+    return catalog()
 
 
 def create_app(service: Service) -> FastAPI:
@@ -252,6 +264,73 @@ def create_app(service: Service) -> FastAPI:
         if not rows and not held:
             return _error(404, f"no alert with fingerprint {fingerprint} was seen")
         return JSONResponse({"decisions": list(reversed(rows)), "held": held})
+
+    @app.get("/api/v1/catalog")
+    async def list_catalog(request: Request) -> JSONResponse:
+        """Every atomic operation and flow: description, risk level, tags."""
+        if denied := refused(request, operator_auth):
+            return denied
+        entries = await asyncio.to_thread(catalog_entries)
+        return JSONResponse({"catalog": [entry.summary() for entry in entries]})
+
+    @app.get("/api/v1/catalog/{name}")
+    async def show_catalog_entry(
+        request: Request, name: str = Path(pattern=r"^[a-z][a-z0-9._-]{0,127}$")
+    ) -> JSONResponse:
+        """One operation or flow, with its parameters' JSON Schema."""
+        if denied := refused(request, operator_auth):
+            return denied
+        entries = await asyncio.to_thread(catalog_entries)
+        entry = next((e for e in entries if e.name == name), None)
+        if entry is None:
+            return _error(404, f"no operation or flow is named {name!r}", name=name)
+        return JSONResponse(entry.detail())
+
+    @app.post("/api/v1/catalog/flows/{name}/runs")
+    async def start_run(
+        request: Request, name: str = Path(pattern=r"^[a-z][a-z0-9-]{0,127}$")
+    ) -> JSONResponse:
+        """Start a flow by hand, through the same guard as rule decisions.
+
+        Answers 202 with the decision when the guard admitted it, 409 when it refused
+        (with the reason), or 202 `pending` if the engine has not decided within a few
+        seconds (the request is committed and will be decided).
+        """
+        if denied := refused(request, operator_auth):
+            return denied
+        known = flow_names()
+        if name not in known:
+            return _error(404, f"unknown flow {name!r}", flow=name, known=known)
+        try:
+            raw = await _read_body(request, settings.max_body_bytes)
+            body = RunRequestBody.model_validate_json(raw or b"{}")
+        except _BodyTooLarge:
+            return _error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
+        except ValidationError as exc:
+            return _error(422, "body is not a run request", fields=_field_errors(exc))
+        from flows.catalog import parameter_errors
+
+        errors = await asyncio.to_thread(parameter_errors, name, body.parameters)
+        if errors:
+            return _error(422, f"parameters do not fit flow {name!r}", fields=errors)
+        run_request = RunRequest(flow=name, **body.model_dump())
+        try:
+            inbox_id = await service.store.add_to_inbox(
+                "run-request", run_request.model_dump_json().encode()
+            )
+        except StoreUnavailable as exc:
+            log.error("run request not committed, answering 503: %s", exc)
+            return _error(503, "store unavailable; retry")
+        service.loop.wake.set()
+        deadline = time.monotonic() + settings.run_request_wait_seconds
+        while time.monotonic() < deadline:
+            rows = await service.store.decisions(limit=1, inbox_id=inbox_id)
+            if rows:
+                (decision,) = linked(rows)
+                status = 409 if decision["verdict"] == Verdict.REFUSED else 202
+                return JSONResponse({"decision": decision}, status_code=status)
+            await asyncio.sleep(0.05)
+        return JSONResponse({"status": "pending", "inbox_id": inbox_id}, status_code=202)
 
     @app.post("/api/v1/pause")
     async def pause(request: Request, body: PauseRequest) -> JSONResponse:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder import metrics
 from responder.catalog import Catalog
-from responder.decisions import Verdict, decide, fact_for
+from responder.decisions import Decision, Verdict, decide, fact_for
 from responder.dispatch import Dispatcher
 from responder.engine import Engine, EngineRejected, Match
 from responder.events import CloudEvent, Outcome, is_batch, parse_events
@@ -27,6 +27,7 @@ from responder.facts import Fact
 from responder.guard import Guard
 from responder.models import Alert, AlertmanagerWebhook
 from responder.rules import RuleBook
+from responder.runs import RunRequest, decision_for
 from responder.store import ActiveRun, PendingMessage, Store
 
 log = logging.getLogger(__name__)
@@ -185,13 +186,15 @@ class EngineLoop:
             return admitted
 
     async def _process(self, messages: list[PendingMessage]) -> list[ActiveRun]:
-        parsed: list[tuple[int, AlertmanagerWebhook | list[CloudEvent] | Outcome]] = []
+        parsed: list[tuple[int, AlertmanagerWebhook | list[CloudEvent] | Outcome | RunRequest]] = []
         for message in messages:
             try:
                 if message.source == "cloudevents":
                     parsed.append((message.id, parse_events(message.body, is_batch(message.body))))
                 elif message.source == "outcome":
                     parsed.append((message.id, Outcome.model_validate_json(message.body)))
+                elif message.source == "run-request":
+                    parsed.append((message.id, RunRequest.model_validate_json(message.body)))
                 else:
                     parsed.append(
                         (message.id, AlertmanagerWebhook.model_validate_json(message.body))
@@ -216,6 +219,9 @@ class EngineLoop:
                     for alert in body.alerts:
                         metrics.ALERTS_RECEIVED.labels(status=alert.status).inc()
                         admitted.extend(await self._handle_alert(work, alert, inbox_id))
+                elif isinstance(body, RunRequest):
+                    decision = decision_for(body, inbox_id, self._clock())
+                    admitted.extend(await self._admit(work, decision, inbox_id))
                 elif isinstance(body, Outcome):
                     self._climb_ladder(body)
                     admitted.extend(
@@ -317,37 +323,44 @@ class EngineLoop:
             except TemplateError as exc:
                 work.record(alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
                 continue
-            await work.flush_decisions()  # keep the audit in the order decisions were made
-            admission = await self._guard.admit(
-                work.conn, decision, inbox_id, pause=await work.pause(self._guard)
+            admitted.extend(await self._admit(work, decision, inbox_id))
+        return admitted
+
+    async def _admit(
+        self, work: _Work, decision: Decision, inbox_id: int | None
+    ) -> list[ActiveRun]:
+        """Put a decision to the guard; an admitted one becomes a run to dispatch."""
+        alert = decision.alert
+        await work.flush_decisions()  # keep the audit in the order decisions were made
+        admission = await self._guard.admit(
+            work.conn, decision, inbox_id, pause=await work.pause(self._guard)
+        )
+        metrics.DECISIONS.labels(verdict=admission.verdict, refusal=admission.refusal or "").inc()
+        admitted: list[ActiveRun] = []
+        if admission.refusal == "max_attempts":
+            # The top of the ladder: rules escalate on this fact (page, notify).
+            exhausted = Fact(
+                "exhausted",
+                {**_joinable(alert.labels), "rule": decision.rule},
+                self._fact_expiry(),
+                source=f"rule:{decision.rule}",
             )
-            metrics.DECISIONS.labels(
-                verdict=admission.verdict, refusal=admission.refusal or ""
-            ).inc()
-            if admission.refusal == "max_attempts":
-                # The top of the ladder: rules escalate on this fact (page, notify).
-                exhausted = Fact(
-                    "exhausted",
-                    {**_joinable(alert.labels), "rule": rule.name},
-                    self._fact_expiry(),
-                    source=f"rule:{rule.name}",
+            admitted.extend(await self._assert(work, exhausted, inbox_id))
+        if admission.admitted:
+            admitted.append(
+                ActiveRun(
+                    decision_id=admission.decision_id,
+                    flow_run_id=None,
+                    flow=decision.flow,
+                    rule=decision.rule,
+                    guard_key=decision.key,
+                    incident=alert.incident,
+                    alertname=alert.alertname,
+                    parameters=decision.parameters,
+                    labels=dict(alert.labels),
+                    silence=decision.policy.silence,
                 )
-                admitted.extend(await self._assert(work, exhausted, inbox_id))
-            if admission.admitted:
-                admitted.append(
-                    ActiveRun(
-                        decision_id=admission.decision_id,
-                        flow_run_id=None,
-                        flow=decision.flow,
-                        rule=decision.rule,
-                        guard_key=decision.key,
-                        incident=alert.incident,
-                        alertname=alert.alertname,
-                        parameters=decision.parameters,
-                        labels=dict(alert.labels),
-                        silence=decision.policy.silence,
-                    )
-                )
+            )
         return admitted
 
     async def _change_facts(

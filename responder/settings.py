@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, le=64 * 1_048_576, description="Largest webhook body accepted."
     )
+    run_request_wait_seconds: float = Field(
+        5.0, ge=0, le=60, description="How long a manual run request waits for its decision."
+    )
 
     data_dir: Path = Field(Path(".responder"), description="Where SQLite and Prefect data live.")
     database_url: str | None = Field(

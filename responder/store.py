@@ -393,8 +393,11 @@ class Store:
         alertname: str | None = None,
         before_id: int | None = None,
         fingerprint: str | None = None,
+        inbox_id: int | None = None,
     ) -> list[dict[str, Any]]:
         query = select(decisions).order_by(decisions.c.id.desc()).limit(limit)
+        if inbox_id is not None:
+            query = query.where(decisions.c.inbox_id == inbox_id)
         if rule is not None:
             query = query.where(decisions.c.rule == rule)
         if verdict is not None:
