@@ -105,7 +105,7 @@ def catalog() -> list[Entry]:
                 " ".join(spec.description.split()),
                 spec.risk,
                 tuple(spec.tags),
-                parameter_schema(load_flow(name).fn).model_dump_for_openapi(),
+                spec.parameters_model.model_json_schema(),
                 f"flows/{source.file.name}",
             )
         )

@@ -129,22 +129,27 @@ def check(
     paths: Annotated[list[Path] | None, typer.Argument(help="Rule files or directories.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Validate rule files; name the file, line and problem of the first error."""
+    """Validate rule files and YAML flows; name the file, line and problem of the first error."""
+    from flows.dsl import load_flow_files
+    from flows.operations import all_operations
     from responder.rules import load_rules
     from responder.service import known_flows
 
     try:
+        flows = load_flow_files(operations=set(all_operations()))
         targets = paths or [_settings(config).rules_dir]
         book = load_rules(targets, known_flows())
     except ResponderError as exc:
         raise _fail(exc) from None
+    for name, flow_source in flows.items():
+        console.print(f"ok  flow {name:<27} {flow_source.file}", highlight=False, soft_wrap=True)
     for rule, source in zip(book.rules, book.sources, strict=True):
         console.print(
             f"ok  {rule.name:<32} {source.file}:{source.line}  → {_does(rule)}",
             highlight=False,
             soft_wrap=True,
         )
-    console.print(f"{len(book.rules)} rules valid")
+    console.print(f"{len(book.rules)} rules and {len(flows)} YAML flows valid")
 
 
 def _does(rule: Any) -> str:
@@ -301,7 +306,9 @@ def status(
         )
 
 
-def _call(config: Path | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
+def _call(
+    config: Path | None, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any
+) -> httpx.Response:
     """Call a running Responder's API with the configured credentials; exit on failure."""
     try:
         settings = _settings(config)
@@ -322,7 +329,7 @@ def _call(config: Path | None, method: str, path: str, **kwargs: Any) -> httpx.R
     except httpx.HTTPError as exc:
         err_console.print(f"[red]error:[/red] cannot reach Responder at {base}: {exc}")
         raise typer.Exit(1) from None
-    if response.status_code != 200:
+    if response.status_code not in ok:
         err_console.print(f"[red]error:[/red] {response.status_code}: {response.text[:500]}")
         raise typer.Exit(1)
     return response
@@ -348,6 +355,99 @@ def _describe(row: dict[str, Any]) -> str:
             f"    flow run {row['flow_run_id'] or '-'} {state}{detail}  {row['flow_run_url'] or ''}"
         )
     return "\n".join(lines)
+
+
+catalog_app = typer.Typer(
+    invoke_without_command=True, help="What Responder can do: operations and flows."
+)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.callback()
+def catalog_list(ctx: typer.Context) -> None:
+    """List every atomic operation and flow (`responder catalog show NAME` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from flows.catalog import catalog
+
+    table = Table("name", "kind", "risk", "tags", "description", box=None)
+    for entry in catalog():
+        table.add_row(entry.name, entry.kind, entry.risk, ",".join(entry.tags), entry.description)
+    console.print(table)
+
+
+@catalog_app.command("show")
+def catalog_show(name: Annotated[str, typer.Argument(help="An operation or flow.")]) -> None:
+    """Show one operation or flow: what it does, and each parameter."""
+    from rich.table import Table
+
+    from flows.catalog import find
+
+    entry = find(name)
+    if entry is None:
+        err_console.print(f"[red]error:[/red] no operation or flow is named {name!r}")
+        raise typer.Exit(1)
+    console.print(f"[bold]{entry.name}[/bold]  {entry.kind}, risk {entry.risk}, {entry.source}")
+    console.print(entry.description, highlight=False)
+    schema = entry.parameters
+    required = set(schema.get("required", []))
+    table = Table("parameter", "type", "required", "default", "description", box=None)
+    for field, spec in schema.get("properties", {}).items():
+        kind = spec.get("type") or " | ".join(
+            str(option.get("type", "?")) for option in spec.get("anyOf", [])
+        )
+        table.add_row(
+            field,
+            str(kind or spec.get("format", "")),
+            "yes" if field in required else "",
+            "" if "default" not in spec else json.dumps(spec["default"]),
+            spec.get("description", ""),
+        )
+    console.print(table)
+
+
+@app.command()
+def run(
+    flow: Annotated[str, typer.Argument(help="The flow to start (see `responder catalog`).")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (VALUE may be JSON).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why; kept in the decision log.")] = "",
+    by: Annotated[str, typer.Option(help="Who asks.")] = "",
+    key: Annotated[str | None, typer.Option(help="Guard key (default: flow+params).")] = None,
+    mutex: Annotated[list[str] | None, typer.Option(help="A lock name; repeatable.")] = None,
+    approval: Annotated[bool, typer.Option(help="Wait for approval in the Prefect UI.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Start a flow by hand, through the guard of a running Responder."""
+    parameters: dict[str, Any] = {}
+    for item in param or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            err_console.print(f"[red]error:[/red] --param {item!r} is not NAME=VALUE")
+            raise typer.Exit(2)
+        try:
+            parameters[name] = json.loads(value)
+        except ValueError:
+            parameters[name] = value
+    body = {
+        "parameters": parameters,
+        "reason": reason or "started by hand",
+        "requested_by": by or os.environ.get("USER", "cli"),
+        "key": key,
+        "mutex": mutex or [],
+        "approval": approval,
+    }
+    response = _call(config, "POST", f"/api/v1/catalog/flows/{flow}/runs", ok=(202, 409), json=body)
+    answer = response.json()
+    if "decision" not in answer:
+        console.print(f"accepted (inbox {answer['inbox_id']}); not decided yet")
+        return
+    console.print(_describe(answer["decision"]), highlight=False, soft_wrap=True)
+    if response.status_code == 409:
+        raise typer.Exit(1)
 
 
 @app.command("serve-flows", hidden=True)

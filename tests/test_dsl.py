@@ -313,3 +313,23 @@ def test_a_rollout_tolerates_its_max_failures(
     state = roll(hosts=["h1", "h2", "h3"], base=demo_service.url, broken="h2", return_state=True)
     assert state.is_completed()
     assert sorted(demo_service.restarts) == [("h1", "api"), ("h3", "api")]
+
+
+def test_the_catalog_command_lists_and_shows() -> None:
+    from typer.testing import CliRunner
+
+    from responder.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["catalog"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    names = [line.split()[0] for line in listed.output.splitlines()[1:] if line.strip()]
+    assert {"http.request", "command.run", "approval", "clean-disk", "restart-service"} <= set(
+        names
+    )
+    shown = runner.invoke(app, ["catalog", "show", "clean-disk"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "flows/clean-disk.yaml" in shown.output
+    assert "mountpoint" in shown.output
+    missing = runner.invoke(app, ["catalog", "show", "no-such-flow"])
+    assert missing.exit_code == 1

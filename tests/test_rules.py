@@ -88,7 +88,7 @@ def test_check_command_reports_file_and_line(tmp_path: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(app, ["check", str(write(tmp_path, GOOD))])
     assert ok.exit_code == 0, ok.output
-    assert "1 rules valid" in ok.output
+    assert "1 rules and" in ok.output
     bad = write(tmp_path, GOOD.replace("guard:", "gaurd:"), "bad.yaml")
     result = runner.invoke(app, ["check", str(bad)])
     assert result.exit_code == 1

@@ -29,7 +29,11 @@ from pydantic import BaseModel
 Risk = Literal["read", "low", "medium", "high"]
 
 # The modules that define operations, imported by `all_operations()`.
-MODULES = ("flows.operations.http",)
+MODULES = (
+    "flows.operations.http",
+    "flows.operations.command",
+    "flows.operations.ssh",
+)
 
 T = TypeVar("T", bound=Task[Any, Any])
 
