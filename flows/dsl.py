@@ -29,6 +29,7 @@ This module only reads and checks files; `flows.interpreter` turns them into Pre
 from __future__ import annotations
 
 import keyword
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -85,6 +86,8 @@ def _expression(value: str) -> str:
 
 
 Templated = Annotated[Any, BeforeValidator(_template)]
+# A value given as a template, rendered when the step runs.
+Template = Annotated[str, StringConstraints(pattern=r"\{\{"), BeforeValidator(_template)]
 Expression = Annotated[str, StringConstraints(min_length=1), BeforeValidator(_expression)]
 
 
@@ -204,16 +207,31 @@ class ParallelStep(_Spec):
     parallel: list[OpStep] = Field(min_length=1)
 
 
+class BatchLimits(_Spec):
+    """How a rollout proceeds; in a file each may be a template (`{{ params.batch_size }}`)."""
+
+    size: BatchSize = Field("1", description="Elements per batch: a count or a percentage.")
+    pause: Duration = Field(0.0, description="Wait between batches.")
+    max_failures: int = Field(0, ge=0, description="Failed elements that stop the rollout.")
+
+
 class BatchSpec(_Spec):
     """Roll steps out over a list of hosts, a batch at a time."""
 
     over: Templated = Field(description="An expression giving the list, e.g. {{ params.hosts }}.")
     as_: StepName = Field("host", alias="as", description="The name each element is bound to.")
-    size: BatchSize = Field("1", description="Elements per batch: a count or a percentage.")
-    pause: Duration = Field(0.0, description="Wait between batches.")
-    max_failures: int = Field(0, ge=0, description="Failed elements that stop the rollout.")
+    size: BatchSize | Template = Field("1", description="Elements per batch: a count or a %.")
+    pause: Duration | Template = Field(0.0, description="Wait between batches.")
+    max_failures: Annotated[int, Field(ge=0)] | Template = Field(
+        0, description="Failed elements that stop the rollout."
+    )
     steps: list[OpStep] = Field(min_length=1, description="Run for each element, in order.")
     verify: VerifySpec | None = Field(None, description="Checked after each batch.")
+
+    def limits(self, render: Callable[[Any], Any]) -> BatchLimits:
+        """The limits, with templates rendered by `render`."""
+        values = {"size": self.size, "pause": self.pause, "max_failures": self.max_failures}
+        return BatchLimits.model_validate(render(values))
 
 
 class BatchStep(_Spec):

@@ -179,13 +179,14 @@ class Interpreter:
         elements = render_native(spec.over, context)
         if not isinstance(elements, list):
             raise StepFailed(f"step {step.name}: `over` gave {type(elements).__name__}, not a list")
-        size = batch_size(spec.size, len(elements))
+        limits = spec.limits(lambda values: render_native(values, context))
+        size = batch_size(limits.size, len(elements))
         done: list[Any] = []
         failed: list[Any] = []
         batches = [elements[i : i + size] for i in range(0, len(elements), size)]
         for number, batch in enumerate(batches, start=1):
-            if number > 1 and spec.pause:
-                time.sleep(spec.pause)
+            if number > 1 and limits.pause:
+                time.sleep(limits.pause)
             self.logger.info("batch %d/%d: %s", number, len(batches), batch)
             alive = list(batch)
             for nested in spec.steps:
@@ -207,10 +208,10 @@ class Interpreter:
                         self.logger.warning("%s failed on %s: %s", nested.name, element, exc)
                         failed.append(element)
             done.extend(alive)
-            if len(failed) > spec.max_failures:
+            if len(failed) > limits.max_failures:
                 raise RolloutStopped(
                     f"step {step.name}: {len(failed)} failed ({failed}), more than "
-                    f"max_failures={spec.max_failures}; not started: "
+                    f"max_failures={limits.max_failures}; not started: "
                     f"{[e for b in batches[number:] for e in b]}"
                 )
             if spec.verify is not None:

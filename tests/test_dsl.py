@@ -272,7 +272,7 @@ steps:
     batch:
       over: "{{ params.hosts }}"
       size: "2"
-      max_failures: 0
+      max_failures: "{{ params.max_failures }}"
       steps:
         - name: restart
           op: http.request
@@ -309,8 +309,14 @@ def test_a_rollout_stops_when_more_fail_than_allowed(
 def test_a_rollout_tolerates_its_max_failures(
     prefect_api_url: str, demo_service: DemoService, tmp_path: Path
 ) -> None:
-    roll = build(tmp_path, ROLLOUT.replace("max_failures: 0", "max_failures: 1"))
-    state = roll(hosts=["h1", "h2", "h3"], base=demo_service.url, broken="h2", return_state=True)
+    roll = build(tmp_path, ROLLOUT)
+    state = roll(
+        hosts=["h1", "h2", "h3"],
+        base=demo_service.url,
+        broken="h2",
+        max_failures=1,
+        return_state=True,
+    )
     assert state.is_completed()
     assert sorted(demo_service.restarts) == [("h1", "api"), ("h3", "api")]
 
@@ -333,3 +339,26 @@ def test_the_catalog_command_lists_and_shows() -> None:
     assert "mountpoint" in shown.output
     missing = runner.invoke(app, ["catalog", "show", "no-such-flow"])
     assert missing.exit_code == 1
+
+
+@pytest.mark.prefect
+def test_the_shipped_batched_restart_restarts_every_host_and_checks_it(
+    prefect_api_url: str, demo_service: DemoService
+) -> None:
+    from flows import load_flow
+
+    restart = load_flow("restart-in-batches")
+    hosts = [f"web-{i}" for i in range(5)]
+    restart(
+        service="api",
+        hosts=hosts,
+        control_url=demo_service.url,
+        batch_size="40%",
+        pause_seconds=0.2,
+    )
+    done = [host for host, _ in demo_service.restarts]
+    assert [set(done[0:2]), set(done[2:4]), done[4:]] == [
+        {"web-0", "web-1"},
+        {"web-2", "web-3"},
+        ["web-4"],
+    ]
