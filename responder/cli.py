@@ -450,6 +450,30 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command()
+def deploy(
+    work_pool: Annotated[str, typer.Option(help="The Prefect work pool workers poll.")],
+    work_queue: Annotated[str | None, typer.Option(help="A queue of that pool.")] = None,
+    output: Annotated[Path, typer.Option(help="Where to write it.")] = Path("prefect.yaml"),
+) -> None:
+    """Write a prefect.yaml that deploys every flow to a work pool, for Prefect workers.
+
+    Then run `prefect deploy --all` here, and `prefect worker start --pool POOL` on each
+    worker machine (with this project installed).
+    """
+    import yaml
+
+    from responder.serving import prefect_yaml
+
+    document = prefect_yaml(work_pool, work_queue)
+    output.write_text(yaml.safe_dump(document, sort_keys=False))
+    console.print(
+        f"wrote {output}: {len(document['deployments'])} deployments to work pool "
+        f"{work_pool!r}.\nNext: prefect deploy --all --prefect-file {output}",
+        highlight=False,
+    )
+
+
 @app.command("serve-flows", hidden=True)
 def serve_flows_command(
     limit: Annotated[int, typer.Option(min=1, help="Flow runs executed at once.")] = 5,
