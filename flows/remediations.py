@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-import httpx
 from prefect import State, flow, get_run_logger
 from pydantic import AnyHttpUrl, Field
 
 from flows.operations.approval import rejected, require_approval
-from flows.operations.http import HeaderName, HttpRequest, UnexpectedStatus, http_request
+from flows.operations.http import HeaderName, HttpFailed, HttpRequest, http_request
 from flows.secrets import SecretName, check_secrets
 from flows.types import Host, ServiceName
 
@@ -56,7 +55,7 @@ def _verify_healthy(url: AnyHttpUrl, within: float, every: float, what: str) -> 
         try:
             http_request.with_options(retries=0)(check)
             return
-        except (UnexpectedStatus, httpx.HTTPError) as exc:
+        except HttpFailed as exc:
             if time.monotonic() >= deadline:
                 raise NotRecovered(f"{what} not healthy within {within}s: {exc}") from exc
         time.sleep(every)

@@ -7,6 +7,19 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 
+def silence_not_found(response: httpx.Response) -> bool:
+    """Whether Alertmanager said it has no such silence.
+
+    Since 0.26 it answers 404; 0.25 (Debian 12's) answers 500 with the JSON string
+    "silence not found" (prometheus/alertmanager#3352).
+    """
+    if response.status_code == httpx.codes.NOT_FOUND:
+        return True
+    return response.status_code == httpx.codes.INTERNAL_SERVER_ERROR and (
+        response.text.strip() == '"silence not found"'
+    )
+
+
 class Alertmanager:
     """Sets and lifts silences; every label of the alert becomes an equality matcher."""
 
@@ -34,7 +47,7 @@ class Alertmanager:
     async def lift(self, silence_id: str) -> None:
         """Expire a silence; one already gone counts as lifted."""
         response = await self._http.delete(f"/api/v2/silence/{silence_id}")
-        if response.status_code != 404:
+        if not silence_not_found(response):
             response.raise_for_status()
 
     async def close(self) -> None:

@@ -9,10 +9,6 @@ still be called exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +21,7 @@ import uvicorn
 from responder.app import create_app
 from responder.demo import DemoService
 from responder.service import Service
+from tests import servers
 from tests.conftest import free_port, make_settings, wait_for
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.prefect]
@@ -76,13 +73,8 @@ async def _started(server: uvicorn.Server) -> bool:
 def alertmanager(
     responder_url: tuple[str, Service], tmp_path: Path, alertmanager_port: int
 ) -> Iterator[str]:
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if binary is None:
-        pytest.fail("prometheus-alertmanager is not installed; run `make system-deps`")
     base, _ = responder_url
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(
-        f"""
+    config = f"""
 route:
   receiver: responder
   group_by: [alertname]
@@ -98,38 +90,8 @@ receivers:
           authorization:
             credentials: {TOKEN}
 """
-    )
-    port = alertmanager_port
-    log = (tmp_path / "alertmanager.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            if process.poll() is not None:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("Alertmanager did not become ready")
-        if process.poll() is not None:
-            pytest.fail(f"Alertmanager exited:\n{(tmp_path / 'alertmanager.log').read_text()}")
+    with servers.alertmanager(tmp_path, alertmanager_port, config) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
 
 
 async def push_alert(alertmanager_url: str, **labels: str) -> None:

@@ -33,6 +33,9 @@ MODULES = (
     "flows.operations.http",
     "flows.operations.command",
     "flows.operations.ssh",
+    "flows.operations.prometheus",
+    "flows.operations.alertmanager",
+    "flows.operations.notify",
 )
 
 T = TypeVar("T", bound=Task[Any, Any])

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import httpx
 from prefect import task
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
 from flows.operations import operation
+from flows.operations.failures import (
+    OperationFailed,
+    call_api,
+    retry_if_transient,
+    transient_status,
+)
 from flows.secrets import SecretName, secret_headers
 
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
@@ -42,7 +47,11 @@ class HttpResponse(BaseModel):
     ok: bool
 
 
-class UnexpectedStatus(Exception):
+class HttpFailed(OperationFailed):
+    """The request could not be sent, or was answered with an unexpected status."""
+
+
+class UnexpectedStatus(HttpFailed):
     """The target answered with a status the operation did not expect."""
 
 
@@ -51,15 +60,18 @@ class UnexpectedStatus(Exception):
     name="http.request",
     retries=2,
     retry_delay_seconds=[1, 3],
+    retry_condition_fn=retry_if_transient,
     task_run_name="{request.method} {request.url}",
 )
 def http_request(request: HttpRequest) -> HttpResponse:
-    """Send one HTTP request; fail (and retry) unless the status is expected.
+    """Send one HTTP request; fail unless the status is expected.
 
-    Secret headers are read from their secret names when the request is sent; header values
-    are never logged.
+    Only failures another try could fix are retried: no connection, a timeout, 5xx, 408,
+    429. A refusal (4xx) or a missing secret fails at once. Secret headers are read from
+    their secret names when the request is sent; header values are never logged.
     """
-    response = httpx.request(
+    response = call_api(
+        HttpFailed,
         request.method,
         str(request.url),
         headers={**request.headers, **secret_headers(request.headers_from_secrets)},
@@ -74,6 +86,7 @@ def http_request(request: HttpRequest) -> HttpResponse:
     if not result.ok:
         raise UnexpectedStatus(
             f"{request.method} {request.url} answered {response.status_code}; "
-            f"expected one of {request.expected_status}"
+            f"expected one of {request.expected_status}",
+            transient=transient_status(response.status_code),
         )
     return result
