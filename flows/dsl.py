@@ -187,8 +187,10 @@ class VerifySpec(_Spec):
     condition: Literal["any", "none"] = Field(
         "any", description="any: the query returns a sample. none: it returns none."
     )
-    within: Duration = 300.0
-    every: Duration = 10.0
+    within: Duration | Template = Field(
+        300.0, description="The deadline; a template gives seconds."
+    )
+    every: Duration | Template = Field(10.0, description="Between two queries.")
 
 
 class VerifyStep(_Spec):

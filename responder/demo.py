@@ -3,7 +3,9 @@
 Every POST is recorded. `POST /restart/<host>/<service>` records a restart, and
 `GET /health/<host>/<service>` answers 200 once that service was restarted. Other GETs
 (a deploy's health, a disk check) answer 200 once a POST was made to the matching path.
-`GET /calls` lists what was received.
+`GET /calls` lists what was received. `GET /metrics` exports, like node_exporter,
+`node_filesystem_{avail,size}_bytes` of the hosts in `full_disks`: 3% free until a
+`POST /cleanup/<host>`, then 40% (unless `cleanup_frees` is False).
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ from urllib.parse import unquote
 class DemoService:
     """A tiny HTTP server that pretends to restart services; counts every call."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        full_disks: tuple[str, ...] = (),
+        cleanup_frees: bool = True,
+    ) -> None:
         self.restarts: list[tuple[str, str]] = []
+        self.full_disks = full_disks
+        self.cleanup_frees = cleanup_frees
         self.posts: list[tuple[str, Any]] = []
         self.headers: list[dict[str, str]] = []  # of each POST, for tests
         self._lock = threading.Lock()
@@ -51,6 +61,9 @@ class DemoService:
                 checks = [i for i, part in enumerate(parts) if part in ("health", "disk-ok")]
                 if parts == ["calls"]:
                     self._send(200, calls)
+                elif parts == ["metrics"]:
+                    cleaned = {p[1] for p in posted if len(p) == 2 and p[0] == "cleanup"}
+                    self._send_text(demo.disk_metrics(cleaned))
                 elif checks and checks[0] < len(parts) - 1:
                     # .../health/<x>/<y> is healthy once a POST to .../<x>/<y> was made.
                     tail = parts[checks[0] + 1 :]
@@ -67,11 +80,33 @@ class DemoService:
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def _send_text(self, text: str) -> None:
+                payload = text.encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/plain; version=0.0.4")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._thread: threading.Thread | None = None
+
+    def disk_metrics(self, cleaned: set[str]) -> str:
+        """The disks of `full_disks` in Prometheus' text format."""
+        size = 100 * 2**30
+        lines = [
+            "# TYPE node_filesystem_avail_bytes gauge",
+            "# TYPE node_filesystem_size_bytes gauge",
+        ]
+        for host in self.full_disks:
+            free = 0.40 if host in cleaned and self.cleanup_frees else 0.03
+            labels = f'instance="{host}",mountpoint="/"'
+            lines.append(f"node_filesystem_avail_bytes{{{labels}}} {int(size * free)}")
+            lines.append(f"node_filesystem_size_bytes{{{labels}}} {size}")
+        return "\n".join(lines) + "\n"
 
     @property
     def url(self) -> str:

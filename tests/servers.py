@@ -106,7 +106,9 @@ def alertmanager(workdir: Path, port: int, config: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def prometheus(workdir: Path, port: int, targets: list[str]) -> Iterator[str]:
+def prometheus(
+    workdir: Path, port: int, targets: list[str], *, honor_labels: bool = False
+) -> Iterator[str]:
     """A real Prometheus on 127.0.0.1:`port` scraping `targets` (host:port) every second,
     as job "demo"; yields its URL.
 
@@ -123,6 +125,7 @@ global:
   evaluation_interval: 1s
 scrape_configs:
   - job_name: demo
+    honor_labels: {"true" if honor_labels else "false"}
     static_configs:
       - targets: [{quoted}]
 """

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from flows import load_flow
 from flows.remediations import http_call
 from flows.secrets import MissingSecret
 from responder.demo import DemoService
+from tests.conftest import free_port
+from tests.servers import prometheus
 
 pytestmark = pytest.mark.prefect
 
@@ -51,3 +57,43 @@ def test_http_call_reads_only_variables_meant_for_flows(
             headers_from_env={"Authorization": "RESPONDER_OPERATOR_TOKEN"},
         )
     assert demo_service.posts == []
+
+
+@pytest.fixture
+def disk_host(tmp_path: Path) -> Iterator[tuple[DemoService, str]]:
+    """A host agent whose disk is full until cleaned, scraped by a real Prometheus."""
+    agent = DemoService(full_disks=("db-1",)).start()
+    target = agent.url.removeprefix("http://")
+    try:
+        with prometheus(tmp_path, free_port(), [target], honor_labels=True) as url:
+            yield agent, url
+    finally:
+        agent.stop()
+
+
+def test_clean_disk_cleans_then_verifies_in_prometheus(
+    prefect_api_url: str, disk_host: tuple[DemoService, str]
+) -> None:
+    agent, prometheus_url = disk_host
+    summary = load_flow("clean-disk")(
+        host="db-1", agent_url=agent.url, prometheus_url=prometheus_url
+    )
+    assert summary == "clean-disk: done (clean, space_back)"
+    assert agent.posts == [("/cleanup/db-1", {"mountpoint": "/"})]
+
+
+def test_clean_disk_fails_when_the_space_does_not_come_back(
+    prefect_api_url: str, disk_host: tuple[DemoService, str]
+) -> None:
+    from flows.operations.prometheus import ConditionNotMet
+
+    agent, prometheus_url = disk_host
+    agent.cleanup_frees = False
+    with pytest.raises(ConditionNotMet):
+        load_flow("clean-disk")(
+            host="db-1",
+            agent_url=agent.url,
+            prometheus_url=prometheus_url,
+            verify_within_seconds=8,
+        )
+    assert [path for path, _ in agent.posts] == ["/cleanup/db-1"]
