@@ -6,8 +6,12 @@ experts and SREs all see the same list of what Responder can do.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from flows import REMEDIATIONS, load_flow
 from flows.operations import all_operations
@@ -117,32 +121,32 @@ def find(name: str) -> Entry | None:
     return next((entry for entry in catalog() if entry.name == name), None)
 
 
+@functools.cache
+def parameters_model(flow_name: str) -> type[BaseModel]:
+    """A model of the flow's parameters, built from its signature as Prefect validates them."""
+    function = load_flow(flow_name).fn
+    hints = get_type_hints(function, include_extras=True)
+    fields: dict[str, Any] = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[name] = (hints.get(name, Any), default)
+    model: type[BaseModel] = create_model(
+        f"{flow_name}-parameters", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    return model
+
+
 def parameter_errors(flow_name: str, parameters: dict[str, Any]) -> list[dict[str, str]]:
-    """Why `parameters` would be refused by the flow's own validation; empty when they fit.
+    """Why `parameters` would be refused when the run starts; empty when they fit.
 
-    This is the check Prefect makes when the run starts, made before anything is admitted.
+    Rule decisions and manual runs are checked with this before the guard, so a label that
+    is not a hostname (or carries shell syntax) is refused before anything is admitted.
     """
-    import inspect
-
-    from prefect.exceptions import ParameterBindError, ParameterTypeError
-
-    flow = load_flow(flow_name)
-    accepted = list(inspect.signature(flow.fn).parameters)
-    unknown = [name for name in parameters if name not in accepted]
-    if unknown:
-        return [
-            {"field": name, "message": f"unknown parameter; accepted: {', '.join(accepted)}"}
-            for name in unknown
-        ]
     try:
-        flow.validate_parameters(parameters)
-    except ParameterTypeError as exc:
-        errors = []
-        for line in str(exc).splitlines():
-            if line.startswith(" - "):
-                field, _, message = line[3:].partition(": ")
-                errors.append({"field": field or "(parameters)", "message": message})
-        return errors or [{"field": "(parameters)", "message": str(exc)}]
-    except ParameterBindError as exc:
-        return [{"field": "(parameters)", "message": str(exc)}]
+        parameters_model(flow_name).model_validate(parameters)
+    except ValidationError as exc:
+        return [
+            {"field": ".".join(str(p) for p in err["loc"]) or "(parameters)", "message": err["msg"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
     return []

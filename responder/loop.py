@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 MAX_CHAIN = 8
 
 
+# flow name, parameters → what the flow would refuse (empty when they fit).
+ParameterCheck = Callable[[str, dict[str, Any]], list[dict[str, str]]]
+
+
 def _joinable(labels: Mapping[str, str]) -> dict[str, str]:
     """Labels usable as fact fields (the ones rules can join on)."""
     return {k: v for k, v in labels.items() if k.isidentifier() and len(k) <= 63}
@@ -61,6 +65,7 @@ class EngineLoop:
         idle_seconds: float = 0.05,
         partitions: int = 16,
         event_ttl: float = 3600.0,
+        check_parameters: ParameterCheck | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -72,6 +77,7 @@ class EngineLoop:
         self._partitions = partitions
         self._event_ttl = event_ttl
         self._clock = clock
+        self._check_parameters = check_parameters
         self.book = book
         self.catalog = catalog
         self.engine = Engine(book, partitions, clock)
@@ -329,8 +335,22 @@ class EngineLoop:
     async def _admit(
         self, work: _Work, decision: Decision, inbox_id: int | None
     ) -> list[ActiveRun]:
-        """Put a decision to the guard; an admitted one becomes a run to dispatch."""
+        """Put a decision to the guard; an admitted one becomes a run to dispatch.
+
+        Parameters the flow would refuse (a label that is not a hostname, say) make the
+        decision an error before the guard: nothing is admitted, nothing runs.
+        """
         alert = decision.alert
+        if self._check_parameters is not None:
+            # In a thread: the first check of a flow imports it (and Prefect).
+            errors = await asyncio.to_thread(
+                self._check_parameters, decision.flow, decision.parameters
+            )
+            if errors:
+                shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+                reason = f"parameters do not fit flow {decision.flow!r}: {shown}"
+                work.record(alert, inbox_id, Verdict.ERROR, reason, rule=decision.rule)
+                return []
         await work.flush_decisions()  # keep the audit in the order decisions were made
         admission = await self._guard.admit(
             work.conn, decision, inbox_id, pause=await work.pause(self._guard)

@@ -220,15 +220,21 @@ async def test_restart_rebuilds_facts_without_deciding_again(
     assert service2.loop.engine.fact_count == 2
 
 
-async def test_hostile_label_values_stay_data(make_client: ClientFactory) -> None:
+async def test_hostile_label_values_are_refused_before_the_guard(
+    make_client: ClientFactory,
+) -> None:
     client, service = await make_client()
     body = fixture_json("firing_single_servicedown")
     body["alerts"][0]["labels"]["service"] = "{{ vars.__class__ }}$(rm -rf /);`id`"
     await client.post(URL, content=json.dumps(body), headers=JSON)
     await wait_for(lambda: settled(service))
     [decision] = await decisions(client)
-    assert decision["parameters"]["service"] == "{{ vars.__class__ }}$(rm -rf /);`id`"
-    assert "%7B%7B" in decision["parameters"]["restart_url"]  # urlencoded, not rendered
+    assert decision["verdict"] == "error"
+    assert decision["rule"] == "restart-crashed-service"
+    assert decision["reason"].startswith("parameters do not fit flow 'restart-service': service:")
+    assert "__class__" not in decision["reason"]  # the input is never echoed back
+    assert decision["guard_key"] is None
+    assert await service.store.active_runs() == []
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -387,7 +393,7 @@ EXTRA_RULE = """
 rules:
   - name: disk-full
     match: ['alertname="DiskAlmostFull"']
-    run: {flow: restart-service, parameters: {host: "{{ alert.labels.instance }}"}}
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
     guard: {key: "disk/{{ alert.labels.instance }}"}
 """
 

@@ -22,7 +22,7 @@ rules:
   - name: restart-one-host
     match: ['alertname="ServiceDown"']
     unless: [{fact: service-outage, where: ['service="{{ alert.labels.service }}"']}]
-    run: {flow: restart-service, parameters: {host: "{{ alert.labels.instance }}"}}
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
     guard: {key: "restart/{{ alert.labels.instance }}/{{ alert.labels.service }}"}
   - name: outage-over
     status: resolved
@@ -95,8 +95,10 @@ rules:
     when: [{fact: service, where: ['name="{{ alert.labels.service }}"', 'tier!="0"']}]
     unless: [{fact: maintenance, where: ['instance="{{ alert.labels.instance }}"']}]
     run:
-      flow: restart-service
-      parameters: {host: "{{ alert.labels.instance }}", owner: "{{ service.owner }}"}
+      flow: http-call
+      parameters:
+        url: "http://127.0.0.1:9/restart/{{ alert.labels.instance }}"
+        json_body: {owner: "{{ service.owner }}"}
     guard: {key: "restart/{{ alert.labels.instance }}/{{ alert.labels.service }}"}
 """
 
@@ -128,5 +130,5 @@ async def test_catalog_facts_gate_rules_and_fill_templates(tmp_path: Path) -> No
         ("host-1", "checkout", "resolved"),
         ("host-3", "payments", "unmatched"),  # tier 0: not automated by this rule
     ]
-    assert rows[0]["parameters"]["owner"] == "team-checkout"
+    assert rows[0]["parameters"]["json_body"] == {"owner": "team-checkout"}
     await svc.store.close()
