@@ -91,6 +91,16 @@ def decide(match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None =
     )
 
 
+def parameter_errors(flow: str, parameters: dict[str, Any]) -> list[dict[str, str]]:
+    """What the flow would refuse in these parameters (see `flows.catalog`); [] if they fit.
+
+    Imports the flow, and Prefect with it, on first use.
+    """
+    from flows.catalog import parameter_errors as check
+
+    return check(flow, parameters)
+
+
 def fact_for(
     match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None, now: float
 ) -> Fact:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from responder.catalog import Catalog
+from responder.decisions import parameter_errors
 from responder.engine import Engine
 from responder.guard import Guard
 from responder.loop import EngineLoop
@@ -54,6 +55,7 @@ class Sandbox:
             book,
             catalog,
             rule_vars=rule_vars,
+            check_parameters=parameter_errors,
             clock=self.clock,
         )
         self._started: dict[str, float] = {}

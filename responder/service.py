@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from responder import metrics
 from responder.catalog import Catalog, load_catalog
+from responder.decisions import parameter_errors
 from responder.dispatch import Dispatcher
 from responder.exceptions import DocumentError, StoreUnavailable
 from responder.guard import Guard
@@ -25,12 +25,6 @@ def known_flows() -> list[str]:
     from flows import flow_names
 
     return flow_names()
-
-
-def _parameter_errors(flow: str, parameters: dict[str, Any]) -> list[dict[str, str]]:
-    from flows.catalog import parameter_errors
-
-    return parameter_errors(flow, parameters)
 
 
 class Service:
@@ -63,7 +57,7 @@ class Service:
             idle_seconds=settings.engine_idle_seconds,
             partitions=settings.engine_partitions,
             event_ttl=settings.event_ttl,
-            check_parameters=_parameter_errors,
+            check_parameters=parameter_errors,
         )
         self.leadership = Leadership(self.store, settings.data_dir / "leader.lock")
         self._task: asyncio.Task[None] | None = None
