@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,101 +15,17 @@ from pydantic import ValidationError
 
 from flows.operations.command import CommandFailed, CommandResult
 from flows.operations.ssh import SshRun, ssh_run
-from tests.conftest import free_port
+from tests.servers import Sshd, keygen, real_sshd
 from tests.test_operations_command import PRINT_ARGV, hostile
 
 pytestmark = pytest.mark.prefect
-
-SSHD = Path("/usr/sbin/sshd")
-
-
-@dataclass(frozen=True)
-class Sshd:
-    """A running sshd that accepts `client_key` for the current user."""
-
-    port: int
-    client_key: Path
-    host_key_line: str
-    known_hosts: Path
-
-    def params(self, argv: list[str], **overrides: Any) -> SshRun:
-        """Parameters that reach this sshd as the current user, trusting only its host key."""
-        values: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": self.port,
-            "user": getpass.getuser(),
-            "identity_file": str(self.client_key),
-            "known_hosts_file": str(self.known_hosts),
-            "argv": argv,
-            "connect_timeout_seconds": 5,
-            "timeout_seconds": 30,
-        }
-        return SshRun(**{**values, **overrides})
-
-
-def keygen(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """A real sshd on 127.0.0.1 with its own host key, accepting one generated client key."""
-    if not SSHD.exists():
-        pytest.skip(f"{SSHD} is not installed (Debian package openssh-server)")
-    base = tmp_path_factory.mktemp("sshd")
-    keygen(base / "host_key")
-    keygen(base / "client_key")
-    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
-    port = free_port()
-    config = base / "sshd_config"
-    config.write_text(
-        f"Port {port}\n"
-        "ListenAddress 127.0.0.1\n"
-        f"HostKey {base / 'host_key'}\n"
-        f"PidFile {base / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {base / 'authorized_keys'}\n"
-        "PubkeyAuthentication yes\n"
-        "PasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\n"
-        "UsePAM no\n"
-        "PermitRootLogin prohibit-password\n"
-        "StrictModes no\n"
-        "UseDNS no\n"
-        "PrintMotd no\n"
-        "PrintLastLog no\n"
-    )
-    # sshd started as root needs its privilege-separation directory.
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    log = base / "sshd.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(SSHD), "-D", "-e", "-f", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sshd did not start:\n{log.read_text()}") from None
-                time.sleep(0.1)
-        key_type, key = (base / "host_key.pub").read_text().split()[:2]
-        known_hosts = base / "known_hosts"
-        line = f"[127.0.0.1]:{port} {key_type} {key}\n"
-        known_hosts.write_text(line)
-        yield Sshd(port, base / "client_key", line, known_hosts)
-    finally:
-        process.terminate()
-        process.wait(10)
+    with real_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 @flow(name="test-ssh-run")

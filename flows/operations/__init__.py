@@ -36,6 +36,7 @@ MODULES = (
     "flows.operations.prometheus",
     "flows.operations.alertmanager",
     "flows.operations.notify",
+    "flows.operations.kubernetes",
 )
 
 T = TypeVar("T", bound=Task[Any, Any])
