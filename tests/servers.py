@@ -188,6 +188,7 @@ def real_sshd(base: Path) -> Iterator[Sshd]:
     for the current user; its files live in `base`."""
     if not SSHD.exists():
         pytest.skip(f"{SSHD} is not installed (Debian package openssh-server)")
+    base.mkdir(parents=True, exist_ok=True)
     keygen(base / "host_key")
     keygen(base / "client_key")
     (base / "authorized_keys").write_text((base / "client_key.pub").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +99,58 @@ def test_clean_disk_fails_when_the_space_does_not_come_back(
             verify_within_seconds=8,
         )
     assert [path for path, _ in agent.posts] == ["/cleanup/db-1"]
+
+
+def test_renew_certificate_runs_certbot_over_ssh_then_verifies_the_probe(
+    prefect_api_url: str, tmp_path: Path
+) -> None:
+    """A real sshd runs a stand-in certbot; a real Prometheus scrapes a stand-in blackbox
+    exporter whose certificate expiry moves out once certbot has run."""
+    import getpass
+    import time as clock
+
+    from tests.servers import QuietHandler, http_server, real_sshd
+
+    renewed = tmp_path / "renewed.json"
+    certbot = tmp_path / "certbot"
+    certbot.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(renewed)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+    )
+    certbot.chmod(0o755)
+
+    class Blackbox(QuietHandler):
+        def do_GET(self) -> None:
+            days = 90 if renewed.exists() else 2
+            expiry = int(clock.time()) + days * 86400
+            line = (
+                f'probe_ssl_earliest_cert_expiry{{instance="https://shop.example.com"}} {expiry}\n'
+            )
+            self.reply(200, line.encode())
+
+    with (
+        real_sshd(tmp_path / "sshd") as sshd,
+        http_server(Blackbox) as exporter,
+        prometheus(
+            tmp_path, free_port(), [exporter.removeprefix("http://")], honor_labels=True
+        ) as prometheus_url,
+    ):
+        summary = load_flow("renew-certificate")(
+            host="127.0.0.1",
+            cert_name="shop.example.com",
+            probe_instance="https://shop.example.com",
+            prometheus_url=prometheus_url,
+            certbot=str(certbot),
+            ssh_user=getpass.getuser(),
+            ssh_port=sshd.port,
+            identity_file=str(sshd.client_key),
+            known_hosts_file=str(sshd.known_hosts),
+            verify_within_seconds=30,
+        )
+    assert summary == "renew-certificate: done (renew, valid_long_enough)"
+    assert json.loads(renewed.read_text()) == [
+        "renew",
+        "--cert-name",
+        "shop.example.com",
+        "--non-interactive",
+    ]
