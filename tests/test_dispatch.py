@@ -145,14 +145,38 @@ async def test_hostile_parameters_are_refused_before_any_action(
     client, service = running
     body = payload("host-66;reboot", service="$(touch /tmp/pwned)")
     await client.post(URL, content=body, headers=JSON)
-    [decision] = await wait_for(lambda: final(client), timeout=90)
-    # Prefect validates parameters against the flow's schema and refuses to create the run.
-    assert decision["flow_run_state"] == "REJECTED"
-    assert "service" in decision["detail"]
+    [decision] = await wait_for(lambda: decisions(client), timeout=30)
+    # The flow's own parameter schema refuses them before the guard: nothing is admitted.
+    assert decision["verdict"] == "error"
+    assert "host:" in decision["reason"] and "service:" in decision["reason"]
     assert decision["flow_run_id"] is None
     assert demo_service.restarts == []
     assert await service.store.lease_count() == 0
     assert not Path("/tmp/pwned").exists()
+
+
+async def test_a_yaml_flow_started_by_hand_runs_on_the_served_deployment(
+    running: tuple[httpx.AsyncClient, Service], demo_service: DemoService
+) -> None:
+    client, _ = running
+    response = await client.post(
+        "/api/v1/catalog/flows/restart-in-batches/runs",
+        json={
+            "parameters": {
+                "service": "api",
+                "hosts": ["web-1", "web-2", "web-3"],
+                "control_url": demo_service.url,
+                "batch_size": "2",
+            },
+            "reason": "OPS-7 roll the api",
+            "requested_by": "alice",
+        },
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["decision"]["verdict"] == "admitted"
+    [decision] = await wait_for(lambda: final(client), timeout=90)
+    assert decision["flow_run_state"] == "COMPLETED", decision
+    assert sorted(demo_service.restarts) == [("web-1", "api"), ("web-2", "api"), ("web-3", "api")]
 
 
 @pytest.fixture
