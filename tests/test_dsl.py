@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +363,80 @@ def test_the_shipped_batched_restart_restarts_every_host_and_checks_it(
         {"web-2", "web-3"},
         ["web-4"],
     ]
+
+
+@pytest.mark.prefect
+def test_a_step_timeout_stops_a_slow_operation(prefect_api_url: str, tmp_path: Path) -> None:
+    slow = build(
+        tmp_path,
+        """\
+        flow: slow
+        description: A command slower than its step's timeout.
+        steps:
+          - name: nap
+            op: command.run
+            timeout: 1s
+            with: {argv: [sleep, "20"]}
+        """,
+    )
+    started = time.monotonic()
+    state = slow(return_state=True)
+    assert state.is_failed()
+    assert (
+        "timed out" in (state.message or "").lower()
+        or "timeout" in str(state.result(raise_on_failure=False)).lower()
+    )
+    assert time.monotonic() - started < 15
+
+
+APPROVAL = """\
+flow: approve-then-call
+description: Ask a person, then call.
+parameters: {base: {type: url}}
+steps:
+  - name: ask
+    approval: {message: "call {{ params.base }}?", timeout: 2m}
+  - name: call
+    op: http.request
+    with: {method: POST, url: "{{ params.base }}called"}
+"""
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("approved", [True, False])
+def test_an_approval_step_waits_for_a_persons_answer(
+    approved: bool, prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    import threading
+
+    flow = build(tmp_path, APPROVAL)
+    states: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: states.append(flow(base=demo_service.url, return_state=True))
+    )
+    runner.start()
+    deadline = time.monotonic() + 60
+    paused: list[dict[str, Any]] = []
+    while not paused and time.monotonic() < deadline:
+        runs = httpx.post(
+            f"{prefect_api_url}/flow_runs/filter",
+            json={"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}},
+        ).json()
+        paused = [r for r in runs if r["parameters"].get("base") == demo_service.url]
+        time.sleep(0.3)
+    assert paused, "the run never paused for approval"
+    assert demo_service.posts == []  # nothing happens before the answer
+    answer = {"approved": approved, "approver": "alice", "comment": "go" if approved else "no"}
+    response = httpx.post(
+        f"{prefect_api_url}/flow_runs/{paused[0]['id']}/resume", json={"run_input": answer}
+    )
+    assert response.json()["status"] == "ACCEPT", response.text
+    runner.join(60)
+    (state,) = states
+    if approved:
+        assert state.is_completed()
+        assert [path for path, _ in demo_service.posts] == ["/called"]
+    else:
+        assert state.is_cancelled()
+        assert state.message == "rejected by alice: no"
+        assert demo_service.posts == []

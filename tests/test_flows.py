@@ -154,3 +154,22 @@ def test_renew_certificate_runs_certbot_over_ssh_then_verifies_the_probe(
         "shop.example.com",
         "--non-interactive",
     ]
+
+
+def test_a_secret_can_come_from_a_prefect_secret_block(
+    prefect_api_url: str, demo_service: DemoService
+) -> None:
+    from prefect.blocks.system import Secret
+
+    Secret(value="from-the-block").save("pager-token", overwrite=True)
+    http_call(
+        url=f"{demo_service.url}/page",
+        headers_from_env={"Authorization": "prefect:pager-token"},
+    )
+    assert demo_service.headers[0]["Authorization"] == "from-the-block"
+    with pytest.raises(MissingSecret, match="prefect:no-such-block"):
+        http_call(
+            url=f"{demo_service.url}/page",
+            headers_from_env={"Authorization": "prefect:no-such-block"},
+        )
+    assert len(demo_service.posts) == 1
