@@ -52,7 +52,7 @@ from flows.types import Host, Hostname
 from responder.documents import line_of, load_document
 from responder.exceptions import FlowFileError, TemplateError
 from responder.rules import Duration
-from responder.templates import compile_expression, compile_template
+from responder.templates import compile_expression, valid_templates
 
 FLOWS_DIR = Path(__file__).resolve().parent
 
@@ -66,28 +66,17 @@ BatchSize = Annotated[
 RESERVED_PARAMETERS = ("approval_required", "approval_timeout_seconds")
 
 
-def _template(value: Any) -> Any:
-    """Check that every string in a JSON-like value compiles as a template."""
-    if isinstance(value, str):
-        if "{{" in value or "{%" in value:
-            compile_template(value)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _template(item)
-    elif isinstance(value, list):
-        for item in value:
-            _template(item)
-    return value
-
-
 def _expression(value: str) -> str:
-    compile_expression(value)
+    try:
+        compile_expression(value)
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from None
     return value
 
 
-Templated = Annotated[Any, BeforeValidator(_template)]
+Templated = Annotated[Any, BeforeValidator(valid_templates)]
 # A value given as a template, rendered when the step runs.
-Template = Annotated[str, StringConstraints(pattern=r"\{\{"), BeforeValidator(_template)]
+Template = Annotated[str, StringConstraints(pattern=r"\{\{"), BeforeValidator(valid_templates)]
 Expression = Annotated[str, StringConstraints(min_length=1), BeforeValidator(_expression)]
 
 
@@ -152,12 +141,20 @@ class ParameterSpec(_Spec):
         return self.required if self.required is not None else self.default is None
 
 
-class OpStep(_Spec):
+class _Step(_Spec):
+    """What every step has: a name (its task run's, and its result's in `steps`) and an
+    optional condition."""
+
+    name: StepName
+    when: Expression | None = Field(
+        None, description="A jinja2 expression over params and steps; false skips the step."
+    )
+
+
+class OpStep(_Step):
     """Run one atomic operation, as a task run named after the step."""
 
     kind: ClassVar[str] = "op"
-    name: StepName
-    when: Expression | None = None
     op: str = Field(description="An operation from the catalog, e.g. http.request.")
     with_: dict[str, Templated] = Field(default_factory=dict, alias="with")
     retries: int | None = Field(None, ge=0, le=10, description="Overrides the operation's.")
@@ -170,12 +167,10 @@ class ApprovalSpec(_Spec):
     timeout: Duration = 3600.0
 
 
-class ApprovalStep(_Spec):
+class ApprovalStep(_Step):
     """Pause the run until a person approves it in the Prefect UI; a rejection cancels it."""
 
     kind: ClassVar[str] = "approval"
-    name: StepName
-    when: Expression | None = None
     approval: ApprovalSpec
 
 
@@ -193,19 +188,15 @@ class VerifySpec(_Spec):
     every: Duration | Template = Field(10.0, description="Between two queries.")
 
 
-class VerifyStep(_Spec):
+class VerifyStep(_Step):
     kind: ClassVar[str] = "verify"
-    name: StepName
-    when: Expression | None = None
     verify: VerifySpec
 
 
-class ParallelStep(_Spec):
+class ParallelStep(_Step):
     """Operations run at the same time; the step fails if any of them fails."""
 
     kind: ClassVar[str] = "parallel"
-    name: StepName
-    when: Expression | None = None
     parallel: list[OpStep] = Field(min_length=1)
 
 
@@ -236,10 +227,8 @@ class BatchSpec(_Spec):
         return BatchLimits.model_validate(render(values))
 
 
-class BatchStep(_Spec):
+class BatchStep(_Step):
     kind: ClassVar[str] = "batch"
-    name: StepName
-    when: Expression | None = None
     batch: BatchSpec
 
 
@@ -341,10 +330,7 @@ def load_flow_file(path: Path, operations: set[str] | None = None) -> FlowSource
         text = path.read_text()
     except OSError as exc:
         raise FlowFileError(f"cannot read: {exc.strerror}", file=file) from None
-    try:
-        spec, node = load_document(text, file, FlowFile, FlowFileError)
-    except TemplateError as exc:  # raised inside a validator, outside pydantic's errors
-        raise FlowFileError(str(exc), file=file) from None
+    spec, node = load_document(text, file, FlowFile, FlowFileError)
     if spec is None or node is None:
         raise FlowFileError(
             "the file is empty; a flow needs `flow`, `description`, `steps`", file=file

@@ -28,7 +28,7 @@ from flows.dsl import (
 )
 from flows.operations import Operation, all_operations
 from flows.operations.approval import rejected, require_approval
-from responder.templates import evaluate, render_native
+from responder.templates import evaluate, render_value
 
 
 class StepFailed(Exception):
@@ -126,7 +126,7 @@ class Interpreter:
             if failed:
                 raise StepFailed(f"step {step.name}: {'; '.join(failed)}")
         elif isinstance(step, ApprovalStep):
-            message = str(render_native(step.approval.message, context))
+            message = str(render_value(step.approval.message, context, native=True))
             answer = require_approval(message, int(step.approval.timeout))
             self.results[step.name] = answer.model_dump(include={"approved", "approver", "comment"})
             if not answer.approved:
@@ -140,7 +140,9 @@ class Interpreter:
     def submit(self, step: OpStep, context: dict[str, Any], label: str = "") -> PrefectFuture[Any]:
         """Start one operation as a task run named after the step."""
         operation: Operation = self.operations[step.op]
-        arguments = operation.parameters.model_validate(render_native(step.with_, context))
+        arguments = operation.parameters.model_validate(
+            render_value(step.with_, context, native=True)
+        )
         options: dict[str, Any] = {"task_run_name": f"{step.name}{label}"}
         if step.retries is not None:
             options["retries"] = step.retries
@@ -176,10 +178,10 @@ class Interpreter:
         step fails takes no further steps and counts as one failure.
         """
         spec = step.batch
-        elements = render_native(spec.over, context)
+        elements = render_value(spec.over, context, native=True)
         if not isinstance(elements, list):
             raise StepFailed(f"step {step.name}: `over` gave {type(elements).__name__}, not a list")
-        limits = spec.limits(lambda values: render_native(values, context))
+        limits = spec.limits(lambda values: render_value(values, context, native=True))
         size = batch_size(limits.size, len(elements))
         done: list[Any] = []
         failed: list[Any] = []

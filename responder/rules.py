@@ -28,7 +28,7 @@ from responder.documents import line_of, load_document
 from responder.exceptions import ResponderError, RuleError
 from responder.matchers import Matcher, parse_matcher
 from responder.models import AlertStatus, LabelName
-from responder.templates import compile_template
+from responder.templates import compile_template, valid_templates
 
 RuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", strict=True)]
 
@@ -55,18 +55,6 @@ def _parsed_matcher(text: str) -> Matcher:
 
 _valid_matcher = _parses_with(_parsed_matcher)
 _valid_template = _parses_with(compile_template)
-
-
-def _valid_templates(value: Any) -> Any:
-    if isinstance(value, str):
-        _valid_template(value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _valid_templates(v)
-    elif isinstance(value, list):
-        for v in value:
-            _valid_templates(v)
-    return value
 
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -124,7 +112,7 @@ class RunSpec(_Spec):
 
     flow: str = Field(description="Name of a remediation flow in flows/.")
     parameters: Annotated[
-        dict[str, Any], AfterValidator(_valid_templates), AfterValidator(_constant_secret_names)
+        dict[str, Any], AfterValidator(valid_templates), AfterValidator(_constant_secret_names)
     ] = Field(default_factory=dict)
 
 

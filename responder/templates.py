@@ -59,14 +59,37 @@ def render(source: str, context: Mapping[str, Any]) -> str:
         raise TemplateError(f"template {source!r}: {exc.__class__.__name__}: {exc}") from None
 
 
-def render_value(value: Any, context: Mapping[str, Any]) -> Any:
-    """Render every string inside a JSON-like value; other scalars pass through unchanged."""
+def render_value(value: Any, context: Mapping[str, Any], *, native: bool = False) -> Any:
+    """Render every string inside a JSON-like value; other scalars pass through unchanged.
+
+    With `native`, a string that is one `{{ expression }}` keeps its type:
+    `"{{ params.hosts }}"` gives the list itself, not its text.
+    """
     if isinstance(value, str):
+        whole = _WHOLE_EXPRESSION.match(value) if native else None
+        if whole:
+            return evaluate(whole["expression"].strip(), context)
         return render(value, context) if ("{{" in value or "{%" in value) else value
     if isinstance(value, Mapping):
-        return {k: render_value(v, context) for k, v in value.items()}
+        return {k: render_value(v, context, native=native) for k, v in value.items()}
     if isinstance(value, list):
-        return [render_value(v, context) for v in value]
+        return [render_value(v, context, native=native) for v in value]
+    return value
+
+
+def valid_templates(value: Any) -> Any:
+    """A pydantic validator: every string in a JSON-like value compiles as a template."""
+    if isinstance(value, str):
+        try:
+            compile_template(value)
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from None
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            valid_templates(item)
+    elif isinstance(value, list):
+        for item in value:
+            valid_templates(item)
     return value
 
 
@@ -92,20 +115,3 @@ def evaluate(source: str, context: Mapping[str, Any]) -> Any:
 
 
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expression>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.S)
-
-
-def render_native(value: Any, context: Mapping[str, Any]) -> Any:
-    """Like `render_value`, but a string that is one `{{ expression }}` keeps its type.
-
-    `"{{ params.hosts }}"` gives the list itself, not its text; anything else renders to text.
-    """
-    if isinstance(value, str):
-        whole = _WHOLE_EXPRESSION.match(value)
-        if whole:
-            return evaluate(whole["expression"].strip(), context)
-        return render(value, context) if ("{{" in value or "{%" in value) else value
-    if isinstance(value, Mapping):
-        return {k: render_native(v, context) for k, v in value.items()}
-    if isinstance(value, list):
-        return [render_native(v, context) for v in value]
-    return value
