@@ -145,8 +145,7 @@ def test_an_invalid_flow_file_is_refused_with_its_line(
         load_flow_file(path, OPERATIONS)
     assert problem in caught.value.problem
     assert caught.value.file == str(path)
-    if "template" not in problem:
-        assert caught.value.line == line
+    assert caught.value.line == line
 
 
 def test_a_flow_name_declared_twice_is_refused(tmp_path: Path) -> None:
