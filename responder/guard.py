@@ -21,11 +21,24 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from responder import metrics
 from responder.decisions import Decision, Verdict
 from responder.store import LeaseHolder, Store
 
 PAUSE = "pause"
 _UNREAD: Any = object()
+# Every refusal code the guard records, in the order its checks run.
+REFUSALS = (
+    "paused",
+    "max_attempts",
+    "budget",
+    "max_active",
+    "key_active",
+    "mutex_held",
+    "cooldown",
+)
+for _code in REFUSALS:  # every refusal reason is in /metrics from the start, at 0
+    metrics.DECISIONS.labels(verdict=Verdict.REFUSED, refusal=_code)
 
 
 @dataclass(frozen=True)

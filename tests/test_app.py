@@ -348,6 +348,10 @@ async def test_health_readiness_and_metrics(make_client: ClientFactory) -> None:
     assert 'responder_webhooks_total{code="200"}' in text
     assert 'responder_webhooks_total{code="400"}' in text
     assert "responder_dispatch_seconds_bucket" in text
+    from responder.guard import REFUSALS
+
+    for code in REFUSALS:  # every refusal reason is exported, even before it happens
+        assert f'responder_decisions_total{{refusal="{code}",verdict="refused"}}' in text
 
 
 async def _ready(client: httpx.AsyncClient) -> bool:
