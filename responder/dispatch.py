@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -67,6 +68,19 @@ def _refusal_detail(exc: Exception) -> str:
         return str(response.json()["detail"])[:2000]  # type: ignore[union-attr]
     except Exception:
         return str(exc)[:2000]
+
+
+@dataclass(frozen=True)
+class RefusedDecision:
+    """A decision the guard refused, to be mirrored as a Prefect event."""
+
+    decision_id: int
+    rule: str
+    flow: str
+    key: str
+    refusal: str
+    reason: str
+    held_by: str | None  # the flow run holding the key or mutex, if any
 
 
 class Dispatcher:
@@ -240,38 +254,79 @@ class Dispatcher:
 
     async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
         """Tell Prefect why the run exists: its event feed then shows the decision."""
+        payload = {
+            "rule": run.rule,
+            "flow": run.flow,
+            "key": run.guard_key,
+            "incident": run.incident,
+            "alertname": run.alertname,
+        }
+        await self._emit("admitted", run.decision_id, run.rule, run.flow, flow_run_id, payload)
+
+    def announce_refused(self, refused: list[RefusedDecision]) -> None:
+        """Mirror refused decisions as `responder.decision.refused` events, in the background.
+
+        A refusal for a held key or mutex is related to the flow run holding it, so that
+        run's event feed shows the duplicates it absorbed.
+        """
+        if not refused or self._events is None:
+            return
+
+        async def emit_all() -> None:
+            for item in refused:
+                payload = {
+                    "rule": item.rule,
+                    "flow": item.flow,
+                    "key": item.key,
+                    "refusal": item.refusal,
+                    "reason": item.reason,
+                }
+                await self._emit(
+                    "refused", item.decision_id, item.rule, item.flow, item.held_by, payload
+                )
+
+        task = asyncio.create_task(emit_all())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _emit(
+        self,
+        verdict: str,
+        decision_id: int,
+        rule: str,
+        flow: str,
+        flow_run_id: str | None,
+        payload: dict[str, Any],
+    ) -> None:
         from prefect.events import Event, RelatedResource, Resource
 
-        event = Event(
-            event="responder.decision.admitted",
-            resource=Resource(
-                {
-                    "prefect.resource.id": f"responder.decision.{run.decision_id}",
-                    "prefect.resource.name": f"{run.rule} → {run.flow}",
-                    "responder.rule": run.rule,
-                }
-            ),
-            related=[
+        related = []
+        if flow_run_id:
+            related.append(
                 RelatedResource(
                     {
                         "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
                         "prefect.resource.role": "flow-run",
                     }
                 )
-            ],
-            payload={
-                "rule": run.rule,
-                "flow": run.flow,
-                "key": run.guard_key,
-                "incident": run.incident,
-                "alertname": run.alertname,
-            },
+            )
+        event = Event(
+            event=f"responder.decision.{verdict}",
+            resource=Resource(
+                {
+                    "prefect.resource.id": f"responder.decision.{decision_id}",
+                    "prefect.resource.name": f"{rule} → {flow}",
+                    "responder.rule": rule,
+                }
+            ),
+            related=related,
+            payload=payload,
         )
         try:
             await self._events.emit(event)
         except Exception as exc:
             # The decision is recorded in the store; the event only mirrors it.
-            log.warning("could not emit the event of decision %s: %s", run.decision_id, exc)
+            log.warning("could not emit the event of decision %s: %s", decision_id, exc)
 
     async def _refused(self, run: ActiveRun, exc: Exception) -> None:
         detail = _refusal_detail(exc)

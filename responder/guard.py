@@ -49,6 +49,7 @@ class Admission:
     refusal: str | None
     reason: str
     decision_id: int
+    held_by: str | None = None  # for key_active and mutex_held: the holder's flow run, if any
 
     @property
     def admitted(self) -> bool:
@@ -59,6 +60,7 @@ class Admission:
 class _Refusal:
     code: str
     reason: str
+    flow_run_id: str | None = None
 
 
 def _when(epoch: float) -> str:
@@ -119,7 +121,13 @@ class Guard:
             decision_id = await self._record(
                 conn, decision, inbox_id, now, verdict, refusal, reason
             )
-            return Admission(verdict, refusal.code if refusal else None, reason, decision_id)
+            return Admission(
+                verdict,
+                refusal.code if refusal else None,
+                reason,
+                decision_id,
+                refusal.flow_run_id if refusal else None,
+            )
         verdict = Verdict.REFUSED if refusal else Verdict.ADMITTED
         reason = refusal.reason if refusal else "every check passed; names taken"
         decision_id = await self._record(conn, decision, inbox_id, now, verdict, refusal, reason)
@@ -138,7 +146,13 @@ class Guard:
             if refusal is not None:
                 verdict, reason = Verdict.REFUSED, refusal.reason
                 await self._store.set_verdict(conn, decision_id, verdict, refusal.code, reason)
-        return Admission(verdict, refusal.code if refusal else None, reason, decision_id)
+        return Admission(
+            verdict,
+            refusal.code if refusal else None,
+            reason,
+            decision_id,
+            refusal.flow_run_id if refusal else None,
+        )
 
     async def _cooling(
         self, conn: AsyncConnection, decision: Decision, now: float
@@ -236,8 +250,13 @@ def _held(holder: LeaseHolder, now: float) -> _Refusal:
     run = f" (flow run {holder.flow_run_id})" if holder.flow_run_id else ""
     if holder.expires_at <= now:
         # An expired lease with a flow run: the dispatcher has not yet confirmed its end.
-        return _Refusal(code, f"{what}: decision {holder.decision_id}{run} not confirmed ended")
+        return _Refusal(
+            code,
+            f"{what}: decision {holder.decision_id}{run} not confirmed ended",
+            holder.flow_run_id,
+        )
     return _Refusal(
         code,
         f"{what}: held by decision {holder.decision_id}{run} until {_when(holder.expires_at)}",
+        holder.flow_run_id,
     )

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from responder import metrics
 from responder.catalog import Catalog
 from responder.decisions import Decision, Verdict, decide, fact_for
-from responder.dispatch import Dispatcher
+from responder.dispatch import Dispatcher, RefusedDecision
 from responder.engine import Engine, EngineRejected, Match
 from responder.events import CloudEvent, Outcome, is_batch, parse_events
 from responder.exceptions import StoreUnavailable, TemplateError
@@ -167,6 +167,11 @@ class EngineLoop:
                 await self._submit(await self._process(messages))
             return len(messages)
 
+    def _announce(self, work: _Work) -> None:
+        """After a commit: refused decisions become Prefect events too."""
+        if self._dispatcher is not None:
+            self._dispatcher.announce_refused(work.refused)
+
     async def _submit(self, admitted: list[ActiveRun]) -> None:
         if self._dispatcher is not None:
             for run in admitted:
@@ -189,7 +194,8 @@ class EngineLoop:
             ]
             admitted = await self._apply(work, fresh, inbox_id=None)
             await work.flush()
-            return admitted
+        self._announce(work)
+        return admitted
 
     async def _process(self, messages: list[PendingMessage]) -> list[ActiveRun]:
         parsed: list[tuple[int, AlertmanagerWebhook | list[CloudEvent] | Outcome | RunRequest]] = []
@@ -240,6 +246,7 @@ class EngineLoop:
                         admitted.extend(await self._assert(work, fact, inbox_id))
             await work.flush()
             await self._store.mark_processed(conn, [m.id for m in messages])
+        self._announce(work)
         return admitted
 
     def _climb_ladder(self, outcome: Outcome) -> None:
@@ -357,6 +364,18 @@ class EngineLoop:
         )
         metrics.DECISIONS.labels(verdict=admission.verdict, refusal=admission.refusal or "").inc()
         admitted: list[ActiveRun] = []
+        if admission.verdict is Verdict.REFUSED and admission.refusal is not None:
+            work.refused.append(
+                RefusedDecision(
+                    admission.decision_id,
+                    decision.rule,
+                    decision.flow,
+                    decision.key,
+                    admission.refusal,
+                    admission.reason,
+                    admission.held_by,
+                )
+            )
         if admission.refusal == "max_attempts":
             # The top of the ladder: rules escalate on this fact (page, notify).
             exhausted = Fact(
@@ -426,6 +445,7 @@ class _Work:
     """
 
     def __init__(self, store: Store, conn: AsyncConnection, clock: Callable[[], float]) -> None:
+        self.refused: list[RefusedDecision] = []  # announced once the transaction commits
         self._store = store
         self.conn = conn
         self._clock = clock

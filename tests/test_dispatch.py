@@ -139,6 +139,43 @@ async def test_fifty_concurrent_identical_webhooks_make_one_flow_run(
     assert demo_service.restarts == [("host-50", "checkout")]
 
 
+async def test_a_refused_decision_is_a_prefect_event_too(
+    running: tuple[httpx.AsyncClient, Service],
+) -> None:
+    client, service = running
+    body = fixture_json("firing_single_servicedown")
+    first = body["alerts"][0]
+    first["labels"].update(instance="host-r", service="checkout")
+    second = json.loads(json.dumps(first))
+    second["labels"]["service"] = "payments"
+    second["fingerprint"] = "feedfacefeedface"
+    body["alerts"] = [first, second]
+    await client.post(URL, content=json.dumps(body), headers=JSON)
+    rows = await wait_for(lambda: decisions(client))
+    refused = [d for d in rows if d["verdict"] == "refused"]
+    assert [d["refusal"] for d in refused] == ["mutex_held"]  # host:host-r is taken
+    assert service.dispatcher is not None
+    api_url = service.dispatcher.api_url
+
+    async def refused_events() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{api_url}/events/filter",
+                json={"filter": {"event": {"name": ["responder.decision.refused"]}}, "limit": 50},
+            )
+            response.raise_for_status()
+            wanted = f"responder.decision.{refused[0]['id']}"
+            return [
+                e
+                for e in response.json()["events"]
+                if e["resource"]["prefect.resource.id"] == wanted
+            ]
+
+    [event] = await wait_for(refused_events, timeout=15, every=0.5)
+    assert event["payload"]["refusal"] == "mutex_held"
+    assert event["payload"]["key"] == "restart-service/host-r/payments"
+
+
 async def test_hostile_parameters_are_refused_before_any_action(
     running: tuple[httpx.AsyncClient, Service], demo_service: DemoService
 ) -> None:
