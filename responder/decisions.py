@@ -11,7 +11,7 @@ from responder.catalog import Catalog
 from responder.engine import Match
 from responder.facts import Fact
 from responder.models import Alert
-from responder.rules import GuardSpec
+from responder.rules import GuardSpec, RunBatch
 from responder.templates import render, render_value
 
 
@@ -41,6 +41,40 @@ class Decision:
     mutex: tuple[str, ...] = ()
     policy: GuardSpec = field(default_factory=lambda: GuardSpec(key="-"), hash=False)
     shadow: bool = False
+    # The blast radius resolved for this alert by `decide`: the cap on active runs, and how
+    # it was reached when a percentage of the service's hosts. None: the policy's own number.
+    max_active: int | None = None
+    max_active_basis: str = ""
+    batch: RunBatch | None = None  # merged with others into one flow run (see dispatch)
+
+    @property
+    def active_cap(self) -> int | None:
+        """At most this many active runs in the policy's scope; None: no cap."""
+        if self.max_active is not None:
+            return self.max_active
+        return self.policy.max_active if isinstance(self.policy.max_active, int) else None
+
+    @property
+    def service(self) -> str | None:
+        """The alert's `service` label."""
+        return self.alert.labels.get("service")
+
+
+def blast_radius(policy: GuardSpec, service: Mapping[str, Any]) -> tuple[int | None, str]:
+    """The cap on active runs for an alert of `service` (its catalog entry), and its basis.
+
+    A percentage needs the service's `hosts`; without them the cap is 0, so the guard
+    refuses and says why, rather than guessing.
+    """
+    limit = policy.max_active
+    if limit is None or isinstance(limit, int):
+        return limit, ""
+    hosts = service.get("hosts")
+    name = service.get("name", "(no service)")
+    if not hosts:
+        return 0, f"{limit} of service {name}, whose hosts the catalog does not give"
+    cap = max(1, int(hosts) * int(limit[:-1]) // 100)
+    return cap, f"{limit} of {hosts} hosts of service {name}"
 
 
 def template_context(
@@ -79,6 +113,7 @@ def decide(match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None =
     if rule.guard.approval or context["service"].get("approval"):
         # Every remediation flow takes this: its run waits for a person in the Prefect UI.
         parameters["approval_required"] = True
+    max_active, basis = blast_radius(rule.guard, context["service"])
     return Decision(
         rule=rule.name,
         flow=rule.run.flow,
@@ -88,6 +123,9 @@ def decide(match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None =
         mutex=tuple(sorted({render(name, context) for name in rule.guard.mutex})),
         policy=rule.guard,
         shadow=rule.shadow,
+        max_active=max_active,
+        max_active_basis=basis,
+        batch=rule.run.batch,
     )
 
 

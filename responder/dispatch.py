@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -108,8 +111,9 @@ class Dispatcher:
         self._queue: asyncio.Queue[tuple[ActiveRun, float]] = asyncio.Queue(queue_size)
         self._deployments: dict[str, UUID] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._retries: set[asyncio.Task[None]] = set()
+        self._retries: set[asyncio.Task[None]] = set()  # background work, cancelled on stop
         self._attempts: dict[int, int] = {}
+        self._batches: dict[tuple[str, str, str], list[tuple[ActiveRun, float]]] = {}
         self._client: Any = None
         self._events: Any = None
         self.events_connected = False
@@ -152,6 +156,7 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._batches.clear()  # their decisions have no flow run: start() queues them again
         if self._events is not None:
             with contextlib.suppress(Exception):
                 await self._events.__aexit__(None, None, None)
@@ -172,6 +177,9 @@ class Dispatcher:
         decision that cannot be created never holds up the others."""
         while True:
             run, admitted_at = await self._queue.get()
+            if run.batch_over is not None:
+                self._join_batch(run, admitted_at)
+                continue
             attempt = self._attempts.pop(run.decision_id, 0)
             try:
                 outcome = await self._attempt(run)
@@ -218,15 +226,83 @@ class Dispatcher:
         )
         return "created"
 
+    def _join_batch(self, run: ActiveRun, admitted_at: float) -> None:
+        """Machine batching: hold a batched decision until its window closes, together with
+        the decisions of the same rule and flow whose other parameters are equal."""
+        common = {k: v for k, v in run.parameters.items() if k != run.batch_over}
+        key = (run.rule, run.flow, json.dumps(common, sort_keys=True, default=str))
+        group = self._batches.setdefault(key, [])
+        group.append((run, admitted_at))
+        if len(group) == 1:
+
+            async def close() -> None:
+                await asyncio.sleep(run.batch_window)
+                await self._dispatch_batch(self._batches.pop(key, []), attempt=0)
+
+            self._background(close())
+
+    async def _dispatch_batch(self, members: list[tuple[ActiveRun, float]], attempt: int) -> None:
+        """One flow run for every member still wanted, over the union of their lists.
+
+        Each member keeps its own decision, key and mutexes; all of them point at the run,
+        and its final state ends them all. A failed try retries the same members together.
+        """
+        wanted = [(m, await self._store.still_wanted(m[0].decision_id)) for m in members]
+        live = [m for m, state in wanted if state]
+        if not live:
+            return
+        lead = live[0][0]
+        over = lead.batch_over or ""
+        items: list[Any] = []
+        for run, _ in live:
+            items.extend(i for i in run.parameters.get(over, []) if i not in items)
+        ids = ",".join(str(run.decision_id) for run, _ in live)
+        merged = dataclasses.replace(lead, parameters={**lead.parameters, over: items})
+        try:
+            if any(state == "paused" for _, state in wanted):
+                raise RuntimeError("remediation is paused")
+            flow_run_id = await self._create(
+                merged, key=f"responder:batch:{hashlib.sha256(ids.encode()).hexdigest()[:32]}"
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _is_refusal(exc):
+                for run, _ in live:
+                    await self._refused(run, exc)
+                return
+            metrics.DISPATCH_FAILURES.inc()
+            self.prefect_reachable = False
+            log.warning("batched flow run for decisions %s failed: %s", ids, exc)
+            delay = min(self._retry_seconds * 2**attempt, 30.0)
+
+            async def retry() -> None:
+                await asyncio.sleep(delay)
+                await self._dispatch_batch(live, attempt + 1)
+
+            self._background(retry())
+            return
+        self.prefect_reachable = True
+        for run, admitted_at in live:
+            await self._store.set_flow_run(run.decision_id, flow_run_id)
+            await self._emit_decision(run, flow_run_id)
+            if run.silence:
+                await self._silence(run, flow_run_id)
+            metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
+        log.info("decisions %s: one batched flow run %s over %d", ids, flow_run_id, len(items))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
     def _retry_later(self, run: ActiveRun, admitted_at: float, attempt: int, delay: float) -> None:
         async def requeue() -> None:
             await asyncio.sleep(delay)
             self._attempts[run.decision_id] = attempt
             await self._queue.put((run, admitted_at))
 
-        task = asyncio.create_task(requeue())
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+        self._background(requeue())
 
     async def _silence(self, run: ActiveRun, flow_run_id: str) -> None:
         """Silence the alert while its remediation runs; the poll lifts it when it ends."""
@@ -285,9 +361,7 @@ class Dispatcher:
                     "refused", item.decision_id, item.rule, item.flow, item.held_by, payload
                 )
 
-        task = asyncio.create_task(emit_all())
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+        self._background(emit_all())
 
     async def _emit(
         self,
@@ -334,7 +408,7 @@ class Dispatcher:
         await self._store.finish(run.decision_id, "REJECTED", detail=detail)
         metrics.FLOW_RUNS_FINISHED.labels(state="REJECTED").inc()
 
-    async def _create(self, run: ActiveRun) -> str:
+    async def _create(self, run: ActiveRun, key: str | None = None) -> str:
         deployment_id = self._deployments.get(run.flow)
         if deployment_id is None:
             deployment = await self._client.read_deployment_by_name(deployment_name(run.flow))
@@ -343,7 +417,7 @@ class Dispatcher:
             deployment_id,
             parameters=run.parameters,
             tags=run_tags(run),
-            idempotency_key=idempotency_key(run),
+            idempotency_key=key or idempotency_key(run),
         )
         return str(flow_run.id)
 

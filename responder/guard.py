@@ -181,8 +181,14 @@ class Guard:
         scopes = set()
         if policy.budget is not None:
             scopes.add("*" if policy.budget.scope == "global" else decision.flow)
-        if policy.max_active is not None:
-            scopes.add(decision.flow)
+        per_service = policy.max_active_per == "service"
+        cap = decision.active_cap
+        if cap is not None:
+            if per_service and decision.service is None:
+                return _Refusal(
+                    "max_active", "max_active per service, but the alert has no service label"
+                )
+            scopes.add(f"service:{decision.service}" if per_service else decision.flow)
         for scope in sorted(scopes):
             await self._store.serialize(conn, f"admit:{scope}")
         if policy.budget is not None:
@@ -196,13 +202,17 @@ class Guard:
                     f"budget spent: {started} starts of {scope} in the last {budget.per:.0f}s "
                     f"(max {budget.max_starts})",
                 )
-        if policy.max_active is not None:
-            active = await self._store.active_of_flow(conn, decision.flow, now)
-            if active >= policy.max_active:
+        if cap is not None:
+            if per_service and decision.service is not None:
+                active = await self._store.active_of_service(conn, decision.service, now)
+                scope = f"runs on service {decision.service}"
+            else:
+                active = await self._store.active_of_flow(conn, decision.flow, now)
+                scope = f"runs of {decision.flow}"
+            if active >= cap:
+                basis = f" = {decision.max_active_basis}" if decision.max_active_basis else ""
                 return _Refusal(
-                    "max_active",
-                    f"blast radius: {active} runs of {decision.flow} active "
-                    f"(max_active {policy.max_active})",
+                    "max_active", f"blast radius: {active} {scope} active (max_active {cap}{basis})"
                 )
         return None
 
@@ -227,6 +237,7 @@ class Guard:
             labels=dict(decision.alert.labels),
             rule=decision.rule,
             flow=decision.flow,
+            service=decision.service,
             parameters=decision.parameters,
             guard_key=decision.key,
             verdict=verdict.value,
@@ -237,6 +248,11 @@ class Guard:
                 "cooldown": policy.cooldown,
                 "cooldown_failed": policy.cooldown_failed,
                 "silence": policy.silence,
+                **(
+                    {"batch": {"window": decision.batch.window, "over": decision.batch.over}}
+                    if decision.batch
+                    else {}
+                ),
             },
         )
 

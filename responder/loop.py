@@ -398,6 +398,8 @@ class EngineLoop:
                     parameters=decision.parameters,
                     labels=dict(alert.labels),
                     silence=decision.policy.silence,
+                    batch_over=decision.batch.over if decision.batch else None,
+                    batch_window=decision.batch.window if decision.batch else 0.0,
                 )
             )
         return admitted

@@ -107,6 +107,18 @@ def _constant_secret_names(parameters: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
+class RunBatch(_Spec):
+    """Merge this rule's admitted decisions into one flow run over all their hosts."""
+
+    window: Duration = Field(
+        description="How long the first admitted decision waits for others to join it."
+    )
+    over: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")] = Field(
+        description="The list parameter merged across decisions, e.g. hosts; the other "
+        "parameters must be equal for decisions to share a run."
+    )
+
+
 class RunSpec(_Spec):
     """Which flow a rule runs, and its parameters (templates over `alert` and `vars`)."""
 
@@ -114,6 +126,21 @@ class RunSpec(_Spec):
     parameters: Annotated[
         dict[str, Any], AfterValidator(valid_templates), AfterValidator(_constant_secret_names)
     ] = Field(default_factory=dict)
+    batch: RunBatch | None = Field(
+        None, description="Machine batching: many alerts, one flow run (e.g. a rollout)."
+    )
+
+    @model_validator(mode="after")
+    def _batched_parameter_is_a_list(self) -> RunSpec:
+        if self.batch is not None and not isinstance(self.parameters.get(self.batch.over), list):
+            raise ValueError(
+                f"batch.over names parameter {self.batch.over!r}, which must be a list "
+                f'(e.g. {self.batch.over}: ["{{{{ alert.labels.instance }}}}"])'
+            )
+        return self
+
+
+Percentage = Annotated[str, StringConstraints(pattern=r"^(100|[1-9][0-9]?)%$")]
 
 
 class BudgetSpec(_Spec):
@@ -139,8 +166,15 @@ class GuardSpec(_Spec):
     max_attempts: int | None = Field(
         None, ge=1, description="Admitted attempts per incident before the guard refuses."
     )
-    max_active: int | None = Field(
-        None, ge=1, description="Blast radius: at most this many active runs of the flow."
+    max_active: Annotated[int, Field(ge=1)] | Percentage | None = Field(
+        None,
+        description="Blast radius: at most this many active runs, or this percentage of the "
+        "service's hosts (its `hosts` in the catalog), e.g. 25%.",
+    )
+    max_active_per: Literal["flow", "service"] = Field(
+        "flow",
+        description="Count active runs of this flow (any service), or active runs of any "
+        "flow on the alert's service (its `service` label).",
     )
     budget: BudgetSpec | None = None
     approval: bool = Field(

@@ -102,7 +102,10 @@ decisions = Table(
     # The Alertmanager silence set while the remediation runs, and whether it was lifted.
     Column("silence_id", String(64), nullable=True),
     Column("silence_lifted", Boolean, nullable=False, default=False),
+    # The alert's `service` label, for the per-service blast radius.
+    Column("service", String(256), nullable=True),
     Index("ix_decisions_flow_run", "flow_run_id"),
+    Index("ix_decisions_service", "service"),
     Index("ix_decisions_rule", "rule", "id"),
     Index("ix_decisions_flow_created", "flow", "created_at"),
     Index("ix_decisions_incident", "incident"),
@@ -184,6 +187,9 @@ class ActiveRun:
     parameters: dict[str, Any]
     labels: dict[str, str] = field(default_factory=dict)
     silence: bool = False
+    # Machine batching: the list parameter merged with other runs', and the wait for them.
+    batch_over: str | None = None
+    batch_window: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -540,6 +546,19 @@ class Store:
         )
 
     @staticmethod
+    async def active_of_service(conn: AsyncConnection, service: str, now: float) -> int:
+        """Decisions about `service` (any flow) that hold a live lease."""
+        holders = select(leases.c.decision_id).where(leases.c.expires_at > now)
+        return int(
+            await conn.scalar(
+                select(func.count())
+                .select_from(decisions)
+                .where(decisions.c.service == service, decisions.c.id.in_(holders))
+            )
+            or 0
+        )
+
+    @staticmethod
     async def release(conn: AsyncConnection, decision_id: int) -> None:
         """Free every name a decision holds (in the caller's transaction)."""
         await conn.execute(delete(leases).where(leases.c.decision_id == decision_id))
@@ -716,6 +735,8 @@ class Store:
                     r.parameters or {},
                     r.labels or {},
                     bool((r.policy or {}).get("silence")),
+                    ((r.policy or {}).get("batch") or {}).get("over"),
+                    float(((r.policy or {}).get("batch") or {}).get("window") or 0.0),
                 )
                 for r in rows
             ]

@@ -176,6 +176,52 @@ async def test_a_refused_decision_is_a_prefect_event_too(
     assert event["payload"]["key"] == "restart-service/host-r/payments"
 
 
+BATCHED = """
+rules:
+  - name: restart-fleet
+    match: ['alertname="ServiceDown"']
+    run:
+      flow: restart-in-batches
+      parameters:
+        service: "{{ alert.labels.service }}"
+        hosts: ["{{ alert.labels.instance }}"]
+        control_url: "{{ vars.service_control_url }}"
+        batch_size: "2"
+      batch: {window: 2s, over: hosts}
+    guard:
+      key: "restart/{{ alert.labels.instance }}/{{ alert.labels.service }}"
+"""
+
+
+@pytest.fixture
+def batched_rules(rules_dir: Path) -> Path:
+    (rules_dir / "restart-service.yaml").unlink()
+    (rules_dir / "fleet.yaml").write_text(BATCHED)
+    return rules_dir
+
+
+async def test_decisions_within_the_window_share_one_batched_flow_run(
+    batched_rules: Path,
+    running: tuple[httpx.AsyncClient, Service],
+    demo_service: DemoService,
+) -> None:
+    client, service = running
+    hosts = ["fleet-1", "fleet-2", "fleet-3"]
+    for host in hosts:  # three webhooks, within the rule's 2 s window
+        await client.post(URL, content=payload(host, service="api"), headers=JSON)
+    rows = await wait_for(lambda: final(client), timeout=90)
+    assert [d["labels"]["instance"] for d in rows] == hosts  # three decisions, three keys
+    assert len({d["flow_run_id"] for d in rows}) == 1  # one flow run
+    assert {d["flow_run_state"] for d in rows} == {"COMPLETED"}
+    assert sorted(demo_service.restarts) == [(host, "api") for host in hosts]
+    dispatcher = service.dispatcher
+    assert dispatcher is not None
+    async with httpx.AsyncClient() as http:
+        run = (await http.get(f"{dispatcher.api_url}/flow_runs/{rows[0]['flow_run_id']}")).json()
+    assert run["parameters"]["hosts"] == hosts
+    assert await service.store.lease_count() == 0
+
+
 async def test_hostile_parameters_are_refused_before_any_action(
     running: tuple[httpx.AsyncClient, Service], demo_service: DemoService
 ) -> None:

@@ -153,6 +153,52 @@ async def test_max_active_caps_the_blast_radius(store: Store) -> None:
     assert (await admit(store, guard, replace(decision(key="k9", fp="9"), policy=spec))).admitted
 
 
+def on_service(d: Decision, service: str, flow: str) -> Decision:
+    alert = d.alert.model_copy(update={"labels": {**d.alert.labels, "service": service}})
+    return replace(d, alert=alert, flow=flow)
+
+
+async def test_a_percentage_of_a_services_hosts_caps_active_runs_on_that_service(
+    store: Store,
+) -> None:
+    from responder.decisions import blast_radius
+
+    guard = Guard(store, lease_seconds=60)
+    spec = GuardSpec(key="-", max_active="25%", max_active_per="service")
+    cap, basis = blast_radius(spec, {"name": "search", "hosts": 12})
+    assert (cap, basis) == (3, "25% of 12 hosts of service search")
+
+    def search(i: int, flow: str) -> Decision:
+        d = replace(decision(key=f"s{i}", fp=f"{i:x}"), policy=spec, max_active=cap)
+        return on_service(replace(d, max_active_basis=basis), "search", flow)
+
+    # Any flow counts against the service, even 20 decisions at once: exactly 3 run.
+    flows = ["restart-service", "clean-disk"] * 10
+    results = await asyncio.gather(
+        *(admit(store, guard, search(i, flow)) for i, flow in enumerate(flows))
+    )
+    assert sum(r.admitted for r in results) == 3
+    refused = [r for r in results if not r.admitted]
+    assert {r.refusal for r in refused} == {"max_active"}
+    assert "3 runs on service search active (max_active 3 = 25% of 12" in refused[0].reason
+    # Another service is not affected.
+    other = on_service(replace(decision(key="o1", fp="f1"), policy=spec, max_active=1), "x", "f")
+    assert (await admit(store, guard, other)).admitted
+
+
+async def test_a_percentage_without_the_services_host_count_refuses(store: Store) -> None:
+    from responder.decisions import blast_radius
+
+    spec = GuardSpec(key="-", max_active="50%", max_active_per="service")
+    cap, basis = blast_radius(spec, {"name": "payments"})
+    d = on_service(
+        replace(decision(), policy=spec, max_active=cap, max_active_basis=basis), "payments", "f"
+    )
+    result = await admit(store, Guard(store, lease_seconds=60), d)
+    assert result.refusal == "max_active"
+    assert "whose hosts the catalog does not give" in result.reason
+
+
 async def test_max_attempts_per_incident(store: Store) -> None:
     guard = Guard(store, lease_seconds=60)
     spec = GuardSpec(key="-", max_attempts=2)

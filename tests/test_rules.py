@@ -67,6 +67,11 @@ def test_good_file_loads_with_source_lines(tmp_path: Path) -> None:
         (GOOD + "  - name: first\n    match: []\n", 7, "at least 1 item"),
         (GOOD.replace("    match:", "    name: again\n    match:"), 3, "appears twice"),
         ("rules:\n  - name: [unclosed\n", 3, "not valid YAML"),
+        (
+            GOOD.replace('}}"}}\n', '}}"}, batch: {window: 30s, over: host}}\n', 1),
+            4,
+            "batch.over names parameter 'host', which must be a list",
+        ),
     ],
 )
 def test_errors_name_file_line_and_what_is_accepted(
