@@ -83,6 +83,41 @@ def up(
         supervisor.stop()
 
 
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address of the webhook receiver.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the webhook receiver.")] = None,
+) -> None:
+    """Run one Responder replica: the webhook receiver and, while it leads, the engine.
+
+    For several replicas on one PostgreSQL database (`database_url`), with Prefect and its
+    workers run separately (`prefect_api_url` or PREFECT_API_URL; `responder deploy`).
+    `responder up` is this plus a local Prefect server and flow runner.
+    """
+    import uvicorn
+
+    from responder.app import create_app
+    from responder.service import Service
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = _settings(config, host=host, port=port)
+        api_url = settings.prefect_api_url or os.environ.get("PREFECT_API_URL")
+        service = Service(settings, prefect_api_url=api_url)
+    except ResponderError as exc:
+        raise _fail(exc) from None
+    uvicorn.run(
+        create_app(service),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+    )
+
+
 async def _serve_until_a_child_dies(server: Any, supervisor: Any) -> None:
     async def watch() -> None:
         while not server.should_exit:
