@@ -148,3 +148,64 @@ async def test_alertmanager_resends_but_the_target_is_called_once(
         "matchers"
     ]
     assert silence["status"]["state"] == "expired"
+
+
+LADDER_PAGE = """
+rules:
+  - name: page-when-restarts-did-not-help
+    match: ['alertname="ServiceDown"']
+    when:
+      - fact: exhausted
+        where: ['rule="restart-crashed-service"', 'instance="{{ alert.labels.instance }}"']
+    run:
+      flow: http-call
+      parameters:
+        url: "{{ vars.service_control_url }}/page"
+        json_body: {summary: "restarting {{ alert.labels.instance }} did not help"}
+    guard: {key: "page/{{ alert.labels.instance }}", max_attempts: 1}
+"""
+
+
+@pytest.fixture
+def ladder_rules(rules_dir: Path) -> Path:
+    """The shipped restart rule with short cooldowns, and a page when its attempts run out."""
+    rule = rules_dir / "restart-service.yaml"
+    text = rule.read_text().replace("cooldown: 15m", "cooldown: 2s")
+    rule.write_text(text.replace("cooldown_failed: 5m", "cooldown_failed: 2s"))
+    (rules_dir / "page.yaml").write_text(LADDER_PAGE)
+    return rules_dir
+
+
+async def test_the_escalation_ladder_on_an_alert_that_stays_firing(
+    ladder_rules: Path,
+    alertmanager: str,
+    responder_url: tuple[str, Service],
+    demo_service: DemoService,
+) -> None:
+    """The restart completes but the alert keeps firing in Alertmanager: after the cooldown
+    the restart is tried again (max_attempts 2), then the engine stops restarting and pages."""
+    base, service = responder_url
+    await push_alert(alertmanager, instance="host-8", service="checkout")
+    headers = {"authorization": f"Bearer {TOKEN}"}
+
+    async def paged() -> list[dict[str, Any]] | None:
+        async with httpx.AsyncClient() as http:
+            response = await http.get(
+                f"{base}/api/v1/decisions", params={"limit": 1000}, headers=headers
+            )
+        rows = list(reversed(response.json()["decisions"]))
+        page = [d for d in rows if d["rule"] == "page-when-restarts-did-not-help"]
+        return rows if page and page[0]["flow_run_state"] == "COMPLETED" else None
+
+    rows = await wait_for(paged, timeout=150, every=0.5)
+    restarts = [d for d in rows if d["rule"] == "restart-crashed-service"]
+    assert [d["verdict"] for d in restarts if d["verdict"] != "duplicate"] == [
+        "admitted",
+        "admitted",
+        "refused",
+    ]
+    assert [d["refusal"] for d in restarts if d["verdict"] == "refused"] == ["max_attempts"]
+    assert demo_service.restarts == [("host-8", "checkout")] * 2
+    pages = [body for path, body in demo_service.posts if path == "/page"]
+    assert pages == [{"summary": "restarting host-8 did not help"}]
+    assert await service.store.lease_count() == 0
