@@ -318,3 +318,68 @@ async def test_a_run_that_needs_approval_waits_for_a_person(
         assert decision["flow_run_state"] == "CANCELLED"
         assert decision["detail"] == "rejected by alice: on call"
         assert demo_service.restarts == []
+
+
+def kill_flow_run_process(flow_run_id: str) -> bool:
+    """SIGKILL the process the runner started for this flow run (found by its environment)."""
+    import os
+    import signal
+
+    wanted = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0"):
+            os.kill(int(pid), signal.SIGKILL)
+            return True
+    return False
+
+
+async def test_a_flow_run_killed_mid_way_frees_its_key(
+    running: tuple[httpx.AsyncClient, Service], demo_service: DemoService
+) -> None:
+    client, service = running
+    response = await client.post(
+        "/api/v1/catalog/flows/http-call/runs",
+        json={
+            "parameters": {
+                "url": f"{demo_service.url}/start",
+                "verify_url": f"{demo_service.url}/health/never/healthy",
+                "verify_within_seconds": 300,
+            },
+            "reason": "a long run to kill",
+            "requested_by": "test",
+        },
+    )
+    assert response.status_code == 202, response.text
+    decision_id = response.json()["decision"]["id"]
+    assert service.dispatcher is not None
+    api_url = service.dispatcher.api_url
+
+    async def running_run() -> str | None:
+        rows = [d for d in await decisions(client) if d["id"] == decision_id]
+        if not rows or not rows[0]["flow_run_id"]:
+            return None
+        async with httpx.AsyncClient() as http:
+            run = (await http.get(f"{api_url}/flow_runs/{rows[0]['flow_run_id']}")).json()
+        state = (run.get("state") or {}).get("type")
+        return str(rows[0]["flow_run_id"]) if state == "RUNNING" else None
+
+    flow_run_id = await wait_for(running_run, timeout=60, every=0.5)
+    await wait_for(lambda: _posted(demo_service, "/start"), timeout=30)
+    assert await service.store.lease_count() == 1
+    assert kill_flow_run_process(flow_run_id), "the flow run's process was not found"
+
+    async def ended() -> dict[str, Any] | None:
+        rows = [d for d in await decisions(client) if d["id"] == decision_id]
+        return rows[0] if rows and rows[0]["flow_run_state"] else None
+
+    row = await wait_for(ended, timeout=60, every=0.5)
+    assert row["flow_run_state"] == "CRASHED"
+    assert await service.store.lease_count() == 0
+
+
+async def _posted(demo_service: DemoService, path: str) -> bool:
+    return any(p == path for p, _ in demo_service.posts)
