@@ -41,6 +41,9 @@ test: lint pytest
 # Benchmarks: figures go to docs/benchmarks.md. RESPONDER_BENCH_POSTGRES_URL adds PostgreSQL.
 bench: setup
 	$(PY) bench/decision_path.py --rules 10 200 1000 --alerts 20000 --repeat 3 --held 100000
+	$(PY) bench/load.py storm --alerts 100000 --rules 200 --senders 16
+	$(PY) bench/load.py storm --alerts 20000 --rules 10 200 1000 --senders 16
+	$(PY) bench/load.py steady --rate 100 --seconds 60 --rules 200 --repeat 3
 
 clean:
 	rm -rf $(VENV) .responder .pytest_cache .mypy_cache .ruff_cache

@@ -37,7 +37,9 @@ RULE = """\
   - name: rule-{i}
     match: ['alertname="Alert{i}"', 'severity=~"critical|page"']
     unless: [{{fact: maintenance, where: ['instance="{{{{ alert.labels.instance }}}}"']}}]
-    run: {{flow: restart-service, parameters: {{host: "{{{{ alert.labels.instance }}}}"}}}}
+    run:
+      flow: http-call
+      parameters: {{url: "http://127.0.0.1:9/r{i}/{{{{ alert.labels.instance | segment }}}}"}}
     guard:
       key: "r{i}/{{{{ alert.labels.instance }}}}"
       mutex: ["host:{{{{ alert.labels.instance }}}}"]

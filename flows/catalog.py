@@ -123,7 +123,16 @@ def find(name: str) -> Entry | None:
 
 @functools.cache
 def parameters_model(flow_name: str) -> type[BaseModel]:
-    """A model of the flow's parameters, built from its signature as Prefect validates them."""
+    """A model of the flow's parameters, as Prefect validates them when a run starts.
+
+    A YAML flow's signature is built from its file's parameter model, so that model is used
+    as it is (without building the flow, which imports every operation). A Python flow's is
+    built from its signature.
+    """
+    if flow_name not in REMEDIATIONS:
+        from flows.dsl import load_flow_files
+
+        return load_flow_files()[flow_name].spec.parameters_model
     function = load_flow(flow_name).fn
     hints = get_type_hints(function, include_extras=True)
     fields: dict[str, Any] = {}

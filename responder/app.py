@@ -378,15 +378,16 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Ready when the store answers and the engine loop runs."""
+        """Ready when the store answers, the engine loop runs and the flows are loaded."""
         checks = {
             "store": await service.store.ping(),
             "engine": service.engine_alive,
             "leader": service.leading,
+            "flows": service.flows_loaded,
         }
         if service.dispatcher is not None and service.leading:
             checks["prefect"] = service.dispatcher.prefect_reachable
-        ready = checks["store"] and checks["engine"]
+        ready = checks["store"] and checks["engine"] and checks["flows"]
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": checks},
             status_code=200 if ready else 503,

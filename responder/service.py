@@ -27,6 +27,14 @@ def known_flows() -> list[str]:
     return flow_names()
 
 
+def _warm_parameter_checks() -> None:
+    from flows import flow_names
+
+    for flow in flow_names():
+        with contextlib.suppress(Exception):  # a broken flow is reported when it is used
+            parameter_errors(flow, {})
+
+
 class Service:
     """Everything behind the HTTP app; `start` and `stop` bracket its life."""
 
@@ -61,6 +69,7 @@ class Service:
         )
         self.leadership = Leadership(self.store, settings.data_dir / "leader.lock")
         self._task: asyncio.Task[None] | None = None
+        self._warmup: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._campaign: asyncio.Task[None] | None = None
         self._stamp = self._files_stamp()
@@ -132,6 +141,9 @@ class Service:
             self._watcher = asyncio.create_task(self._watch_files(), name="rule-watcher")
 
     async def _lead(self) -> None:
+        # The first parameter check of each flow imports it: do that now, in the background,
+        # rather than on the first decision.
+        self._warmup = asyncio.create_task(asyncio.to_thread(_warm_parameter_checks))
         try:
             if self.dispatcher is not None:
                 await self.dispatcher.start()
@@ -191,3 +203,8 @@ class Service:
         if self._task is None:
             return True
         return not self._task.done() and self.loop.running
+
+    @property
+    def flows_loaded(self) -> bool:
+        """The flows' parameter checks are built (the leader's first decisions wait for it)."""
+        return self._warmup is None or self._warmup.done()

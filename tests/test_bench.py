@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
 from tests.conftest import ROOT
 
 
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "decision_path", ROOT / "bench" / "decision_path.py"
-    )
+def bench(name: str = "decision_path") -> ModuleType:
+    """A benchmark script of bench/, imported as a module."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -27,3 +28,17 @@ async def test_decision_path_records_one_decision_per_alert(tmp_path: Path) -> N
 def test_held_alerts_are_all_held() -> None:
     held = bench().held_alerts(2000, rules=20)
     assert held == held | {"held": 2000, "rejected": 0}
+
+
+async def test_the_load_test_accounts_for_every_alert(tmp_path: Path) -> None:
+    load = bench("load")
+    server = load.Server(tmp_path, rules=5, database_url=None)
+    try:
+        await server.wait_ready()
+        result = await load.storm(server, rules=5, alerts=400, senders=4)
+    finally:
+        server.stop()
+    assert result["alerts"] >= 400  # resent groups count again
+    assert result["all_decided"] is True
+    assert result["keys_admitted_twice"] == 0
+    assert result["admitted"] > 0

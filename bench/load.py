@@ -1,0 +1,396 @@
+"""Load test of a running Responder: realistic Alertmanager webhooks over real HTTP.
+
+Starts `responder serve` (uvicorn, the real app, a SQLite file or PostgreSQL) with generated
+rules and no Prefect (nothing is dispatched), then drives it from an asyncio load generator
+on 127.0.0.1, bounded in count and time:
+
+- **storm:** N alerts over 2,000 instances from 16 concurrent senders, as fast as it takes;
+- **steady:** a fixed rate (100 alerts/s) for a fixed time, one alert per webhook;
+
+Webhooks carry groups of 1 or 20 alerts: 10 % match a remediation rule, 60 % other rules'
+names, 30 % noise; 90 % firing. Like Alertmanager, groups are resent unchanged, and resolved
+alerts linger in later groups (stale). It measures alerts/s accepted (answered 200) and fully
+decided (a decision recorded for every alert sent), the webhook response time, POST → decision
+recorded, and the server's RSS and CPU; it checks that every alert sent has a decision and that
+no guard key was admitted twice.
+
+    python bench/load.py storm --alerts 100000 --rules 200
+    python bench/load.py steady --rate 100 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.decision_path import rule_text  # noqa: E402
+from responder.store import Store, decisions  # noqa: E402
+
+INSTANCES = 2000
+STARTS_AT = "2026-11-26T10:00:00Z"
+
+
+@dataclass
+class Sender:
+    """Builds webhooks the way Alertmanager sends them, and remembers what it sent."""
+
+    rules: int
+    seed: int = 7
+    sent_alerts: int = 0
+    sent_at: dict[str, float] = field(default_factory=dict)  # fingerprint → first send
+    _next: int = 0
+    _recent: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+
+    def alert(self) -> dict[str, Any]:
+        n = self._next
+        self._next += 1
+        kind = n % 10
+        if kind == 0:
+            name = f"Alert{n % self.rules}"  # a remediation rule matches
+        elif kind < 7:
+            name = f"Other{n % 50}"  # another rule's alertname, no remediation
+        else:
+            name = "Noise"
+        firing = self.random.random() < 0.9
+        return {
+            "status": "firing" if firing else "resolved",
+            "labels": {
+                "alertname": name,
+                "instance": f"host-{n % INSTANCES}",
+                "severity": "critical",
+                "n": str(n),
+            },
+            "annotations": {"summary": "load test"},
+            "startsAt": STARTS_AT,
+            "endsAt": "0001-01-01T00:00:00Z" if firing else "2026-11-26T10:05:00Z",
+            "generatorURL": "http://prometheus:9090/graph",
+            "fingerprint": f"{n:016x}",
+        }
+
+    def webhook(self, size: int) -> tuple[bytes, int]:
+        """A group of `size` new alerts, sometimes with a stale resolved one from before."""
+        group = [self.alert() for _ in range(size)]
+        if size > 1 and self._recent and self.random.random() < 0.2:
+            stale = dict(self.random.choice(self._recent), status="resolved")
+            stale["endsAt"] = "2026-11-26T10:01:00Z"
+            group.append(stale)
+        self._recent = group[-20:]
+        body = {
+            "version": "4",
+            "groupKey": '{}:{alertname="' + group[0]["labels"]["alertname"] + '"}',
+            "truncatedAlerts": 0,
+            "status": "firing",
+            "receiver": "responder",
+            "groupLabels": {"alertname": group[0]["labels"]["alertname"]},
+            "commonLabels": {},
+            "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093",
+            "alerts": group,
+        }
+        now = time.perf_counter()
+        for alert in group:
+            self.sent_at.setdefault(alert["fingerprint"], now)
+        return json.dumps(body).encode(), len(group)
+
+
+class Server:
+    """`responder serve` in a child process, with its own data directory and rules."""
+
+    def __init__(self, workdir: Path, rules: int, database_url: str | None) -> None:
+        (workdir / "rules").mkdir(parents=True)
+        (workdir / "rules" / "bench.yaml").write_text(rule_text(rules))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "RESPONDER_DATA_DIR": str(workdir / "data"),
+            "RESPONDER_RULES_DIR": str(workdir / "rules"),
+            "RESPONDER_SERVICES_FILE": str(workdir / "none.yaml"),
+            "RESPONDER_RELOAD_CHECK_SECONDS": "0",
+            "RESPONDER_ENGINE_IDLE_SECONDS": "0.005",
+        }
+        env.pop("PREFECT_API_URL", None)
+        if database_url:
+            env["RESPONDER_DATABASE_URL"] = database_url
+        self.database_url = (
+            database_url or f"sqlite+aiosqlite:///{workdir / 'data' / 'responder.db'}"
+        )
+        self.started = time.perf_counter()
+        with (workdir / "server.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "responder", "serve", "--port", str(self.port)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def wait_ready(self) -> float:
+        async with httpx.AsyncClient() as http:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError("responder serve exited; see server.log")
+                try:
+                    if (await http.get(f"{self.url}/readyz")).status_code == 200:
+                        return time.perf_counter() - self.started
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+async def _recorded(store: Store) -> int:
+    async with store.transaction() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(decisions)) or 0)
+
+
+async def _check(store: Store, sent: int) -> dict[str, Any]:
+    """Every alert sent has a decision; no guard key was admitted twice."""
+    async with store.transaction() as conn:
+        twice = await conn.scalar(
+            select(func.count()).select_from(
+                select(decisions.c.guard_key)
+                .where(decisions.c.verdict == "admitted")
+                .group_by(decisions.c.guard_key)
+                .having(func.count() > 1)
+                .subquery()
+            )
+        )
+        admitted = await conn.scalar(
+            select(func.count()).select_from(decisions).where(decisions.c.verdict == "admitted")
+        )
+    recorded = await _recorded(store)
+    return {
+        "recorded": recorded,
+        "all_decided": recorded == sent,
+        "keys_admitted_twice": twice,
+        "admitted": admitted,
+    }
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def storm(server: Server, rules: int, alerts: int, senders: int) -> dict[str, Any]:
+    sender = Sender(rules)
+    work: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
+    queued = 0
+    while queued < alerts:
+        size = 20 if sender.random.random() < 0.7 else 1
+        body, count = sender.webhook(min(size, alerts - queued))
+        queued += count
+        work.put_nowait((body, count))
+        if sender.random.random() < 0.1:  # Alertmanager resends an unchanged group
+            work.put_nowait((body, count))
+            queued += count
+    response_times: list[float] = []
+    accepted = 0
+
+    async def send(http: httpx.AsyncClient) -> None:
+        nonlocal accepted
+        while not work.empty():
+            body, count = work.get_nowait()
+            began = time.perf_counter()
+            response = await http.post(
+                f"{server.url}/webhook/alertmanager",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            response_times.append(time.perf_counter() - began)
+            assert response.status_code == 200, response.text
+            accepted += count
+
+    store = Store(server.database_url)
+    cpu_before = server.cpu_seconds()
+    began = time.perf_counter()
+    peak_rss = server.rss_mb()
+    limits = httpx.Limits(max_connections=senders)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        sending = asyncio.gather(*(send(http) for _ in range(senders)))
+        while not sending.done():
+            peak_rss = max(peak_rss, server.rss_mb())
+            await asyncio.sleep(0.2)
+        await sending
+    accepted_s = time.perf_counter() - began
+    deadline = time.monotonic() + 900
+    while await _recorded(store) < accepted and time.monotonic() < deadline:
+        peak_rss = max(peak_rss, server.rss_mb())
+        await asyncio.sleep(0.2)
+    decided_s = time.perf_counter() - began
+    checks = await _check(store, accepted)
+    await store.close()
+    return {
+        "scenario": "storm",
+        "rules": rules,
+        "alerts": accepted,
+        "senders": senders,
+        "accepted_per_s": accepted / accepted_s,
+        "decided_per_s": accepted / decided_s,
+        "response_p50_ms": 1000 * _pct(response_times, 0.5),
+        "response_p99_ms": 1000 * _pct(response_times, 0.99),
+        "peak_rss_mb": peak_rss,
+        "cpu_s": server.cpu_seconds() - cpu_before,
+        **checks,
+    }
+
+
+async def steady(server: Server, rules: int, rate: float, seconds: float) -> dict[str, Any]:
+    """One alert per webhook at `rate` per second; latency from POST to decision recorded."""
+    sender = Sender(rules)
+    store = Store(server.database_url)
+    response_times: list[float] = []
+    sent: list[tuple[str, float]] = []
+    clock_offset = time.time() - time.perf_counter()
+    async with httpx.AsyncClient(timeout=30) as http:
+        began = time.perf_counter()
+        total = int(rate * seconds)
+        for i in range(total):
+            due = began + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            body, _ = sender.webhook(1)
+            fingerprint = json.loads(body)["alerts"][0]["fingerprint"]
+            posted = time.perf_counter()
+            response = await http.post(
+                f"{server.url}/webhook/alertmanager",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            response_times.append(time.perf_counter() - posted)
+            assert response.status_code == 200
+            sent.append((fingerprint, posted + clock_offset))
+    deadline = time.monotonic() + 60
+    while await _recorded(store) < len(sent) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    async with store.transaction() as conn:
+        rows = await conn.execute(select(decisions.c.incident, decisions.c.created_at))
+        recorded_at = {r.incident.split("@")[0]: r.created_at for r in rows}
+    latencies = [recorded_at[f] - at for f, at in sent if f in recorded_at]
+    checks = await _check(store, len(sent))
+    await store.close()
+    return {
+        "scenario": "steady",
+        "rules": rules,
+        "alerts": len(sent),
+        "rate": rate,
+        "decision_p50_ms": 1000 * _pct(latencies, 0.5),
+        "decision_p99_ms": 1000 * _pct(latencies, 0.99),
+        "response_p50_ms": 1000 * _pct(response_times, 0.5),
+        "response_p99_ms": 1000 * _pct(response_times, 0.99),
+        "rss_mb": server.rss_mb(),
+        **checks,
+    }
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    for rules in args.rules:
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory(prefix="responder-load-") as tmp:
+                if args.postgres:
+                    await _reset(args.postgres)
+                server = Server(Path(tmp), rules, args.postgres)
+                try:
+                    ready = await server.wait_ready()
+                    idle_rss = server.rss_mb()
+                    if args.scenario == "storm":
+                        result = await storm(server, rules, args.alerts, args.senders)
+                    else:
+                        result = await steady(server, rules, args.rate, args.seconds)
+                finally:
+                    server.stop()
+                result |= {
+                    "ready_s": ready,
+                    "idle_rss_mb": idle_rss,
+                    "store": "postgresql" if args.postgres else "sqlite",
+                }
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    return results
+
+
+async def _reset(url: str) -> None:
+    from responder.store import metadata
+
+    store = Store(url)
+    async with store.engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    await store.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def summary(results: list[dict[str, Any]]) -> None:
+    """Medians per (scenario, rules, store)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["scenario"], r["rules"], r["store"]), []).append(r)
+    for (scenario, rules, store), runs in groups.items():
+        numbers = {k for r in runs for k, v in r.items() if isinstance(v, float)}
+        medians = {k: round(statistics.median(r[k] for r in runs), 2) for k in sorted(numbers)}
+        ok = all(r["all_decided"] and not r["keys_admitted_twice"] for r in runs)
+        verdict = "ok" if ok else "FAILED"
+        print(f"{scenario} rules={rules} store={store} runs={len(runs)} checks={verdict}")
+        print("  " + json.dumps(medians))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenario", choices=["storm", "steady"])
+    parser.add_argument("--rules", type=int, nargs="+", default=[200])
+    parser.add_argument("--alerts", type=int, default=100_000)
+    parser.add_argument("--senders", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--postgres", default=os.environ.get("RESPONDER_BENCH_POSTGRES_URL"))
+    args = parser.parse_args()
+    results = asyncio.run(run(args))
+    summary(results)
+    if not all(r["all_decided"] and not r["keys_admitted_twice"] for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
