@@ -6,6 +6,7 @@ several replicas. Uniqueness in the schema, not application checks, makes admiss
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -226,6 +227,9 @@ class Store:
                 "connect_args": {"timeout": timeout_seconds},
             }
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # Group commit of the inbox: bodies waiting for the next commit, and its task.
+        self._intake: list[tuple[str, bytes, asyncio.Future[int]]] = []
+        self._committer: asyncio.Task[None] | None = None
         if self.dialect == "sqlite":
             busy_ms = int(timeout_seconds * 1000)
             event.listen(
@@ -263,12 +267,43 @@ class Store:
     # --- inbox -------------------------------------------------------------------------
 
     async def add_to_inbox(self, source: str, body: bytes) -> int:
-        """Commit a received body durably; only then may the sender be acknowledged."""
-        async with self.transaction() as conn:
-            result = await conn.execute(
-                inbox.insert().values(received_at=time.time(), source=source, body=body)
-            )
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+        """Commit a received body durably; only then may the sender be acknowledged.
+
+        Group commit: bodies that arrive while a commit is under way are committed together
+        by the next one, so concurrent webhooks share a transaction (and its fsync) instead
+        of queueing for the write lock one by one. A lone body is committed at once.
+        """
+        running = asyncio.get_running_loop()
+        future: asyncio.Future[int] = running.create_future()
+        committer = self._committer
+        if committer is not None and committer.get_loop() is not running:
+            self._intake, committer = [], None  # left over from another event loop
+        self._intake.append((source, body, future))
+        if committer is None or committer.done():
+            self._committer = asyncio.create_task(self._commit_intake())
+        return await future
+
+    async def _commit_intake(self) -> None:
+        while self._intake:
+            batch, self._intake = self._intake, []
+            now = time.time()
+            rows = [
+                {"received_at": now, "source": source, "body": body} for source, body, _ in batch
+            ]
+            try:
+                async with self.transaction() as conn:
+                    result = await conn.execute(
+                        inbox.insert().returning(inbox.c.id, sort_by_parameter_order=True), rows
+                    )
+                    ids = [int(row[0]) for row in result]
+            except Exception as exc:  # every waiting sender gets the error, and a 503
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), inbox_id in zip(batch, ids, strict=True):
+                if not future.done():  # a sender that went away is committed all the same
+                    future.set_result(inbox_id)
 
     async def pending(self, limit: int) -> list[PendingMessage]:
         async with self.transaction() as conn:

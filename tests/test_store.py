@@ -66,3 +66,16 @@ async def test_a_lease_held_under_the_first_schema_survives_the_upgrade(store: S
         admission = await Guard(store, 60).admit(conn, decision, inbox_id=1)
     assert admission.refusal == "key_active"
     assert "held by decision 7" in admission.reason
+
+
+async def test_concurrent_intake_is_committed_in_groups_and_every_body_gets_its_id(
+    store: Store,
+) -> None:
+    import asyncio
+
+    bodies = [f'{{"n": {i}}}'.encode() for i in range(200)]
+    ids = await asyncio.gather(*(store.add_to_inbox("alertmanager", body) for body in bodies))
+    assert len(set(ids)) == 200
+    pending = await store.pending(1000)
+    by_id = {message.id: message.body for message in pending}
+    assert [by_id[i] for i in ids] == bodies  # each sender got the id of its own body
