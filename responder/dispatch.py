@@ -117,7 +117,17 @@ class Dispatcher:
         self._client: Any = None
         self._events: Any = None
         self.events_connected = False
-        self.prefect_reachable = False
+        self._prefect_reachable = False
+
+    @property
+    def prefect_reachable(self) -> bool:
+        """Whether the last call to Prefect's API succeeded (also a gauge in /metrics)."""
+        return self._prefect_reachable
+
+    @prefect_reachable.setter
+    def prefect_reachable(self, reachable: bool) -> None:
+        self._prefect_reachable = reachable
+        metrics.PREFECT_REACHABLE.set(1 if reachable else 0)
 
     def flow_run_url(self, flow_run_id: str) -> str:
         return f"{self.ui_url}/runs/flow-run/{flow_run_id}"

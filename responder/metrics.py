@@ -41,3 +41,7 @@ RELOADS = Counter(
 RELOAD_SUCCESS = Gauge(
     "responder_rule_reload_success", "1 if the last reload succeeded; 0 if the old rules stay."
 )
+LEADER = Gauge("responder_leader", "1 while this replica leads (runs the engine), else 0.")
+PREFECT_REACHABLE = Gauge(
+    "responder_prefect_reachable", "1 if the leader's last call to Prefect's API succeeded."
+)

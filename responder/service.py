@@ -153,9 +153,11 @@ class Service:
                 await self.dispatcher.stop()
             raise
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
+        metrics.LEADER.set(1)
         log.info("leading: %d rules loaded, engine loop started", len(self.book.rules))
 
     async def _step_down(self) -> None:
+        metrics.LEADER.set(0)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
