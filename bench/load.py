@@ -117,7 +117,7 @@ class Server:
     """`responder serve` in a child process, with its own data directory and rules."""
 
     def __init__(self, workdir: Path, rules: int, database_url: str | None) -> None:
-        (workdir / "rules").mkdir(parents=True)
+        (workdir / "rules").mkdir(parents=True, exist_ok=True)  # a restart reuses it all
         (workdir / "rules" / "bench.yaml").write_text(rule_text(rules))
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -136,7 +136,7 @@ class Server:
             database_url or f"sqlite+aiosqlite:///{workdir / 'data' / 'responder.db'}"
         )
         self.started = time.perf_counter()
-        with (workdir / "server.log").open("wb") as log:
+        with (workdir / "server.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "responder", "serve", "--port", str(self.port)],
                 cwd=ROOT,
