@@ -212,14 +212,8 @@ def main() -> None:
 
 
 async def _reset(url: str) -> None:
-    from sqlalchemy import text
-
-    from responder.store import metadata
-
     store = Store(url)
-    async with store.engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-        await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    await store.drop_schema()
     await store.close()
 
 

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.decision_path import rule_text  # noqa: E402
+from bench.decision_path import _reset, rule_text  # noqa: E402
 from responder.store import Store, decisions  # noqa: E402
 
 INSTANCES = 2000
@@ -341,16 +341,6 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(json.dumps(result), flush=True)
                 results.append(result)
     return results
-
-
-async def _reset(url: str) -> None:
-    from responder.store import metadata
-
-    store = Store(url)
-    async with store.engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-        await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    await store.close()
 
 
 def _free_port() -> int:

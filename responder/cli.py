@@ -39,22 +39,39 @@ def _fail(exc: ResponderError) -> typer.Exit:
     return typer.Exit(1)
 
 
-@app.command()
-def up(
-    config: ConfigOption = None,
-    host: Annotated[str | None, typer.Option(help="Bind address of the webhook receiver.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port of the webhook receiver.")] = None,
-) -> None:
-    """Start a local Prefect server, serve the flows and receive Alertmanager webhooks."""
+HostOption = Annotated[str | None, typer.Option(help="Bind address of the webhook receiver.")]
+PortOption = Annotated[int | None, typer.Option(help="Port of the webhook receiver.")]
+
+
+def _http_server(settings: Any, service: Any) -> Any:
+    """The webhook receiver and API of `service`, as a uvicorn server."""
     import uvicorn
 
     from responder.app import create_app
-    from responder.service import Service
-    from responder.supervisor import Supervisor
 
+    config = uvicorn.Config(
+        create_app(service),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+def _log_to_stderr() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+@app.command()
+def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = None) -> None:
+    """Start a local Prefect server, serve the flows and receive Alertmanager webhooks."""
+    from responder.service import Service
+    from responder.supervisor import Supervisor
+
+    _log_to_stderr()
     try:
         settings = _settings(config, host=host, port=port)
         external = settings.prefect_api_url or os.environ.get("PREFECT_API_URL")
@@ -65,15 +82,7 @@ def up(
     console.print("Starting Prefect…" if not external else f"Using Prefect at {external}")
     try:
         supervisor.start()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(service),
-                host=settings.host,
-                port=settings.port,
-                log_level="warning",
-                lifespan="on",
-            )
-        )
+        server = _http_server(settings, service)
         _print_banner(settings, service)
         asyncio.run(_serve_until_a_child_dies(server, supervisor))
     except ResponderError as exc:
@@ -84,38 +93,23 @@ def up(
 
 
 @app.command()
-def serve(
-    config: ConfigOption = None,
-    host: Annotated[str | None, typer.Option(help="Bind address of the webhook receiver.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port of the webhook receiver.")] = None,
-) -> None:
+def serve(config: ConfigOption = None, host: HostOption = None, port: PortOption = None) -> None:
     """Run one Responder replica: the webhook receiver and, while it leads, the engine.
 
     For several replicas on one PostgreSQL database (`database_url`), with Prefect and its
     workers run separately (`prefect_api_url` or PREFECT_API_URL; `responder deploy`).
     `responder up` is this plus a local Prefect server and flow runner.
     """
-    import uvicorn
-
-    from responder.app import create_app
     from responder.service import Service
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_to_stderr()
     try:
         settings = _settings(config, host=host, port=port)
         api_url = settings.prefect_api_url or os.environ.get("PREFECT_API_URL")
         service = Service(settings, prefect_api_url=api_url)
     except ResponderError as exc:
         raise _fail(exc) from None
-    uvicorn.run(
-        create_app(service),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        lifespan="on",
-    )
+    _http_server(settings, service).run()
 
 
 async def _serve_until_a_child_dies(server: Any, supervisor: Any) -> None:

@@ -121,13 +121,7 @@ class Guard:
             decision_id = await self._record(
                 conn, decision, inbox_id, now, verdict, refusal, reason
             )
-            return Admission(
-                verdict,
-                refusal.code if refusal else None,
-                reason,
-                decision_id,
-                refusal.flow_run_id if refusal else None,
-            )
+            return _answer(verdict, refusal, reason, decision_id)
         verdict = Verdict.REFUSED if refusal else Verdict.ADMITTED
         reason = refusal.reason if refusal else "every check passed; names taken"
         decision_id = await self._record(conn, decision, inbox_id, now, verdict, refusal, reason)
@@ -146,13 +140,7 @@ class Guard:
             if refusal is not None:
                 verdict, reason = Verdict.REFUSED, refusal.reason
                 await self._store.set_verdict(conn, decision_id, verdict, refusal.code, reason)
-        return Admission(
-            verdict,
-            refusal.code if refusal else None,
-            reason,
-            decision_id,
-            refusal.flow_run_id if refusal else None,
-        )
+        return _answer(verdict, refusal, reason, decision_id)
 
     async def _cooling(
         self, conn: AsyncConnection, decision: Decision, now: float
@@ -255,6 +243,12 @@ class Guard:
                 ),
             },
         )
+
+
+def _answer(verdict: Verdict, refusal: _Refusal | None, reason: str, decision_id: int) -> Admission:
+    if refusal is None:
+        return Admission(verdict, None, reason, decision_id)
+    return Admission(verdict, refusal.code, reason, decision_id, refusal.flow_run_id)
 
 
 def _held(holder: LeaseHolder, now: float) -> _Refusal:

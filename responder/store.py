@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     tuple_,
     update,
 )
@@ -245,6 +246,12 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def drop_schema(self) -> None:
+        """Drop every Responder table (tests and benchmarks start from an empty store)."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+            await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from responder.demo import DemoService
 from responder.settings import Settings
@@ -87,13 +86,9 @@ def free_port() -> int:
 
 async def reset_postgres() -> None:
     """Drop Responder's tables in the test database so each test starts empty."""
-    from responder.store import metadata
-
     store = Store(POSTGRES_URL)
     try:
-        async with store.engine.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
-            await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        await store.drop_schema()
     finally:
         await store.close()
 
