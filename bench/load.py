@@ -116,7 +116,13 @@ class Sender:
 class Server:
     """`responder serve` in a child process, with its own data directory and rules."""
 
-    def __init__(self, workdir: Path, rules: int, database_url: str | None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        rules: int,
+        database_url: str | None,
+        prefect_api_url: str | None = None,
+    ) -> None:
         (workdir / "rules").mkdir(parents=True, exist_ok=True)  # a restart reuses it all
         (workdir / "rules" / "bench.yaml").write_text(rule_text(rules))
         self.port = _free_port()
@@ -130,6 +136,8 @@ class Server:
             "RESPONDER_ENGINE_IDLE_SECONDS": "0.005",
         }
         env.pop("PREFECT_API_URL", None)
+        if prefect_api_url:  # else nothing is dispatched
+            env["RESPONDER_PREFECT_API_URL"] = prefect_api_url
         if database_url:
             env["RESPONDER_DATABASE_URL"] = database_url
         self.database_url = (

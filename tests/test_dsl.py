@@ -439,3 +439,14 @@ def test_an_approval_step_waits_for_a_persons_answer(
         assert state.is_cancelled()
         assert state.message == "rejected by alice: no"
         assert demo_service.posts == []
+
+
+@pytest.mark.prefect
+def test_an_unanswered_approval_times_out_and_the_run_fails_before_acting(
+    prefect_api_url: str, demo_service: DemoService, tmp_path: Path
+) -> None:
+    flow = build(tmp_path, APPROVAL.replace("timeout: 2m", "timeout: 3s"))
+    state = flow(base=demo_service.url, return_state=True)
+    assert state.is_failed()
+    assert "never resumed" in (state.message or "")
+    assert demo_service.posts == []
