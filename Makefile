@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/load.py storm --alerts 100000 --rules 200 --senders 16
 	$(PY) bench/load.py storm --alerts 20000 --rules 10 200 1000 --senders 16
 	$(PY) bench/load.py steady --rate 100 --seconds 60 --rules 200 --repeat 3
+	$(PY) bench/dispatch.py --alerts 300 --rate 20
 
 clean:
 	rm -rf $(VENV) .responder .pytest_cache .mypy_cache .ruff_cache

@@ -120,12 +120,16 @@ async def measure(server: Server, api: str, alerts: int, rate: float) -> dict[st
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{len(admitted)} admitted, not all with a flow run")
             await asyncio.sleep(0.5)
-        runs = (
-            await http.post(
+        runs: list[dict[str, Any]] = []
+        while True:  # Prefect pages at 200
+            page = await http.post(
                 f"{api}/flow_runs/filter",
-                json={"flow_runs": {"tags": {"all_": ["responder"]}}, "limit": alerts + 100},
+                json={"flow_runs": {"tags": {"all_": ["responder"]}}, "offset": len(runs)},
             )
-        ).json()
+            page.raise_for_status()
+            runs.extend(page.json())
+            if not page.json():
+                break
     created = {r["id"]: datetime.fromisoformat(r["created"]).timestamp() for r in runs}
     latencies = [created[d["flow_run_id"]] - d["created_at"] for d in admitted]
     return {

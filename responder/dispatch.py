@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
+# Flow runs being created at once.
+CREATORS = 4
+
+
 def deployment_name(flow: str) -> str:
     """Every remediation flow is served as the deployment `<flow>/<flow>`."""
     return f"{flow}/{flow}"
@@ -153,8 +157,13 @@ class Dispatcher:
         for run in await self._store.active_runs():
             if run.flow_run_id is None:
                 await self._queue.put((run, time.monotonic()))
+        # Several creations in flight: one flow-run creation takes tens of milliseconds, so a
+        # single worker would queue decisions behind each other in a storm.
         self._tasks = [
-            asyncio.create_task(self._create_runs(), name="dispatch-create"),
+            *(
+                asyncio.create_task(self._create_runs(), name=f"dispatch-create-{n}")
+                for n in range(CREATORS)
+            ),
             asyncio.create_task(self._follow_events(), name="dispatch-events"),
             asyncio.create_task(self._poll_states(), name="dispatch-poll"),
         ]
@@ -183,8 +192,8 @@ class Dispatcher:
         await self._queue.put((run, time.monotonic()))
 
     async def _create_runs(self) -> None:
-        """Take queued decisions one at a time; a failed attempt is retried later, so one
-        decision that cannot be created never holds up the others."""
+        """One of `CREATORS` workers taking queued decisions; a failed attempt is retried
+        later, so one decision that cannot be created never holds up the others."""
         while True:
             run, admitted_at = await self._queue.get()
             if run.batch_over is not None:
