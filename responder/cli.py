@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,10 +60,17 @@ def _http_server(settings: Any, service: Any) -> Any:
     return uvicorn.Server(config)
 
 
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _log_to_stderr() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Not every HTTP call to Prefect, nor alembic's plugin set-up: they drown what matters.
+    for noisy in ("httpx", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -80,6 +88,10 @@ def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = 
     except ResponderError as exc:
         raise _fail(exc) from None
     console.print("Starting Prefect…" if not external else f"Using Prefect at {external}")
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
+    # SIGTERM handler that would kill this process before it stops its children (systemd
+    # and `kill` send SIGTERM). Make it an exit that runs the `finally` below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         supervisor.start()
         server = _http_server(settings, service)
@@ -371,7 +383,8 @@ def _utc(epoch: float) -> str:
 def _describe(row: dict[str, Any]) -> str:
     """One decision as a short block: the alert, the rule and verdict, the flow run."""
     labels = row["labels"]
-    shown = ",".join(f"{k}={labels[k]}" for k in ("instance", "service", "severity") if k in labels)
+    keys = ("instance", "service", "severity", "flow", "requested_by")  # the last: manual runs
+    shown = ",".join(f"{k}={labels[k]}" for k in keys if k in labels)
     when = _utc(row["created_at"])
     lines = [
         f"#{row['id']}  {when}  {row['alertname']}{{{shown}}} {row['alert_status']}",

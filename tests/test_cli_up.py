@@ -1,6 +1,7 @@
 """`responder up` as a user runs it: its own Prefect server, the flow runner, the receiver.
 
-A real webhook leads to a completed flow run, and SIGINT (Ctrl-C) leaves no process behind.
+A real webhook leads to a completed flow run, and SIGINT (Ctrl-C) or SIGTERM (systemd, kill)
+leaves no process behind.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_up_runs_a_remediation_and_ctrl_c_leaves_no_orphans(
-    tmp_path: Path, demo_service: DemoService
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
+    stop: signal.Signals, tmp_path: Path, demo_service: DemoService
 ) -> None:
     port, prefect_port = free_port(), free_port()
     config = tmp_path / "responder.yaml"
@@ -138,7 +140,7 @@ def test_up_runs_a_remediation_and_ctrl_c_leaves_no_orphans(
         tree = descendants(process.pid)
         assert len(tree) >= 2  # the Prefect server and the flow runner, at least
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
