@@ -359,18 +359,45 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+COLUMNS = {
+    "storm": [
+        ("accepted_per_s", "accepted/s"),
+        ("decided_per_s", "decided/s"),
+        ("response_p50_ms", "webhook p50 ms"),
+        ("response_p99_ms", "webhook p99 ms"),
+        ("peak_rss_mb", "peak RSS MB"),
+        ("ready_s", "ready s"),
+    ],
+    "steady": [
+        ("decision_p50_ms", "decision p50 ms"),
+        ("decision_p99_ms", "decision p99 ms"),
+        ("response_p50_ms", "webhook p50 ms"),
+        ("response_p99_ms", "webhook p99 ms"),
+        ("idle_rss_mb", "idle RSS MB"),
+        ("ready_s", "ready s"),
+    ],
+}
+
+
 def summary(results: list[dict[str, Any]]) -> None:
-    """Medians per (scenario, rules, store)."""
+    """A table of medians per (scenario, rules, store), with the checks' verdict."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["scenario"], r["rules"], r["store"]), []).append(r)
-    for (scenario, rules, store), runs in groups.items():
-        numbers = {k for r in runs for k, v in r.items() if isinstance(v, float)}
-        medians = {k: round(statistics.median(r[k] for r in runs), 2) for k in sorted(numbers)}
-        ok = all(r["all_decided"] and not r["keys_admitted_twice"] for r in runs)
-        verdict = "ok" if ok else "FAILED"
-        print(f"{scenario} rules={rules} store={store} runs={len(runs)} checks={verdict}")
-        print("  " + json.dumps(medians))
+    for scenario in COLUMNS:
+        rows = [(key, runs) for key, runs in groups.items() if key[0] == scenario]
+        if not rows:
+            continue
+        columns = COLUMNS[scenario]
+        print(
+            f"| {scenario} | store | rules | runs | checks | {' | '.join(t for _, t in columns)} |"
+        )
+        print("|---" * (len(columns) + 5) + "|")
+        for (_, rules, store), runs in rows:
+            ok = all(r["all_decided"] and not r["keys_admitted_twice"] for r in runs)
+            cells = [f"{statistics.median(r[k] for r in runs):,.1f}" for k, _ in columns]
+            checks = "ok" if ok else "FAILED"
+            print(f"| | {store} | {rules} | {len(runs)} | {checks} | {' | '.join(cells)} |")
 
 
 def main() -> None:
