@@ -118,6 +118,9 @@ class Dispatcher:
         self._retries: set[asyncio.Task[None]] = set()  # background work, cancelled on stop
         self._attempts: dict[int, int] = {}
         self._batches: dict[tuple[str, str, str], list[tuple[ActiveRun, float]]] = {}
+        # Admitted decisions whose run is still to be created (queued, retrying, batching,
+        # or being created): their leases are renewed, never expired from under them.
+        self._pending: set[int] = set()
         self._client: Any = None
         self._events: Any = None
         self.events_connected = False
@@ -156,7 +159,7 @@ class Dispatcher:
             )
         for run in await self._store.active_runs():
             if run.flow_run_id is None:
-                await self._queue.put((run, time.monotonic()))
+                await self.submit(run)
         # Several creations in flight: one flow-run creation takes tens of milliseconds, so a
         # single worker would queue decisions behind each other in a storm.
         self._tasks = [
@@ -175,6 +178,7 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._pending.clear()
         self._batches.clear()  # their decisions have no flow run: start() queues them again
         if self._events is not None:
             with contextlib.suppress(Exception):
@@ -189,6 +193,7 @@ class Dispatcher:
 
     async def submit(self, run: ActiveRun) -> None:
         """Queue an admitted decision; waits only when the queue is full (backpressure)."""
+        self._pending.add(run.decision_id)
         await self._queue.put((run, time.monotonic()))
 
     async def _create_runs(self) -> None:
@@ -207,6 +212,8 @@ class Dispatcher:
             except Exception as exc:
                 outcome = "retry"
                 log.warning("dispatch of decision %s failed: %s", run.decision_id, exc)
+            if outcome != "retry":
+                self._pending.discard(run.decision_id)
             if outcome == "retry":
                 self.prefect_reachable = False
                 delay = min(self._retry_seconds * 2**attempt, 30.0)
@@ -268,6 +275,9 @@ class Dispatcher:
         """
         wanted = [(m, await self._store.still_wanted(m[0].decision_id)) for m in members]
         live = [m for m, state in wanted if state]
+        for (run, _), state in wanted:
+            if not state:
+                self._pending.discard(run.decision_id)
         if not live:
             return
         lead = live[0][0]
@@ -288,6 +298,7 @@ class Dispatcher:
         except Exception as exc:
             if _is_refusal(exc):
                 for run, _ in live:
+                    self._pending.discard(run.decision_id)
                     await self._refused(run, exc)
                 return
             metrics.DISPATCH_FAILURES.inc()
@@ -304,6 +315,7 @@ class Dispatcher:
         self.prefect_reachable = True
         for run, admitted_at in live:
             await self._store.set_flow_run(run.decision_id, flow_run_id)
+            self._pending.discard(run.decision_id)
             await self._emit_decision(run, flow_run_id)
             if run.silence:
                 await self._silence(run, flow_run_id)
@@ -459,6 +471,9 @@ class Dispatcher:
 
         renew: list[int] = []
         for decision_id, flow_run_id in await self._store.expired_decisions(time.time()):
+            if flow_run_id is None and decision_id in self._pending:
+                renew.append(decision_id)  # its run is being created: not lost
+                continue
             state, detail = "EXPIRED", LEASE_EXPIRED
             if flow_run_id is not None:
                 try:
@@ -471,7 +486,8 @@ class Dispatcher:
                         renew.append(decision_id)
                         continue
                     state, detail = str(run_state), "final state found after the lease expired"
-            if await self._store.finish(decision_id, state, detail=detail):
+            runless = flow_run_id is None
+            if await self._store.finish(decision_id, state, detail=detail, runless=runless):
                 metrics.FLOW_RUNS_FINISHED.labels(state=state).inc()
                 log.warning("decision %s: %s (%s)", decision_id, state, detail)
         await self._store.renew(renew, time.time() + self._lease_seconds)

@@ -511,9 +511,9 @@ class Store:
             if not expired:
                 break
             for holder in expired:
-                await self._finish_in(conn, holder, "EXPIRED", LEASE_EXPIRED, now)
-                # A holder already final (a lost release) still frees its names.
-                await conn.execute(delete(leases).where(leases.c.decision_id == holder))
+                # A holder already final (a lost release) still frees its names; one whose
+                # run was created meanwhile keeps them.
+                await self._finish_in(conn, holder, "EXPIRED", LEASE_EXPIRED, now, runless=True)
         holder = await self.lease_holder(conn, names, now)
         # Not all names were taken, even if their holder let go meanwhile: refuse.
         return holder or LeaseHolder(str(rows[0]["name"]), 0, None, now)
@@ -678,27 +678,55 @@ class Store:
             )
 
     async def finish(
-        self, decision_id: int, state: str, detail: str | None = None, now: float | None = None
+        self,
+        decision_id: int,
+        state: str,
+        detail: str | None = None,
+        now: float | None = None,
+        *,
+        runless: bool = False,
     ) -> bool:
         """Record a final state, free the decision's names and start its key's cooldown.
 
         The outcome is also committed to the inbox, in the same transaction, so the engine
         loop hears it in order and rules can react to it (the closed loop). False if the
-        decision was already final: the first final state wins.
+        decision was already final: the first final state wins. With `runless`, only a
+        decision that has no flow run is ended: one whose run was created meanwhile is not.
         """
         async with self.transaction() as conn:
             return await self._finish_in(
-                conn, decision_id, state, detail, time.time() if now is None else now
+                conn,
+                decision_id,
+                state,
+                detail,
+                time.time() if now is None else now,
+                runless=runless,
             )
 
     async def _finish_in(
-        self, conn: AsyncConnection, decision_id: int, state: str, detail: str | None, now: float
+        self,
+        conn: AsyncConnection,
+        decision_id: int,
+        state: str,
+        detail: str | None,
+        now: float,
+        *,
+        runless: bool = False,
     ) -> bool:
+        unfinished = [decisions.c.id == decision_id, decisions.c.finished_at.is_(None)]
+        if runless:
+            unfinished.append(decisions.c.flow_run_id.is_(None))
         result = await conn.execute(
             update(decisions)
-            .where(decisions.c.id == decision_id, decisions.c.finished_at.is_(None))
+            .where(*unfinished)
             .values(flow_run_state=state, finished_at=now, detail=detail)
         )
+        if runless and not result.rowcount:
+            run = await conn.scalar(
+                select(decisions.c.flow_run_id).where(decisions.c.id == decision_id)
+            )
+            if run is not None:
+                return False  # its run exists after all: only Prefect's state may end it
         await conn.execute(delete(leases).where(leases.c.decision_id == decision_id))
         if not result.rowcount:
             return False

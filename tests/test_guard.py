@@ -270,3 +270,21 @@ async def test_an_expired_lease_with_a_flow_run_is_not_taken_over(store: Store) 
     # Renewed because Prefect says the run goes on, the lease holds the key again.
     await store.renew([running.decision_id], time.time() + 60)
     assert await store.expired_decisions(time.time()) == []
+
+
+async def test_a_lost_looking_decision_whose_run_was_just_created_is_not_ended(
+    store: Store,
+) -> None:
+    """The poll read the lease without a run, then the run was created: ending the decision
+    then would free the key of a running remediation."""
+    guard = Guard(store, lease_seconds=60)
+    first = await admit(store, guard, decision())
+    await store.set_flow_run(first.decision_id, "00000000-0000-0000-0000-00000000000a")
+    assert not await store.finish(first.decision_id, "EXPIRED", runless=True)
+    assert await store.lease_count() == 1  # the key (no mutex in this decision)
+    [active] = await store.active_runs()
+    assert active.decision_id == first.decision_id
+    # Without a run, the same call ends it and frees its names.
+    second = await admit(store, guard, decision(key="restart/host-2", fp="cc"))
+    assert await store.finish(second.decision_id, "EXPIRED", runless=True)
+    assert [r.decision_id for r in await store.active_runs()] == [first.decision_id]
