@@ -7,8 +7,10 @@ several replicas. Uniqueness in the schema, not application checks, makes admiss
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -156,6 +158,10 @@ control = Table(
 )
 
 
+# pg_advisory_xact_lock key serializing migrations ("responder" + 1; leadership uses + 0).
+MIGRATION_KEY = 0x726573706F6E6401
+
+
 @dataclass(frozen=True)
 class PendingMessage:
     """An inbox row the engine has not processed yet."""
@@ -240,9 +246,28 @@ class Store:
             )
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest alembic revision."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_upgrade_to_head)
+        """Bring the schema to the newest alembic revision.
+
+        Replicas starting together migrate one at a time: the first upgrades, the others
+        then find the schema at head. On PostgreSQL a transaction-level advisory lock
+        serializes them; on SQLite (replicas share one machine) an exclusive `flock`.
+        """
+        if self.dialect == "postgresql":
+            async with self.engine.begin() as conn:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_KEY})
+                await conn.run_sync(_upgrade_to_head)
+            return
+        database = make_url(self.url).database
+        lock = Path(f"{database}.migrate.lock") if database not in (None, "", ":memory:") else None
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600) if lock else None
+        try:
+            if fd is not None:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            async with self.engine.begin() as conn:
+                await conn.run_sync(_upgrade_to_head)
+        finally:
+            if fd is not None:
+                os.close(fd)  # closing the file drops the flock
 
     async def close(self) -> None:
         await self.engine.dispose()

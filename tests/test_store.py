@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -79,3 +81,27 @@ async def test_concurrent_intake_is_committed_in_groups_and_every_body_gets_its_
     pending = await store.pending(1000)
     by_id = {message.id: message.body for message in pending}
     assert [by_id[i] for i in ids] == bodies  # each sender got the id of its own body
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_replicas_starting_together_migrate_one_at_a_time(
+    backend: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from tests.conftest import POSTGRES_URL, reset_postgres
+
+    if backend == "postgresql":
+        await reset_postgres()
+        url = POSTGRES_URL
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    stores = [Store(url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.migrate() for s in stores))  # a race without the lock
+        assert await stores[0].add_to_inbox("alertmanager", b"{}") > 0
+    finally:
+        for s in stores:
+            await s.close()
