@@ -64,7 +64,7 @@ def test_http_call_reads_only_variables_meant_for_flows(
 @pytest.fixture
 def disk_host(tmp_path: Path) -> Iterator[tuple[DemoService, str]]:
     """A host agent whose disk is full until cleaned, scraped by a real Prometheus."""
-    agent = DemoService(full_disks=("db-1",)).start()
+    agent = DemoService(full_disks=("db-1", "db-2", "db-3")).start()
     target = agent.url.removeprefix("http://")
     try:
         with prometheus(tmp_path, free_port(), [target], honor_labels=True) as url:
@@ -173,3 +173,53 @@ def test_a_secret_can_come_from_a_prefect_secret_block(
             headers_from_env={"Authorization": "prefect:no-such-block"},
         )
     assert len(demo_service.posts) == 1
+
+
+FLEET = """
+flow: clean-fleet
+description: Clean disks two hosts at a time; each batch must show its space back.
+parameters:
+  hosts: {type: list, items: hostname}
+  agent_url: {type: url}
+  prometheus_url: {type: url}
+steps:
+  - name: roll
+    batch:
+      over: "{{ params.hosts }}"
+      size: "2"
+      steps:
+        - name: clean
+          op: http.request
+          with: {method: POST, url: "{{ params.agent_url }}cleanup/{{ host | segment }}"}
+      verify:
+        prometheus: "{{ params.prometheus_url }}"
+        query: >-
+          count(node_filesystem_avail_bytes{instance=~"{{ batch | join('|') }}"}
+          / node_filesystem_size_bytes > 0.3) == {{ batch | length }}
+        within: 20s
+        every: 1s
+"""
+
+
+@pytest.mark.parametrize("frees", [True, False], ids=["space-back", "space-not-back"])
+def test_a_rollout_verifies_each_batch_in_prometheus_before_the_next(
+    frees: bool, prefect_api_url: str, disk_host: tuple[DemoService, str], tmp_path: Path
+) -> None:
+    from flows.dsl import load_flow_file
+    from flows.interpreter import build_flow
+    from flows.operations import all_operations
+    from flows.operations.prometheus import ConditionNotMet
+
+    agent, prometheus_url = disk_host
+    agent.cleanup_frees = frees
+    (tmp_path / "fleet.yaml").write_text(FLEET)
+    fleet = build_flow(load_flow_file(tmp_path / "fleet.yaml", set(all_operations())))
+    hosts = ["db-1", "db-2", "db-3"]
+    if frees:
+        fleet(hosts=hosts, agent_url=agent.url, prometheus_url=prometheus_url)
+        assert sorted(path for path, _ in agent.posts) == [f"/cleanup/{h}" for h in hosts]
+    else:
+        with pytest.raises(ConditionNotMet):
+            fleet(hosts=hosts, agent_url=agent.url, prometheus_url=prometheus_url)
+        # The first batch's check failed: the third host was never touched.
+        assert sorted(path for path, _ in agent.posts) == ["/cleanup/db-1", "/cleanup/db-2"]
