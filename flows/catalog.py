@@ -65,8 +65,10 @@ def _first_paragraph(text: str | None) -> str:
     return " ".join((text or "").strip().split("\n\n", 1)[0].split())
 
 
+@functools.cache
 def catalog() -> list[Entry]:
-    """Every operation and flow, operations first, each group by name."""
+    """Every operation and flow, operations first, each group by name (built once: it
+    imports every flow)."""
     from prefect.utilities.callables import parameter_schema
 
     from flows.dsl import load_flow_files

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -154,7 +154,6 @@ class _Step(_Spec):
 class OpStep(_Step):
     """Run one atomic operation, as a task run named after the step."""
 
-    kind: ClassVar[str] = "op"
     op: str = Field(description="An operation from the catalog, e.g. http.request.")
     with_: dict[str, Templated] = Field(default_factory=dict, alias="with")
     retries: int | None = Field(None, ge=0, le=10, description="Overrides the operation's.")
@@ -170,7 +169,6 @@ class ApprovalSpec(_Spec):
 class ApprovalStep(_Step):
     """Pause the run until a person approves it in the Prefect UI; a rejection cancels it."""
 
-    kind: ClassVar[str] = "approval"
     approval: ApprovalSpec
 
 
@@ -189,14 +187,12 @@ class VerifySpec(_Spec):
 
 
 class VerifyStep(_Step):
-    kind: ClassVar[str] = "verify"
     verify: VerifySpec
 
 
 class ParallelStep(_Step):
     """Operations run at the same time; the step fails if any of them fails."""
 
-    kind: ClassVar[str] = "parallel"
     parallel: list[OpStep] = Field(min_length=1)
 
 
@@ -228,7 +224,6 @@ class BatchSpec(_Spec):
 
 
 class BatchStep(_Step):
-    kind: ClassVar[str] = "batch"
     batch: BatchSpec
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import time
@@ -98,14 +97,6 @@ def _on_sighup(service: Service) -> bool:
     except (ValueError, RuntimeError, NotImplementedError):
         return False  # not the main thread
     return True
-
-
-@functools.cache
-def catalog_entries() -> list[Any]:
-    """The catalog, built once per process (it imports every flow)."""
-    from flows.catalog import catalog
-
-    return catalog()
 
 
 def create_app(service: Service) -> FastAPI:
@@ -270,7 +261,9 @@ def create_app(service: Service) -> FastAPI:
         """Every atomic operation and flow: description, risk level, tags."""
         if denied := refused(request, operator_auth):
             return denied
-        entries = await asyncio.to_thread(catalog_entries)
+        from flows.catalog import catalog
+
+        entries = await asyncio.to_thread(catalog)
         return JSONResponse({"catalog": [entry.summary() for entry in entries]})
 
     @app.get("/api/v1/catalog/{name}")
@@ -280,8 +273,9 @@ def create_app(service: Service) -> FastAPI:
         """One operation or flow, with its parameters' JSON Schema."""
         if denied := refused(request, operator_auth):
             return denied
-        entries = await asyncio.to_thread(catalog_entries)
-        entry = next((e for e in entries if e.name == name), None)
+        from flows.catalog import find
+
+        entry = await asyncio.to_thread(find, name)
         if entry is None:
             return _error(404, f"no operation or flow is named {name!r}", name=name)
         return JSONResponse(entry.detail())

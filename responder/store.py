@@ -222,6 +222,7 @@ class Store:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
+        self._database = parsed.database  # the SQLite file, if any
         if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
@@ -257,7 +258,7 @@ class Store:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_KEY})
                 await conn.run_sync(_upgrade_to_head)
             return
-        database = make_url(self.url).database
+        database = self._database
         lock = Path(f"{database}.migrate.lock") if database not in (None, "", ":memory:") else None
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600) if lock else None
         try:
