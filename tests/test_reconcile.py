@@ -30,7 +30,10 @@ LEASE = 4.0
 
 
 @pytest.fixture
-async def own_prefect(tmp_path: Path) -> AsyncIterator[Supervisor]:
+async def own_prefect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Supervisor]:
+    # The paused flow run's own process keeps asking Prefect for its input: let its client
+    # retry through the outage, as a production worker should be configured to.
+    monkeypatch.setenv("PREFECT_CLIENT_MAX_RETRIES", "30")
     supervisor = Supervisor(tmp_path / "prefect-data", free_port(), None)
     supervisor.start(ready_timeout=120)
     try:
