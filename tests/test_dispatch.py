@@ -277,9 +277,13 @@ async def paused_run(api_url: str, flow_run_id: str) -> bool:
 
 async def answer(api_url: str, flow_run_id: str, **run_input: Any) -> None:
     async with httpx.AsyncClient() as http:
-        response = await http.post(
-            f"{api_url}/flow_runs/{flow_run_id}/resume", json={"run_input": run_input}
-        )
+        for _ in range(10):  # the shared test server answers 503 now and then when loaded
+            response = await http.post(
+                f"{api_url}/flow_runs/{flow_run_id}/resume", json={"run_input": run_input}
+            )
+            if response.status_code != 503:
+                break
+            await asyncio.sleep(1)
         response.raise_for_status()
         assert response.json()["status"] == "ACCEPT", response.text
 
