@@ -122,6 +122,7 @@ class Server:
         rules: int,
         database_url: str | None,
         prefect_api_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         (workdir / "rules").mkdir(parents=True, exist_ok=True)  # a restart reuses it all
         (workdir / "rules" / "bench.yaml").write_text(rule_text(rules))
@@ -134,17 +135,21 @@ class Server:
             "RESPONDER_SERVICES_FILE": str(workdir / "none.yaml"),
             "RESPONDER_RELOAD_CHECK_SECONDS": "0",
             "RESPONDER_ENGINE_IDLE_SECONDS": "0.005",
+            # Every sender is 127.0.0.1: one client, whose rate is the thing measured.
+            "RESPONDER_RATE_LIMIT_PER_CLIENT": "0",
         }
         env.pop("PREFECT_API_URL", None)
         if prefect_api_url:  # else nothing is dispatched
             env["RESPONDER_PREFECT_API_URL"] = prefect_api_url
         if database_url:
             env["RESPONDER_DATABASE_URL"] = database_url
+        env.update(extra_env or {})
         self.database_url = (
             database_url or f"sqlite+aiosqlite:///{workdir / 'data' / 'responder.db'}"
         )
         self.started = time.perf_counter()
-        with (workdir / "server.log").open("ab") as log:
+        self.log = workdir / "server.log"
+        with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "responder", "serve", "--port", str(self.port)],
                 cwd=ROOT,
@@ -157,7 +162,7 @@ class Server:
         async with httpx.AsyncClient() as http:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError("responder serve exited; see server.log")
+                    raise RuntimeError(f"responder serve exited; see {self.log}")
                 try:
                     if (await http.get(f"{self.url}/readyz")).status_code == 200:
                         return time.perf_counter() - self.started

@@ -42,11 +42,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
+    TypeAdapter,
     create_model,
     field_validator,
     model_validator,
 )
+from pydantic_core import SchemaError
 
 from flows.types import Host, Hostname
 from responder.documents import line_of, load_document
@@ -66,7 +69,9 @@ BatchSize = Annotated[
 RESERVED_PARAMETERS = ("approval_required", "approval_timeout_seconds")
 
 
-def _expression(value: str) -> str:
+def _expression(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # runs before the str check, which refuses it
     try:
         compile_expression(value)
     except TemplateError as exc:
@@ -75,6 +80,8 @@ def _expression(value: str) -> str:
 
 
 Templated = Annotated[Any, BeforeValidator(valid_templates)]
+# Text that is a template; only text has a length to check.
+TemplatedText = Annotated[str, BeforeValidator(valid_templates)]
 # A value given as a template, rendered when the step runs.
 Template = Annotated[str, StringConstraints(pattern=r"\{\{"), BeforeValidator(valid_templates)]
 Expression = Annotated[str, StringConstraints(min_length=1), BeforeValidator(_expression)]
@@ -102,10 +109,10 @@ class ParameterSpec(_Spec):
     type: ParameterType | Literal["list"] = "string"
     items: ParameterType | None = Field(None, description="The element type of a list.")
     description: str = ""
-    default: Any = None
+    default: JsonValue = None
     required: bool | None = Field(None, description="Defaults to: no default given.")
     pattern: str | None = Field(None, description="A regex a string must match (anchored).")
-    enum: list[str | int] | None = None
+    enum: list[str | int] | None = Field(None, min_length=1)
     minimum: float | None = None
     maximum: float | None = None
     min_items: int | None = Field(None, ge=0)
@@ -115,6 +122,12 @@ class ParameterSpec(_Spec):
     def _consistent(self) -> ParameterSpec:
         if (self.type == "list") != (self.items is not None):
             raise ValueError("`items` is required for type list, and only for it")
+        try:
+            TypeAdapter(self.annotation())
+        except SchemaError as exc:
+            # pydantic's regex engine, not Python's: no look-around or backreferences.
+            problem = str(exc).strip().splitlines()[-1]
+            raise ValueError(f"pattern {self.pattern!r} cannot be used: {problem}") from None
         return self
 
     def annotation(self) -> Any:
@@ -162,7 +175,7 @@ class OpStep(_Step):
 
 
 class ApprovalSpec(_Spec):
-    message: Templated = Field(min_length=1, max_length=2000)
+    message: TemplatedText = Field(min_length=1, max_length=2000)
     timeout: Duration = 3600.0
 
 
@@ -176,7 +189,7 @@ class VerifySpec(_Spec):
     """A PromQL condition that must hold before the deadline (see prometheus.wait_until)."""
 
     prometheus: Templated = Field(description="The Prometheus base URL.")
-    query: Templated = Field(min_length=1)
+    query: TemplatedText = Field(min_length=1)
     condition: Literal["any", "none"] = Field(
         "any", description="any: the query returns a sample. none: it returns none."
     )
@@ -322,9 +335,11 @@ def load_flow_file(path: Path, operations: set[str] | None = None) -> FlowSource
     """Read and validate one YAML flow; `operations` are the names steps may use."""
     file = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FlowFileError(f"cannot read: {exc.strerror}", file=file) from None
+    except UnicodeDecodeError as exc:
+        raise FlowFileError(f"cannot read: not UTF-8 (byte {exc.start})", file=file) from None
     spec, node = load_document(text, file, FlowFile, FlowFileError)
     if spec is None or node is None:
         raise FlowFileError(

@@ -207,7 +207,7 @@ class Interpreter:
                             future.result()
                         alive.append(element)
                     except Exception as exc:
-                        self.logger.warning("%s failed on %s: %s", nested.name, element, exc)
+                        self.logger.warning("%s failed on %r: %s", nested.name, element, exc)
                         failed.append(element)
             done.extend(alive)
             if len(failed) > limits.max_failures:

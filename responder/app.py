@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -24,12 +25,14 @@ from responder.events import is_batch, parse_events
 from responder.exceptions import DocumentError, StoreUnavailable
 from responder.guard import PAUSE
 from responder.models import AlertmanagerWebhook
+from responder.ratelimit import RateLimit, client_of
 from responder.runs import RunRequest, RunRequestBody
 from responder.service import Service
 
 log = logging.getLogger(__name__)
 
 
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refuse it as a bad query
 WEBHOOK_CONTENT_TYPES = frozenset({"application/json"})
 EVENT_CONTENT_TYPES = frozenset(
     {"application/cloudevents+json", "application/cloudevents-batch+json", "application/json"}
@@ -47,6 +50,15 @@ class PauseRequest(BaseModel):
 
     reason: str = Field(min_length=1, max_length=1000)
     by: str = Field("", max_length=200)
+
+
+B = TypeVar("B", bound=BaseModel)
+
+
+def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the handler reads itself (after checking credentials)."""
+    schema = {"content": {"application/json": {"schema": model.model_json_schema()}}}
+    return {"requestBody": {**schema, "required": True}}
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -71,7 +83,8 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     # Never echo the input back: it may be huge or hostile.
     return [
         {
-            "field": ".".join(str(p) for p in err["loc"]) or "(body)",
+            # A location holds dict keys (label names), which are input too: cut them short.
+            "field": ".".join(str(p)[:100] for p in err["loc"]) or "(body)",
             "message": err["msg"],
             "type": err["type"],
         }
@@ -107,6 +120,15 @@ def create_app(service: Service) -> FastAPI:
     events_auth = Credentials.for_events(settings)
     if settings.has_credentials and settings.operator_token is None:
         log.warning("no operator_token: the operator API accepts the webhook credentials")
+    rate_limit = (
+        RateLimit(
+            settings.rate_limit_per_client,
+            settings.rate_limit_burst,
+            max_clients=settings.rate_limit_clients,
+        )
+        if settings.rate_limit_per_client > 0
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -119,7 +141,16 @@ def create_app(service: Service) -> FastAPI:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await service.stop()
 
-    app = FastAPI(title="Responder", version="0.1.0", lifespan=lifespan)
+    # The API's description is served to operators only, like the rest of the API: no open
+    # /docs, /redoc or /openapi.json.
+    app = FastAPI(
+        title="Responder",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.service = service
 
     def refused(request: Request, credentials: Credentials) -> JSONResponse | None:
@@ -128,6 +159,24 @@ def create_app(service: Service) -> FastAPI:
             return None
         response = _error(401, "missing or invalid credentials")
         response.headers["WWW-Authenticate"] = credentials.challenge
+        return response
+
+    def throttled(request: Request, endpoint: str) -> JSONResponse | None:
+        """A 429 when this request's client has used up its rate; checked before anything
+        else (credentials too), so a flood costs no more than this."""
+        if rate_limit is None:
+            return None
+        wait = rate_limit.admit(client_of(request.client.host if request.client else None))
+        if not wait:
+            return None
+        metrics.RATE_LIMITED.labels(endpoint=endpoint).inc()
+        response = _error(
+            429,
+            f"too many requests from this client: at most {rate_limit.rate:g} per second "
+            f"in bursts of {rate_limit.burst}",
+            retry_after_seconds=math.ceil(wait * 1000) / 1000,
+        )
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return response
 
     async def intake(
@@ -143,6 +192,8 @@ def create_app(service: Service) -> FastAPI:
 
         `parse` validates the body (raising pydantic's ValidationError) and counts its items.
         """
+        if limited := throttled(request, source):
+            return limited
         if denied := refused(request, credentials):
             return denied
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -170,6 +221,20 @@ def create_app(service: Service) -> FastAPI:
             return _error(503, "store unavailable; retry")
         service.loop.wake.set()
         return JSONResponse({"status": "accepted", "inbox_id": inbox_id, noun: count})
+
+    async def json_body(request: Request, model: type[B], what: str) -> B | JSONResponse:
+        """The request's JSON body as `model` (an empty body is `{}`), or a 413 or 422.
+
+        Read by the handler, after the credentials: a request without them learns nothing
+        of what a valid body is.
+        """
+        try:
+            raw = await _read_body(request, settings.max_body_bytes)
+            return model.model_validate_json(raw or b"{}")
+        except _BodyTooLarge:
+            return _error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
+        except ValidationError as exc:
+            return _error(422, f"body is not {what}", fields=_field_errors(exc))
 
     def alertmanager_payload(body: bytes, _content_type: str) -> int:
         return len(AlertmanagerWebhook.model_validate_json(body).alerts)
@@ -220,10 +285,11 @@ def create_app(service: Service) -> FastAPI:
     async def list_decisions(
         request: Request,
         limit: int = Query(100, ge=1, le=1000),
-        rule: str | None = Query(None, max_length=64),
-        verdict: str | None = Query(None, max_length=16),
-        alertname: str | None = Query(None, max_length=256),
-        before_id: int | None = Query(None, ge=1),
+        rule: str | None = Query(None, max_length=64, pattern=NO_NUL),
+        verdict: str | None = Query(None, max_length=16, pattern=NO_NUL),
+        alertname: str | None = Query(None, max_length=256, pattern=NO_NUL),
+        # Decision ids are the store's INTEGER column: a larger one cannot reach the database.
+        before_id: int | None = Query(None, ge=1, le=2**31 - 1),
     ) -> JSONResponse:
         """Recorded decisions, newest first, with the flow run's Prefect UI link."""
         if denied := refused(request, operator_auth):
@@ -290,18 +356,16 @@ def create_app(service: Service) -> FastAPI:
         (with the reason), or 202 `pending` if the engine has not decided within a few
         seconds (the request is committed and will be decided).
         """
+        if limited := throttled(request, "run-request"):
+            return limited
         if denied := refused(request, operator_auth):
             return denied
         known = flow_names()
         if name not in known:
             return _error(404, f"unknown flow {name!r}", flow=name, known=known)
-        try:
-            raw = await _read_body(request, settings.max_body_bytes)
-            body = RunRequestBody.model_validate_json(raw or b"{}")
-        except _BodyTooLarge:
-            return _error(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
-        except ValidationError as exc:
-            return _error(422, "body is not a run request", fields=_field_errors(exc))
+        body = await json_body(request, RunRequestBody, "a run request")
+        if isinstance(body, JSONResponse):
+            return body
         from flows.catalog import parameter_errors
 
         errors = await asyncio.to_thread(parameter_errors, name, body.parameters)
@@ -326,14 +390,17 @@ def create_app(service: Service) -> FastAPI:
             await asyncio.sleep(0.05)
         return JSONResponse({"status": "pending", "inbox_id": inbox_id}, status_code=202)
 
-    @app.post("/api/v1/pause")
-    async def pause(request: Request, body: PauseRequest) -> JSONResponse:
+    @app.post("/api/v1/pause", openapi_extra=_documented_body(PauseRequest))
+    async def pause(request: Request) -> JSONResponse:
         """Refuse every new remediation until resumed; recorded as refusal `paused`."""
         if denied := refused(request, operator_auth):
             return denied
+        body = await json_body(request, PauseRequest, "a pause request")
+        if isinstance(body, JSONResponse):
+            return body
         value = {"reason": body.reason, "by": body.by, "at": time.time()}
         await service.store.set_control(PAUSE, value)
-        log.warning("remediation paused by %r: %s", body.by, body.reason)
+        log.warning("remediation paused by %r: %r", body.by, body.reason)
         return JSONResponse({"pause": value})
 
     @app.post("/api/v1/resume")
@@ -364,6 +431,13 @@ def create_app(service: Service) -> FastAPI:
         except StoreUnavailable:
             return _error(503, "store unavailable; the previous rules stay in force")
         return JSONResponse({"status": "reloaded", "rules": len(book.rules)})
+
+    @app.get("/api/v1/openapi.json")
+    async def openapi(request: Request) -> JSONResponse:
+        """This API's OpenAPI document."""
+        if denied := refused(request, operator_auth):
+            return denied
+        return JSONResponse(app.openapi())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -16,6 +16,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from responder import tls
 from responder.exceptions import ResponderError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -56,6 +57,12 @@ def _http_server(settings: Any, service: Any) -> Any:
         port=settings.port,
         log_level="warning",
         lifespan="on",
+        # uvicorn believes X-Forwarded-For from loopback by default; only configured proxies.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
+        **tls.server_options(
+            settings.tls_certfile, settings.tls_keyfile, settings.tls_client_ca_file
+        ),
     )
     return uvicorn.Server(config)
 
@@ -141,14 +148,23 @@ async def _serve_until_a_child_dies(server: Any, supervisor: Any) -> None:
 
 
 def _print_banner(settings: Any, service: Any) -> None:
-    auth = ""
+    http_config: list[str] = []  # the lines under `http_config:`, two spaces per level
     if settings.bearer_token is not None:
-        auth = "\n    authorization:\n      credentials: <your bearer token>"
+        http_config += ["authorization:", "  credentials: <your bearer token>"]
     elif settings.basic_username is not None:
-        auth = (
-            f"\n    basic_auth:\n      username: {settings.basic_username}"
-            "\n      password: <your password>"
-        )
+        http_config += [
+            "basic_auth:",
+            f"  username: {settings.basic_username}",
+            "  password: <your password>",
+        ]
+    if settings.tls_enabled:
+        http_config += ["tls_config:", "  ca_file: <the CA that signed tls_certfile>"]
+        if settings.tls_client_ca_file is not None:
+            http_config += [
+                "  cert_file: <a client certificate signed by tls_client_ca_file>",
+                "  key_file: <its key>",
+            ]
+    auth = "".join(f"\n          {line}" for line in http_config)
     console.print(
         f"\n[bold]Responder is up.[/bold] "
         f"Rules: {len(service.book.rules)} from {settings.rules_dir}/\n"
@@ -162,6 +178,7 @@ def _print_banner(settings: Any, service: Any) -> None:
         "Press Ctrl-C to stop.\n",
         highlight=False,
         markup=True,
+        soft_wrap=True,  # a wrapped line would break the YAML
     )
 
 
@@ -258,7 +275,7 @@ def decisions(
         console.print_json(json.dumps(rows))
         return
     for row in reversed(rows):
-        console.print(_describe(row), highlight=False, soft_wrap=True)
+        console.print(_describe(row), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -269,12 +286,14 @@ def explain(
     """Tell an alert's story: every decision about it, and how each rule judges it now."""
     body = _call(config, "GET", f"/api/v1/explain/{fingerprint}").json()
     for row in body["decisions"]:
-        console.print(_describe(row), highlight=False, soft_wrap=True)
+        console.print(_describe(row), highlight=False, markup=False, soft_wrap=True)
     for alert in body["held"]:
         console.print(f"still firing: {alert['incident']}", highlight=False, soft_wrap=True)
         for rule in alert["rules"]:
-            verdict = "holds" if rule["holds"] else rule["failure"]
-            console.print(f"  {rule['rule']}: {verdict}", highlight=False, soft_wrap=True)
+            verdict = "holds" if rule["holds"] else _printable(rule["failure"])
+            console.print(
+                f"  {rule['rule']}: {verdict}", highlight=False, markup=False, soft_wrap=True
+            )
 
 
 @app.command()
@@ -333,16 +352,18 @@ def status(
     console.print(f"held ({len(body['leases'])}):", highlight=False)
     for lease in body["leases"]:
         console.print(
-            f"  {lease['name']}  decision {lease['decision_id']}  "
+            f"  {_printable(lease['name'])}  decision {lease['decision_id']}  "
             f"flow run {lease['flow_run_id'] or '-'}  until {_utc(lease['expires_at'])}",
             highlight=False,
+            markup=False,
             soft_wrap=True,
         )
     console.print(f"cooling down ({len(body['cooldowns'])}):", highlight=False)
     for cooldown in body["cooldowns"]:
         console.print(
-            f"  {cooldown['guard_key']}  until {_utc(cooldown['until'])}",
+            f"  {_printable(cooldown['guard_key'])}  until {_utc(cooldown['until'])}",
             highlight=False,
+            markup=False,
             soft_wrap=True,
         )
 
@@ -355,7 +376,7 @@ def _call(
         settings = _settings(config)
     except ResponderError as exc:
         raise _fail(exc) from None
-    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    base = settings.base_url
     headers = {}
     auth = None
     token = settings.operator_token or settings.bearer_token
@@ -365,7 +386,13 @@ def _call(
         auth = (settings.basic_username, settings.basic_password.get_secret_value())
     try:
         response = httpx.request(
-            method, f"{base}{path}", headers=headers, auth=auth, timeout=10, **kwargs
+            method,
+            f"{base}{path}",
+            headers=headers,
+            auth=auth,
+            timeout=10,
+            verify=tls.client_context(settings.tls_certfile) if settings.tls_enabled else True,
+            **kwargs,
         )
     except httpx.HTTPError as exc:
         err_console.print(f"[red]error:[/red] cannot reach Responder at {base}: {exc}")
@@ -380,19 +407,32 @@ def _utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _printable(value: object) -> str:
+    """`value` on one line, its control and format characters (line breaks, terminal escapes,
+    bidi overrides) escaped: alert labels must not forge output or drive the terminal.
+
+    Print it with `markup=False` too, or a label such as `[/red]` is rich markup.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _describe(row: dict[str, Any]) -> str:
     """One decision as a short block: the alert, the rule and verdict, the flow run."""
     labels = row["labels"]
     keys = ("instance", "service", "severity", "flow", "requested_by")  # the last: manual runs
-    shown = ",".join(f"{k}={labels[k]}" for k in keys if k in labels)
+    shown = ",".join(f"{k}={_printable(labels[k])}" for k in keys if k in labels)
     when = _utc(row["created_at"])
+    alertname, reason = _printable(row["alertname"]), _printable(row["reason"])
     lines = [
-        f"#{row['id']}  {when}  {row['alertname']}{{{shown}}} {row['alert_status']}",
-        f"    {row['rule'] or '(no rule)'} → {row['verdict']}: {row['reason']}",
+        f"#{row['id']}  {when}  {alertname}{{{shown}}} {row['alert_status']}",
+        f"    {row['rule'] or '(no rule)'} → {row['verdict']}: {reason}",
     ]
     if row["flow_run_id"] or row["flow_run_state"]:
         state = row["flow_run_state"] or "running"
-        detail = f" ({row['detail']})" if row.get("detail") else ""
+        detail = f" ({_printable(row['detail'])})" if row.get("detail") else ""
         lines.append(
             f"    flow run {row['flow_run_id'] or '-'} {state}{detail}  {row['flow_run_url'] or ''}"
         )
@@ -487,7 +527,7 @@ def run(
     if "decision" not in answer:
         console.print(f"accepted (inbox {answer['inbox_id']}); not decided yet")
         return
-    console.print(_describe(answer["decision"]), highlight=False, soft_wrap=True)
+    console.print(_describe(answer["decision"]), highlight=False, markup=False, soft_wrap=True)
     if response.status_code == 409:
         raise typer.Exit(1)
 

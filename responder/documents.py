@@ -16,20 +16,47 @@ from responder.exceptions import DocumentError
 M = TypeVar("M", bound=BaseModel)
 
 
+class _Loader(yaml.SafeLoader):
+    """`SafeLoader`, whose errors in reading a value (2001-02-30) name the value's line."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            # PyYAML's constructors fail on some values with plain Python errors: a date
+            # out of range, `!!timestamp x` (AttributeError), `!!bool x` (KeyError)...
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"cannot read this value: {exc.__class__.__name__}: {exc}",
+                node.start_mark,
+            ) from None
+
+
 def load_document(
     text: str, file: str, model: type[M], error: type[DocumentError]
 ) -> tuple[M | None, yaml.Node | None]:
     """Parse and validate; (None, None) for an empty document."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        problem = f"character #x{exc.character:04x} is not allowed in YAML"
+        raise error(f"not valid YAML: {problem}", file=file, line=line) from None
     try:
         node = loader.get_single_node()
         if node is None:
             return None, None
-        _reject_duplicate_keys(node, file, error)
+        _reject_duplicate_keys(node, file, error, set())
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        line = exc.problem_mark.line + 1 if exc.problem_mark else loader.line + 1
         raise error(f"not valid YAML: {exc.problem}", file=file, line=line) from None
+    except RecursionError:
+        problem = "the document is nested too deeply"
+        raise error(problem, file=file, line=loader.line + 1) from None
     finally:
         loader.dispose()
     try:
@@ -64,11 +91,22 @@ def line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
     return int(node.start_mark.line) + 1
 
 
-def _reject_duplicate_keys(node: yaml.Node, file: str, error: type[DocumentError]) -> None:
+def _reject_duplicate_keys(
+    node: yaml.Node, file: str, error: type[DocumentError], enclosing: set[int]
+) -> None:
+    """Also rejects a node that contains an alias to itself: nothing could validate it."""
+    if id(node) in enclosing:
+        raise error(
+            "the node anchored here contains an alias to itself",
+            file=file,
+            line=node.start_mark.line + 1,
+        )
+    enclosing.add(id(node))
     if isinstance(node, yaml.MappingNode):
         keys: set[Any] = set()
         for key_node, value_node in node.value:
-            key = key_node.value
+            # A complex key (`? [a]`) is unhashable here; the constructor refuses it.
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else key_node
             if key in keys:
                 raise error(
                     f"key {key!r} appears twice in one mapping",
@@ -76,10 +114,11 @@ def _reject_duplicate_keys(node: yaml.Node, file: str, error: type[DocumentError
                     line=key_node.start_mark.line + 1,
                 )
             keys.add(key)
-            _reject_duplicate_keys(value_node, file, error)
+            _reject_duplicate_keys(value_node, file, error, enclosing)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _reject_duplicate_keys(item, file, error)
+            _reject_duplicate_keys(item, file, error, enclosing)
+    enclosing.discard(id(node))
 
 
 def _accepted(model: type[BaseModel] | None, loc: Sequence[Any]) -> str:

@@ -88,6 +88,7 @@ def parse_matcher(text: str) -> Matcher:
     if op.is_regex:
         try:
             regex = re.compile(value)
-        except re.error as exc:
+        # re raises these past its limits: a count over 2**32 - 1, groups nested too deep.
+        except (re.error, OverflowError, RecursionError) as exc:
             raise MatcherError(f"matcher {text!r}: invalid regular expression: {exc}") from None
     return Matcher(m["name"], op, value, regex)

@@ -32,6 +32,11 @@ ENGINE_ERRORS = Counter(
     "Engine problems: action errors, rejected facts, failed inbox rows.",
     ["kind"],
 )
+RATE_LIMITED = Counter(
+    "responder_rate_limited_total",
+    "Intake requests refused with 429 because their client exceeded its rate, by endpoint.",
+    ["endpoint"],
+)
 INBOX_BACKLOG = Gauge("responder_inbox_backlog", "Inbox rows not yet processed by the engine.")
 ACTIVE_LEASES = Gauge("responder_active_leases", "Guard keys currently held.")
 RULES_LOADED = Gauge("responder_rules_loaded", "Rules in force.")
@@ -42,6 +47,15 @@ RELOAD_SUCCESS = Gauge(
     "responder_rule_reload_success", "1 if the last reload succeeded; 0 if the old rules stay."
 )
 LEADER = Gauge("responder_leader", "1 while this replica leads (runs the engine), else 0.")
+RESYNCED = Counter(
+    "responder_resynced_alerts_total",
+    "Alerts recovered from Alertmanager's API on taking the lead, missed by the webhook.",
+    ["status"],
+)
+EVENTS_SKIPPED = Counter(
+    "responder_decision_events_skipped_total",
+    "Decision events not mirrored to Prefect (it was unreachable); the store keeps them all.",
+)
 PREFECT_REACHABLE = Gauge(
     "responder_prefect_reachable", "1 if the leader's last call to Prefect's API succeeded."
 )

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+# Limits on one webhook, beyond `max_body_bytes`. Real alerts stay far below them; they bound
+# what one alert can cost the engine (every label is a fact field) and the decision log.
+MAX_ALERTS = 10_000
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 16_384  # characters
+MAX_ANNOTATIONS = 64
+MAX_ANNOTATION_VALUE = 65_536  # characters
+MAX_NAME = 256  # label and annotation names
 
 AlertStatus = Literal["firing", "resolved"]
 Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{1,64}$")]
 # Label names follow Prometheus' data model; values are arbitrary (hostile) text.
-LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=256)]
-LabelSet = dict[LabelName, str]
+LabelName = Annotated[
+    str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=MAX_NAME)
+]
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)]
+LabelSet = Annotated[dict[LabelName, LabelValue], Field(max_length=MAX_LABELS)]
+Annotations = Annotated[
+    dict[
+        Annotated[str, StringConstraints(max_length=MAX_NAME)],
+        Annotated[str, StringConstraints(max_length=MAX_ANNOTATION_VALUE)],
+    ],
+    Field(max_length=MAX_ANNOTATIONS),
+]
 
 
 class _Wire(BaseModel):
@@ -23,9 +41,11 @@ class Alert(_Wire):
 
     status: AlertStatus
     labels: LabelSet
-    annotations: dict[str, str] = Field(default_factory=dict)
-    starts_at: datetime = Field(alias="startsAt")
-    ends_at: datetime | None = Field(None, alias="endsAt")
+    annotations: Annotations = Field(default_factory=dict)
+    # Alertmanager always sends an offset; without one the start is no point in time (its
+    # timestamp would depend on this machine's zone, and 0001-01-01 would have none).
+    starts_at: AwareDatetime = Field(alias="startsAt")
+    ends_at: AwareDatetime | None = Field(None, alias="endsAt")
     generator_url: str = Field("", alias="generatorURL")
     fingerprint: Fingerprint
 
@@ -49,6 +69,6 @@ class AlertmanagerWebhook(_Wire):
     receiver: str
     group_labels: LabelSet = Field(default_factory=dict, alias="groupLabels")
     common_labels: LabelSet = Field(default_factory=dict, alias="commonLabels")
-    common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
+    common_annotations: Annotations = Field(default_factory=dict, alias="commonAnnotations")
     external_url: str = Field("", alias="externalURL")
-    alerts: list[Alert] = Field(min_length=1, max_length=10_000)
+    alerts: list[Alert] = Field(min_length=1, max_length=MAX_ALERTS)

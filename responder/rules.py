@@ -6,6 +6,7 @@ Errors name the file, the line and what is accepted. Compiling rules for the eng
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -67,13 +68,25 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
+        return _finite(value)
     if isinstance(value, str):
         m = _DURATION.match(value.strip())
         if m and any(m.groups()):
             days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
-            return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+            return _finite(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
     raise ValueError(f"{value!r} is not a duration; use seconds or text like 90s, 15m, 1h30m, 2d")
+
+
+def _finite(seconds: float) -> float:
+    # Timers and leases add durations to the clock: NaN, infinity or an int past float's
+    # range would break them, not mean "forever".
+    try:
+        result = float(seconds)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise ValueError("a duration must be a finite number of seconds")
+    return result
 
 
 Duration = Annotated[

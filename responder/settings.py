@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,6 +14,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from responder import tls
 from responder.exceptions import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config/responder.yaml")
@@ -49,8 +50,45 @@ class Settings(BaseSettings):
         None,
         description="Bearer token for POST /api/v1/events; without it, the webhook credentials.",
     )
+    tls_certfile: Path | None = Field(
+        None,
+        description="PEM certificate chain to serve HTTPS with; set with tls_keyfile. "
+        "Read at start: a renewed certificate needs a restart.",
+    )
+    tls_keyfile: Path | None = Field(
+        None, description="PEM private key (unencrypted) of tls_certfile."
+    )
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates; when set, every client must present a certificate "
+        "signed by one of them (mutual TLS). Needs tls_certfile.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For names "
+        "the client; by default no one's is believed and the peer address is the client.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, le=64 * 1_048_576, description="Largest webhook body accepted."
+    )
+    rate_limit_per_client: float = Field(
+        100.0,
+        ge=0,
+        le=1_000_000,
+        description="Requests per second, on average, that each client (peer address) may "
+        "send to the webhook, events and manual-run endpoints; above it, 429. 0: no limit.",
+    )
+    rate_limit_burst: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Requests a client may send at once before rate_limit_per_client applies.",
+    )
+    rate_limit_clients: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Clients whose rate is remembered; the one idle longest is forgotten first.",
     )
     run_request_wait_seconds: float = Field(
         5.0, ge=0, le=60, description="How long a manual run request waits for its decision."
@@ -109,7 +147,15 @@ class Settings(BaseSettings):
     )
 
     alertmanager_url: str | None = Field(
-        None, description="Alertmanager's URL, for silences while remediations run."
+        None,
+        description="Alertmanager's URL: for silences while remediations run, and to resync "
+        "the alerts that fired or resolved while no replica was leading.",
+    )
+    alertmanager_receiver: str = Field(
+        "responder",
+        max_length=256,
+        description="The Alertmanager receiver that sends to Responder; a resync takes only "
+        "the alerts routed to it (empty: every alert).",
     )
     prefect_api_url: str | None = Field(
         None, description="Use this Prefect server instead of starting one (PREFECT_API_URL)."
@@ -126,6 +172,35 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @field_validator("tls_certfile", "tls_keyfile", "tls_client_ca_file")
+    @classmethod
+    def _check_readable(cls, path: Path | None) -> Path | None:
+        return None if path is None else tls.check_readable(path)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{proxy!r} is not an IP address or a CIDR network (e.g. 10.0.0.0/8)"
+                ) from None
+        return proxies
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile must be set together")
+        if self.tls_client_ca_file is not None and self.tls_certfile is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_certfile and tls_keyfile")
+        if self.tls_certfile is not None and self.tls_keyfile is not None:
+            tls.check_pair(self.tls_certfile, self.tls_keyfile)
+        if self.tls_client_ca_file is not None:
+            tls.check_client_ca(self.tls_client_ca_file)
+        return self
 
     @model_validator(mode="after")
     def _check_exposure(self) -> Settings:
@@ -157,9 +232,19 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'responder.db'}"
 
     @property
+    def tls_enabled(self) -> bool:
+        """True when the receiver serves HTTPS."""
+        return self.tls_certfile is not None
+
+    @property
+    def base_url(self) -> str:
+        """Where Responder's API is reached: `public_url`, or derived from host, port and TLS."""
+        scheme = "https" if self.tls_enabled else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
+
+    @property
     def webhook_url(self) -> str:
-        base = self.public_url or f"http://{self.host}:{self.port}"
-        return f"{base.rstrip('/')}/webhook/alertmanager"
+        return f"{self.base_url}/webhook/alertmanager"
 
 
 def _is_loopback(host: str) -> bool:

@@ -30,6 +30,10 @@ def path_segment(value: object) -> str:
     return quote(text, safe="")
 
 
+# jinja2 leaves these to Python: a 5000-digit number, nesting deeper than the parser's stack
+# or than 20 blocks (the compiled code's limit).
+_PAST_PYTHONS_LIMITS = (ValueError, RecursionError, SyntaxError)
+
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 _ENV.filters["segment"] = path_segment
 
@@ -43,6 +47,8 @@ def compile_template(source: str) -> jinja2.Template:
         raise TemplateError(
             f"template {source!r}: {exc.message} (template line {exc.lineno})"
         ) from None
+    except _PAST_PYTHONS_LIMITS as exc:
+        raise TemplateError(f"template {source!r}: {exc.__class__.__name__}: {exc}") from None
 
 
 def render(source: str, context: Mapping[str, Any]) -> str:
@@ -100,6 +106,8 @@ def compile_expression(source: str) -> Any:
         return _ENV.compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"expression {source!r}: {exc.message}") from None
+    except _PAST_PYTHONS_LIMITS as exc:
+        raise TemplateError(f"expression {source!r}: {exc.__class__.__name__}: {exc}") from None
 
 
 def evaluate(source: str, context: Mapping[str, Any]) -> Any:

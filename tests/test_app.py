@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from responder.app import create_app
 from responder.service import Service
@@ -483,6 +484,13 @@ async def test_cloudevents_errors(make_client: ClientFactory) -> None:
     assert {f["field"] for f in response.json()["fields"]} == {"specversion", "id"}
 
 
+async def test_a_decision_id_past_the_stores_range_is_422(make_client: ClientFactory) -> None:
+    # Found by tests/test_fuzz.py: before_id=2**63 reached SQLite and answered 500.
+    client, _ = await make_client()
+    response = await client.get("/api/v1/decisions", params={"before_id": 2**63})
+    assert response.status_code == 422
+
+
 async def test_explain_tells_an_alerts_story(make_client: ClientFactory) -> None:
     client, service = await make_client()
     await post(client, "firing_single_servicedown")
@@ -539,3 +547,28 @@ async def test_webhook_operator_and_event_credentials_are_separate(
     assert wrong.status_code == 401
     right = await client.post("/api/v1/events", json=DEPLOY, headers={**ce, **bearer("ev")})
     assert right.status_code == 200
+
+
+async def test_every_endpoint_but_health_and_metrics_needs_credentials(
+    make_client: ClientFactory,
+) -> None:
+    client, _ = await make_client(bearer_token="wh", operator_token="op", events_token="ev")
+    app = client._transport.app  # type: ignore[attr-defined]
+    open_paths = {"/healthz", "/readyz", "/metrics"}
+    values = {"fingerprint": "abc123", "name": "restart-service"}
+    checked = []
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or route.path in open_paths:
+            continue
+        path = route.path.format(**values)
+        for method in sorted(route.methods):
+            response = await client.request(method, path, headers=JSON, content=b"{}")
+            assert response.status_code == 401, f"{method} {path}: {response.status_code}"
+            checked.append(f"{method} {route.path}")
+    assert len(checked) >= 12, checked
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert (await client.get(path)).status_code == 404
+    openapi = await client.get("/api/v1/openapi.json", headers={"authorization": "Bearer op"})
+    assert openapi.status_code == 200 and "/webhook/alertmanager" in openapi.json()["paths"]
+    for path in open_paths:
+        assert (await client.get(path)).status_code in (200, 503)

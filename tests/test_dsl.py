@@ -148,6 +148,35 @@ def test_an_invalid_flow_file_is_refused_with_its_line(
     assert caught.value.line == line
 
 
+@pytest.mark.parametrize(
+    ("parameter", "step", "line", "problem"),
+    [
+        ('{pattern: "("}', "{name: a, op: http.request}", 4, "pattern '(' cannot be used"),
+        ("{enum: []}", "{name: a, op: http.request}", 4, "at least 1 item"),
+        ("{default: !!binary /w==}", "{name: a, op: http.request}", 4, "not a valid JSON value"),
+        ("{}", "{name: a, approval: {message: null}}", 6, "valid string"),
+        ("{}", "{name: a, op: http.request, when: []}", 6, "valid string"),
+    ],
+)
+def test_a_flow_that_could_not_run_is_refused_with_its_line(
+    tmp_path: Path, parameter: str, step: str, line: int, problem: str
+) -> None:
+    # Found by tests/test_fuzz.py: these raised TypeError, or loaded and then broke the
+    # flow's parameters model (and the catalog).
+    text = f"flow: f\ndescription: d\nparameters:\n  p: {parameter}\nsteps:\n  - {step}\n"
+    with pytest.raises(FlowFileError) as caught:
+        load_flow_file(write(tmp_path, text), OPERATIONS)
+    assert problem in caught.value.problem
+    assert caught.value.line == line
+
+
+def test_a_flow_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "flow.yaml"
+    path.write_bytes(b"flow: \xed\n")
+    with pytest.raises(FlowFileError, match="not UTF-8"):
+        load_flow_file(path, OPERATIONS)
+
+
 def test_a_flow_name_declared_twice_is_refused(tmp_path: Path) -> None:
     flow = "flow: same\ndescription: d\nsteps: [{name: a, op: http.request}]\n"
     write(tmp_path, flow, "a.yaml")

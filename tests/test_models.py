@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -64,3 +66,14 @@ def test_schema_errors_name_the_field(mutate: object, field: str) -> None:
         AlertmanagerWebhook.model_validate(data)
     locs = [".".join(str(p) for p in e["loc"]) for e in info.value.errors()]
     assert any(loc.startswith(field) for loc in locs), locs
+
+
+@pytest.mark.parametrize("starts_at", ["0001-01-01T00:00:00", "2026-11-25T23:17:23", "2026-11-25"])
+def test_a_start_without_an_offset_is_refused(starts_at: str) -> None:
+    # Found by tests/test_fuzz.py: a naive 0001-01-01 start has no timestamp, which broke the
+    # engine loop on every retry; Alertmanager always sends an offset.
+    data = fixture_json("firing_single_servicedown")
+    data["alerts"][0]["startsAt"] = starts_at
+    with pytest.raises(ValidationError) as info:
+        AlertmanagerWebhook.model_validate_json(json.dumps(data))
+    assert [e["loc"] for e in info.value.errors()] == [("alerts", 0, "startsAt")]

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from responder.cli import app
 from responder.exceptions import RuleError
-from responder.rules import load_rules
+from responder.rules import load_rule_text, load_rules
 from tests.conftest import ROOT
 
 FLOWS = ["restart-service", "http-call"]
@@ -81,6 +81,28 @@ def test_errors_name_file_line_and_what_is_accepted(
     assert error.file == str(tmp_path / "r.yaml")
     assert error.line == line, str(error)
     assert needle in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        ("rules: \x00", 1, "character #x0000 is not allowed"),
+        ("rules:\n  - name: r\n    priority: 2001-02-30\n", 3, "day is out of range"),
+        ("rules: !!timestamp x", 1, "cannot read this value"),
+        ("rules: " + "1" * 5000, 1, "cannot read this value"),
+        ("[" * 2000, 1, "nested too deeply"),
+        ("rules:\n  - &a [*a]\n", 2, "contains an alias to itself"),
+        ("? [a]\n: 1\n", 1, "unhashable key"),
+        (GOOD + "    firing_for: " + "9" * 400 + "d\n", 6, "finite"),
+        (GOOD.replace("k/{{", "{% for x in y %}" * 25 + "{% endfor %}" * 25 + "k/{{"), 5, "nested"),
+    ],
+)
+def test_unreadable_yaml_is_a_rule_error_with_its_line(text: str, line: int, needle: str) -> None:
+    # Found by tests/test_fuzz.py: each of these raised something other than RuleError.
+    with pytest.raises(RuleError) as info:
+        load_rule_text(text, "r.yaml")
+    assert (info.value.file, info.value.line) == ("r.yaml", line), str(info.value)
+    assert needle in str(info.value)
 
 
 def test_duplicate_rule_names_across_files(tmp_path: Path) -> None:

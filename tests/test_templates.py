@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from responder.exceptions import TemplateError
-from responder.templates import render, render_value
+from responder.templates import compile_template, render, render_value
 
 HOSTILE = "{{ 7*7 }}$(reboot);`id`|../../admin"
 
@@ -45,3 +45,17 @@ def test_segment_quotes_a_label_into_one_path_segment() -> None:
 def test_render_value_walks_structures() -> None:
     value = {"a": ["{{ alert.labels.x }}", 3], "b": "plain"}
     assert render_value(value, context("v")) == {"a": ["v", 3], "b": "plain"}
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ " + "9" * 5000 + " }}",
+        "{{ " + "(" * 400 + "1" + ")" * 400 + " }}",
+        "{% for x in y %}" * 25 + "{% endfor %}" * 25,
+    ],
+)
+def test_a_template_past_pythons_limits_is_a_template_error(template: str) -> None:
+    # Found by tests/test_fuzz.py: ValueError, RecursionError and SyntaxError escaped.
+    with pytest.raises(TemplateError):
+        compile_template(template)

@@ -1,0 +1,81 @@
+"""Per-client rate limits on the intake endpoints: a token bucket for each client.
+
+A client is its peer address, with IPv6 addresses grouped by /64 (one host or site), because
+the credentials do not tell senders apart: every Alertmanager presents the same webhook token.
+Behind a reverse proxy the peer is the proxy, unless `trusted_proxies` lets uvicorn take the
+client from the proxy's X-Forwarded-For.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimit:
+    """Admits `rate` requests per second per client on average, in bursts of up to `burst`.
+
+    It remembers at most `max_clients` clients and forgets the one idle longest first. A
+    forgotten client comes back with a full bucket, as it would have after idling anyway, so a
+    flood of new addresses costs bounded memory and never refuses anyone who would be admitted.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0 or burst < 1 or max_clients < 1:
+            raise ValueError("rate must be > 0, burst and max_clients >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # least recently seen first
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def admit(self, client: str) -> float:
+        """Take one request's token: 0.0 when admitted, else the seconds until one is free."""
+        now = self._clock()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            bucket = self._buckets[client] = _Bucket(float(self.burst), now)
+            if len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        else:
+            elapsed = max(0.0, now - bucket.updated)
+            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
+            bucket.updated = now
+            self._buckets.move_to_end(client)
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate
+
+
+def client_of(host: str | None) -> str:
+    """The client a peer address counts as: the address itself, or its IPv6 /64."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:256]  # not an IP (a unix socket, a test transport)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
