@@ -33,6 +33,8 @@ FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 # Flow runs being created at once.
 CREATORS = 4
+# After a failed decision event, skip events this long rather than retry each one.
+EVENTS_BACKOFF_SECONDS = 10.0
 
 
 def deployment_name(flow: str) -> str:
@@ -123,8 +125,10 @@ class Dispatcher:
         self._pending: set[int] = set()
         self._client: Any = None
         self._events: Any = None
+        self._events_resume_at = 0.0  # after a failed emit, events are skipped until then
         self.events_connected = False
         self._prefect_reachable = False
+        self._back = asyncio.Event()  # set when Prefect is reachable again
 
     @property
     def prefect_reachable(self) -> bool:
@@ -133,6 +137,9 @@ class Dispatcher:
 
     @prefect_reachable.setter
     def prefect_reachable(self, reachable: bool) -> None:
+        if reachable and not self._prefect_reachable:
+            self._back.set()  # wake the creations waiting out their backoff
+            self._back = asyncio.Event()
         self._prefect_reachable = reachable
         metrics.PREFECT_REACHABLE.set(1 if reachable else 0)
 
@@ -212,24 +219,26 @@ class Dispatcher:
             except Exception as exc:
                 outcome = "retry"
                 log.warning("dispatch of decision %s failed: %s", run.decision_id, exc)
-            if outcome != "retry":
-                self._pending.discard(run.decision_id)
-            if outcome == "retry":
-                self.prefect_reachable = False
+            if outcome in ("retry", "paused"):
+                if outcome == "retry":
+                    self.prefect_reachable = False
                 delay = min(self._retry_seconds * 2**attempt, 30.0)
                 self._retry_later(run, admitted_at, attempt + 1, delay)
-            elif outcome == "created":
+                continue
+            self._pending.discard(run.decision_id)
+            if outcome == "created":
                 self.prefect_reachable = True
                 metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
 
     async def _attempt(self, run: ActiveRun) -> str:
-        """One try: "created", "retry", or "done" (refused, or no longer wanted)."""
+        """One try: "created", "retry", "paused" (to retry, Prefect not asked), or "done"
+        (refused, or no longer wanted)."""
         wanted = await self._store.still_wanted(run.decision_id)
         if wanted is None:
             log.info("decision %s ended before its flow run was created", run.decision_id)
             return "done"
         if wanted == "paused":
-            return "retry"  # a paused system starts nothing, not even what it admitted
+            return "paused"  # a paused system starts nothing, not even what it admitted
         try:
             flow_run_id = await self._create(run)
         except Exception as exc:
@@ -307,7 +316,7 @@ class Dispatcher:
             delay = min(self._retry_seconds * 2**attempt, 30.0)
 
             async def retry() -> None:
-                await asyncio.sleep(delay)
+                await self._backoff(delay)
                 await self._dispatch_batch(live, attempt + 1)
 
             self._background(retry())
@@ -327,9 +336,15 @@ class Dispatcher:
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
+    async def _backoff(self, delay: float) -> None:
+        """Wait `delay` before a retry, or less if Prefect is seen reachable again (the poll
+        checks its health): after an outage, waiting runs are created at once."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._back.wait(), delay)
+
     def _retry_later(self, run: ActiveRun, admitted_at: float, attempt: int, delay: float) -> None:
         async def requeue() -> None:
-            await asyncio.sleep(delay)
+            await self._backoff(delay)
             self._attempts[run.decision_id] = attempt
             await self._queue.put((run, admitted_at))
 
@@ -427,11 +442,23 @@ class Dispatcher:
             related=related,
             payload=payload,
         )
+        if time.monotonic() < self._events_resume_at:
+            metrics.EVENTS_SKIPPED.inc()
+            return
         try:
             await self._events.emit(event)
         except Exception as exc:
-            # The decision is recorded in the store; the event only mirrors it.
-            log.warning("could not emit the event of decision %s: %s", decision_id, exc)
+            # The decision is recorded in the store; the event only mirrors it. While
+            # Prefect is away, trying each event again would pile up connection attempts
+            # (a storm refuses thousands of decisions a second): skip them for a while.
+            self._events_resume_at = time.monotonic() + EVENTS_BACKOFF_SECONDS
+            metrics.EVENTS_SKIPPED.inc()
+            log.warning(
+                "could not emit the event of decision %s; skipping decision events for %.0f s: %s",
+                decision_id,
+                EVENTS_BACKOFF_SECONDS,
+                exc,
+            )
 
     async def _refused(self, run: ActiveRun, exc: Exception) -> None:
         detail = _refusal_detail(exc)
@@ -516,14 +543,27 @@ class Dispatcher:
             self.events_connected = False
             await asyncio.sleep(self._poll_seconds)
 
+    async def _healthy(self) -> bool:
+        """One quick look at Prefect's health. The Prefect client retries a refused
+        connection for up to a minute, which would hide Prefect's return that long."""
+        # The client's own headers carry its credentials (PREFECT_API_KEY, auth string).
+        headers = getattr(getattr(self._client, "_client", None), "headers", None)
+        try:
+            async with httpx.AsyncClient(timeout=2.0, headers=headers) as http:
+                response = await http.get(f"{self.api_url.rstrip('/')}/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
     async def _poll_states(self) -> None:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         while True:
             await asyncio.sleep(self._poll_seconds)
             try:
-                # api_healthcheck returns the error instead of raising it.
-                self.prefect_reachable = await self._client.api_healthcheck() is None
+                self.prefect_reachable = await self._healthy()
+                if not self.prefect_reachable:
+                    continue  # every step below needs Prefect's answers
                 await self._expire_lost_runs()
                 await self._lift_silences()
                 runs = [r for r in await self._store.active_runs() if r.flow_run_id]
