@@ -1,8 +1,10 @@
-"""Alertmanager's v2 API: silences set while a remediation runs."""
+"""Alertmanager's v2 API: silences set while a remediation runs, and its active alerts."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -49,6 +51,19 @@ class Alertmanager:
         response = await self._http.delete(f"/api/v2/silence/{silence_id}")
         if not silence_not_found(response):
             response.raise_for_status()
+
+    async def alerts(self, receiver: str | None) -> list[dict[str, Any]]:
+        """Every alert Alertmanager holds as firing (suppressed ones too), routed to
+        `receiver` if given: `GET /api/v2/alerts`, each with `status.state`."""
+        params = {"active": "true", "silenced": "true", "inhibited": "true"}
+        if receiver:
+            params["receiver"] = re.escape(receiver)  # Alertmanager anchors the regex
+        response = await self._http.get("/api/v2/alerts", params=params)
+        response.raise_for_status()
+        alerts = response.json()
+        if not isinstance(alerts, list):
+            raise ValueError("GET /api/v2/alerts did not answer a list")
+        return alerts
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from responder import metrics
+from responder.alertmanager import Alertmanager
 from responder.catalog import Catalog, load_catalog
 from responder.decisions import parameter_errors
 from responder.dispatch import Dispatcher
@@ -14,6 +15,7 @@ from responder.exceptions import DocumentError, StoreUnavailable
 from responder.guard import Guard
 from responder.leadership import Leadership
 from responder.loop import EngineLoop
+from responder.resync import resync
 from responder.rules import RuleBook, load_rules
 from responder.settings import Settings
 from responder.store import Store
@@ -70,6 +72,7 @@ class Service:
         self.leadership = Leadership(self.store, settings.data_dir / "leader.lock")
         self._task: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._campaign: asyncio.Task[None] | None = None
         self._stamp = self._files_stamp()
@@ -153,11 +156,41 @@ class Service:
                 await self.dispatcher.stop()
             raise
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
+        if self.settings.alertmanager_url:
+            self._resync = asyncio.create_task(
+                self._resync_from(self.settings.alertmanager_url), name="resync"
+            )
         metrics.LEADER.set(1)
         log.info("leading: %d rules loaded, engine loop started", len(self.book.rules))
 
+    async def _resync_from(self, url: str, attempts: int = 6, every: float = 10.0) -> None:
+        """Recover from Alertmanager what no replica heard; retried while it is unreachable."""
+        alertmanager = Alertmanager(url)
+        try:
+            for attempt in range(1, attempts + 1):
+                try:
+                    firing, resolved = await resync(
+                        alertmanager, self.settings.alertmanager_receiver, self.store
+                    )
+                except Exception as exc:  # Alertmanager or the store: try again later
+                    log.warning(
+                        "resync from Alertmanager failed (%d/%d): %s", attempt, attempts, exc
+                    )
+                    await asyncio.sleep(every)
+                    continue
+                log.info("resynced from Alertmanager: %d firing, %d resolved", firing, resolved)
+                self.loop.wake.set()
+                return
+        finally:
+            await alertmanager.close()
+
     async def _step_down(self) -> None:
         metrics.LEADER.set(0)
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+            self._resync = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
