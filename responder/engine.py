@@ -124,6 +124,11 @@ class Engine:
         # (when, rule, incident, retry): firing_for rules coming due, and retries
         self._due: list[tuple[float, str, str, bool]] = []
         self._windows: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
+        # Sequences: for each rule with `after`, the starts of the alerts that may precede,
+        # by their `same` labels; pruned by `tick` once out of every window.
+        self._sequence_rules = [r for r in book.rules if r.after is not None]
+        self._predecessors: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
+        self._predecessors_pruned = 0.0
         self._fired: list[tuple[str, Any]] = []
         self._host = _Host(lambda rule, c: self._fired.append((rule, c)))
         # Rules are grouped by the alertname they require, one durable_rules ruleset per
@@ -185,6 +190,7 @@ class Engine:
         if incident in self._alerts:
             return []
         self._alerts[incident] = alert
+        self._note_predecessor(alert)
         self._arrived += 1
         self._arrival[incident] = self._arrived
         for rule in self._waiting_rules:
@@ -264,6 +270,9 @@ class Engine:
             if fact is not None and fact.expires_at <= now:
                 self._drop_fact(fid)
                 expired.append(fact)
+        if self._predecessors and now - self._predecessors_pruned >= 10:
+            self._forget_predecessors(now)
+            self._predecessors_pruned = now
         due: list[Match] = []
         while self._due and self._due[0][0] <= now:
             _, rule_name, incident, retry = heapq.heappop(self._due)
@@ -334,6 +343,8 @@ class Engine:
             }
             if rule.count is not None and not self._window_full(rule, alert):
                 continue
+            if rule.after is not None and not self._preceded(rule, alert):
+                continue
             matches.append(Match(rule, alert, joined))
         return self._ordered(matches)
 
@@ -383,6 +394,11 @@ class Engine:
                     f"count: {seen} of {rule.count.at_least} alerts within "
                     f"{rule.count.within:.0f}s (same {rule.count.same})"
                 )
+        if rule.after is not None and not self._preceded(rule, alert):
+            return (
+                f"after: no alert with {rule.after.match} (same {rule.after.same}) started "
+                f"within {rule.after.within:.0f}s before this one"
+            )
         if rule.firing_for is not None and not self._has_fired_long_enough(rule, alert):
             fired = self._clock() - alert.starts_at.timestamp()
             return f"firing_for: fired {fired:.0f}s of {rule.firing_for:.0f}s"
@@ -446,6 +462,37 @@ class Engine:
             for t, _ in self._windows.get((rule.name, group), ())
             if abs(t - started) < rule.count.within
         )
+
+    def _note_predecessor(self, alert: Alert) -> None:
+        """Remember the alert for every sequence rule it may come first in."""
+        for rule in self._sequence_rules:
+            after = rule.after
+            assert after is not None
+            if all(m.matches(alert.labels) for m in after.matchers):
+                group = tuple(alert.labels.get(name, "") for name in after.same)
+                entry = (alert.starts_at.timestamp(), alert.incident)
+                self._predecessors.setdefault((rule.name, group), []).append(entry)
+
+    def _preceded(self, rule: Rule, alert: Alert) -> bool:
+        """Whether another alert of the rule's `after` started at most `within` before."""
+        after = rule.after
+        assert after is not None
+        group = tuple(alert.labels.get(name, "") for name in after.same)
+        started = alert.starts_at.timestamp()
+        return any(
+            0 <= started - t <= after.within and incident != alert.incident
+            for t, incident in self._predecessors.get((rule.name, group), ())
+        )
+
+    def _forget_predecessors(self, now: float) -> None:
+        """Drop the starts no alert starting from now on could follow."""
+        within = {r.name: r.after.within for r in self._sequence_rules if r.after}
+        for key in list(self._predecessors):
+            kept = [e for e in self._predecessors[key] if e[0] >= now - within[key[0]]]
+            if kept:
+                self._predecessors[key] = kept
+            else:
+                del self._predecessors[key]
 
     def _sid(self, alert: Alert) -> str:
         return self._partitions[zlib.crc32(alert.fingerprint.encode()) % len(self._partitions)]

@@ -265,6 +265,19 @@ class CountSpec(_Spec):
     same: list[LabelName] = Field(default_factory=list)
 
 
+class SequenceSpec(_Spec):
+    """A sequence: an alert matching `match`, with the same `same` labels, started before
+    this one, at most `within` earlier (and arrived before it)."""
+
+    match: list[MatcherText] = Field(min_length=1)
+    same: list[LabelName] = Field(default_factory=list)
+    within: Duration = Field(gt=0)
+
+    @property
+    def matchers(self) -> tuple[Matcher, ...]:
+        return tuple(_parsed_matcher(m) for m in self.match)
+
+
 class Rule(_Spec):
     """One rule: when its conditions hold for an alert, decide, assert or retract."""
 
@@ -280,6 +293,9 @@ class Rule(_Spec):
     when: list[FactCondition] = Field(default_factory=list)
     unless: list[FactCondition] = Field(default_factory=list)
     count: CountSpec | None = None
+    after: SequenceSpec | None = Field(
+        None, description="Hold only after another alert on the same labels (a sequence)."
+    )
     firing_for: Duration | None = Field(
         None, gt=0, description="Hold only once the alert has fired this long unresolved."
     )
@@ -295,7 +311,7 @@ class Rule(_Spec):
         if self.run is None and self.assert_ is None and not self.retract:
             raise ValueError("a rule needs at least one of run, assert or retract")
         if self.status == "resolved" and (
-            self.when or self.unless or self.count or self.firing_for
+            self.when or self.unless or self.count or self.after or self.firing_for
         ):
             raise ValueError("a rule on resolved alerts accepts match and match_annotations only")
         return self

@@ -265,3 +265,41 @@ rules:
     downs = [alert(f"d{i:x}", alertname="ServiceDown") for i in range(64)]
     assert all(fired(engine, a) == ["gated"] for a in crashes)
     assert all(fired(engine, a) == [] for a in downs)
+
+
+SEQUENCE = """
+rules:
+  - name: down-after-oom
+    match: ['alertname="ServiceDown"']
+    after: {match: ['alertname="OOMKilled"'], same: [instance], within: 10m}
+    run: {flow: restart-service}
+    guard: {key: "k/{{ alert.labels.instance }}"}
+"""
+
+
+def started(fp: str, name: str, instance: str, at: float) -> Alert:
+    labels = {"alertname": name, "instance": instance}
+    return Alert(
+        status="firing", labels=labels, startsAt=datetime.fromtimestamp(at, UTC), fingerprint=fp
+    )
+
+
+def test_a_sequence_holds_only_after_its_first_alert_within_the_window() -> None:
+    clock = Clock()
+    engine = Engine(book(SEQUENCE), clock=clock)
+    t = clock.now
+    fired(engine, started("a1", "OOMKilled", "n1", t))
+    assert fired(engine, started("b1", "ServiceDown", "n1", t + 300)) == ["down-after-oom"]
+    # Another instance, or too late, or the wrong order: no sequence.
+    assert fired(engine, started("b2", "ServiceDown", "n2", t + 300)) == []
+    fired(engine, started("a3", "OOMKilled", "n3", t))
+    assert fired(engine, started("b3", "ServiceDown", "n3", t + 601)) == []
+    fired(engine, started("b4", "ServiceDown", "n4", t))
+    fired(engine, started("a4", "OOMKilled", "n4", t + 150))
+    [(_, failure)] = engine.explain(started("b5", "ServiceDown", "n4", t + 30))
+    assert failure is not None and failure.startswith("after: no alert")
+    # Predecessors are forgotten once no new alert could follow them.
+    clock.now = t + 700
+    engine.tick()
+    assert fired(engine, started("b6", "ServiceDown", "n1", clock.now)) == []
+    assert engine._predecessors.keys() == {("down-after-oom", ("n4",))}
