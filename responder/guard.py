@@ -122,6 +122,13 @@ class Guard:
                 conn, decision, inbox_id, now, verdict, refusal, reason
             )
             return _answer(verdict, refusal, reason, decision_id)
+        if refusal is None:
+            # In a storm most decisions find their key held: look before taking, so that a
+            # refusal costs one read and one insert. A holder that gives way (expired, no
+            # flow run) is left to acquire_leases, which ends it.
+            holder = await self._store.lease_holder(conn, names, now)
+            if holder is not None and (holder.expires_at > now or holder.flow_run_id):
+                refusal = _held(holder, now)
         verdict = Verdict.REFUSED if refusal else Verdict.ADMITTED
         reason = refusal.reason if refusal else "every check passed; names taken"
         decision_id = await self._record(conn, decision, inbox_id, now, verdict, refusal, reason)
