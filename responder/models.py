@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 # Limits on one webhook, beyond `max_body_bytes`. Real alerts stay far below them; they bound
 # what one alert can cost the engine (every label is a fact field) and the decision log.
@@ -48,6 +56,16 @@ class Alert(_Wire):
     ends_at: AwareDatetime | None = Field(None, alias="endsAt")
     generator_url: str = Field("", alias="generatorURL")
     fingerprint: Fingerprint
+
+    @field_validator("starts_at", "ends_at")
+    @classmethod
+    def _to_milliseconds(cls, value: datetime | None) -> datetime | None:
+        """Alertmanager keeps times to the millisecond in its API (and Prometheus sends
+        them so); a webhook may carry more digits for alerts pushed by other clients. One
+        precision makes the webhook's and the API's copy of an alert one incident."""
+        if value is None:
+            return None
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
     @property
     def alertname(self) -> str:
