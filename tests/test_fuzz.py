@@ -63,6 +63,15 @@ RUN_EXAMPLES = 60
 API_EXAMPLES = 50
 
 
+# Hypothesis warns when the global `random` state changes while it draws an example. In a
+# full test session, threads left by earlier tests (Prefect's clients and services, which
+# jitter their retries with `random`) do that; our strategies never use `random`.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
+
+
 def fuzz(examples: int) -> settings:
     """Hypothesis settings for one fuzz test: a fixed count, no deadline, no randomness."""
     return settings(
