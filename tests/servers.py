@@ -4,6 +4,7 @@ local HTTP servers that play a scrape target or a webhook receiver.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import shutil
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from flows.operations.ssh import SshRun
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 
 
 class QuietHandler(BaseHTTPRequestHandler):
@@ -77,12 +78,33 @@ def run_server(command: list[str], url: str, log: Path, timeout: float = 30) -> 
             time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace=10)
+
+
+def stop(process: subprocess.Popen[Any], grace: float = 20) -> None:
+    """SIGTERM a child process; SIGKILL it if it is still there after `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def serve_in_process(settings: Any, service: Any) -> tuple[Any, asyncio.Task[Any]]:
+    """Responder's HTTP server (`responder serve`'s uvicorn set-up, TLS included) in this
+    event loop; returns once it listens. Stop it with `server.should_exit = True`."""
+    from responder.cli import _http_server
+
+    server = _http_server(settings, service)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        assert not task.done(), task
+        return bool(server.started)
+
+    await wait_for(started, timeout=30)
+    return server, task
 
 
 def _ready(url: str) -> bool:

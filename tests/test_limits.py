@@ -18,12 +18,12 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from responder.cli import _http_server
 from responder.exceptions import ConfigError
 from responder.models import MAX_ANNOTATION_VALUE, MAX_LABEL_VALUE, MAX_LABELS
 from responder.ratelimit import RateLimit, client_of
 from responder.service import Service
 from responder.settings import load_settings
+from tests import servers
 from tests.conftest import fixture_body, fixture_json, free_port, make_settings, wait_for
 
 URL = "/webhook/alertmanager"
@@ -42,14 +42,7 @@ async def serve(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Serve]:
         base.mkdir()
         settings = make_settings(base, rules_dir, port=free_port(), **overrides)
         service = Service(settings, prefect_api_url=None)
-        server = _http_server(settings, service)
-        task = asyncio.create_task(server.serve())
-
-        async def started() -> bool:
-            assert not task.done(), task
-            return bool(server.started)
-
-        await wait_for(started, timeout=30)
+        server, task = await servers.serve_in_process(settings, service)
         client = httpx.AsyncClient(base_url=settings.base_url, timeout=10)
         running.append((server, task, client))
         return client, service

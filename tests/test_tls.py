@@ -3,7 +3,6 @@ HTTPS (and the CLI calling it), mutual TLS, and a real Alertmanager delivering o
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import os
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from responder.cli import _http_server, _print_banner
+from responder.cli import _print_banner
 from responder.exceptions import ConfigError
 from responder.service import Service
 from responder.settings import Settings, load_settings
@@ -317,12 +316,7 @@ def test_serve_over_https_refuses_plain_http_and_the_cli_follows(
             time.sleep(0.2)
         assert shown.returncode == 0, shown.stderr
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        servers.stop(process)
 
 
 # --- in-process: mutual TLS, and a real Alertmanager ----------------------------------
@@ -345,14 +339,7 @@ async def https_server(
         tls_client_ca_file=pki.ca if mutual else None,
     )
     service = Service(settings, prefect_api_url=None)
-    server = _http_server(settings, service)
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        assert not task.done(), task
-        return bool(server.started)
-
-    await wait_for(started, timeout=30)
+    server, task = await servers.serve_in_process(settings, service)
     yield settings.base_url, service
     server.should_exit = True
     await task
