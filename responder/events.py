@@ -84,7 +84,9 @@ class Outcome(BaseModel):
     labels: dict[str, str]
 
     def fact(self, expires_at: float) -> Fact:
-        fields = {k: v[:MAX_VALUE] for k, v in self.labels.items() if _FIELD.match(k)}
+        # Whole label values (the webhook already bounds them), or a rule's join with the
+        # alert's own labels would fail for a long value.
+        fields = {k: v for k, v in self.labels.items() if _FIELD.match(k)}
         fields.update(
             rule=self.rule or "", flow=self.flow or "", key=self.key or "", state=self.state
         )

@@ -303,3 +303,25 @@ def test_a_sequence_holds_only_after_its_first_alert_within_the_window() -> None
     engine.tick()
     assert fired(engine, started("b6", "ServiceDown", "n1", clock.now)) == []
     assert engine._predecessors.keys() == {("down-after-oom", ("n4",))}
+
+
+def test_an_outcome_fact_joins_an_alert_whose_label_is_long() -> None:
+    from responder.events import Outcome
+    from responder.facts import fact_meets
+    from responder.rules import FactCondition
+
+    long = "h" * 10_000  # within the webhook's label limit
+    outcome = Outcome(
+        decision_id=1,
+        state="FAILED",
+        rule="r",
+        flow="f",
+        key="k",
+        incident="aa@x",
+        labels={"instance": long},
+    ).fact(expires_at=0.0)
+    condition = FactCondition(
+        fact="outcome", where=['state!="COMPLETED"', 'instance="{{ alert.labels.instance }}"']
+    )
+    assert fact_meets(outcome, condition, alert(instance=long))
+    assert not fact_meets(outcome, condition, alert(instance=long + "x"))
