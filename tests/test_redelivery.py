@@ -43,6 +43,7 @@ import uvicorn
 from sqlalchemy import select
 
 from responder.app import create_app
+from responder.models import Alert
 from responder.service import Service
 from responder.store import inbox
 from tests import servers
@@ -319,7 +320,7 @@ def expected_verdicts(bodies: list[bytes]) -> dict[str, list[str]]:
     verdicts: dict[str, list[str]] = {}
     for body in bodies:
         for alert in json.loads(body)["alerts"]:
-            start = datetime.fromisoformat(alert["startsAt"]).isoformat()
+            start = Alert.model_validate(alert).starts_at.isoformat()  # as Responder keeps it
             incident = f"{alert['labels']['instance']}@{start}"
             status = alert["status"]
             if (incident, status) in seen or (incident, "resolved") in seen:

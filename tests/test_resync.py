@@ -107,7 +107,8 @@ async def test_a_new_leader_recovers_what_fired_and_resolved_while_nobody_listen
     # it (it resolved while Responder was down).
     # host-seen fired and its webhook arrived, with its start to the microsecond; the API
     # lists it to the millisecond: the same incident, not to be decided again.
-    before = Service(settings)
+    # (No resync here: it could race the webhook for host-seen.)
+    before = Service(make_settings(tmp_path, rules_dir))
     await before.start()
     body = fixture_json("firing_single_servicedown")
     body["alerts"][0]["labels"].update(instance="host-held", service="checkout")
