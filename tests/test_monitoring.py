@@ -65,10 +65,6 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 NOT_EXPORTED_BY_RESPONDER = {
     # Prometheus writes `up` for every scrape target itself (alert ResponderDown uses it too).
     "up",
-    # Added with the intake rate limiter (responder/ratelimit.py, in progress when the
-    # dashboard was written); its panel shows "No data" without it. Remove this entry once the
-    # rate limiter is in: the label check below already covers the panel while it is exported.
-    "responder_rate_limited_total",
 }
 # Concrete values for the template variables, so that promtool can parse the expressions.
 VARIABLE_VALUES = {
