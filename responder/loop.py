@@ -78,6 +78,7 @@ class EngineLoop:
         self._event_ttl = event_ttl
         self._clock = clock
         self._check_parameters = check_parameters
+        self._checked_flows: set[str] = set()  # flows already imported by a check
         self.book = book
         self.catalog = catalog
         self.engine = Engine(book, partitions, clock)
@@ -349,10 +350,14 @@ class EngineLoop:
         """
         alert = decision.alert
         if self._check_parameters is not None:
-            # In a thread: the first check of a flow imports it (and Prefect).
-            errors = await asyncio.to_thread(
-                self._check_parameters, decision.flow, decision.parameters
-            )
+            if decision.flow in self._checked_flows:
+                errors = self._check_parameters(decision.flow, decision.parameters)
+            else:
+                # In a thread: the first check of a flow imports it (and Prefect).
+                errors = await asyncio.to_thread(
+                    self._check_parameters, decision.flow, decision.parameters
+                )
+                self._checked_flows.add(decision.flow)
             if errors:
                 shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
                 reason = f"parameters do not fit flow {decision.flow!r}: {shown}"
