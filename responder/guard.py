@@ -124,10 +124,10 @@ class Guard:
             return _answer(verdict, refusal, reason, decision_id)
         if refusal is None:
             # In a storm most decisions find their key held: look before taking, so that a
-            # refusal costs one read and one insert. A holder that gives way (expired, no
-            # flow run) is left to acquire_leases, which ends it.
+            # refusal costs one read and one insert. A holder that gives way is left to
+            # acquire_leases, which ends it.
             holder = await self._store.lease_holder(conn, names, now)
-            if holder is not None and (holder.expires_at > now or holder.flow_run_id):
+            if holder is not None and not holder.gives_way(now):
                 refusal = _held(holder, now)
         verdict = Verdict.REFUSED if refusal else Verdict.ADMITTED
         reason = refusal.reason if refusal else "every check passed; names taken"

@@ -180,6 +180,11 @@ class LeaseHolder:
     flow_run_id: str | None
     expires_at: float
 
+    def gives_way(self, now: float) -> bool:
+        """An expired lease whose decision has no flow run: `acquire_leases` ends it and
+        takes its names (with a flow run, only the dispatcher, asking Prefect, may)."""
+        return self.expires_at <= now and self.flow_run_id is None
+
 
 @dataclass(frozen=True)
 class ActiveRun:
