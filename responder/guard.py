@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder import metrics
 from responder.decisions import Decision, Verdict
+from responder.ledger import Entry, Ledger
 from responder.store import LeaseHolder, Store
 
 PAUSE = "pause"
+# Up to this many held names are read in one statement, once per transaction.
+PREFETCH_LEASES = 10_000
 _UNREAD: Any = object()
 # Every refusal code the guard records, in the order its checks run.
 REFUSALS = (
@@ -48,12 +51,17 @@ class Admission:
     verdict: Verdict
     refusal: str | None
     reason: str
-    decision_id: int
+    entry: Entry  # the decision's record in the transaction's ledger
     held_by: str | None = None  # for key_active and mutex_held: the holder's flow run, if any
 
     @property
     def admitted(self) -> bool:
         return self.verdict is Verdict.ADMITTED
+
+    @property
+    def decision_id(self) -> int:
+        """Known at once for an admitted decision, for others once the ledger is flushed."""
+        return self.entry.id
 
 
 @dataclass(frozen=True)
@@ -86,81 +94,128 @@ class Guard:
         dry_run: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._store = store
-        self._clock = clock
-        self._lease_seconds = lease_seconds
-        self._dry_run = dry_run
+        self.store = store
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self.dry_run = dry_run
 
     async def pause(self, conn: AsyncConnection) -> Any:
         """The global pause switch: None, or who paused and why."""
-        return await self._store.control_value(conn, PAUSE)
+        return await self.store.control_value(conn, PAUSE)
+
+    def within(self, conn: AsyncConnection, ledger: Ledger) -> Admissions:
+        """The guard for the admissions of one store transaction, recorded in `ledger`."""
+        return Admissions(self, conn, ledger)
 
     async def admit(
-        self,
-        conn: AsyncConnection,
-        decision: Decision,
-        inbox_id: int | None,
-        pause: Any = _UNREAD,
+        self, conn: AsyncConnection, decision: Decision, inbox_id: int | None
     ) -> Admission:
-        """Take the decision's names or refuse; record the decision either way.
+        """Admit or refuse one decision, and write its record now."""
+        ledger = Ledger(self.store, conn)
+        admission = await self.within(conn, ledger).admit(decision, inbox_id)
+        await ledger.flush()
+        return admission
 
-        `pause` is the switch as read earlier in the same transaction, if it was.
-        """
-        now = self._clock()
+
+class Admissions:
+    """The guard within one store transaction.
+
+    It reads the pause switch once, and remembers which guard names it has seen held or has
+    taken, so that in a storm, where most decisions find their key held, a refusal costs no
+    statement: its record waits in the ledger. What it remembers can only be stale towards
+    "held" (a run that ended meanwhile in another transaction), which refuses, as a read a
+    moment earlier would have; admission itself always goes through `acquire_leases`.
+    """
+
+    def __init__(self, guard: Guard, conn: AsyncConnection, ledger: Ledger) -> None:
+        self._guard = guard
+        self._store = guard.store
+        self._conn = conn
+        self._ledger = ledger
+        self._pause: Any = _UNREAD
+        self._held: dict[str, LeaseHolder | None] = {}  # None: free
+        self._prefetched = False
+        self._complete = False  # every held name is in `_held`
+
+    async def admit(self, decision: Decision, inbox_id: int | None) -> Admission:
+        """Take the decision's names or refuse; record the decision either way."""
+        now = self._guard.clock()
         names = [key_name(decision.key), *(mutex_name(m) for m in decision.mutex)]
-        if pause is _UNREAD:
-            pause = await self.pause(conn)
-        refusal = await self._check(conn, decision, now, pause)
-        observe_only = decision.shadow or self._dry_run
-        if observe_only:
+        if self._pause is _UNREAD:
+            self._pause = await self._guard.pause(self._conn)
+        refusal = await self._check(decision, now, self._pause)
+        if decision.shadow or self._guard.dry_run:
             if refusal is None:
-                holder = await self._store.lease_holder(conn, names, now)
-                refusal = _held(holder, now) if holder else await self._cooling(conn, decision, now)
+                holder = await self._holder(names)
+                refusal = _held(holder, now) if holder else await self._cooling(decision, now)
             verdict = Verdict.SHADOW if decision.shadow else Verdict.DRY_RUN
             reason = f"would refuse: {refusal.reason}" if refusal else "would admit"
-            decision_id = await self._record(
-                conn, decision, inbox_id, now, verdict, refusal, reason
-            )
-            return _answer(verdict, refusal, reason, decision_id)
+            entry = self._record(decision, inbox_id, now, verdict, refusal, reason)
+            return _answer(verdict, refusal, reason, entry)
         if refusal is None:
-            # In a storm most decisions find their key held: look before taking, so that a
-            # refusal costs one read and one insert. A holder that gives way is left to
-            # acquire_leases, which ends it.
-            holder = await self._store.lease_holder(conn, names, now)
+            # Look before taking, so that a refusal costs no statement. A holder that gives
+            # way is left to acquire_leases, which ends it.
+            holder = await self._holder(names)
             if holder is not None and not holder.gives_way(now):
                 refusal = _held(holder, now)
-        verdict = Verdict.REFUSED if refusal else Verdict.ADMITTED
-        reason = refusal.reason if refusal else "every check passed; names taken"
-        decision_id = await self._record(conn, decision, inbox_id, now, verdict, refusal, reason)
-        if refusal is None:
-            holder = await self._store.acquire_leases(
-                conn, names, decision_id, self._lease_seconds, now
-            )
-            if holder is not None:
-                refusal = _held(holder, now)
-            else:
-                # Checked once the key is ours: a run that ended meanwhile has committed
-                # its cooldown together with freeing the key, so it is visible now.
-                refusal = await self._cooling(conn, decision, now)
-                if refusal is not None:
-                    await self._store.release(conn, decision_id)
+        if refusal is not None:
+            entry = self._record(decision, inbox_id, now, Verdict.REFUSED, refusal, refusal.reason)
+            return _answer(Verdict.REFUSED, refusal, refusal.reason, entry)
+        verdict, reason = Verdict.ADMITTED, "every check passed; names taken"
+        entry = self._record(decision, inbox_id, now, verdict, None, reason)
+        await self._ledger.flush()  # the leases need the decision's id
+        holder = await self._store.acquire_leases(
+            self._conn, names, entry.id, self._guard.lease_seconds, now
+        )
+        if holder is not None:
+            # acquire_leases may have ended expired holders, or met a concurrent admission.
+            await self._read_holders(names)
+            refusal = _held(holder, now)
+        else:
+            held = LeaseHolder("", entry.id, None, now + self._guard.lease_seconds)
+            self._held.update((name, replace(held, name=name)) for name in names)
+            # Checked once the key is ours: a run that ended meanwhile has committed
+            # its cooldown together with freeing the key, so it is visible now.
+            refusal = await self._cooling(decision, now)
             if refusal is not None:
-                verdict, reason = Verdict.REFUSED, refusal.reason
-                await self._store.set_verdict(conn, decision_id, verdict, refusal.code, reason)
-        return _answer(verdict, refusal, reason, decision_id)
+                await self._store.release(self._conn, entry.id)
+                self._held.update((name, None) for name in names)
+        if refusal is not None:
+            verdict, reason = Verdict.REFUSED, refusal.reason
+            await self._store.set_verdict(self._conn, entry.id, verdict, refusal.code, reason)
+        return _answer(verdict, refusal, reason, entry)
 
-    async def _cooling(
-        self, conn: AsyncConnection, decision: Decision, now: float
-    ) -> _Refusal | None:
-        until = await self._store.cooldown_until(conn, decision.key, now)
+    async def _holder(self, names: list[str]) -> LeaseHolder | None:
+        """A holder of any of `names` (the key's before a mutex's), each read once.
+
+        The first call reads every held name, unless more than `PREFETCH_LEASES` are held:
+        then each name is read when first wanted.
+        """
+        if not self._prefetched:
+            self._prefetched = True
+            every = await self._store.lease_holders(self._conn, None, limit=PREFETCH_LEASES + 1)
+            if len(every) <= PREFETCH_LEASES:
+                self._held.update(every)
+                self._complete = True
+        unknown = [] if self._complete else [name for name in names if name not in self._held]
+        if unknown:
+            await self._read_holders(unknown)
+        held = [holder for name in sorted(names) if (holder := self._held.get(name)) is not None]
+        return held[0] if held else None
+
+    async def _read_holders(self, names: list[str]) -> None:
+        found = await self._store.lease_holders(self._conn, names)
+        self._held.update((name, found.get(name)) for name in names)
+
+    async def _cooling(self, decision: Decision, now: float) -> _Refusal | None:
+        until = await self._store.cooldown_until(self._conn, decision.key, now)
         if until is None:
             return None
         return _Refusal("cooldown", f"key {decision.key!r} cools down until {_when(until)}")
 
-    async def _check(
-        self, conn: AsyncConnection, decision: Decision, now: float, pause: Any
-    ) -> _Refusal | None:
+    async def _check(self, decision: Decision, now: float, pause: Any) -> _Refusal | None:
         """The checks that need no lock, in order; the first refusal wins."""
+        conn = self._conn
         policy = decision.policy
         if pause:
             return _Refusal("paused", f"remediation is paused: {pause.get('reason') or '-'}")
@@ -211,19 +266,17 @@ class Guard:
                 )
         return None
 
-    async def _record(
+    def _record(
         self,
-        conn: AsyncConnection,
         decision: Decision,
         inbox_id: int | None,
         now: float,
         verdict: Verdict,
         refusal: _Refusal | None,
         reason: str,
-    ) -> int:
+    ) -> Entry:
         policy = decision.policy
-        return await self._store.record_decision(
-            conn,
+        return self._ledger.add(
             created_at=now,
             inbox_id=inbox_id,
             incident=decision.alert.incident,
@@ -252,10 +305,10 @@ class Guard:
         )
 
 
-def _answer(verdict: Verdict, refusal: _Refusal | None, reason: str, decision_id: int) -> Admission:
+def _answer(verdict: Verdict, refusal: _Refusal | None, reason: str, entry: Entry) -> Admission:
     if refusal is None:
-        return Admission(verdict, None, reason, decision_id)
-    return Admission(verdict, refusal.code, reason, decision_id, refusal.flow_run_id)
+        return Admission(verdict, None, reason, entry)
+    return Admission(verdict, refusal.code, reason, entry, refusal.flow_run_id)
 
 
 def _held(holder: LeaseHolder, now: float) -> _Refusal:

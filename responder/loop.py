@@ -24,7 +24,8 @@ from responder.engine import Engine, EngineRejected, Match
 from responder.events import CloudEvent, Outcome, is_batch, parse_events
 from responder.exceptions import StoreUnavailable, TemplateError
 from responder.facts import Fact
-from responder.guard import Guard
+from responder.guard import Admission, Guard
+from responder.ledger import Ledger
 from responder.models import Alert, AlertmanagerWebhook
 from responder.rules import RuleBook
 from responder.runs import RunRequest, decision_for
@@ -170,8 +171,21 @@ class EngineLoop:
 
     def _announce(self, work: _Work) -> None:
         """After a commit: refused decisions become Prefect events too."""
-        if self._dispatcher is not None:
-            self._dispatcher.announce_refused(work.refused)
+        if self._dispatcher is not None and work.refused:
+            self._dispatcher.announce_refused(
+                [
+                    RefusedDecision(
+                        admission.decision_id,
+                        decision.rule,
+                        decision.flow,
+                        decision.key,
+                        admission.refusal or "",
+                        admission.reason,
+                        admission.held_by,
+                    )
+                    for admission, decision in work.refused
+                ]
+            )
 
     async def _submit(self, admitted: list[ActiveRun]) -> None:
         if self._dispatcher is not None:
@@ -184,7 +198,7 @@ class EngineLoop:
         if not due and not expired:
             return []
         async with self._store.transaction() as conn:
-            work = _Work(self._store, conn, self._clock)
+            work = _Work(self._store, self._guard, conn, self._clock)
             await self._store.delete_facts(conn, [f.id for f in expired])
             # A restart re-arms every firing_for timer: decide once per rule and incident.
             # A retry is a new attempt on purpose; the guard's max_attempts bounds it.
@@ -218,7 +232,7 @@ class EngineLoop:
                 log.error("inbox row %s no longer validates: %s", message.id, exc)
         admitted: list[ActiveRun] = []
         async with self._store.transaction() as conn:
-            work = _Work(self._store, conn, self._clock)
+            work = _Work(self._store, self._guard, conn, self._clock)
             await work.learn_identities(
                 [
                     a
@@ -230,7 +244,7 @@ class EngineLoop:
             for inbox_id, body in parsed:
                 if isinstance(body, AlertmanagerWebhook):
                     for alert in body.alerts:
-                        metrics.ALERTS_RECEIVED.labels(status=alert.status).inc()
+                        metrics.count_alert(alert.status)
                         admitted.extend(await self._handle_alert(work, alert, inbox_id))
                 elif isinstance(body, RunRequest):
                     decision = decision_for(body, inbox_id, self._clock())
@@ -363,24 +377,11 @@ class EngineLoop:
                 reason = f"parameters do not fit flow {decision.flow!r}: {shown}"
                 work.record(alert, inbox_id, Verdict.ERROR, reason, rule=decision.rule)
                 return []
-        await work.flush_decisions()  # keep the audit in the order decisions were made
-        admission = await self._guard.admit(
-            work.conn, decision, inbox_id, pause=await work.pause(self._guard)
-        )
-        metrics.DECISIONS.labels(verdict=admission.verdict, refusal=admission.refusal or "").inc()
+        admission = await work.guard.admit(decision, inbox_id)
+        metrics.count_decision(admission.verdict, admission.refusal)
         admitted: list[ActiveRun] = []
         if admission.verdict is Verdict.REFUSED and admission.refusal is not None:
-            work.refused.append(
-                RefusedDecision(
-                    admission.decision_id,
-                    decision.rule,
-                    decision.flow,
-                    decision.key,
-                    admission.refusal,
-                    admission.reason,
-                    admission.held_by,
-                )
-            )
+            work.refused.append((admission, decision))
         if admission.refusal == "max_attempts":
             # The top of the ladder: rules escalate on this fact (page, notify).
             exhausted = Fact(
@@ -447,27 +448,23 @@ class EngineLoop:
 class _Work:
     """One transaction's buffered writes: decisions, alert identities and firing alerts.
 
-    Identities of a whole batch are read in one query and written in one; decisions are
-    written in bulk, flushed before every guard admission so ids follow decision order.
+    Identities of a whole batch are read in one query and written in one; decisions go to
+    the transaction's ledger, which writes them in bulk and in order.
     """
 
-    def __init__(self, store: Store, conn: AsyncConnection, clock: Callable[[], float]) -> None:
-        self.refused: list[RefusedDecision] = []  # announced once the transaction commits
+    def __init__(
+        self, store: Store, guard: Guard, conn: AsyncConnection, clock: Callable[[], float]
+    ) -> None:
+        # Refused decisions, announced as Prefect events once the transaction commits.
+        self.refused: list[tuple[Admission, Decision]] = []
         self._store = store
         self.conn = conn
         self._clock = clock
+        self.ledger = Ledger(store, conn)
+        self.guard = guard.within(conn, self.ledger)
         self._seen: dict[tuple[str, str, str], int] = {}
         self._identities: list[dict[str, Any]] = []
-        self._decisions: list[dict[str, Any]] = []
         self._firing: dict[str, Alert | None] = {}
-        self._pause: Any = None
-        self._pause_read = False
-
-    async def pause(self, guard: Guard) -> Any:
-        """The pause switch, read once per transaction."""
-        if not self._pause_read:
-            self._pause, self._pause_read = await guard.pause(self.conn), True
-        return self._pause
 
     async def learn_identities(self, alerts: list[Alert]) -> None:
         self._seen.update(await self._store.known_identities(self.conn, alerts))
@@ -502,28 +499,21 @@ class _Work:
         reason: str,
         rule: str | None = None,
     ) -> None:
-        metrics.DECISIONS.labels(verdict=verdict, refusal="").inc()
-        self._decisions.append(
-            {
-                "created_at": self._clock(),
-                "inbox_id": inbox_id,
-                "incident": alert.incident,
-                "alertname": alert.alertname,
-                "alert_status": alert.status,
-                "labels": dict(alert.labels),
-                "rule": rule,
-                "verdict": verdict.value,
-                "reason": reason,
-            }
+        metrics.count_decision(verdict)
+        self.ledger.add(
+            created_at=self._clock(),
+            inbox_id=inbox_id,
+            incident=alert.incident,
+            alertname=alert.alertname,
+            alert_status=alert.status,
+            labels=dict(alert.labels),
+            rule=rule,
+            verdict=verdict.value,
+            reason=reason,
         )
 
-    async def flush_decisions(self) -> None:
-        if self._decisions:
-            await self._store.record_decisions(self.conn, self._decisions)
-            self._decisions = []
-
     async def flush(self) -> None:
-        await self.flush_decisions()
+        await self.ledger.flush()
         if self._identities:
             await self._store.add_identities(self.conn, self._identities)
             self._identities = []

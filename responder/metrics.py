@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 WEBHOOKS = Counter(
@@ -16,6 +19,23 @@ DECISIONS = Counter(
     "Recorded decisions, by verdict and, for refusals, the guard check that refused.",
     ["verdict", "refusal"],
 )
+
+
+@cache
+def _child(counter: Counter, *values: str) -> Any:
+    return counter.labels(*values)
+
+
+def count_alert(status: str) -> None:
+    """Count one alert read from the inbox (on the hot path: its child is looked up once)."""
+    _child(ALERTS_RECEIVED, status).inc()
+
+
+def count_decision(verdict: str, refusal: str | None = None) -> None:
+    """Count one recorded decision (on the hot path: its child is looked up once)."""
+    _child(DECISIONS, str(verdict), refusal or "").inc()
+
+
 DISPATCH_SECONDS = Histogram(
     "responder_dispatch_seconds",
     "Time from a decision being admitted to its Prefect flow run existing.",

@@ -35,7 +35,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -91,7 +90,7 @@ decisions = Table(
     Column("labels", JSON, nullable=False),
     Column("rule", String(64), nullable=True),
     Column("flow", String(128), nullable=True),
-    Column("parameters", JSON, nullable=True),
+    Column("parameters", JSON(none_as_null=True), nullable=True),
     Column("guard_key", Text, nullable=True),
     Column("verdict", String(16), nullable=False),
     Column("reason", Text, nullable=False),
@@ -102,7 +101,7 @@ decisions = Table(
     # Which guard check refused (key_active, mutex_held, cooldown, budget, ...).
     Column("refusal", String(24), nullable=True),
     # The guard policy the decision was admitted under (cooldowns apply when it ends).
-    Column("policy", JSON, nullable=True),
+    Column("policy", JSON(none_as_null=True), nullable=True),
     # The Alertmanager silence set while the remediation runs, and whether it was lifted.
     Column("silence_id", String(64), nullable=True),
     Column("silence_lifted", Boolean, nullable=False, default=False),
@@ -371,38 +370,37 @@ class Store:
         conn: AsyncConnection, alerts: list[Alert]
     ) -> dict[tuple[str, str, str], int]:
         """Every handled `(fingerprint, startsAt, status)` of these alerts' incidents."""
-        pairs = sorted({(a.fingerprint, a.starts_at.isoformat()) for a in alerts})
+        # By fingerprint alone (the key's first column), and the start compared here: an
+        # IN over pairs costs SQLAlchemy far more to render than the few extra rows.
+        starts: dict[str, set[str]] = {}
+        for alert in alerts:
+            starts.setdefault(alert.fingerprint, set()).add(alert.starts_at.isoformat())
+        fingerprints = sorted(starts)
         found: dict[tuple[str, str, str], int] = {}
-        for start in range(0, len(pairs), 500):
+        for start in range(0, len(fingerprints), 500):
             rows = await conn.execute(
                 select(
                     alert_events.c.fingerprint,
                     alert_events.c.starts_at,
                     alert_events.c.status,
                     alert_events.c.inbox_id,
-                ).where(
-                    tuple_(alert_events.c.fingerprint, alert_events.c.starts_at).in_(
-                        pairs[start : start + 500]
-                    )
-                )
+                ).where(alert_events.c.fingerprint.in_(fingerprints[start : start + 500]))
             )
             for r in rows:
-                found[(r.fingerprint, r.starts_at, r.status)] = r.inbox_id
+                if r.starts_at in starts[r.fingerprint]:
+                    found[(r.fingerprint, r.starts_at, r.status)] = r.inbox_id
         return found
 
     async def add_identities(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         """Record handled identities; one already there (another replica's) is kept."""
         await conn.execute(self._insert(alert_events).on_conflict_do_nothing(), rows)
 
-    @staticmethod
-    async def replace_firing(conn: AsyncConnection, changes: dict[str, Alert | None]) -> None:
+    async def replace_firing(self, conn: AsyncConnection, changes: dict[str, Alert | None]) -> None:
         """Apply a batch's changes to the firing alerts: an Alert holds it, None drops it."""
-        incidents = list(changes)
-        for start in range(0, len(incidents), 500):
+        gone = [incident for incident, alert in changes.items() if alert is None]
+        for start in range(0, len(gone), 500):
             await conn.execute(
-                delete(firing_alerts).where(
-                    firing_alerts.c.incident.in_(incidents[start : start + 500])
-                )
+                delete(firing_alerts).where(firing_alerts.c.incident.in_(gone[start : start + 500]))
             )
         rows = [
             {"incident": incident, "alert": alert.model_dump_json(by_alias=True)}
@@ -410,7 +408,14 @@ class Store:
             if alert is not None
         ]
         if rows:
-            await conn.execute(firing_alerts.insert(), rows)
+            upsert = self._insert(firing_alerts)
+            await conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[firing_alerts.c.incident],
+                    set_={"alert": upsert.excluded.alert},
+                ),
+                rows,
+            )
 
     async def firing(self) -> list[Alert]:
         async with self.transaction() as conn:
@@ -452,16 +457,21 @@ class Store:
 
     # --- decisions ---------------------------------------------------------------------
 
-    @staticmethod
-    async def record_decisions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        """Insert decisions in bulk; every row has the same keys."""
-        await conn.execute(decisions.insert(), rows)
-
-    @staticmethod
-    async def record_decision(conn: AsyncConnection, **values: Any) -> int:
-        values.setdefault("created_at", time.time())
-        result = await conn.execute(decisions.insert().values(**values))
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
+    async def record_decisions(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]]
+    ) -> list[int]:
+        """Insert decisions in bulk (every row with the same keys); their ids, in row order."""
+        if self.dialect == "sqlite":
+            # The transaction holds SQLite's write lock from the first insert to the commit,
+            # and a new row's id is one more than the largest: the ids are consecutive,
+            # ending at the last one. RETURNING would double the cost of a row.
+            await conn.execute(decisions.insert(), rows)
+            last = int(await conn.scalar(text("SELECT last_insert_rowid()")) or 0)
+            return list(range(last - len(rows) + 1, last + 1))
+        result = await conn.execute(
+            decisions.insert().returning(decisions.c.id, sort_by_parameter_order=True), rows
+        )
+        return [int(i) for i in result.scalars()]
 
     async def decisions(
         self,
@@ -513,13 +523,8 @@ class Store:
         ]
         digests = [row["key_digest"] for row in rows]
         for _ in range(2):
-            statement = (
-                self._insert(leases)
-                .values(rows)
-                .on_conflict_do_nothing()
-                .returning(leases.c.key_digest)
-            )
-            taken = list(await conn.scalars(statement))
+            statement = self._insert(leases).on_conflict_do_nothing().returning(leases.c.key_digest)
+            taken = list((await conn.execute(statement, rows)).scalars())
             if len(taken) == len(rows):
                 return None
             if taken:
@@ -545,28 +550,31 @@ class Store:
                 # A holder already final (a lost release) still frees its names; one whose
                 # run was created meanwhile keeps them.
                 await self._finish_in(conn, holder, "EXPIRED", LEASE_EXPIRED, now, runless=True)
-        holder = await self.lease_holder(conn, names, now)
+        holder = await self.lease_holder(conn, names)
         # Not all names were taken, even if their holder let go meanwhile: refuse.
         return holder or LeaseHolder(str(rows[0]["name"]), 0, None, now)
 
-    async def lease_holder(
-        self, conn: AsyncConnection, names: list[str], now: float
-    ) -> LeaseHolder | None:
+    async def lease_holder(self, conn: AsyncConnection, names: list[str]) -> LeaseHolder | None:
         """A holder of any of `names`, if there is one (an expired lease still holds until
-        its decision is ended)."""
-        row = (
-            await conn.execute(
-                select(
-                    leases.c.name, leases.c.decision_id, leases.c.flow_run_id, leases.c.expires_at
-                )
-                .where(leases.c.key_digest.in_([key_digest(n) for n in names]))
-                .order_by(leases.c.name)  # `key:...` sorts before `mutex:...`: name the key
-                .limit(1)
-            )
-        ).first()
-        if row is None:
-            return None
-        return LeaseHolder(row.name, row.decision_id, row.flow_run_id, row.expires_at)
+        its decision is ended); the key's holder before a mutex's."""
+        held = await self.lease_holders(conn, names)
+        return held[min(held)] if held else None  # `key:...` sorts before `mutex:...`
+
+    @staticmethod
+    async def lease_holders(
+        conn: AsyncConnection, names: list[str] | None, *, limit: int | None = None
+    ) -> dict[str, LeaseHolder]:
+        """The holders of those of `names` that are held (of every held name if None, at
+        most `limit` of them), by name."""
+        query = select(
+            leases.c.name, leases.c.decision_id, leases.c.flow_run_id, leases.c.expires_at
+        ).limit(limit)
+        if names is not None:
+            query = query.where(leases.c.key_digest.in_([key_digest(n) for n in names]))
+        return {
+            r.name: LeaseHolder(r.name, r.decision_id, r.flow_run_id, r.expires_at)
+            for r in await conn.execute(query)
+        }
 
     @staticmethod
     async def cooldown_until(conn: AsyncConnection, key: str, now: float) -> float | None:

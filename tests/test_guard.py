@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event
 
 from responder.decisions import Decision, Verdict
 from responder.guard import PAUSE, Admission, Guard
+from responder.ledger import Ledger
 from responder.models import Alert
 from responder.rules import GuardSpec
 from responder.store import Store
@@ -288,3 +294,80 @@ async def test_a_lost_looking_decision_whose_run_was_just_created_is_not_ended(
     second = await admit(store, guard, decision(key="restart/host-2", fp="cc"))
     assert await store.finish(second.decision_id, "EXPIRED", runless=True)
     assert [r.decision_id for r in await store.active_runs()] == [first.decision_id]
+
+
+@contextmanager
+def statements(store: Store) -> Iterator[list[str]]:
+    """The SQL statements sent while the block runs."""
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_refusals_in_one_transaction_cost_no_statement_each(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    first = await admit(store, guard, decision())
+    async with store.transaction() as conn:
+        ledger = Ledger(store, conn)
+        admissions = guard.within(conn, ledger)
+        with statements(store) as sent:
+            answers = [await admissions.admit(decision(fp=f"{i:x}"), 1) for i in range(1, 101)]
+        # The pause switch and every held name, each read once.
+        assert len(sent) == 2, sent
+        await ledger.flush()
+    assert {a.refusal for a in answers} == {"key_active"}
+    assert f"held by decision {first.decision_id}" in answers[0].reason
+    # Written in bulk, every refusal has its own id, in the order the decisions were made.
+    ids = [a.decision_id for a in answers]
+    assert ids == sorted(ids) and len(set(ids)) == 100 and ids[0] > first.decision_id
+    rows = {r["id"]: r for r in await store.decisions(limit=200)}
+    assert [rows[i]["incident"].split("@")[0] for i in ids] == [f"{i:x}" for i in range(1, 101)]
+    assert all(rows[i]["verdict"] == "refused" for i in ids)
+
+
+async def test_a_name_taken_in_a_transaction_is_held_for_the_rest_of_it(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    async with store.transaction() as conn:
+        ledger = Ledger(store, conn)
+        admissions = guard.within(conn, ledger)
+        taken = await admissions.admit(replace(decision(), mutex=("host:host-1",)), 1)
+        same_key = await admissions.admit(decision(fp="bb"), 1)
+        same_host = await admissions.admit(
+            replace(decision(key="clean-disk/host-1", fp="cc"), mutex=("host:host-1",)), 1
+        )
+        elsewhere = await admissions.admit(decision(key="restart/host-2", fp="dd"), 1)
+        await ledger.flush()
+    assert taken.admitted and elsewhere.admitted
+    assert same_key.refusal == "key_active" and same_host.refusal == "mutex_held"
+    assert f"held by decision {taken.decision_id}" in same_key.reason
+    assert taken.decision_id < same_key.decision_id < same_host.decision_id
+    assert same_host.decision_id < elsewhere.decision_id
+    assert await store.lease_count() == 3
+
+
+async def test_a_name_taken_elsewhere_after_the_first_read_is_still_refused(
+    store: Store,
+) -> None:
+    guard = Guard(store, lease_seconds=60)
+    assert (await admit(store, guard, decision(key="restart/host-0", fp="00"))).admitted
+    async with store.transaction() as conn:
+        ledger = Ledger(store, conn)
+        admissions = guard.within(conn, ledger)
+        # The first admission reads the held names: restart/host-0 only. (A refusal writes
+        # nothing yet, so SQLite lets the other transaction below commit.)
+        assert (await admissions.admit(decision(key="restart/host-0", fp="99"), 1)).refusal
+        # Another transaction takes restart/host-1 meanwhile (another engine loop, say).
+        other = await admit(store, guard, decision(fp="aa"))
+        late = await admissions.admit(decision(fp="bb"), 1)
+        again = await admissions.admit(decision(fp="cc"), 1)
+        await ledger.flush()
+    assert other.admitted
+    assert late.refusal == "key_active" and again.refusal == "key_active"
+    assert f"held by decision {other.decision_id}" in again.reason
