@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -132,3 +133,26 @@ async def test_catalog_facts_gate_rules_and_fill_templates(tmp_path: Path) -> No
     ]
     assert rows[0]["parameters"]["json_body"] == {"owner": "team-checkout"}
     await svc.store.close()
+
+
+async def test_the_running_engine_collects_young_garbage_less_often(tmp_path: Path) -> None:
+    import gc
+
+    from responder.loop import YOUNG_GC_THRESHOLD
+
+    saved = gc.get_threshold()
+    gc.set_threshold(700, *saved[1:])
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "rules.yaml").write_text(RULES)
+    svc = Service(make_settings(tmp_path, rules), prefect_api_url=None)
+    try:
+        await svc.start()
+        for _ in range(100):
+            if svc.loop.running:
+                break
+            await asyncio.sleep(0.01)
+        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *saved[1:])
+    finally:
+        await svc.stop()
+        gc.set_threshold(*saved)
