@@ -122,9 +122,13 @@ class Admissions:
 
     It reads the pause switch once, and remembers which guard names it has seen held or has
     taken, so that in a storm, where most decisions find their key held, a refusal costs no
-    statement: its record waits in the ledger. What it remembers can only be stale towards
-    "held" (a run that ended meanwhile in another transaction), which refuses, as a read a
-    moment earlier would have; admission itself always goes through `acquire_leases`.
+    statement: its record waits in the ledger.
+
+    What it remembers can be out of date either way. Towards "held" (a run that ended in
+    another transaction during the batch): the decision is refused, as a read a moment
+    earlier would have refused it. Towards "free" (a name another transaction took; only
+    another engine loop takes names): admission goes through `acquire_leases`, where the
+    store decides, and a shadow or dry-run decision reads its free-looking names again.
     """
 
     def __init__(self, guard: Guard, conn: AsyncConnection, ledger: Ledger) -> None:
@@ -134,7 +138,7 @@ class Admissions:
         self._ledger = ledger
         self._pause: Any = _UNREAD
         self._held: dict[str, LeaseHolder | None] = {}  # None: free
-        self._prefetched = False
+        self._lookups = 0
         self._complete = False  # every held name is in `_held`
 
     async def admit(self, decision: Decision, inbox_id: int | None) -> Admission:
@@ -147,6 +151,9 @@ class Admissions:
         if decision.shadow or self._guard.dry_run:
             if refusal is None:
                 holder = await self._holder(names)
+                if holder is None:  # it takes nothing, so no insert would tell: look again
+                    await self._read_holders(names)
+                    holder = await self._holder(names)
                 refusal = _held(holder, now) if holder else await self._cooling(decision, now)
             verdict = Verdict.SHADOW if decision.shadow else Verdict.DRY_RUN
             reason = f"would refuse: {refusal.reason}" if refusal else "would admit"
@@ -188,14 +195,15 @@ class Admissions:
     async def _holder(self, names: list[str]) -> LeaseHolder | None:
         """A holder of any of `names` (the key's before a mutex's), each read once.
 
-        The first call reads every held name, unless more than `PREFETCH_LEASES` are held:
-        then each name is read when first wanted.
+        The first decision of a transaction reads its own names. A second one reads every
+        held name, unless more than `PREFETCH_LEASES` are held: then each name is read when
+        first wanted. A transaction with one decision never reads the whole table.
         """
-        if not self._prefetched:
-            self._prefetched = True
+        self._lookups += 1
+        if self._lookups == 2:
             every = await self._store.lease_holders(self._conn, None, limit=PREFETCH_LEASES + 1)
             if len(every) <= PREFETCH_LEASES:
-                self._held.update(every)
+                self._held = {name: holder for name, holder in every.items()}
                 self._complete = True
         unknown = [] if self._complete else [name for name in names if name not in self._held]
         if unknown:

@@ -43,7 +43,8 @@ YOUNG_GC_THRESHOLD = 20_000
 
 
 def collect_garbage_less_often() -> None:
-    """Raise the young generation's collection threshold of this process."""
+    """Raise the young generation's collection threshold of this whole process (the API
+    shares it); a threshold already higher is kept."""
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(YOUNG_GC_THRESHOLD, young), middle, old)
 

@@ -370,21 +370,26 @@ class Store:
         conn: AsyncConnection, alerts: list[Alert]
     ) -> dict[tuple[str, str, str], int]:
         """Every handled `(fingerprint, startsAt, status)` of these alerts' incidents."""
-        # By fingerprint alone (the key's first column), and the start compared here: an
-        # IN over pairs costs SQLAlchemy far more to render than the few extra rows.
+        # Two single-column INs (the key's columns) and the pairs compared here: an IN over
+        # pairs costs SQLAlchemy far more to render. Filtering on the start too keeps a
+        # flapping alert's long history out of the read.
         starts: dict[str, set[str]] = {}
         for alert in alerts:
             starts.setdefault(alert.fingerprint, set()).add(alert.starts_at.isoformat())
         fingerprints = sorted(starts)
         found: dict[tuple[str, str, str], int] = {}
         for start in range(0, len(fingerprints), 500):
+            chunk = fingerprints[start : start + 500]
             rows = await conn.execute(
                 select(
                     alert_events.c.fingerprint,
                     alert_events.c.starts_at,
                     alert_events.c.status,
                     alert_events.c.inbox_id,
-                ).where(alert_events.c.fingerprint.in_(fingerprints[start : start + 500]))
+                ).where(
+                    alert_events.c.fingerprint.in_(chunk),
+                    alert_events.c.starts_at.in_(sorted(set().union(*(starts[f] for f in chunk)))),
+                )
             )
             for r in rows:
                 if r.starts_at in starts[r.fingerprint]:
@@ -462,12 +467,15 @@ class Store:
     ) -> list[int]:
         """Insert decisions in bulk (every row with the same keys); their ids, in row order."""
         if self.dialect == "sqlite":
-            # The transaction holds SQLite's write lock from the first insert to the commit,
-            # and a new row's id is one more than the largest: the ids are consecutive,
-            # ending at the last one. RETURNING would double the cost of a row.
             await conn.execute(decisions.insert(), rows)
-            last = int(await conn.scalar(text("SELECT last_insert_rowid()")) or 0)
-            return list(range(last - len(rows) + 1, last + 1))
+            driver = (await conn.get_raw_connection()).driver_connection
+            if driver is not None and driver.in_transaction:
+                # The transaction holds SQLite's write lock from its first write to the
+                # commit, and a new row's id is one more than the largest: the ids are
+                # consecutive, ending at the last one. RETURNING would double a row's cost.
+                last = int(await conn.scalar(text("SELECT last_insert_rowid()")) or 0)
+                return list(range(last - len(rows) + 1, last + 1))
+            raise RuntimeError("decisions must be recorded inside a transaction")
         result = await conn.execute(
             decisions.insert().returning(decisions.c.id, sort_by_parameter_order=True), rows
         )

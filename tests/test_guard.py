@@ -319,8 +319,9 @@ async def test_refusals_in_one_transaction_cost_no_statement_each(store: Store) 
         admissions = guard.within(conn, ledger)
         with statements(store) as sent:
             answers = [await admissions.admit(decision(fp=f"{i:x}"), 1) for i in range(1, 101)]
-        # The pause switch and every held name, each read once.
-        assert len(sent) == 2, sent
+        # The pause switch once; the first decision's own names, then every held name once.
+        assert len(sent) == 3, sent
+        assert "WHERE leases.key_digest IN" in sent[1] and "WHERE" not in sent[2], sent
         await ledger.flush()
     assert {a.refusal for a in answers} == {"key_active"}
     assert f"held by decision {first.decision_id}" in answers[0].reason
@@ -371,3 +372,19 @@ async def test_a_name_taken_elsewhere_after_the_first_read_is_still_refused(
     assert other.admitted
     assert late.refusal == "key_active" and again.refusal == "key_active"
     assert f"held by decision {other.decision_id}" in again.reason
+
+
+async def test_a_shadow_decision_looks_again_before_it_would_admit(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    assert (await admit(store, guard, decision(key="restart/host-0", fp="00"))).admitted
+    async with store.transaction() as conn:
+        ledger = Ledger(store, conn)
+        admissions = guard.within(conn, ledger)
+        for fp in ("01", "02"):  # reads the held names: restart/host-1 is free
+            assert (await admissions.admit(decision(key="restart/host-0", fp=fp), 1)).refusal
+        other = await admit(store, guard, decision(fp="aa"))  # another transaction takes it
+        shadow = await admissions.admit(replace(decision(fp="bb"), shadow=True), 1)
+        await ledger.flush()
+    assert other.admitted
+    assert shadow.verdict is Verdict.SHADOW
+    assert shadow.reason.startswith("would refuse: key 'restart/host-1' is active"), shadow.reason
