@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -79,16 +80,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+def _field_errors(exc: ValidationError | RequestValidationError) -> list[dict[str, str]]:
     # Never echo the input back: it may be huge or hostile.
+    errors = (
+        exc.errors(include_url=False, include_input=False)
+        if isinstance(exc, ValidationError)
+        else exc.errors()
+    )
     return [
         {
             # A location holds dict keys (label names), which are input too: cut them short.
             "field": ".".join(str(p)[:100] for p in err["loc"]) or "(body)",
-            "message": err["msg"],
+            "message": str(err["msg"])[:300],
             "type": err["type"],
         }
-        for err in exc.errors(include_url=False, include_input=False)[:50]
+        for err in errors[:50]
     ]
 
 
@@ -160,6 +166,15 @@ def create_app(service: Service) -> FastAPI:
         response = _error(401, "missing or invalid credentials")
         response.headers["WWW-Authenticate"] = credentials.challenge
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """Path and query parameters are checked before a handler runs, and so before the
+        handler's credential check: ask for credentials first here too (every route with
+        such parameters is an operator route), and answer in this API's error format."""
+        if denied := refused(request, operator_auth):
+            return denied
+        return _error(422, "invalid request parameters", fields=_field_errors(exc))
 
     def throttled(request: Request, endpoint: str) -> JSONResponse | None:
         """A 429 when this request's client has used up its rate; checked before anything

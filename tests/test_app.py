@@ -549,6 +549,30 @@ async def test_webhook_operator_and_event_credentials_are_separate(
     assert right.status_code == 200
 
 
+async def test_bad_parameters_without_credentials_are_401_and_with_them_422(
+    make_client: ClientFactory,
+) -> None:
+    client, _ = await make_client(bearer_token="wh", operator_token="op")
+    operator = {"authorization": "Bearer op"}
+    bad = [
+        ("GET", "/api/v1/decisions?limit=0"),
+        ("GET", "/api/v1/explain/not-hex"),
+        ("GET", "/api/v1/catalog/Bad%20Name"),
+        ("POST", "/api/v1/catalog/flows/Bad%20Name/runs"),
+    ]
+    for method, path in bad:
+        anonymous = await client.request(method, path, headers=JSON, content=b"{}")
+        assert anonymous.status_code == 401, f"{method} {path}: {anonymous.text}"
+        assert "www-authenticate" in anonymous.headers
+        known = await client.request(method, path, headers={**JSON, **operator}, content=b"{}")
+        assert known.status_code == 422, f"{method} {path}: {known.text}"
+        assert known.json()["error"] == "invalid request parameters"
+        [field] = known.json()["fields"]
+        assert field["field"].split(".")[0] in ("query", "path"), field
+    limit = await client.get("/api/v1/decisions?limit=0", headers=operator)
+    assert limit.json()["fields"][0]["field"] == "query.limit"
+
+
 async def test_every_endpoint_but_health_and_metrics_needs_credentials(
     make_client: ClientFactory,
 ) -> None:
