@@ -62,6 +62,28 @@ def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {**schema, "required": True}}
 
 
+# Every error body: `error` says what is wrong, `fields` (on a 422) which inputs.
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string"},
+        "fields": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -158,6 +180,15 @@ def create_app(service: Service) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
+    fastapi_openapi = app.openapi
+
+    def openapi_document() -> dict[str, Any]:
+        """FastAPI's document, with a 422 described as this API answers it."""
+        if app.openapi_schema is None:
+            fastapi_openapi()["components"]["schemas"]["HTTPValidationError"] = ERROR_SCHEMA
+        return fastapi_openapi()
+
+    app.openapi = openapi_document  # type: ignore[method-assign]
 
     def refused(request: Request, credentials: Credentials) -> JSONResponse | None:
         """A 401 unless the request carries these credentials."""

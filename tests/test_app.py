@@ -571,6 +571,10 @@ async def test_bad_parameters_without_credentials_are_401_and_with_them_422(
         assert field["field"].split(".")[0] in ("query", "path"), field
     limit = await client.get("/api/v1/decisions?limit=0", headers=operator)
     assert limit.json()["fields"][0]["field"] == "query.limit"
+    # The OpenAPI document describes that body, not FastAPI's default one.
+    document = (await client.get("/api/v1/openapi.json", headers=operator)).json()
+    described = document["components"]["schemas"]["HTTPValidationError"]
+    assert set(described["properties"]) == {"error", "fields"}
 
 
 async def test_every_endpoint_but_health_and_metrics_needs_credentials(
