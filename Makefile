@@ -33,8 +33,10 @@ lint: setup
 	$(VENV)/bin/ruff check responder flows tests bench
 	$(VENV)/bin/mypy
 
+# PostgreSQL: RESPONDER_TEST_POSTGRES_URL, or 127.0.0.1:5432 when it answers, or a throw-away
+# cluster that tests/postgres.sh starts (and installs Debian's postgresql for) itself.
 pytest: setup system-deps
-	$(VENV)/bin/pytest
+	PYTHON=$(PY) tests/postgres.sh $(VENV)/bin/pytest
 
 test: lint pytest
 

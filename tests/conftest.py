@@ -21,14 +21,14 @@ from responder.settings import Settings
 from responder.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "alertmanager"
+FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
 POSTGRES_URL = os.environ.get(
     "RESPONDER_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 
 
 def fixture_body(name: str) -> bytes:
-    """The exact bytes Alertmanager 0.25 sent, from ../shared/fixtures/alertmanager."""
+    """The exact bytes Alertmanager 0.25 sent, from tests/fixtures/alertmanager."""
     return (FIXTURES / f"{name}.json").read_bytes()
 
 
