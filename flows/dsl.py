@@ -37,7 +37,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AnyHttpUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -51,7 +50,7 @@ from pydantic import (
 )
 from pydantic_core import SchemaError
 
-from flows.types import Host, Hostname
+from flows.types import Host, Hostname, HttpUrl
 from responder.documents import line_of, load_document
 from responder.exceptions import FlowFileError, TemplateError
 from responder.rules import Duration
@@ -98,7 +97,7 @@ _SCALARS: dict[str, Any] = {
     "boolean": bool,
     "hostname": Hostname,
     "host": Host,
-    "url": AnyHttpUrl,
+    "url": HttpUrl,
 }
 ParameterType = Literal["string", "integer", "number", "boolean", "hostname", "host", "url"]
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,8 +69,9 @@ def _http_server(settings: Any, service: Any) -> Any:
     return uvicorn.Server(config)
 
 
-def _exit_on_signal(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
+def _exit_on_signal(_signum: int, _frame: Any) -> None:
+    # A stop that was asked for and done cleanly is a success (no `make: Error 143`).
+    raise SystemExit(0)
 
 
 def _log_to_stderr() -> None:
@@ -90,7 +93,9 @@ def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = 
     try:
         settings = _settings(config, host=host, port=port)
         external = settings.prefect_api_url or os.environ.get("PREFECT_API_URL")
-        supervisor = Supervisor(settings.data_dir, settings.prefect_port, external)
+        supervisor = Supervisor(
+            settings.data_dir, settings.prefect_port, external, settings.runner_limit
+        )
         service = Service(settings, prefect_api_url=supervisor.api_url)
     except ResponderError as exc:
         raise _fail(exc) from None
@@ -102,8 +107,9 @@ def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = 
     try:
         supervisor.start()
         server = _http_server(settings, service)
-        _print_banner(settings, service)
-        asyncio.run(_serve_until_a_child_dies(server, supervisor))
+        asyncio.run(
+            _serve_until_a_child_dies(server, supervisor, lambda: _print_banner(settings, service))
+        )
     except ResponderError as exc:
         raise _fail(exc) from None
     finally:
@@ -131,20 +137,35 @@ def serve(config: ConfigOption = None, host: HostOption = None, port: PortOption
     _http_server(settings, service).run()
 
 
-async def _serve_until_a_child_dies(server: Any, supervisor: Any) -> None:
+async def _serve_until_a_child_dies(
+    server: Any, supervisor: Any, on_ready: Callable[[], None]
+) -> None:
+    """Serve until stopped or a child dies; `on_ready` once `/readyz` would answer 200."""
+
     async def watch() -> None:
+        announced = False
         while not server.should_exit:
+            if not announced and server.started and await _ready(server):
+                on_ready()
+                announced = True
             dead = supervisor.dead_children()
             if dead:
                 err_console.print(f"[red]{dead[0].name} exited; see {dead[0].log_file}[/red]")
                 server.should_exit = True
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0 if announced else 0.2)
 
     watcher = asyncio.create_task(watch())
     try:
         await server.serve()
     finally:
         watcher.cancel()
+
+
+async def _ready(server: Any) -> bool:
+    """What the server's own `/readyz` answers, asked in-process (no socket, no TLS)."""
+    transport = httpx.ASGITransport(app=server.config.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://responder") as client:
+        return (await client.get("/readyz")).status_code == 200
 
 
 def _print_banner(settings: Any, service: Any) -> None:
@@ -274,7 +295,7 @@ def decisions(
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    for row in reversed(rows):
+    for row in rows:
         console.print(_describe(row), highlight=False, markup=False, soft_wrap=True)
 
 
@@ -322,7 +343,7 @@ def pause(
     config: ConfigOption = None,
 ) -> None:
     """Stop admitting remediations, cluster-wide (the kill switch). Active runs go on."""
-    by = os.environ.get("USER", "")
+    by = _operator()
     response = _call(config, "POST", "/api/v1/pause", json={"reason": reason, "by": by})
     console.print(f"paused: {response.json()['pause']['reason']}", highlight=False)
 
@@ -419,6 +440,14 @@ def _printable(value: object) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
+def _operator() -> str:
+    """Who runs this command: the login name ($LOGNAME, $USER, or the password database)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid with no name, as in some containers
+        return f"uid {os.getuid()}"
+
+
 def _describe(row: dict[str, Any]) -> str:
     """One decision as a short block: the alert, the rule and verdict, the flow run."""
     labels = row["labels"]
@@ -426,8 +455,10 @@ def _describe(row: dict[str, Any]) -> str:
     shown = ",".join(f"{k}={_printable(labels[k])}" for k in keys if k in labels)
     when = _utc(row["created_at"])
     alertname, reason = _printable(row["alertname"]), _printable(row["reason"])
+    fingerprint = _printable((row.get("incident") or "").partition("@")[0]) or "-"
     lines = [
-        f"#{row['id']}  {when}  {alertname}{{{shown}}} {row['alert_status']}",
+        f"#{row['id']}  {when}  {alertname}{{{shown}}} {row['alert_status']}  "
+        f"fingerprint {fingerprint}",
         f"    {row['rule'] or '(no rule)'} → {row['verdict']}: {reason}",
     ]
     if row["flow_run_id"] or row["flow_run_state"]:
@@ -517,7 +548,7 @@ def run(
     body = {
         "parameters": parameters,
         "reason": reason or "started by hand",
-        "requested_by": by or os.environ.get("USER", "cli"),
+        "requested_by": by or _operator(),
         "key": key,
         "mutex": mutex or [],
         "approval": approval,

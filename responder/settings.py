@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         None, description="Use this Prefect server instead of starting one (PREFECT_API_URL)."
     )
     prefect_port: int = Field(4200, ge=1, le=65535, description="Port of the local Prefect server.")
+    runner_limit: int = Field(
+        5,
+        ge=1,
+        le=200,
+        description="Flow runs the embedded runner of `responder up` executes at once; more "
+        "wait as scheduled runs. Each run is a Python process of about 90 MiB.",
+    )
 
     @classmethod
     def settings_customise_sources(

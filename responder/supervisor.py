@@ -81,11 +81,18 @@ class Child:
 class Supervisor:
     """Starts the Prefect server (unless one is given) and the flow runner; stops both."""
 
-    def __init__(self, data_dir: Path, prefect_port: int, prefect_api_url: str | None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        prefect_port: int,
+        prefect_api_url: str | None,
+        runner_limit: int = 5,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.external_prefect = prefect_api_url is not None
         self.api_url = prefect_api_url or f"http://127.0.0.1:{prefect_port}/api"
         self._prefect_port = prefect_port
+        self._runner_limit = runner_limit
         self.children: list[Child] = []
 
     def _env(self) -> dict[str, str]:
@@ -112,7 +119,11 @@ class Supervisor:
                     "--port",
                     str(self._prefect_port),
                 ],
-                {k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+                # The UI asks the server where its API is; without this it says port 4200.
+                {
+                    **{k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+                    "PREFECT_UI_API_URL": self.api_url,
+                },
                 self.data_dir / "logs" / "prefect-server.log",
             )
             server.start()
@@ -120,7 +131,7 @@ class Supervisor:
         self.wait_for_prefect(ready_timeout)
         runner = Child(
             "flow-runner",
-            [sys.executable, "-m", "responder", "serve-flows"],
+            [sys.executable, "-m", "responder", "serve-flows", "--limit", str(self._runner_limit)],
             env,
             self.data_dir / "logs" / "flow-runner.log",
         )

@@ -7,6 +7,7 @@ leaves no process behind.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
         f"port: {port}\nprefect_port: {prefect_port}\ndata_dir: {tmp_path / 'data'}\n"
         f"rules_dir: {ROOT / 'rules'}\n"
         f"rule_vars: {{service_control_url: '{demo_service.url}'}}\n"
+        "runner_limit: 3\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     out = (tmp_path / "up.log").open("wb")
@@ -76,15 +78,24 @@ def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
     try:
         deadline = time.monotonic() + 120
         while True:
+            # The banner says "up" only once /readyz answers 200: read the log, then ask.
+            announced = "Responder is up" in (tmp_path / "up.log").read_text()
             try:
                 if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
+            assert not announced, "the banner came before /readyz answered 200"
             assert process.poll() is None, (tmp_path / "up.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
             time.sleep(0.5)
-        banner = (tmp_path / "up.log").read_text()
+        wait_until_announced = time.monotonic() + 5
+        while "Responder is up" not in (banner := (tmp_path / "up.log").read_text()):
+            assert time.monotonic() < wait_until_announced, banner
+            time.sleep(0.1)
+        # The Prefect UI finds its API on this port, not on the default 4200.
+        ui = httpx.get(f"http://127.0.0.1:{prefect_port}/ui-settings", timeout=5).json()
+        assert ui["api_url"] == f"http://127.0.0.1:{prefect_port}/api"
         assert f"{base}/webhook/alertmanager" in banner
         assert f"http://127.0.0.1:{prefect_port}" in banner
         assert "webhook_configs" in banner
@@ -106,18 +117,21 @@ def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
         assert rows[0]["flow_run_state"] == "COMPLETED"
         assert demo_service.restarts == [("host-1", "checkout")]
 
-        def responder(*args: str) -> str:
+        def responder(*args: str, environment: dict[str, str] = env) -> str:
             return subprocess.run(
                 [sys.executable, "-m", "responder", *args, "--config", str(config)],
                 capture_output=True,
                 text=True,
-                env=env,
+                env=environment,
                 timeout=30,
                 check=True,
             ).stdout
 
         shown = responder("decisions")
         assert "ServiceDown{instance=host-1,service=checkout" in shown
+        assert "fingerprint 4c49c27c50dac262" in shown  # what `explain` needs
+        numbers = [int(line.split()[0][1:]) for line in shown.splitlines() if line[:1] == "#"]
+        assert len(numbers) >= 2 and numbers == sorted(numbers, reverse=True)  # newest first
         assert "restart-crashed-service → admitted" in shown
         run_url = f"http://127.0.0.1:{prefect_port}/runs/flow-run/{rows[0]['flow_run_id']}"
         assert f"COMPLETED  {run_url}" in shown
@@ -133,12 +147,20 @@ def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
         assert "restart-crashed-service → admitted" in story
         assert "still firing" in story
 
-        assert "paused: maintenance of the fleet" in responder("status")
+        nameless = {k: v for k, v in env.items() if k not in ("USER", "LOGNAME", "LNAME")}
+        responder("pause", "--reason", "maintenance of the fleet", environment=nameless)
+        me = pwd.getpwuid(os.getuid()).pw_name  # found without $USER
+        assert f"paused: maintenance of the fleet (by {me})" in responder("status")
         assert "resumed" in responder("resume")
         assert "admitting" in responder("status")
 
         tree = descendants(process.pid)
         assert len(tree) >= 2  # the Prefect server and the flow runner, at least
+        runners = [
+            pid for pid in tree if b"serve-flows" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert runners, "no flow runner among the children"
+        assert b"--limit\x003\x00" in Path(f"/proc/{runners[0]}/cmdline").read_bytes()
     finally:
         process.send_signal(stop)
         try:
@@ -148,5 +170,8 @@ def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
             raise
         finally:
             out.close()
+    # A clean stop: SIGTERM (systemd, `make run` stopped) is a success; Ctrl-C is 130 as usual.
+    expected = 0 if stop == signal.SIGTERM else 130
+    assert process.returncode == expected, (tmp_path / "up.log").read_text()
     time.sleep(0.5)
     assert [pid for pid in tree if alive(pid)] == []

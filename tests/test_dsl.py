@@ -205,12 +205,12 @@ steps:
     op: http.request
     with:
       method: POST
-      url: "{{ params.base }}restart/{{ params.host | segment }}/api"
+      url: "{{ params.base }}/restart/{{ params.host | segment }}/api"
       json_body: {note: "{{ params.note }}"}
   - name: health
     op: http.request
     when: "not params.skip_check and steps.restart.status_code == 202"
-    with: {url: "{{ params.base }}health/{{ params.host | segment }}/api"}
+    with: {url: "{{ params.base }}/health/{{ params.host | segment }}/api"}
     retries: 0
 """
 
@@ -274,12 +274,12 @@ def test_parallel_steps_all_run_and_their_results_are_kept(
         steps:
           - name: together
             parallel:
-              - {name: left, op: http.request, with: {method: POST, url: "{{ params.base }}l"}}
-              - {name: right, op: http.request, with: {method: POST, url: "{{ params.base }}r"}}
+              - {name: left, op: http.request, with: {method: POST, url: "{{ params.base }}/l"}}
+              - {name: right, op: http.request, with: {method: POST, url: "{{ params.base }}/r"}}
           - name: after
             op: http.request
             when: "steps.together.left.ok and steps.right.status_code == 202"
-            with: {method: POST, url: "{{ params.base }}after"}
+            with: {method: POST, url: "{{ params.base }}/after"}
         """,
     )
     both(base=demo_service.url)
@@ -306,11 +306,11 @@ steps:
         - name: restart
           op: http.request
           when: "host != params.broken"
-          with: {method: POST, url: "{{ params.base }}restart/{{ host | segment }}/api"}
+          with: {method: POST, url: "{{ params.base }}/restart/{{ host | segment }}/api"}
         - name: check
           op: http.request
           retries: 0
-          with: {url: "{{ params.base }}health/{{ host | segment }}/api"}
+          with: {url: "{{ params.base }}/health/{{ host | segment }}/api"}
 """
 
 
@@ -426,7 +426,7 @@ steps:
     approval: {message: "call {{ params.base }}?", timeout: 2m}
   - name: call
     op: http.request
-    with: {method: POST, url: "{{ params.base }}called"}
+    with: {method: POST, url: "{{ params.base }}/called"}
 """
 
 
@@ -479,3 +479,19 @@ def test_an_unanswered_approval_times_out_and_the_run_fails_before_acting(
     assert state.is_failed()
     assert "never resumed" in (state.message or "")
     assert demo_service.posts == []
+
+
+def test_a_url_parameter_is_kept_as_written(tmp_path: Path) -> None:
+    """`"{{ params.base }}/fix"` must request `/fix`, not `//fix`: a url is checked, not
+    rewritten (pydantic's AnyHttpUrl adds a slash to a bare host)."""
+    path = tmp_path / "u.yaml"
+    path.write_text(
+        "flow: u\ndescription: d\nparameters: {base: {type: url}}\n"
+        "steps: [{name: s, op: http.request, with: {url: '{{ params.base }}/fix'}}]\n"
+    )
+    model = load_flow_file(path, set(all_operations())).spec.parameters_model
+    assert model.model_validate({"base": "http://127.0.0.1:9"}).base == "http://127.0.0.1:9"
+    with pytest.raises(ValueError, match="URL"):
+        model.model_validate({"base": "not a url"})
+    assert model.model_json_schema()["properties"]["base"]["format"] == "uri"
+

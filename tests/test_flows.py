@@ -190,7 +190,7 @@ steps:
       steps:
         - name: clean
           op: http.request
-          with: {method: POST, url: "{{ params.agent_url }}cleanup/{{ host | segment }}"}
+          with: {method: POST, url: "{{ params.agent_url }}/cleanup/{{ host | segment }}"}
       verify:
         prometheus: "{{ params.prometheus_url }}"
         query: >-
