@@ -494,4 +494,3 @@ def test_a_url_parameter_is_kept_as_written(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="URL"):
         model.model_validate({"base": "not a url"})
     assert model.model_json_schema()["properties"]["base"]["format"] == "uri"
-
