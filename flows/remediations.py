@@ -18,7 +18,9 @@ class NotRecovered(Exception):
     """The remediation acted, but the target did not reach its healthy state in time."""
 
 
-@flow(name="restart-service", flow_run_name="restart-service {service}@{host}", log_prints=False)
+# Runs are named by the dispatcher when it creates them (responder/story.py); a
+# flow_run_name here would rename them once they start.
+@flow(name="restart-service", log_prints=False)
 def restart_service(
     host: Host,
     service: ServiceName,
@@ -61,7 +63,7 @@ def _verify_healthy(url: AnyHttpUrl, within: float, every: float, what: str) -> 
         time.sleep(every)
 
 
-@flow(name="http-call", flow_run_name="http-call {method} {url}")
+@flow(name="http-call")
 def http_call(
     url: AnyHttpUrl,
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST",

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import httpx
 
-from responder import metrics
+from responder import metrics, story
 from responder.alertmanager import Alertmanager
 from responder.store import LEASE_EXPIRED, ActiveRun, Store
 
@@ -47,16 +47,6 @@ def idempotency_key(run: ActiveRun) -> str:
     forever: the digest of the incident and key keeps two stores' decision ids apart."""
     what = hashlib.sha256(f"{run.rule}|{run.incident}|{run.guard_key}".encode()).hexdigest()
     return f"responder:decision:{run.decision_id}:{what[:24]}"
-
-
-def run_tags(run: ActiveRun) -> list[str]:
-    # Label values are hostile and unbounded; tags are short, so cut them.
-    return [
-        "responder",
-        f"rule:{run.rule}"[:100],
-        f"alertname:{run.alertname}"[:100],
-        f"key:{run.guard_key}"[:100],
-    ]
 
 
 def ui_url_for(api_url: str) -> str:
@@ -250,6 +240,7 @@ class Dispatcher:
             log.warning("creating a flow run for decision %s failed: %s", run.decision_id, exc)
             return "retry"
         await self._store.set_flow_run(run.decision_id, flow_run_id)
+        self._background(self._tell_story(run, flow_run_id))
         await self._emit_decision(run, flow_run_id)
         if run.silence:
             await self._silence(run, flow_run_id)
@@ -330,6 +321,38 @@ class Dispatcher:
                 await self._silence(run, flow_run_id)
             metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
         log.info("decisions %s: one batched flow run %s over %d", ids, flow_run_id, len(items))
+
+    async def _tell_story(self, run: ActiveRun, flow_run_id: str) -> None:
+        """The run's artifact in the Prefect UI: the alert, the rule and why, the guard's
+        checks and the incident's earlier decisions. Best effort: the run goes on without."""
+        fingerprint = run.incident.partition("@")[0]
+        try:
+            history = await self._store.decisions(limit=50, fingerprint=fingerprint)
+            alert = await self._store.firing_alert(run.incident)
+        except Exception as exc:
+            log.warning("no artifact for decision %s: %s", run.decision_id, exc)
+            return
+        decision = next((row for row in history if row["id"] == run.decision_id), {})
+        markdown = story.dispatch_story(run, decision, alert, history, self._alertmanager_url)
+        await self._artifact(flow_run_id, story.DISPATCH_ARTIFACT, markdown, "why this run")
+
+    async def _artifact(self, flow_run_id: str, key: str, markdown: str, description: str) -> None:
+        from prefect.client.schemas.actions import ArtifactCreate
+
+        if self._client is None:
+            return
+        try:
+            await self._client.create_artifact(
+                ArtifactCreate(
+                    key=key,
+                    type="markdown",
+                    data=markdown,
+                    description=description,
+                    flow_run_id=UUID(flow_run_id),
+                )
+            )
+        except Exception as exc:
+            log.warning("artifact %s of flow run %s not written: %s", key, flow_run_id, exc)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -474,7 +497,8 @@ class Dispatcher:
         flow_run = await self._client.create_flow_run_from_deployment(
             deployment_id,
             parameters=run.parameters,
-            tags=run_tags(run),
+            name=story.run_name(run),
+            tags=story.run_tags(run),
             idempotency_key=key or idempotency_key(run),
         )
         return str(flow_run.id)
@@ -484,6 +508,10 @@ class Dispatcher:
             if run.flow_run_id == flow_run_id:
                 if await self._store.finish(run.decision_id, state_type, detail=detail):
                     metrics.FLOW_RUNS_FINISHED.labels(state=state_type).inc()
+                    outcome = story.outcome_story(run.decision_id, state_type, detail)
+                    self._background(
+                        self._artifact(flow_run_id, story.OUTCOME_ARTIFACT, outcome, state_type)
+                    )
                     log.info(
                         "decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type
                     )

@@ -422,6 +422,16 @@ class Store:
                 rows,
             )
 
+    async def firing_alert(self, incident: str) -> Alert | None:
+        """The firing alert of this incident, as last received; None once it resolved."""
+        async with self.transaction() as conn:
+            row = (
+                await conn.execute(
+                    select(firing_alerts.c.alert).where(firing_alerts.c.incident == incident)
+                )
+            ).first()
+        return None if row is None else Alert.model_validate_json(row.alert)
+
     async def firing(self) -> list[Alert]:
         async with self.transaction() as conn:
             rows = await conn.execute(select(firing_alerts.c.alert))

@@ -118,6 +118,31 @@ async def test_decision_runs_a_flow_that_completes_and_releases_the_lease(
     assert event["related"][0]["prefect.resource.id"] == f"prefect.flow-run.{run['id']}"
     assert event["payload"]["rule"] == "restart-crashed-service"
 
+    # The run tells its own story in the Prefect UI: a name that says what and where, the
+    # incident in its tags, and artifacts written at dispatch and at the end.
+    fingerprint = decision["incident"].partition("@")[0]
+    assert run["name"] == "restart-service · ServiceDown checkout@host-11"
+    assert f"fingerprint:{fingerprint}" in run["tags"]
+    assert f"decision:{decision['id']}" in run["tags"]
+
+    async def artifacts() -> dict[str, dict[str, Any]] | None:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{dispatcher.api_url}/artifacts/filter",
+                json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}},
+            )
+            response.raise_for_status()
+            found = {a["key"]: a for a in response.json()}
+        return found if {"responder-dispatch", "responder-outcome"} <= found.keys() else None
+
+    told = await wait_for(artifacts, timeout=15, every=0.5)
+    why = told["responder-dispatch"]["data"]
+    assert "rule **restart-crashed-service**" in why
+    assert "| instance | host-11 |" in why
+    assert "| key | restart-service/host-11/checkout |" in why
+    assert "## Earlier decisions about this alert" in why
+    assert "COMPLETED" in told["responder-outcome"]["data"]
+
 
 async def test_fifty_concurrent_identical_webhooks_make_one_flow_run(
     running: tuple[httpx.AsyncClient, Service], demo_service: DemoService
