@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows import flow_names
 from responder import metrics
-from responder.auth import Credentials
+from responder.auth import Credentials, unprotected
 from responder.decisions import Verdict
 from responder.events import is_batch, parse_events
 from responder.exceptions import DocumentError, StoreUnavailable
@@ -146,7 +146,11 @@ def create_app(service: Service) -> FastAPI:
     webhook_auth = Credentials.for_webhooks(settings)
     operator_auth = Credentials.for_operators(settings)
     events_auth = Credentials.for_events(settings)
-    if settings.has_credentials and settings.operator_token is None:
+    if open_kinds := unprotected(settings):
+        log.warning(
+            "the %s endpoints accept requests without credentials", " and ".join(open_kinds)
+        )
+    elif settings.operator_token is None:
         log.warning("no operator_token: the operator API accepts the webhook credentials")
     rate_limit = (
         RateLimit(

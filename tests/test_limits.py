@@ -178,7 +178,9 @@ def test_trusted_proxies_must_be_addresses_or_networks(tmp_path: Path) -> None:
     config = tmp_path / "responder.yaml"
     config.write_text(f"data_dir: {tmp_path}\n")
     assert load_settings(config, trusted_proxies=["10.0.0.5", "fd00::/8"]).trusted_proxies
-    with pytest.raises(ConfigError, match=r"trusted_proxies: .*'\*' is not an IP address"):
+    with pytest.raises(
+        ConfigError, match=r"field trusted_proxies value .*'\*' is not an IP address"
+    ):
         load_settings(config, trusted_proxies=["10.0.0.5", "*"])
 
 
