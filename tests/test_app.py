@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import itertools
 import json
 import sqlite3
@@ -259,6 +260,23 @@ async def test_wrong_content_type_is_415(make_client: ClientFactory) -> None:
     assert (await client.post(URL, content=body)).status_code == 415
 
 
+async def test_a_compressed_body_is_415_not_400(make_client: ClientFactory) -> None:
+    client, _ = await make_client(operator_token="op")
+    body = gzip.compress(fixture_body("firing_single_servicedown"))
+    gzipped = {**JSON, "content-encoding": "gzip"}
+    for path, headers in [
+        (URL, gzipped),
+        ("/api/v1/events", gzipped),
+        ("/api/v1/pause", {**gzipped, "authorization": "Bearer op"}),
+    ]:
+        response = await client.post(path, content=body, headers=headers)
+        assert response.status_code == 415, f"{path}: {response.text}"
+        assert response.json()["error"] == "content encoding must be identity (uncompressed)"
+        assert response.json()["received"] == "gzip"
+    plain = await client.post(URL, content=gzip.decompress(body), headers=JSON)
+    assert plain.status_code == 200
+
+
 async def test_body_over_limit_is_413(make_client: ClientFactory) -> None:
     client, service = await make_client(max_body_bytes=2048)
     body = fixture_json("firing_single_servicedown")
@@ -310,6 +328,24 @@ async def test_basic_auth(make_client: ClientFactory) -> None:
     assert (
         await post(client, "firing_single_servicedown", authorization="Basic !!!")
     ).status_code == 401
+
+
+async def test_two_authorization_headers_are_400_whichever_comes_first(
+    make_client: ClientFactory,
+) -> None:
+    client, _ = await make_client(bearer_token="wh", operator_token="op")
+    body = fixture_body("firing_single_servicedown")
+    for pair in (["Bearer wh", "Bearer nope"], ["Bearer nope", "Bearer wh"]):
+        headers = httpx.Headers([*JSON.items(), *(("authorization", v) for v in pair)])
+        response = await client.post(URL, content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.json() == {
+            "error": "more than one Authorization header",
+            "field": "authorization",
+        }
+    both = httpx.Headers([("authorization", "Bearer op"), ("authorization", "Bearer op")])
+    assert (await client.get("/api/v1/decisions", headers=both)).status_code == 400
+    assert (await post(client, "firing_single_servicedown", authorization="Bearer wh")).is_success
 
 
 async def test_store_that_cannot_commit_answers_503_and_loses_nothing(
