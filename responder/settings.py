@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 from importlib.abc import Traversable
@@ -131,6 +132,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None,
         description="SQLAlchemy async URL of the store; default SQLite under data_dir.",
+        json_schema_extra={
+            "accepted": "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DATABASE"
+        },
     )
     store_timeout_seconds: float = Field(
         5.0,
@@ -435,8 +439,8 @@ def _accepted(name: str, field: FieldInfo | None) -> str:
                 bounds.append(f"{sign} {limit:g}")
         if (length := getattr(constraint, "max_length", None)) is not None:
             bounds.append(f"at most {length} characters")
-    if name == "database_url":
-        words = "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DATABASE"
+    if isinstance(field.json_schema_extra, dict) and "accepted" in field.json_schema_extra:
+        words = str(field.json_schema_extra["accepted"])  # what the type does not tell
     accepted = ", ".join([words or "a value", *([" and ".join(bounds)] if bounds else [])])
     if field.examples:
         accepted += f", e.g. {json.dumps(field.examples[0])}"
@@ -455,7 +459,9 @@ def _line(err: Any) -> str:
     problem = str(error) if error is not None else err["msg"]
     if err["type"] == "extra_forbidden":
         shown = _shown(top, err.get("input"))
-        return f"field {name} value {shown}: not a setting; accepted: {_accepted(name, None)}"
+        close = difflib.get_close_matches(name, Settings.model_fields, n=1)
+        problem = f"not a setting (did you mean {close[0]}?)" if close else "not a setting"
+        return f"field {name} value {shown}: {problem}; accepted: {_accepted(name, None)}"
     accepted = _accepted(top, Settings.model_fields.get(top))
     return f"field {name} value {_shown(top, err.get('input'))}: {problem}; accepted: {accepted}"
 

@@ -155,7 +155,11 @@ def test_the_store_urls_that_work_are_accepted(config: Path) -> None:
         ("event_ttl: .nan\n", {}, "field event_ttl value nan"),
         ("bearer_token: ''\n", {}, "field bearer_token value (secret, not shown)"),
         ("host: 0.0.0.0\nevents_token: ev\n", {}, "field host value '0.0.0.0'"),
-        ("hots: 0.0.0.0\n", {}, "field hots value '0.0.0.0': not a setting; accepted: one of"),
+        (
+            "hots: 0.0.0.0\n",
+            {},
+            "field hots value '0.0.0.0': not a setting (did you mean host?); accepted: one of",
+        ),
     ],
     ids=[
         "proxies-not-json",
