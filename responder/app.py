@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows import flow_names
 from responder import metrics
-from responder.auth import Credentials
+from responder.auth import Credentials, unprotected
 from responder.decisions import Verdict
 from responder.events import is_batch, parse_events
 from responder.exceptions import DocumentError, StoreUnavailable
@@ -102,6 +102,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _encoded(request: Request) -> JSONResponse | None:
+    """A 415 for a compressed body: bodies are read as sent, never decompressed (no zip bombs)."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    return _error(415, "content encoding must be identity (uncompressed)", received=encoding[:100])
+
+
 def _field_errors(exc: ValidationError | RequestValidationError) -> list[dict[str, str]]:
     # Never echo the input back: it may be huge or hostile.
     errors = (
@@ -146,7 +154,11 @@ def create_app(service: Service) -> FastAPI:
     webhook_auth = Credentials.for_webhooks(settings)
     operator_auth = Credentials.for_operators(settings)
     events_auth = Credentials.for_events(settings)
-    if settings.has_credentials and settings.operator_token is None:
+    if open_kinds := unprotected(settings):
+        log.warning(
+            "the %s endpoints accept requests without credentials", " and ".join(open_kinds)
+        )
+    elif settings.operator_token is None:
         log.warning("no operator_token: the operator API accepts the webhook credentials")
     rate_limit = (
         RateLimit(
@@ -191,8 +203,12 @@ def create_app(service: Service) -> FastAPI:
     app.openapi = openapi_document  # type: ignore[method-assign]
 
     def refused(request: Request, credentials: Credentials) -> JSONResponse | None:
-        """A 401 unless the request carries these credentials."""
-        if credentials.accepts(request.headers.get("authorization")):
+        """A 401 unless the request carries these credentials; a 400 for two of them,
+        which a proxy in front might read differently (the last one, say)."""
+        authorization = request.headers.getlist("authorization")
+        if len(authorization) > 1:
+            return _error(400, "more than one Authorization header", field="authorization")
+        if credentials.accepts(authorization[0] if authorization else None):
             return None
         response = _error(401, "missing or invalid credentials")
         response.headers["WWW-Authenticate"] = credentials.challenge
@@ -208,8 +224,8 @@ def create_app(service: Service) -> FastAPI:
         return _error(422, "invalid request parameters", fields=_field_errors(exc))
 
     def throttled(request: Request, endpoint: str) -> JSONResponse | None:
-        """A 429 when this request's client has used up its rate; checked before anything
-        else (credentials too), so a flood costs no more than this."""
+        """A 429 when this request's client has used up its rate; checked after the
+        credentials, so a stranger cannot spend a real sender's bucket (a 401 costs little)."""
         if rate_limit is None:
             return None
         wait = rate_limit.admit(client_of(request.client.host if request.client else None))
@@ -238,10 +254,12 @@ def create_app(service: Service) -> FastAPI:
 
         `parse` validates the body (raising pydantic's ValidationError) and counts its items.
         """
-        if limited := throttled(request, source):
-            return limited
         if denied := refused(request, credentials):
             return denied
+        if limited := throttled(request, source):
+            return limited
+        if encoded := _encoded(request):
+            return encoded
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in content_types:
             return _error(
@@ -274,6 +292,8 @@ def create_app(service: Service) -> FastAPI:
         Read by the handler, after the credentials: a request without them learns nothing
         of what a valid body is.
         """
+        if encoded := _encoded(request):
+            return encoded
         try:
             raw = await _read_body(request, settings.max_body_bytes)
             return model.model_validate_json(raw or b"{}")
@@ -402,10 +422,10 @@ def create_app(service: Service) -> FastAPI:
         (with the reason), or 202 `pending` if the engine has not decided within a few
         seconds (the request is committed and will be decided).
         """
-        if limited := throttled(request, "run-request"):
-            return limited
         if denied := refused(request, operator_auth):
             return denied
+        if limited := throttled(request, "run-request"):
+            return limited
         known = flow_names()
         if name not in known:
             return _error(404, f"unknown flow {name!r}", flow=name, known=known)

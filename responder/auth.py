@@ -1,14 +1,24 @@
-"""Credentials a caller must present: a bearer token and/or HTTP basic auth."""
+"""Credentials a caller must present: a bearer token and/or HTTP basic auth.
+
+Three kinds of endpoint, each with its credentials; this module is their one definition:
+- webhook (`POST /webhook/alertmanager`): `bearer_token` and/or `basic_username`/`basic_password`;
+- operator (every other route but `/healthz`, `/readyz` and `/metrics`): `operator_token`, or
+  the webhook's credentials when it is unset (never `events_token`);
+- events (`POST /api/v1/events`): `events_token`, or the webhook's credentials when it is unset.
+A secret is configured when it is set; settings refuse empty ones.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import secrets
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from responder.settings import Settings
+if TYPE_CHECKING:
+    from responder.settings import Settings
 
 
 class Credentials:
@@ -20,10 +30,12 @@ class Credentials:
         username: str | None = None,
         password: SecretStr | None = None,
     ) -> None:
-        self._token = token.get_secret_value().encode() if token else None
+        self._token = None if token is None else token.get_secret_value().encode()
         self._basic: tuple[bytes, bytes] | None = None
         if username is not None and password is not None:
             self._basic = (username.encode(), password.get_secret_value().encode())
+        if self._token == b"" or (self._basic is not None and b"" in self._basic):
+            raise ValueError("an empty secret is not a credential")
 
     @classmethod
     def for_webhooks(cls, settings: Settings) -> Credentials:
@@ -72,3 +84,13 @@ class Credentials:
             password_ok = secrets.compare_digest(password, self._basic[1])
             return bool(sep) and user_ok and password_ok
         return False
+
+
+def unprotected(settings: Settings) -> list[str]:
+    """The kinds of endpoint these settings leave open to anyone."""
+    kinds = {
+        "webhook": Credentials.for_webhooks,
+        "operator": Credentials.for_operators,
+        "events": Credentials.for_events,
+    }
+    return [kind for kind, credentials in kinds.items() if not credentials(settings).required]

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from responder import tls
 from responder.exceptions import ResponderError
@@ -39,7 +40,10 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
 
 
 def _fail(exc: ResponderError) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+    # Escaped: the message quotes what the user wrote, which may look like markup.
+    err_console.print(
+        f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True
+    )
     return typer.Exit(1)
 
 
@@ -400,10 +404,13 @@ def _call(
     base = settings.base_url
     headers = {}
     auth = None
-    token = settings.operator_token or settings.bearer_token
+    # What the operator API takes (responder.auth): operator_token, else the webhook's.
+    token = (
+        settings.operator_token if settings.operator_token is not None else settings.bearer_token
+    )
     if token is not None:
         headers["authorization"] = f"Bearer {token.get_secret_value()}"
-    elif settings.basic_username and settings.basic_password:
+    elif settings.basic_username is not None and settings.basic_password is not None:
         auth = (settings.basic_username, settings.basic_password.get_secret_value())
     try:
         response = httpx.request(

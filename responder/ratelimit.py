@@ -66,14 +66,21 @@ class RateLimit:
         return (1.0 - bucket.tokens) / self.rate
 
 
+NOT_AN_ADDRESS = "unknown"
+
+
 def client_of(host: str | None) -> str:
-    """The client a peer address counts as: the address itself, or its IPv6 /64."""
+    """The client a peer address counts as: the address itself, or its IPv6 /64.
+
+    Whatever is not an IP address (a unix socket, an X-Forwarded-For value that a trusted
+    proxy passed on unchecked) is one client: rotating such strings gets no fresh bucket.
+    """
     if not host:
-        return "unknown"
+        return NOT_AN_ADDRESS
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return host[:256]  # not an IP (a unix socket, a test transport)
+        return NOT_AN_ADDRESS
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)

@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
+from importlib.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from responder import tls
+from responder import auth, tls
 from responder.exceptions import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config/responder.yaml")
+DAY = 86_400.0
+# The store's dialects and the async driver each needs (`Store` passes asyncpg's options).
+STORE_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+SECRETS = ("bearer_token", "basic_password", "operator_token", "events_token")
+
+
+class SettingError(ValueError):
+    """A setting that is wrong, with what it accepts; `load_settings` makes it one line."""
+
+    def __init__(self, field: str, value: Any, problem: str, accepted: str) -> None:
+        self.field, self.value, self.problem, self.accepted = field, value, problem, accepted
+        super().__init__(problem)
+
+    def line(self) -> str:
+        shown = _shown(self.field, self.value)
+        return f"field {self.field} value {shown}: {self.problem}; accepted: {self.accepted}"
 
 
 class Settings(BaseSettings):
@@ -27,6 +51,7 @@ class Settings(BaseSettings):
         env_prefix="RESPONDER_",
         extra="forbid",
         yaml_file=DEFAULT_CONFIG_FILE,
+        allow_inf_nan=False,  # every duration and size is a finite number
     )
 
     host: str = Field("127.0.0.1", description="Address the webhook receiver binds to.")
@@ -38,16 +63,24 @@ class Settings(BaseSettings):
         False,
         description="Bind beyond loopback without credentials (only behind a trusted proxy).",
     )
-    bearer_token: SecretStr | None = Field(None, description="Token Alertmanager must send.")
-    basic_username: str | None = Field(None, description="Basic auth user Alertmanager must send.")
-    basic_password: SecretStr | None = Field(None, description="Basic auth password.")
+    bearer_token: SecretStr | None = Field(
+        None, max_length=4096, description="Token Alertmanager must send."
+    )
+    basic_username: str | None = Field(
+        None, max_length=256, description="Basic auth user Alertmanager must send."
+    )
+    basic_password: SecretStr | None = Field(
+        None, max_length=4096, description="Basic auth password."
+    )
     operator_token: SecretStr | None = Field(
         None,
+        max_length=4096,
         description="Bearer token of the operator API (decisions, pause, reload, ...); "
-        "without it the webhook credentials are accepted there too.",
+        "without it the webhook credentials are accepted there, never events_token.",
     )
     events_token: SecretStr | None = Field(
         None,
+        max_length=4096,
         description="Bearer token for POST /api/v1/events; without it, the webhook credentials.",
     )
     tls_certfile: Path | None = Field(
@@ -65,6 +98,7 @@ class Settings(BaseSettings):
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
+        examples=[["10.0.0.5", "10.1.0.0/16"]],
         description="Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For names "
         "the client; by default no one's is believed and the peer address is the client.",
     )
@@ -98,6 +132,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None,
         description="SQLAlchemy async URL of the store; default SQLite under data_dir.",
+        json_schema_extra={
+            "accepted": "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DATABASE"
+        },
     )
     store_timeout_seconds: float = Field(
         5.0,
@@ -113,17 +150,25 @@ class Settings(BaseSettings):
         2.0, ge=0, le=3600, description="How often to look for changed rule files; 0: never."
     )
     rule_vars: dict[str, str] = Field(
-        default_factory=dict, description="Values rule templates can use as `vars.<name>`."
+        default_factory=dict,
+        examples=[{"service_control_url": "http://127.0.0.1:9480"}],
+        description="Values rule templates can use as `vars.<name>`.",
     )
 
     lease_seconds: float = Field(
-        3600.0, gt=0, description="A guard lease expires after this long if no final state came."
+        3600.0,
+        gt=0,
+        le=7 * DAY,
+        description="A guard lease expires after this long if no final state came.",
     )
     dry_run: bool = Field(
         False, description="Decide and record every decision, but never dispatch a flow run."
     )
     event_ttl: float = Field(
-        3600.0, gt=0, description="Seconds an event or a flow-run outcome stays a fact."
+        3600.0,
+        gt=0,
+        le=7 * DAY,
+        description="Seconds an event or a flow-run outcome stays a fact.",
     )
     leader_check_seconds: float = Field(
         2.0, gt=0, le=60, description="How often replicas check or try to take the lead."
@@ -178,7 +223,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+        return (init_settings, _EnvSource(settings_cls), _YamlSource(settings_cls))
 
     @field_validator("tls_certfile", "tls_keyfile", "tls_client_ca_file")
     @classmethod
@@ -197,42 +242,96 @@ class Settings(BaseSettings):
                 ) from None
         return proxies
 
+    @field_validator(*SECRETS)
+    @classmethod
+    def _check_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        # An empty secret once meant "none" to one check and "set" to another: refuse it.
+        if secret is not None:
+            _check_credential(secret.get_secret_value(), "secret")
+        return secret
+
+    @field_validator("basic_username")
+    @classmethod
+    def _check_username(cls, username: str | None) -> str | None:
+        if username is not None:
+            _check_credential(username, "user name")
+            if ":" in username:
+                raise ValueError("a basic auth user name cannot contain ':'")
+        return username
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_store_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ValueError("not a database URL") from None
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+        if STORE_DRIVERS.get(backend) != driver:
+            raise ValueError(
+                f"the store needs an async driver: {backend}+{driver} is not one it supports"
+            )
+        return url
+
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
-            raise ValueError("tls_certfile and tls_keyfile must be set together")
+            missing = "tls_keyfile" if self.tls_keyfile is None else "tls_certfile"
+            raise SettingError(
+                missing,
+                None,
+                "tls_certfile and tls_keyfile must be set together",
+                "a PEM file, set with the other",
+            )
         if self.tls_client_ca_file is not None and self.tls_certfile is None:
-            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_certfile and tls_keyfile")
-        if self.tls_certfile is not None and self.tls_keyfile is not None:
-            tls.check_pair(self.tls_certfile, self.tls_keyfile)
-        if self.tls_client_ca_file is not None:
-            tls.check_client_ca(self.tls_client_ca_file)
+            raise SettingError(
+                "tls_client_ca_file",
+                self.tls_client_ca_file,
+                "tls_client_ca_file (mutual TLS) needs tls_certfile and tls_keyfile",
+                "a PEM file of CA certificates, with tls_certfile and tls_keyfile set",
+            )
+        try:
+            if self.tls_certfile is not None and self.tls_keyfile is not None:
+                tls.check_pair(self.tls_certfile, self.tls_keyfile)
+        except ValueError as exc:
+            raise SettingError(
+                "tls_certfile", self.tls_certfile, str(exc), "a PEM chain and its unencrypted key"
+            ) from None
+        try:
+            if self.tls_client_ca_file is not None:
+                tls.check_client_ca(self.tls_client_ca_file)
+        except ValueError as exc:
+            raise SettingError(
+                "tls_client_ca_file", self.tls_client_ca_file, str(exc), "PEM CA certificates"
+            ) from None
         return self
 
     @model_validator(mode="after")
     def _check_exposure(self) -> Settings:
         if (self.basic_username is None) != (self.basic_password is None):
-            raise ValueError("basic_username and basic_password must be set together")
-        if not self.has_credentials and not self.allow_unauthenticated_remote:
-            if not _is_loopback(self.host):
-                raise ValueError(
-                    f"host={self.host!r} is not a loopback address and no credentials are set: "
-                    "set bearer_token or basic_username/basic_password, "
-                    "or allow_unauthenticated_remote=true"
-                )
-        return self
-
-    @property
-    def has_credentials(self) -> bool:
-        return any(
-            secret is not None
-            for secret in (
-                self.bearer_token,
-                self.basic_username,
-                self.operator_token,
-                self.events_token,
+            missing = "basic_password" if self.basic_password is None else "basic_username"
+            raise SettingError(
+                missing,
+                None,
+                "basic_username and basic_password must be set together",
+                "a non-empty value, set with the other",
             )
-        )
+        if self.allow_unauthenticated_remote or _is_loopback(self.host):
+            return self
+        if open_kinds := auth.unprotected(self):
+            raise SettingError(
+                "host",
+                self.host,
+                f"not a loopback address, and the {' and '.join(open_kinds)} endpoints would "
+                "accept anyone: beyond loopback every endpoint but /healthz, /readyz and "
+                "/metrics needs credentials; the operator and events endpoints fall back to "
+                "the webhook's",
+                "a loopback address; or set bearer_token or basic_username/basic_password "
+                "(and operator_token, events_token); or allow_unauthenticated_remote=true",
+            )
+        return self
 
     @property
     def store_url(self) -> str:
@@ -254,6 +353,13 @@ class Settings(BaseSettings):
         return f"{self.base_url}/webhook/alertmanager"
 
 
+def _check_credential(value: str, what: str) -> None:
+    if not value:
+        raise ValueError(f"an empty {what} is not a credential: leave it unset instead")
+    if value != value.strip() or not value.isprintable():
+        raise ValueError(f"a {what} cannot start or end with spaces, nor hold control characters")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -263,10 +369,113 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Load settings, turning validation errors into a `ConfigError` that names the field."""
-    from pydantic import ValidationError
+class _EnvSource(EnvSettingsSource):
+    """`RESPONDER_*` variables; a list or mapping that is not JSON is a `ConfigError`."""
 
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except ValueError as exc:
+            # pydantic-settings would raise its own error, without the value or the cause.
+            problem = f"RESPONDER_{field_name.upper()} is not JSON ({exc})"
+            error = SettingError(field_name, value, problem, _accepted(field_name, field))
+            raise ConfigError(f"invalid settings: {error.line()}") from None
+
+
+class _YamlSource(YamlConfigSettingsSource):
+    """The settings file; one that is not a YAML mapping is a `ConfigError` naming it."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        accepted = "a YAML mapping of setting names to values"
+        try:
+            data = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{file_path}:{mark.line + 1}" if mark is not None else str(file_path)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(
+                f"invalid settings: file {where}: not valid YAML ({problem}); accepted: {accepted}"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"invalid settings: file {file_path}: cannot read it ({exc})"
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"invalid settings: file {file_path}: a {type(data).__name__}; accepted: {accepted}"
+            )
+        return data
+
+
+def _shown(field: str, value: Any) -> str:
+    """A value as an error shows it: never a secret, never much of anything."""
+    if value is None:
+        return "(unset)"
+    if field in SECRETS:
+        return "(secret, not shown)"
+    text = repr(str(value) if isinstance(value, Path) else value)
+    return text if len(text) <= 200 else f"{text[:200]}..."
+
+
+def _accepted(name: str, field: FieldInfo | None) -> str:
+    """What a field accepts, from its type, bounds and example."""
+    if field is None:
+        return f"one of the settings {', '.join(Settings.model_fields)}"
+    kinds = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a finite number",
+        str: "text",
+        Path: "a path",
+        SecretStr: "a non-empty secret without surrounding spaces",
+    }
+    types = [t for t in (get_args(field.annotation) or (field.annotation,)) if t is not type(None)]
+    parts = [kinds.get(t, "") for t in types] if types else []
+    words = " or ".join(p for p in parts if p)
+    origin = getattr(field.annotation, "__origin__", None)
+    if origin is list:
+        words = "a list (as an environment variable: a JSON list)"
+    elif origin is dict:
+        words = "a mapping of names to text (as an environment variable: a JSON object)"
+    bounds = []
+    for constraint in field.metadata:
+        for attribute, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            if (limit := getattr(constraint, attribute, None)) is not None:
+                bounds.append(f"{sign} {limit:g}")
+        if (length := getattr(constraint, "max_length", None)) is not None:
+            bounds.append(f"at most {length} characters")
+    if isinstance(field.json_schema_extra, dict) and "accepted" in field.json_schema_extra:
+        words = str(field.json_schema_extra["accepted"])  # what the type does not tell
+    accepted = ", ".join([words or "a value", *([" and ".join(bounds)] if bounds else [])])
+    if field.examples:
+        accepted += f", e.g. {json.dumps(field.examples[0])}"
+    if type(None) in get_args(field.annotation):
+        accepted += "; or unset"
+    return accepted
+
+
+def _line(err: Any) -> str:
+    """One pydantic error as `field … value … : problem; accepted: …`."""
+    error = err.get("ctx", {}).get("error")
+    if isinstance(error, SettingError):
+        return error.line()
+    name = ".".join(str(p) for p in err["loc"]) or "settings"
+    top = str(err["loc"][0]) if err["loc"] else ""
+    problem = str(error) if error is not None else err["msg"]
+    if err["type"] == "extra_forbidden":
+        shown = _shown(top, err.get("input"))
+        close = difflib.get_close_matches(name, Settings.model_fields, n=1)
+        problem = f"not a setting (did you mean {close[0]}?)" if close else "not a setting"
+        return f"field {name} value {shown}: {problem}; accepted: {_accepted(name, None)}"
+    accepted = _accepted(top, Settings.model_fields.get(top))
+    return f"field {name} value {_shown(top, err.get('input'))}: {problem}; accepted: {accepted}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings; any invalid one is a `ConfigError` of lines
+    `invalid settings: field … value … : problem; accepted: …`."""
     try:
         if config_file is not None:
             bound = type(
@@ -277,8 +486,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             return bound(**overrides)  # type: ignore[no-any-return]
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        lines = [f"invalid settings: {_line(err)}" for err in exc.errors(include_url=False)]
+        raise ConfigError("\n".join(lines)) from exc

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
+import itertools
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +21,9 @@ import pytest
 from fastapi.routing import APIRoute
 
 from responder.app import create_app
+from responder.exceptions import ConfigError
 from responder.service import Service
+from responder.settings import load_settings
 from tests.conftest import (
     POSTGRES_URL,
     fixture_body,
@@ -256,6 +260,23 @@ async def test_wrong_content_type_is_415(make_client: ClientFactory) -> None:
     assert (await client.post(URL, content=body)).status_code == 415
 
 
+async def test_a_compressed_body_is_415_not_400(make_client: ClientFactory) -> None:
+    client, _ = await make_client(operator_token="op")
+    body = gzip.compress(fixture_body("firing_single_servicedown"))
+    gzipped = {**JSON, "content-encoding": "gzip"}
+    for path, headers in [
+        (URL, gzipped),
+        ("/api/v1/events", gzipped),
+        ("/api/v1/pause", {**gzipped, "authorization": "Bearer op"}),
+    ]:
+        response = await client.post(path, content=body, headers=headers)
+        assert response.status_code == 415, f"{path}: {response.text}"
+        assert response.json()["error"] == "content encoding must be identity (uncompressed)"
+        assert response.json()["received"] == "gzip"
+    plain = await client.post(URL, content=gzip.decompress(body), headers=JSON)
+    assert plain.status_code == 200
+
+
 async def test_body_over_limit_is_413(make_client: ClientFactory) -> None:
     client, service = await make_client(max_body_bytes=2048)
     body = fixture_json("firing_single_servicedown")
@@ -307,6 +328,24 @@ async def test_basic_auth(make_client: ClientFactory) -> None:
     assert (
         await post(client, "firing_single_servicedown", authorization="Basic !!!")
     ).status_code == 401
+
+
+async def test_two_authorization_headers_are_400_whichever_comes_first(
+    make_client: ClientFactory,
+) -> None:
+    client, _ = await make_client(bearer_token="wh", operator_token="op")
+    body = fixture_body("firing_single_servicedown")
+    for pair in (["Bearer wh", "Bearer nope"], ["Bearer nope", "Bearer wh"]):
+        headers = httpx.Headers([*JSON.items(), *(("authorization", v) for v in pair)])
+        response = await client.post(URL, content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.json() == {
+            "error": "more than one Authorization header",
+            "field": "authorization",
+        }
+    both = httpx.Headers([("authorization", "Bearer op"), ("authorization", "Bearer op")])
+    assert (await client.get("/api/v1/decisions", headers=both)).status_code == 400
+    assert (await post(client, "firing_single_servicedown", authorization="Bearer wh")).is_success
 
 
 async def test_store_that_cannot_commit_answers_503_and_loses_nothing(
@@ -600,3 +639,69 @@ async def test_every_endpoint_but_health_and_metrics_needs_credentials(
     assert openapi.status_code == 200 and "/webhook/alertmanager" in openapi.json()["paths"]
     for path in open_paths:
         assert (await client.get(path)).status_code in (200, 503)
+
+
+# Every secret, and the header that presents it.
+SECRETS: dict[str, tuple[dict[str, str], str]] = {
+    "bearer": ({"bearer_token": "wh"}, "Bearer wh"),
+    "basic": (
+        {"basic_username": "am", "basic_password": "pw"},
+        "Basic " + base64.b64encode(b"am:pw").decode(),
+    ),
+    "operator": ({"operator_token": "op"}, "Bearer op"),
+    "events": ({"events_token": "ev"}, "Bearer ev"),
+}
+SUBSETS = [
+    subset for size in range(len(SECRETS) + 1) for subset in itertools.combinations(SECRETS, size)
+]
+
+
+def accepted_secrets(path: str, configured: set[str]) -> set[str]:
+    """What this route must accept, by its kind: the webhook's credentials; the operator
+    API's or the events' token, or the webhook's when that token is not set."""
+    webhook = configured & {"bearer", "basic"}
+    if path == URL:
+        return webhook
+    own = "events" if path == "/api/v1/events" else "operator"  # every other route
+    return {own} if own in configured else webhook
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # credentials do not depend on the store
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])
+@pytest.mark.parametrize("subset", SUBSETS, ids=lambda s: "+".join(s) or "none")
+async def test_every_route_takes_exactly_its_credentials_for_every_subset_of_secrets(
+    make_client: ClientFactory, tmp_path: Path, subset: tuple[str, ...], host: str
+) -> None:
+    configured = set(subset)
+    settings = {k: v for name in subset for k, v in SECRETS[name][0].items()}
+    beyond_loopback = host != "127.0.0.1"
+    if beyond_loopback and not configured & {"bearer", "basic"}:
+        # An open webhook, and with it any kind without a token of its own: refused at start.
+        with pytest.raises(
+            ConfigError, match=r"field host value '0\.0\.0\.0'.*would accept anyone"
+        ):
+            load_settings(tmp_path / "absent.yaml", host=host, **settings)
+        return
+    client, _ = await make_client(host=host, **settings)
+    app = client._transport.app  # type: ignore[attr-defined]
+    values = {"fingerprint": "abc123", "name": "restart-service"}
+    walked = 0
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or route.path in {"/healthz", "/readyz", "/metrics"}:
+            continue
+        path = route.path.format(**values)
+        accepted = accepted_secrets(route.path, configured)
+        for method, presented in itertools.product(sorted(route.methods), [None, *SECRETS]):
+            headers = dict(JSON)
+            if presented is not None:
+                headers["authorization"] = SECRETS[presented][1]
+            response = await client.request(method, path, headers=headers, content=b"{}")
+            # A route whose kind has no credentials is open: only on loopback.
+            admitted = presented in accepted or not accepted
+            assert not (beyond_loopback and not accepted), route.path
+            what = f"{method} {path} with {presented or 'nothing'}: {response.status_code}"
+            assert (response.status_code != 401) == admitted, what
+            if not admitted:
+                assert "www-authenticate" in response.headers
+            walked += 1
+    assert walked >= 12 * 5, walked

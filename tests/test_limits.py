@@ -174,11 +174,37 @@ async def test_x_forwarded_for_is_believed_only_from_trusted_proxies(serve: Serv
     assert await codes(proxied, chain) == [415, 415, 429]
 
 
+async def test_x_forwarded_for_values_that_are_not_addresses_share_one_bucket(
+    serve: Serve,
+) -> None:
+    proxied, _ = await serve(
+        rate_limit_per_client=0.01, rate_limit_burst=2, trusted_proxies=["127.0.0.0/8"]
+    )
+    rotated = ["not-an-ip", "still not", "198.51.100.1.5", "[::1", "unknown"]
+    codes = [(await proxied.post(URL, headers={"x-forwarded-for": f})).status_code for f in rotated]
+    assert codes == [415, 415, 429, 429, 429]
+
+
+async def test_requests_without_credentials_do_not_spend_a_senders_bucket(
+    serve: Serve,
+) -> None:
+    client, _ = await serve(bearer_token="wh", rate_limit_per_client=0.01, rate_limit_burst=2)
+    before = limited("alertmanager")
+    for _ in range(5):  # a stranger on the sender's own address
+        assert (await client.post(URL, headers={"authorization": "Bearer nope"})).status_code == 401
+    assert limited("alertmanager") == before
+    sender = {"authorization": "Bearer wh"}
+    codes = [(await client.post(URL, headers=sender)).status_code for _ in range(3)]
+    assert codes == [415, 415, 429]
+
+
 def test_trusted_proxies_must_be_addresses_or_networks(tmp_path: Path) -> None:
     config = tmp_path / "responder.yaml"
     config.write_text(f"data_dir: {tmp_path}\n")
     assert load_settings(config, trusted_proxies=["10.0.0.5", "fd00::/8"]).trusted_proxies
-    with pytest.raises(ConfigError, match=r"trusted_proxies: .*'\*' is not an IP address"):
+    with pytest.raises(
+        ConfigError, match=r"field trusted_proxies value .*'\*' is not an IP address"
+    ):
         load_settings(config, trusted_proxies=["10.0.0.5", "*"])
 
 
@@ -219,6 +245,7 @@ def test_ipv6_clients_count_by_their_64() -> None:
     assert client_of("2001:db8:0:1::1") != client_of("2001:db8::1")
     assert client_of("::ffff:192.0.2.7") == client_of("192.0.2.7") == "192.0.2.7"
     assert client_of(None) == "unknown"
+    assert client_of("not-an-ip") == client_of("also-not") == client_of("") == "unknown"
 
 
 # --- label and annotation sizes -------------------------------------------------------
