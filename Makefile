@@ -2,19 +2,30 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# uv installs in seconds what pip takes a minute or more for; pip is the fallback.
+INSTALL = if [ -x $(VENV)/bin/uv ]; then $(VENV)/bin/uv pip install --quiet --python $(PY); \
+	else $(PY) -m pip install --quiet; fi
 
-.PHONY: setup system-deps run test lint pytest bench clean
+.PHONY: setup setup-dev system-deps run test lint pytest bench clean
 
-setup: $(STAMP)
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet uv || echo "uv not available; installing with pip"
+
+# What `make run` needs: Responder and its dependencies.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(INSTALL) -e .
+	touch $@
+
+# What `make test` needs besides: the linters, pytest and the fuzzers.
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(INSTALL) -e '.[dev]'
+	touch $@ $(VENV)/.installed
 
 # Real Alertmanager, Prometheus and sshd for the end-to-end tests (Debian packages).
 system-deps:
@@ -28,20 +39,20 @@ system-deps:
 run: setup
 	$(VENV)/bin/responder up
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff format --check responder flows tests bench
 	$(VENV)/bin/ruff check responder flows tests bench
 	$(VENV)/bin/mypy
 
 # PostgreSQL: RESPONDER_TEST_POSTGRES_URL, or 127.0.0.1:5432 when it answers, or a throw-away
 # cluster that tests/postgres.sh starts (and installs Debian's postgresql for) itself.
-pytest: setup system-deps
+pytest: setup-dev system-deps
 	PYTHON=$(PY) tests/postgres.sh $(VENV)/bin/pytest
 
 test: lint pytest
 
 # Benchmarks: figures go to docs/benchmarks.md. RESPONDER_BENCH_POSTGRES_URL adds PostgreSQL.
-bench: setup
+bench: setup-dev
 	$(PY) bench/decision_path.py --rules 10 200 1000 --alerts 20000 --repeat 3 --held 100000
 	$(PY) bench/load.py storm --alerts 100000 --rules 200 --senders 16
 	$(PY) bench/load.py storm --alerts 20000 --rules 10 200 1000 --senders 16
