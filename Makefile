@@ -4,8 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # uv installs in seconds what pip takes a minute or more for; pip is the fallback.
-INSTALL = if [ -x $(VENV)/bin/uv ]; then $(VENV)/bin/uv pip install --quiet --python $(PY); \
-	else $(PY) -m pip install --quiet; fi
+install = if [ -x $(VENV)/bin/uv ]; then $(VENV)/bin/uv pip install --quiet --python $(PY) $(1); \
+	else $(PY) -m pip install --quiet $(1); fi
 
 .PHONY: setup setup-dev system-deps run test lint pytest bench clean
 
@@ -19,12 +19,12 @@ $(PY):
 
 # What `make run` needs: Responder and its dependencies.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(INSTALL) -e .
+	$(call install,-e .)
 	touch $@
 
 # What `make test` needs besides: the linters, pytest and the fuzzers.
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(INSTALL) -e '.[dev]'
+	$(call install,-e '.[dev]')
 	touch $@ $(VENV)/.installed
 
 # Real Alertmanager, Prometheus and sshd for the end-to-end tests (Debian packages).
