@@ -27,13 +27,15 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(call install,-e '.[dev]')
 	touch $@ $(VENV)/.installed
 
-# Real Alertmanager, Prometheus and sshd for the end-to-end tests (Debian packages).
+# Real Alertmanager, Prometheus and sshd for the end-to-end tests, and Chromium to look at the
+# Prefect UI as a person would (Debian packages).
 system-deps:
 	@if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null \
-		|| [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null; then \
+		|| [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null \
+		|| ! command -v chromium >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-			prometheus-alertmanager prometheus openssh-server openssh-client >/dev/null; \
+			prometheus-alertmanager prometheus openssh-server openssh-client chromium >/dev/null; \
 	fi
 
 run: setup

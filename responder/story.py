@@ -77,9 +77,17 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _rows(pairs: Iterable[tuple[str, object]]) -> list[str]:
-    lines = ["| | |", "|---|---|"]
-    lines += [f"| {text(name, 100)} | {text(value)} |" for name, value in pairs]
+def _shown(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _rows(heading: str, pairs: Iterable[tuple[str, object]]) -> list[str]:
+    lines = [f"| {heading} | value |", "|---|---|"]
+    lines += [f"| {text(name, 100)} | {text(_shown(value))} |" for name, value in pairs]
     return lines
 
 
@@ -103,12 +111,12 @@ def dispatch_story(
         "",
     ]
     labels = alert.labels if alert is not None else run.labels
-    lines += _rows(sorted(labels.items()))
+    lines += _rows("label", sorted(labels.items()))
     if alert is not None:
         lines += ["", f"Firing since {alert.starts_at.isoformat()}; incident `{alert.incident}`."]
         if alert.annotations:
             lines += ["", "**Annotations**", ""]
-            lines += _rows(sorted(alert.annotations.items()))
+            lines += _rows("annotation", sorted(alert.annotations.items()))
         links = []
         if alert.generator_url:
             links.append(link("Prometheus graph of the alert's expression", alert.generator_url))
@@ -120,12 +128,14 @@ def dispatch_story(
             lines += ["", " · ".join(links)]
     lines += ["", "## What the guard checked", ""]
     checks: list[tuple[str, object]] = [("key", run.guard_key)]
-    for name in ("mutex", "cooldown", "cooldown_failed", "max_attempts", "approval", "silence"):
-        if policy.get(name) not in (None, [], False):
-            checks.append((name, policy[name]))
-    lines += _rows(checks)
+    for name, unit in (("mutex", ""), ("cooldown", " s"), ("cooldown_failed", " s")):
+        if policy.get(name) not in (None, []):
+            checks.append((name, f"{_shown(policy[name])}{unit}"))
+    if policy.get("silence"):
+        checks.append(("silence", "the alert is silenced in Alertmanager while the run lasts"))
+    lines += _rows("check", checks)
     lines += ["", "## Parameters", ""]
-    lines += _rows(sorted((k, v) for k, v in run.parameters.items()))
+    lines += _rows("parameter", sorted(run.parameters.items()))
     earlier = [row for row in history if row["id"] != run.decision_id]
     lines += ["", "## Earlier decisions about this alert", ""]
     if not earlier:

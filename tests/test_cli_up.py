@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,13 +110,14 @@ def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
         assert response.status_code == 200
         deadline = time.monotonic() + 90
         while True:
-            rows = httpx.get(f"{base}/api/v1/decisions").json()["decisions"]
+            rows = httpx.get(f"{base}/api/v1/decisions", timeout=30).json()["decisions"]
             if rows and rows[0]["flow_run_state"]:
                 break
             assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
             time.sleep(0.5)
         assert rows[0]["flow_run_state"] == "COMPLETED"
         assert demo_service.restarts == [("host-1", "checkout")]
+        look_at_the_run_in_a_browser(prefect_port, rows[0]["flow_run_id"], tmp_path)
 
         def responder(*args: str, environment: dict[str, str] = env) -> str:
             return subprocess.run(
@@ -175,3 +177,50 @@ def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
     assert process.returncode == expected, (tmp_path / "up.log").read_text()
     time.sleep(0.5)
     assert [pid for pid in tree if alive(pid)] == []
+
+
+def chromium(*args: str) -> str:
+    """Headless Chromium (Debian's `chromium`) with the page's scripts run; its stdout."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail("chromium is not installed; run `make system-deps`")
+    return subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=20000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+
+def look_at_the_run_in_a_browser(prefect_port: int, flow_run_id: str, tmp_path: Path) -> None:
+    """The Prefect UI, in a real browser, shows the run under its name with the artifact
+    that says why it exists (the UI reaching its API on this non-default port)."""
+    ui = f"http://127.0.0.1:{prefect_port}"
+
+    def dispatch_artifact() -> str | None:
+        found = httpx.post(
+            f"{ui}/api/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+        ).json()
+        return next((a["id"] for a in found if a["key"] == "responder-dispatch"), None)
+
+    deadline = time.monotonic() + 15
+    while (artifact := dispatch_artifact()) is None:
+        assert time.monotonic() < deadline, "no dispatch artifact"
+        time.sleep(0.5)
+    page = chromium("--dump-dom", f"{ui}/artifacts/artifact/{artifact}")
+    assert "What the guard checked" in page
+    assert "restart-crashed-service" in page
+    assert "restart-service · ServiceDown checkout@host-1" in page
+    shot = tmp_path / "flow-run.png"
+    chromium("--window-size=1400,1800", f"--screenshot={shot}", f"{ui}/runs/flow-run/{flow_run_id}")
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

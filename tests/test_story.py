@@ -105,7 +105,7 @@ def test_the_story_links_the_alert_and_lists_earlier_decisions() -> None:
     )
     assert "[Prometheus graph of the alert's expression](http://127.0.0.1:9090/graph" in story
     assert "[this alert in Alertmanager](http://127.0.0.1:9093/#/alerts?filter=" in story
-    assert "| mutex | \\['host:host-1'\\] |" in story
+    assert "| mutex | host:host-1 |" in story
     assert "| 3 |" in story and "FAILED" in story and "first try" in story
     assert "| 7 |" not in story  # the decision itself is not an earlier one
 
