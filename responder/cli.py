@@ -251,6 +251,21 @@ def schema() -> None:
     print(json.dumps(rule_file_schema(), indent=2, sort_keys=True))
 
 
+@app.command()
+def reference(
+    page: Annotated[str, typer.Argument(help="settings or operations")],
+) -> None:
+    """Print a reference page written from the code (docs/settings.md and
+    docs/operations-reference.md are its output)."""
+    from responder.reference import PAGES
+    from responder.reference import page as reference_page
+
+    if page not in PAGES:
+        err_console.print(f"error: no reference page {page!r}; pages: {', '.join(PAGES)}")
+        raise typer.Exit(2)
+    print(reference_page(page), end="")
+
+
 @app.command("test")
 def test_rules(
     paths: Annotated[
