@@ -10,6 +10,7 @@ from typing import Any
 from responder.catalog import Catalog
 from responder.engine import Match
 from responder.facts import Fact
+from responder.hosts import host_of
 from responder.models import Alert
 from responder.rules import GuardSpec, RunBatch
 from responder.templates import render, render_value
@@ -85,20 +86,24 @@ def template_context(
 ) -> dict[str, Any]:
     """What a rule template sees.
 
-    `alert` (labels are data), the `facts` its `when` joined, the catalog entry of its
-    `service` label, and `vars` from the settings.
+    `alert` (labels are data; `alert.host` is its host identity, see `responder.hosts`),
+    the `facts` its `when` joined, the catalog entry of its `service` label, and `vars`.
     """
+    service = catalog.service_of(dict(alert.labels)) if catalog else {}
+    seen: dict[str, Any] = {
+        "labels": dict(alert.labels),
+        "annotations": dict(alert.annotations),
+        "status": alert.status,
+        "fingerprint": alert.fingerprint,
+        "startsAt": alert.starts_at.isoformat(),
+        "generatorURL": alert.generator_url,
+    }
+    if host := host_of(alert.labels, service):
+        seen["host"] = host  # absent, not "": a lock on no host is an error, not a guess
     return {
-        "alert": {
-            "labels": dict(alert.labels),
-            "annotations": dict(alert.annotations),
-            "status": alert.status,
-            "fingerprint": alert.fingerprint,
-            "startsAt": alert.starts_at.isoformat(),
-            "generatorURL": alert.generator_url,
-        },
+        "alert": seen,
         "facts": {name: dict(fields) for name, fields in (facts or {}).items()},
-        "service": catalog.service_of(dict(alert.labels)) if catalog else {},
+        "service": service,
         "vars": dict(rule_vars),
     }
 

@@ -16,6 +16,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from responder.exceptions import TemplateError
+from responder.hosts import canonical_host
 
 
 def path_segment(value: object) -> str:
@@ -36,6 +37,7 @@ _PAST_PYTHONS_LIMITS = (ValueError, RecursionError, SyntaxError)
 
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 _ENV.filters["segment"] = path_segment
+_ENV.filters["host"] = canonical_host
 
 
 @lru_cache(maxsize=4096)
