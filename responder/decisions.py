@@ -90,18 +90,16 @@ def template_context(
     the `facts` its `when` joined, the catalog entry of its `service` label, and `vars`.
     """
     service = catalog.service_of(dict(alert.labels)) if catalog else {}
-    seen: dict[str, Any] = {
-        "labels": dict(alert.labels),
-        "annotations": dict(alert.annotations),
-        "status": alert.status,
-        "fingerprint": alert.fingerprint,
-        "startsAt": alert.starts_at.isoformat(),
-        "generatorURL": alert.generator_url,
-    }
-    if host := host_of(alert.labels, service):
-        seen["host"] = host  # absent, not "": a lock on no host is an error, not a guess
     return {
-        "alert": seen,
+        "alert": {
+            "host": host_of(alert.labels, service),
+            "labels": dict(alert.labels),
+            "annotations": dict(alert.annotations),
+            "status": alert.status,
+            "fingerprint": alert.fingerprint,
+            "startsAt": alert.starts_at.isoformat(),
+            "generatorURL": alert.generator_url,
+        },
         "facts": {name: dict(fields) for name, fields in (facts or {}).items()},
         "service": service,
         "vars": dict(rule_vars),
@@ -123,15 +121,25 @@ def decide(match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None =
         rule=rule.name,
         flow=rule.run.flow,
         parameters=parameters,
-        key=render(rule.guard.key, context),
+        key=guard_key(rule.name, rule.guard, context),
         alert=match.alert,
-        mutex=tuple(sorted({render(name, context) for name in rule.guard.mutex})),
+        mutex=tuple(sorted({render(name, context, name=True) for name in rule.guard.mutex})),
         policy=rule.guard,
         shadow=rule.shadow,
         max_active=max_active,
         max_active_basis=basis,
         batch=rule.run.batch,
     )
+
+
+def guard_key(rule: str, policy: GuardSpec, context: Mapping[str, Any]) -> str:
+    """The rendered key, `RULE:KEY` unless the rule shares its keys (`key_scope: shared`).
+
+    Rule names hold no `:` and rendered values have theirs escaped, so one rule's keys never
+    meet another's, whatever the labels say.
+    """
+    key = render(policy.key, context, name=True)
+    return key if policy.key_scope == "shared" else f"{rule}:{key}"
 
 
 def parameter_errors(flow: str, parameters: dict[str, Any]) -> list[dict[str, str]]:

@@ -97,7 +97,7 @@ async def test_accepts_a_real_payload_and_records_the_decision(make_client: Clie
     assert decision["verdict"] == "admitted"
     assert decision["rule"] == "restart-crashed-service"
     assert decision["labels"]["instance"] == "host-1"
-    assert decision["guard_key"] == "restart-service/host-1/checkout"
+    assert decision["guard_key"] == "restart-crashed-service:restart-service/host-1/checkout"
     assert decision["parameters"]["restart_url"] == "http://127.0.0.1:9/restart/host-1/checkout"
     assert decision["flow_run_id"] is None  # no Prefect in this test
 
@@ -111,7 +111,7 @@ async def test_resends_are_duplicates(make_client: ClientFactory) -> None:
     assert verdicts == ["admitted"] + ["duplicate"] * 10
     held = (await service.store.guard_state())["leases"]
     assert {lease["name"] for lease in held} == {
-        "key:restart-service/host-1/checkout",
+        "key:restart-crashed-service:restart-service/host-1/checkout",
         "mutex:host:host-1",
     }
 
@@ -422,7 +422,10 @@ async def test_pause_status_and_resume(make_client: ClientFactory) -> None:
     assert {lease["name"] for lease in status["leases"]} == {
         f"{kind}host-{i}{suffix}"
         for i in (1, 2, 3)
-        for kind, suffix in (("key:restart-service/", "/checkout"), ("mutex:host:", ""))
+        for kind, suffix in (
+            ("key:restart-crashed-service:restart-service/", "/checkout"),
+            ("mutex:host:", ""),
+        )
     }
     text = (await client.get("/metrics")).text
     assert 'responder_decisions_total{refusal="paused",verdict="refused"}' in text
