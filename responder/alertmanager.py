@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,21 +23,57 @@ def silence_not_found(response: httpx.Response) -> bool:
     )
 
 
+_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")  # needs no quoting in a filter
+
+
+def _equal(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value, "isRegex": False, "isEqual": True}
+
+
+def exact_matchers(
+    labels: Mapping[str, str], held: Iterable[Mapping[str, str]]
+) -> list[dict[str, Any]]:
+    """Matchers that silence the alert with `labels` and none of the `held` alerts.
+
+    In Alertmanager an absent label and an empty value are one thing, and `team=""` matches
+    every alert without `team`: an empty value says nothing that tells this alert apart, so it
+    is left out. Equality on the other labels still matches any alert that has them and more;
+    for each such alert Alertmanager holds, `L=""` on a label L it has and this one lacks
+    leaves it out (this alert has no L, so it still matches).
+    """
+    present = {name: value for name, value in labels.items() if value != ""}
+    if not present:
+        raise ValueError("an alert whose labels are all empty cannot be silenced exactly")
+    excluded: set[str] = set()
+    for other in held:
+        theirs = {name: value for name, value in other.items() if value != ""}
+        if theirs == present or any(theirs.get(n) != v for n, v in present.items()):
+            continue  # this alert itself, or one the equality matchers do not match
+        if excluded & theirs.keys():
+            continue  # already left out
+        excluded.add(min(theirs.keys() - present.keys()))
+    return [_equal(name, value) for name, value in sorted(present.items())] + [
+        _equal(name, "") for name in sorted(excluded)
+    ]
+
+
 class Alertmanager:
-    """Sets and lifts silences; every label of the alert becomes an equality matcher."""
+    """Sets and lifts silences that match exactly one alert (see `exact_matchers`)."""
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
 
     async def silence(self, labels: dict[str, str], lasting: float, comment: str) -> str:
-        """Silence exactly this alert for `lasting` seconds; return the silence id."""
+        """Silence exactly this alert for `lasting` seconds; return the silence id.
+
+        "Exactly" is among the alerts Alertmanager holds now (firing, silenced or inhibited):
+        an alert that appears later with this alert's labels and more is silenced too.
+        """
+        held = await self._held_label_sets(labels.get("alertname", ""))
         now = datetime.now(UTC)
         body = {
-            "matchers": [
-                {"name": name, "value": value, "isRegex": False, "isEqual": True}
-                for name, value in sorted(labels.items())
-            ],
+            "matchers": exact_matchers(labels, held),
             "startsAt": now.isoformat(),
             "endsAt": (now + timedelta(seconds=lasting)).isoformat(),
             "createdBy": "responder",
@@ -64,6 +101,22 @@ class Alertmanager:
         if not isinstance(alerts, list):
             raise ValueError("GET /api/v2/alerts did not answer a list")
         return alerts
+
+    async def _held_label_sets(self, alertname: str) -> list[dict[str, str]]:
+        params: dict[str, str] = {
+            "active": "true",
+            "silenced": "true",
+            "inhibited": "true",
+            "unprocessed": "true",
+        }
+        if _PLAIN_VALUE.match(alertname):
+            params["filter"] = f'alertname="{alertname}"'
+        response = await self._http.get("/api/v2/alerts", params=params)
+        response.raise_for_status()
+        alerts = response.json()
+        if not isinstance(alerts, list):
+            raise ValueError("GET /api/v2/alerts did not answer a list")
+        return [dict(a.get("labels") or {}) for a in alerts if isinstance(a, dict)]
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -25,7 +25,7 @@ from responder.decisions import Verdict
 from responder.events import is_batch, parse_events
 from responder.exceptions import DocumentError, StoreUnavailable
 from responder.guard import PAUSE
-from responder.models import AlertmanagerWebhook
+from responder.models import AlertmanagerWebhook, canonical_fingerprint
 from responder.ratelimit import RateLimit, client_of
 from responder.runs import RunRequest, RunRequestBody
 from responder.service import Service
@@ -372,6 +372,7 @@ def create_app(service: Service) -> FastAPI:
         """An alert's story: every decision about it, and how each rule judges it now."""
         if denied := refused(request, operator_auth):
             return denied
+        fingerprint = canonical_fingerprint(fingerprint)  # as alerts are stored
         rows = linked(await service.store.decisions(limit=1000, fingerprint=fingerprint))
         engine = service.loop.engine
         held = [

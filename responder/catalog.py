@@ -50,6 +50,11 @@ class ServiceSpec(_Spec):
     approval: bool = Field(False, description="Remediations need a person's approval.")
     hosts: int | None = Field(None, ge=1, description="Hosts it runs on (for % budgets).")
     batch: BatchPolicy = Field(default_factory=BatchPolicy)
+    host_label: LabelName | None = Field(
+        None,
+        description="The label naming the host of this service's alerts (`alert.host` in "
+        "rules); default `instance`, without its port.",
+    )
 
 
 class MaintenanceWindow(_Spec):

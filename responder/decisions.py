@@ -10,6 +10,7 @@ from typing import Any
 from responder.catalog import Catalog
 from responder.engine import Match
 from responder.facts import Fact
+from responder.hosts import host_of
 from responder.models import Alert
 from responder.rules import GuardSpec, RunBatch
 from responder.templates import render, render_value
@@ -85,11 +86,13 @@ def template_context(
 ) -> dict[str, Any]:
     """What a rule template sees.
 
-    `alert` (labels are data), the `facts` its `when` joined, the catalog entry of its
-    `service` label, and `vars` from the settings.
+    `alert` (labels are data; `alert.host` is its host identity, see `responder.hosts`),
+    the `facts` its `when` joined, the catalog entry of its `service` label, and `vars`.
     """
+    service = catalog.service_of(dict(alert.labels)) if catalog else {}
     return {
         "alert": {
+            "host": host_of(alert.labels, service),
             "labels": dict(alert.labels),
             "annotations": dict(alert.annotations),
             "status": alert.status,
@@ -98,7 +101,7 @@ def template_context(
             "generatorURL": alert.generator_url,
         },
         "facts": {name: dict(fields) for name, fields in (facts or {}).items()},
-        "service": catalog.service_of(dict(alert.labels)) if catalog else {},
+        "service": service,
         "vars": dict(rule_vars),
     }
 
@@ -118,15 +121,25 @@ def decide(match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None =
         rule=rule.name,
         flow=rule.run.flow,
         parameters=parameters,
-        key=render(rule.guard.key, context),
+        key=guard_key(rule.name, rule.guard, context),
         alert=match.alert,
-        mutex=tuple(sorted({render(name, context) for name in rule.guard.mutex})),
+        mutex=tuple(sorted({render(name, context, name=True) for name in rule.guard.mutex})),
         policy=rule.guard,
         shadow=rule.shadow,
         max_active=max_active,
         max_active_basis=basis,
         batch=rule.run.batch,
     )
+
+
+def guard_key(rule: str, policy: GuardSpec, context: Mapping[str, Any]) -> str:
+    """The rendered key, `RULE:KEY` unless the rule shares its keys (`key_scope: shared`).
+
+    Rule names hold no `:` and rendered values have theirs escaped, so one rule's keys never
+    meet another's, whatever the labels say.
+    """
+    key = render(policy.key, context, name=True)
+    return key if policy.key_scope == "shared" else f"{rule}:{key}"
 
 
 def parameter_errors(flow: str, parameters: dict[str, Any]) -> list[dict[str, str]]:

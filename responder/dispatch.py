@@ -381,7 +381,7 @@ class Dispatcher:
         comment = f"Responder is remediating ({run.rule}): {self.flow_run_url(flow_run_id)}"
         try:
             silence_id = await self._alertmanager.silence(run.labels, self._lease_seconds, comment)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ValueError) as exc:  # ValueError: no exact silence possible
             log.warning("could not silence the alert of decision %s: %s", run.decision_id, exc)
             return
         await self._store.set_silence(run.decision_id, silence_id)

@@ -29,7 +29,7 @@ from responder.guard import Admission, Guard
 from responder.ledger import Ledger
 from responder.models import Alert, AlertmanagerWebhook
 from responder.rules import RuleBook
-from responder.runs import RunRequest, decision_for
+from responder.runs import MANUAL_RULE, RunRequest, decision_for, rule_policy
 from responder.store import ActiveRun, PendingMessage, Store
 
 log = logging.getLogger(__name__)
@@ -261,8 +261,15 @@ class EngineLoop:
                         metrics.count_alert(alert.status)
                         admitted.extend(await self._handle_alert(work, alert, inbox_id))
                 elif isinstance(body, RunRequest):
-                    decision = decision_for(body, inbox_id, self._clock())
-                    admitted.extend(await self._admit(work, decision, inbox_id))
+                    ruled = rule_policy(
+                        body, self.book, self.catalog, self.engine.facts(), self._rule_vars
+                    )
+                    decision = decision_for(body, inbox_id, self._clock(), ruled)
+                    if ruled is not None and ruled.blocked is not None:
+                        reason = ruled.blocked  # maintenance, an outage: what stops the rule
+                        work.record(decision.alert, inbox_id, Verdict.REFUSED, reason, MANUAL_RULE)
+                    else:
+                        admitted.extend(await self._admit(work, decision, inbox_id))
                 elif isinstance(body, Outcome):
                     self._climb_ladder(body)
                     admitted.extend(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -24,7 +25,23 @@ MAX_ANNOTATION_VALUE = 65_536  # characters
 MAX_NAME = 256  # label and annotation names
 
 AlertStatus = Literal["firing", "resolved"]
-Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{1,64}$")]
+
+
+def canonical_fingerprint(text: str) -> str:
+    """A fingerprint as Alertmanager writes it: lower-case hex, zero-padded to 16 digits.
+
+    Alertmanager's fingerprint is a 64-bit number printed `%016x`; `ABC`, `abc` and
+    `0000000000000abc` are that one number, so they must be one alert. Longer fingerprints
+    (other senders) keep their significant digits.
+    """
+    return format(int(text, 16), "016x")
+
+
+Fingerprint = Annotated[
+    str,
+    StringConstraints(pattern=r"^[0-9a-fA-F]{1,64}$"),
+    AfterValidator(canonical_fingerprint),
+]
 # Label names follow Prometheus' data model; values are arbitrary (hostile) text.
 LabelName = Annotated[
     str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=MAX_NAME)
@@ -59,13 +76,18 @@ class Alert(_Wire):
 
     @field_validator("starts_at", "ends_at")
     @classmethod
-    def _to_milliseconds(cls, value: datetime | None) -> datetime | None:
+    def _to_utc_milliseconds(cls, value: datetime | None) -> datetime | None:
         """Alertmanager keeps times to the millisecond in its API (and Prometheus sends
         them so); a webhook may carry more digits for alerts pushed by other clients. One
-        precision makes the webhook's and the API's copy of an alert one incident."""
+        precision makes the webhook's and the API's copy of an alert one incident, and one
+        zone (UTC) makes `10:00Z`, `11:00+01:00` and `05:00-05:00` one instant, one text."""
         if value is None:
             return None
-        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            raise ValueError("the time is out of range once converted to UTC") from None
+        return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
 
     @property
     def alertname(self) -> str:

@@ -168,6 +168,11 @@ class GuardSpec(_Spec):
     """The guard policy a rule's decisions carry."""
 
     key: TemplateText = Field(description="At most one active remediation per rendered key.")
+    key_scope: Literal["rule", "shared"] = Field(
+        "rule",
+        description="`rule`: the key is this rule's own (stored as RULE:KEY); `shared`: rules "
+        "whose keys render the same share one key.",
+    )
     mutex: list[TemplateText] = Field(
         default_factory=list,
         description="Lock names (templates) taken together or not at all, e.g. host:{{...}}.",

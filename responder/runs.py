@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from responder.decisions import Decision
+from responder.catalog import Catalog
+from responder.decisions import Decision, guard_key, template_context
+from responder.exceptions import TemplateError
+from responder.facts import Fact, fact_meets
 from responder.models import Alert
-from responder.rules import Duration, GuardSpec
+from responder.rules import Duration, GuardSpec, RuleBook
+from responder.templates import render
 
 MANUAL_RULE = "manual"
 MANUAL_ALERTNAME = "ManualRun"
@@ -53,8 +60,114 @@ def default_key(flow: str, parameters: dict[str, Any]) -> str:
     return f"manual/{flow}/{digest[:16]}"
 
 
-def decision_for(request: RunRequest, inbox_id: int, received_at: float) -> Decision:
-    """The decision a run request stands for; its 'alert' says who asked, and why."""
+@dataclass(frozen=True)
+class RulePolicy:
+    """What the rules that run a flow say about a run of it by hand, for these parameters."""
+
+    rule: str
+    labels: Mapping[str, str]  # the labels the rule's parameters say the request names
+    key: str
+    mutex: tuple[str, ...]
+    policy: GuardSpec
+    approval: bool  # the rule's, or the catalog's for the service
+    blocked: str | None  # why the rule would not run now (an `unless` fact holds)
+
+
+_LABEL_PARAMETER = re.compile(r"^\s*\{\{\s*alert\.labels\.([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}\s*$")
+
+
+def rule_policy(
+    request: RunRequest,
+    book: RuleBook,
+    catalog: Catalog | None,
+    facts: Iterable[Fact],
+    rule_vars: Mapping[str, str],
+) -> RulePolicy | None:
+    """The policy of the first rule that runs this flow and whose key renders for the request.
+
+    The rule's parameters that are exactly `{{ alert.labels.NAME }}` say which label each
+    parameter came from (`host` ← `instance`), so the request's parameters give the labels
+    the rule's key, mutexes, catalog entry and `unless` facts are rendered and joined with:
+    a restart by hand takes the same key, cooldown and host lock as the rule's restart.
+    """
+    facts = list(facts)
+    for rule in book.rules:
+        if rule.run is None or rule.guard is None or rule.run.flow != request.flow:
+            continue
+        labels = {
+            found.group(1): str(request.parameters[name])
+            for name, template in rule.run.parameters.items()
+            if isinstance(template, str)
+            and (found := _LABEL_PARAMETER.match(template))
+            and isinstance(request.parameters.get(name), str | int | float)
+        }
+        alert = _manual_alert(request, 0, 0.0, labels)
+        context = template_context(alert, rule_vars, None, catalog)
+        try:
+            key = guard_key(rule.name, rule.guard, context)
+            mutex = tuple(render(m, context, name=True) for m in rule.guard.mutex)
+        except TemplateError:
+            continue  # the request does not say what this rule's key needs
+        blocked = next(
+            (
+                f"rule {rule.name} would not run: unless fact {fact.name} {dict(fact.fields)}"
+                for condition in rule.unless
+                for fact in facts
+                if fact_meets(fact, condition, alert)
+            ),
+            None,
+        )
+        approval = rule.guard.approval or bool(context["service"].get("approval"))
+        return RulePolicy(rule.name, labels, key, mutex, rule.guard, approval, blocked)
+    return None
+
+
+def _manual_alert(
+    request: RunRequest, inbox_id: int, received_at: float, labels: Mapping[str, str]
+) -> Alert:
+    return Alert(
+        status="firing",
+        labels={
+            **labels,
+            "alertname": MANUAL_ALERTNAME,
+            "flow": request.flow,
+            "requested_by": request.requested_by,
+        },
+        annotations={"reason": request.reason},
+        starts_at=datetime.fromtimestamp(received_at, UTC),
+        fingerprint=f"{inbox_id:016x}",
+    )
+
+
+def decision_for(
+    request: RunRequest, inbox_id: int, received_at: float, ruled: RulePolicy | None = None
+) -> Decision:
+    """The decision a run request stands for; its 'alert' says who asked, and why.
+
+    With `ruled` (the policy of the rule that runs this flow), the run takes the rule's key,
+    mutexes, cooldowns and approval; the request may add to them (its own key becomes one more
+    mutex name, a longer cooldown, approval), never take them away.
+    """
+    if ruled is not None:
+        parameters = dict(request.parameters)
+        if request.approval or ruled.approval:
+            parameters["approval_required"] = True
+        mutex = {*ruled.mutex, *request.mutex, *([request.key] if request.key else [])}
+        # No silence: the run's "alert" is the request, which Alertmanager does not hold.
+        policy = ruled.policy.model_copy(
+            update={"cooldown": max(ruled.policy.cooldown, request.cooldown), "silence": False}
+        )
+        return Decision(
+            rule=MANUAL_RULE,
+            flow=request.flow,
+            parameters=parameters,
+            key=ruled.key,
+            alert=_manual_alert(
+                request, inbox_id, received_at, {**ruled.labels, "policy_of": ruled.rule}
+            ),
+            mutex=tuple(sorted(mutex)),
+            policy=policy,
+        )
     alert = Alert(
         status="firing",
         labels={

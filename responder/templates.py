@@ -16,6 +16,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from responder.exceptions import TemplateError
+from responder.hosts import canonical_host
 
 
 def path_segment(value: object) -> str:
@@ -34,15 +35,31 @@ def path_segment(value: object) -> str:
 # or than 20 blocks (the compiled code's limit).
 _PAST_PYTHONS_LIMITS = (ValueError, RecursionError, SyntaxError)
 
+
+def name_value(value: object) -> str:
+    """A value as it goes into a guard key or mutex name: `%`, `/` and `:` percent-encoded.
+
+    The template's own text separates the parts of a name (`page/{{ a }}/{{ b }}`); a value
+    must not, or `a=x/y, b=z` and `a=x, b=y/z` would be one key.
+    """
+    return str(value).replace("%", "%25").replace("/", "%2F").replace(":", "%3A")
+
+
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 _ENV.filters["segment"] = path_segment
+_ENV.filters["host"] = canonical_host
+# Guard keys and mutex names: every `{{ ... }}` output goes through `name_value`.
+_NAME_ENV = ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined, autoescape=False, finalize=name_value
+)
+_NAME_ENV.filters.update(_ENV.filters)
 
 
 @lru_cache(maxsize=4096)
-def compile_template(source: str) -> jinja2.Template:
-    """Compile once; raise `TemplateError` naming the syntax problem."""
+def compile_template(source: str, *, name: bool = False) -> jinja2.Template:
+    """Compile once (for a guard name with `name`); raise `TemplateError` naming the problem."""
     try:
-        return _ENV.from_string(source)
+        return (_NAME_ENV if name else _ENV).from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(
             f"template {source!r}: {exc.message} (template line {exc.lineno})"
@@ -51,10 +68,11 @@ def compile_template(source: str) -> jinja2.Template:
         raise TemplateError(f"template {source!r}: {exc.__class__.__name__}: {exc}") from None
 
 
-def render(source: str, context: Mapping[str, Any]) -> str:
-    """Render one template string against `context`."""
+def render(source: str, context: Mapping[str, Any], *, name: bool = False) -> str:
+    """Render one template string against `context`; with `name`, values are escaped as in
+    a guard key or mutex name (see `name_value`)."""
     try:
-        return compile_template(source).render(context)
+        return compile_template(source, name=name).render(context)
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"template {source!r}: {exc.message}") from None
     except jinja2.TemplateError as exc:  # includes SecurityError from the sandbox

@@ -101,7 +101,7 @@ async def test_accepts_a_real_payload_and_records_the_decision(make_client: Clie
     assert decision["verdict"] == "admitted"
     assert decision["rule"] == "restart-crashed-service"
     assert decision["labels"]["instance"] == "host-1"
-    assert decision["guard_key"] == "restart-service/host-1/checkout"
+    assert decision["guard_key"] == "restart-crashed-service:restart-service/host-1/checkout"
     assert decision["parameters"]["restart_url"] == "http://127.0.0.1:9/restart/host-1/checkout"
     assert decision["flow_run_id"] is None  # no Prefect in this test
 
@@ -115,9 +115,43 @@ async def test_resends_are_duplicates(make_client: ClientFactory) -> None:
     assert verdicts == ["admitted"] + ["duplicate"] * 10
     held = (await service.store.guard_state())["leases"]
     assert {lease["name"] for lease in held} == {
-        "key:restart-service/host-1/checkout",
+        "key:restart-crashed-service:restart-service/host-1/checkout",
         "mutex:host:host-1",
     }
+
+
+def one_alert(starts_at: str, fingerprint: str, status: str = "firing") -> bytes:
+    """The single ServiceDown webhook, its alert's start and fingerprint written otherwise."""
+    body = fixture_json("firing_single_servicedown")
+    [alert] = body["alerts"]
+    alert.update(startsAt=starts_at, fingerprint=fingerprint, status=status)
+    if status == "resolved":
+        body["status"] = status
+        alert["endsAt"] = "2026-11-25T18:30:00-05:00"
+    return json.dumps(body).encode()
+
+
+async def test_one_instant_in_three_notations_is_one_incident(make_client: ClientFactory) -> None:
+    client, service = await make_client()
+    for starts_at, fingerprint in [
+        ("2026-11-25T23:17:23.549Z", "4c49c27c50dac262"),
+        ("2026-11-26T00:17:23.549+01:00", "4C49C27C50DAC262"),
+        ("2026-11-25T18:17:23.549000-05:00", "00004c49c27c50dac262"),
+    ]:
+        response = await client.post(URL, content=one_alert(starts_at, fingerprint), headers=JSON)
+        assert response.status_code == 200, response.text
+    await wait_for(lambda: settled(service))
+    assert [d["verdict"] for d in await decisions(client)] == ["admitted", "duplicate", "duplicate"]
+    [held] = service.loop.engine.held_alerts("4c49c27c50dac262")
+    assert held.incident == "4c49c27c50dac262@2026-11-25T23:17:23.549000+00:00"
+
+    # Its resolution, written in yet another notation, lets go of it.
+    resolution = one_alert("2026-11-26T08:47:23.549+09:30", "4C49c27c50DAC262", "resolved")
+    assert (await client.post(URL, content=resolution, headers=JSON)).status_code == 200
+    await wait_for(lambda: settled(service))
+    assert [d["verdict"] for d in await decisions(client)][-1] == "resolved"
+    assert service.loop.engine.fact_count == 0
+    assert (await client.get("/api/v1/explain/4C49C27C50DAC262")).json()["held"] == []
 
 
 async def test_fixture_sequence_gives_one_decision_per_incident(
@@ -427,7 +461,10 @@ async def test_pause_status_and_resume(make_client: ClientFactory) -> None:
     assert {lease["name"] for lease in status["leases"]} == {
         f"{kind}host-{i}{suffix}"
         for i in (1, 2, 3)
-        for kind, suffix in (("key:restart-service/", "/checkout"), ("mutex:host:", ""))
+        for kind, suffix in (
+            ("key:restart-crashed-service:restart-service/", "/checkout"),
+            ("mutex:host:", ""),
+        )
     }
     text = (await client.get("/metrics")).text
     assert 'responder_decisions_total{refusal="paused",verdict="refused"}' in text

@@ -84,7 +84,9 @@ async def test_decision_runs_a_flow_that_completes_and_releases_the_lease(
     assert await service.store.lease_count() == 0
     dispatcher = service.dispatcher
     assert dispatcher is not None
-    [run] = await flow_runs_tagged(dispatcher.api_url, "key:restart-service/host-11/checkout")
+    [run] = await flow_runs_tagged(
+        dispatcher.api_url, "key:restart-crashed-service:restart-service/host-11/checkout"
+    )
     assert run["id"] == decision["flow_run_id"]
     assert "rule:restart-crashed-service" in run["tags"]
     assert run["parameters"]["host"] == "host-11"
@@ -159,7 +161,9 @@ async def test_fifty_concurrent_identical_webhooks_make_one_flow_run(
     assert verdicts.count("duplicate") == 49
     dispatcher = service.dispatcher
     assert dispatcher is not None
-    runs = await flow_runs_tagged(dispatcher.api_url, "key:restart-service/host-50/checkout")
+    runs = await flow_runs_tagged(
+        dispatcher.api_url, "key:restart-crashed-service:restart-service/host-50/checkout"
+    )
     assert len(runs) == 1
     assert demo_service.restarts == [("host-50", "checkout")]
 
@@ -198,7 +202,7 @@ async def test_a_refused_decision_is_a_prefect_event_too(
 
     [event] = await wait_for(refused_events, timeout=15, every=0.5)
     assert event["payload"]["refusal"] == "mutex_held"
-    assert event["payload"]["key"] == "restart-service/host-r/payments"
+    assert event["payload"]["key"] == "restart-crashed-service:restart-service/host-r/payments"
 
 
 BATCHED = """

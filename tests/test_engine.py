@@ -216,7 +216,7 @@ def test_firing_for_waits_until_the_alert_has_fired_long_enough() -> None:
     assert due == []
     clock.now += 600
     due, _ = engine.tick()
-    assert [(m.rule.name, m.alert.fingerprint) for m in due] == [("escalate", "d1")]
+    assert [(m.rule.name, m.alert.fingerprint) for m in due] == [("escalate", down.fingerprint)]
     # A resolved alert is not escalated, and rules on resolutions hold for it.
     later = down.model_copy(
         update={"fingerprint": "d3", "starts_at": datetime.fromtimestamp(clock.now, UTC)}

@@ -329,7 +329,7 @@ async def test_refusals_in_one_transaction_cost_no_statement_each(store: Store) 
     ids = [a.decision_id for a in answers]
     assert ids == sorted(ids) and len(set(ids)) == 100 and ids[0] > first.decision_id
     rows = {r["id"]: r for r in await store.decisions(limit=200)}
-    assert [rows[i]["incident"].split("@")[0] for i in ids] == [f"{i:x}" for i in range(1, 101)]
+    assert [rows[i]["incident"].split("@")[0] for i in ids] == [f"{i:016x}" for i in range(1, 101)]
     assert all(rows[i]["verdict"] == "refused" for i in ids)
 
 

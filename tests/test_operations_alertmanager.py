@@ -119,6 +119,8 @@ SILENCE = {"matchers": {"instance": "host-7"}, "duration_seconds": 60, "comment"
         ("alertmanager.silence", {**SILENCE, "matchers": {"bad-name": "x"}}, "bad-name"),
         ("alertmanager.silence", {**SILENCE, "matchers": {"0instance": "x"}}, "0instance"),
         ("alertmanager.silence", {**SILENCE, "matchers": {}}, "at least 1 item"),
+        # `team=""` would match every alert without a team label in Alertmanager.
+        ("alertmanager.silence", {**SILENCE, "matchers": {"instance": "h", "team": ""}}, "team"),
         ("alertmanager.silence", {**SILENCE, "duration_seconds": 8 * 86_400}, "604800"),
         ("alertmanager.expire_silence", {"silence_id": "../silences"}, "silence_id"),
     ],

@@ -149,7 +149,14 @@ async def test_two_processes_on_one_database_make_one_flow_run_per_key(
     rows = await wait_for(all_completed, timeout=120, every=0.5)
     assert {d["flow_run_state"] for d in rows} == {"COMPLETED"}
     for host in hosts:
-        assert len(await flow_runs_of_key(flow_runner, f"restart-service/{host}/checkout")) == 1
+        assert (
+            len(
+                await flow_runs_of_key(
+                    flow_runner, f"restart-crashed-service:restart-service/{host}/checkout"
+                )
+            )
+            == 1
+        )
     assert sorted(demo_service.restarts) == sorted((h, "checkout") for h in hosts)
     every = await decisions(a)  # both replicas read the same log
     assert len([d for d in every if d["verdict"] == "admitted"]) == len(hosts)

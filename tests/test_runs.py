@@ -5,15 +5,18 @@ No Prefect server here: admitted runs are recorded, not dispatched (test_dispatc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.test_app import ClientFactory, backend, make_client
+from tests.conftest import fixture_body, wait_for
+from tests.test_app import JSON, URL, ClientFactory, backend, make_client, settled
 
 __all__ = ["backend", "make_client"]
 
 OPERATOR = {"authorization": "Bearer op"}
+WEBHOOK = {"authorization": "Bearer wh"}
 RESTART = {
     "host": "host-1",
     "service": "api",
@@ -116,3 +119,52 @@ async def test_bad_run_requests_are_refused_before_anything_is_recorded(
     assert missing.json()["fields"][0]["field"] == "reason"
     assert await service.store.decisions() == []
     assert await service.store.pending(100) == []
+
+
+async def test_a_manual_run_takes_the_policy_of_the_rules_that_run_its_flow(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "services.yaml").write_text(
+        "services: {search: {tier: 2, approval: true}}\n"
+        "maintenance:\n"
+        "  - {labels: {instance: host-3}, until: 2099-01-01T00:00:00Z, reason: OPS-7 disks}\n"
+    )
+    client, service = await make_client(bearer_token="wh", operator_token="op")
+    # The rule restarted checkout on host-1; the run completed, so its key cools down 15m.
+    webhook = await client.post(
+        URL, content=fixture_body("firing_single_servicedown"), headers=JSON | WEBHOOK
+    )
+    assert webhook.status_code == 200, webhook.text
+    await wait_for(lambda: settled(service))
+    [run] = await service.store.active_runs()
+    assert await service.store.finish(run.decision_id, "COMPLETED")
+
+    def restart(host: str, service_name: str = "checkout", **overrides: Any) -> dict[str, Any]:
+        parameters = {
+            "host": host,
+            "service": service_name,
+            "restart_url": f"http://127.0.0.1:9/restart/{host}/{service_name}",
+            "health_url": f"http://127.0.0.1:9/health/{host}/{service_name}",
+        }
+        return request(parameters=parameters, **overrides)
+
+    cooling = await start(client, "restart-service", restart("host-1", cooldown=0))
+    assert cooling.status_code == 409, cooling.text
+    decision = cooling.json()["decision"]
+    assert (decision["refusal"], decision["guard_key"]) == (
+        "cooldown",
+        "restart-crashed-service:restart-service/host-1/checkout",
+    )
+    # The rule's host lock: a second service on a host being restarted by hand waits.
+    assert (await start(client, "restart-service", restart("host-2"))).status_code == 202
+    locked = await start(client, "restart-service", restart("host-2", "payments", mutex=[]))
+    assert locked.status_code == 409
+    assert locked.json()["decision"]["refusal"] == "mutex_held"
+    # The rule leaves hosts in maintenance alone, and so does a run by hand.
+    maintenance = await start(client, "restart-service", restart("host-3"))
+    assert maintenance.status_code == 409
+    assert "maintenance" in maintenance.json()["decision"]["reason"]
+    # The catalog says search needs a person's approval: so does its restart by hand.
+    approved = await start(client, "restart-service", restart("host-4", "search"))
+    assert approved.status_code == 202
+    assert approved.json()["decision"]["parameters"]["approval_required"] is True

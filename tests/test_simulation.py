@@ -18,7 +18,10 @@ def test_simulate_explains_decisions_and_non_matches(tmp_path: Path) -> None:
     out = result.output
     assert "restart-crashed-service → admitted" in out
     assert "service-outage → asserted: asserted service-outage{service=checkout}" in out
-    assert "page-service-outage → refused: key 'page/outage/checkout' is active" in out
+    assert (
+        "page-service-outage → refused: key 'page-service-outage:page/outage/checkout' is active"
+        in out
+    )
     assert "page-still-down: firing_for: fired 0s of 900s" in out
     assert 'clean-full-disk: alertname="DiskAlmostFull" does not hold' in out
 

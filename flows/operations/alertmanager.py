@@ -39,8 +39,11 @@ class SilenceRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: AnyHttpUrl = Field(description="Alertmanager's base URL, e.g. http://alertmanager:9093.")
-    matchers: dict[LabelName, str] = Field(
-        min_length=1, description="Label name → exact value; every one must match."
+    matchers: dict[LabelName, Annotated[str, StringConstraints(min_length=1)]] = Field(
+        min_length=1,
+        description="Label name → exact value; every one must match. An empty value is "
+        'refused: Alertmanager reads `team=""` as "no team label", which silences other '
+        "alerts, not this one.",
     )
     duration_seconds: float = Field(gt=0, le=MAX_SILENCE_SECONDS)
     comment: str = Field(min_length=1, max_length=1000)
