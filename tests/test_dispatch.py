@@ -141,7 +141,7 @@ async def test_decision_runs_a_flow_that_completes_and_releases_the_lease(
     why = told["responder-dispatch"]["data"]
     assert "rule **restart-crashed-service**" in why
     assert "| instance | host-11 |" in why
-    assert "| key | restart-service/host-11/checkout |" in why
+    assert "| key | restart-crashed-service:restart-service/host-11/checkout |" in why
     assert "## Earlier decisions about this alert" in why
     assert "COMPLETED" in told["responder-outcome"]["data"]
 
