@@ -9,15 +9,41 @@ Two ways to run them:
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from typing import Any
 
 from flows import REMEDIATIONS, flow_names, load_flow
+
+
+class AtCapacityOncePerMinute(logging.Filter):
+    """Prefect's runner says "N scheduled runs skipped (at capacity)" on every poll (each
+    second here) while runs wait for a slot; once a minute says it as well."""
+
+    MESSAGE = "%d scheduled runs skipped (at capacity)"
+
+    def __init__(self, every_seconds: float = 60.0) -> None:
+        super().__init__()
+        self._every = every_seconds
+        self._last = -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.MESSAGE:
+            return True
+        now = time.monotonic()
+        if now - self._last < self._every:
+            return False
+        self._last = now
+        return True
 
 
 def serve_flows(limit: int = 5) -> None:
     """Register every flow (Python and YAML) as a deployment and run them until interrupted."""
     from prefect import serve
     from prefect.types.entrypoint import EntrypointType
+
+    logging.getLogger("prefect.runner").addFilter(AtCapacityOncePerMinute())
 
     deployments = [
         load_flow(name).to_deployment(name=name, entrypoint_type=EntrypointType.MODULE_PATH)

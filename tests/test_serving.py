@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -54,3 +55,20 @@ def test_prefect_deploy_registers_every_flow_to_the_work_pool(
         response = httpx.get(f"{prefect_api_url}/deployments/name/{name}/{name}")
         assert response.status_code == 200, name
         assert response.json()["work_pool_name"] == pool
+
+
+def test_the_runner_says_it_is_at_capacity_once_a_minute_not_every_second() -> None:
+    import logging
+
+    from responder.serving import AtCapacityOncePerMinute
+
+    def record(message: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("prefect.runner", logging.INFO, __file__, 1, message, args, None)
+
+    quiet = AtCapacityOncePerMinute(every_seconds=0.2)
+    skipped = AtCapacityOncePerMinute.MESSAGE
+    assert quiet.filter(record(skipped, 3))
+    assert not quiet.filter(record(skipped, 4))
+    assert quiet.filter(record("Submitting flow run %s", "x"))  # anything else passes
+    time.sleep(0.25)
+    assert quiet.filter(record(skipped, 5))
