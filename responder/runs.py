@@ -168,17 +168,7 @@ def decision_for(
             mutex=tuple(sorted(mutex)),
             policy=policy,
         )
-    alert = Alert(
-        status="firing",
-        labels={
-            "alertname": MANUAL_ALERTNAME,
-            "flow": request.flow,
-            "requested_by": request.requested_by,
-        },
-        annotations={"reason": request.reason},
-        starts_at=datetime.fromtimestamp(received_at, UTC),
-        fingerprint=f"{inbox_id:016x}",
-    )
+    alert = _manual_alert(request, inbox_id, received_at, {})
     key = request.key or default_key(request.flow, request.parameters)
     parameters = dict(request.parameters)
     if request.approval:

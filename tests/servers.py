@@ -113,6 +113,15 @@ def _ready(url: str) -> bool:
     return False
 
 
+# An Alertmanager configuration that routes every alert nowhere.
+ROUTES_NOWHERE = """
+route:
+  receiver: "null"
+receivers:
+  - name: "null"
+"""
+
+
 @contextlib.contextmanager
 def alertmanager(workdir: Path, port: int, config: str) -> Iterator[str]:
     """A real Alertmanager on 127.0.0.1:`port` with this configuration; yields its URL.

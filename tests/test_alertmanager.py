@@ -14,17 +14,10 @@ from responder.alertmanager import Alertmanager, exact_matchers
 from tests import servers
 from tests.conftest import free_port, wait_for
 
-CONFIG = """
-route:
-  receiver: "null"
-receivers:
-  - name: "null"
-"""
-
 
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[str]:
-    with servers.alertmanager(tmp_path, free_port(), CONFIG) as url:
+    with servers.alertmanager(tmp_path, free_port(), servers.ROUTES_NOWHERE) as url:
         yield url
 
 

@@ -30,18 +30,11 @@ from tests.conftest import free_port
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.prefect]
 
-CONFIG = """
-route:
-  receiver: "null"
-receivers:
-  - name: "null"
-"""
-
 
 @pytest.fixture
 def alertmanager(prefect_api_url: str, tmp_path: Path) -> Iterator[str]:
     """A real Alertmanager that routes every alert nowhere."""
-    with servers.alertmanager(tmp_path, free_port(), CONFIG) as url:
+    with servers.alertmanager(tmp_path, free_port(), servers.ROUTES_NOWHERE) as url:
         yield url
 
 
