@@ -7,6 +7,8 @@ Create Date: 2026-12-04
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -15,7 +17,7 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-ADMITTED = {
+ADMITTED: dict[str, Any] = {
     "sqlite_where": sa.text("verdict = 'admitted'"),
     "postgresql_where": sa.text("verdict = 'admitted'"),
 }
