@@ -14,6 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import event
 
+from responder.exceptions import StoreUnavailable
+from responder.guard import Guard
+from responder.loop import EngineLoop
 from responder.service import Service
 from responder.store import Store
 from tests import servers
@@ -288,3 +291,48 @@ async def test_a_5000_alert_webhook_does_not_block_intake(
     # Exactly once: every alert of the big webhook and every probe has one decision.
     incidents = [r["incident"].split("@")[0] for r in recorded]
     assert len(incidents) == len(set(incidents)) == BIG_WEBHOOK_ALERTS + len(statuses)
+
+
+async def test_a_failure_mid_webhook_resumes_after_the_committed_alerts(
+    tmp_path: Path, rules_dir: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook spans several transactions; one that fails rolls back alone, and the next
+    process (as after kill -9) decides exactly the alerts not yet committed."""
+    svc = Service(make_settings(tmp_path, rules_dir), prefect_api_url=None)
+
+    def engine() -> EngineLoop:
+        guard = Guard(store, 3600.0)
+        book, catalog = svc.loop.book, svc.loop.catalog
+        rule_vars = svc.settings.rule_vars
+        return EngineLoop(store, guard, None, book, catalog, rule_vars=rule_vars, batch_items=4)
+
+    template = fixture_json("firing_group_servicedown_3_hosts")["alerts"][0]
+    alerts = [alert_like_the_fixture(template, n, "firing") for n in range(10)]
+    await store.add_to_inbox("alertmanager", webhook_of(alerts))
+    set_progress, calls = store.set_progress, []
+
+    async def fail_the_second(conn: Any, inbox_id: int, items: int) -> None:
+        calls.append(items)
+        if len(calls) == 2:
+            raise StoreUnavailable("store error: the disk went away")
+        await set_progress(conn, inbox_id, items)
+
+    monkeypatch.setattr(store, "set_progress", fail_the_second)
+    first = engine()
+    await first.rebuild()
+    with pytest.raises(StoreUnavailable):
+        await first.step()
+    assert calls == [4, 8]
+    assert len(await store.decisions(limit=100)) == 4  # the first transaction's alerts
+    monkeypatch.undo()
+
+    again = engine()
+    await again.rebuild()
+    while await again.step():
+        pass
+    rows = await store.decisions(limit=100)
+    assert sorted(r["incident"].split("@")[0] for r in rows) == sorted(
+        a["fingerprint"] for a in alerts
+    )
+    assert {r["verdict"] for r in rows} == {"admitted"}  # ten hosts: ten keys, each once
+    assert await store.pending(10) == []
