@@ -232,6 +232,7 @@ class EngineLoop:
         keeps a rule and incident from being decided twice.
         """
         due, expired = self.engine.tick()
+        due.reverse()  # popped from the end, in order
         while due or expired:
             async with self._store.turn(), self._store.transaction() as conn:
                 work = _Work(self._store, self._guard, conn, self._clock)
@@ -240,8 +241,10 @@ class EngineLoop:
                 deadline = time.monotonic() + self._transaction_seconds
                 admitted: list[ActiveRun] = []
                 handled = 0
-                while due and handled < self._batch_items and time.monotonic() < deadline:
-                    match, due = due[0], due[1:]
+                while due and (
+                    not handled or (handled < self._batch_items and time.monotonic() < deadline)
+                ):
+                    match = due.pop()
                     handled += 1
                     # A restart re-arms every firing_for timer: decide once per rule and
                     # incident. A retry is a new attempt on purpose; max_attempts bounds it.
@@ -275,8 +278,8 @@ class EngineLoop:
                         row += 1
                         item = rows[row][1] if row < len(rows) else 0
                         continue
-                    if handled >= self._batch_items or time.monotonic() >= deadline:
-                        break
+                    if handled and (handled >= self._batch_items or time.monotonic() >= deadline):
+                        break  # at least one item per transaction: always progress
                     if handled == learned:
                         # Identities are read ahead in growing windows: a slow transaction
                         # that handles few items does not read a thousand.

@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +337,50 @@ async def test_a_failure_mid_webhook_resumes_after_the_committed_alerts(
     )
     assert {r["verdict"] for r in rows} == {"admitted"}  # ten hosts: ten keys, each once
     assert await store.pending(10) == []
+
+
+FIRING_FOR_RULES = """
+rules:
+  - name: restart-after-10m
+    match: ['alertname="ServiceDown"']
+    firing_for: 10m
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
+    guard: {key: "restart/{{ alert.labels.instance }}"}
+"""
+
+
+async def test_timers_due_at_once_are_decided_in_short_transactions_each_once(
+    tmp_path: Path, store: Store
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "rules.yaml").write_text(FIRING_FOR_RULES)
+    svc = Service(make_settings(tmp_path, rules), prefect_api_url=None)
+    template = fixture_json("firing_group_servicedown_3_hosts")["alerts"][0]
+    alerts = [alert_like_the_fixture(template, n, "firing") for n in range(10)]
+    now = [datetime.fromisoformat(template["startsAt"]).timestamp()]
+    loop = EngineLoop(
+        store,
+        Guard(store, 3600.0),
+        None,
+        svc.loop.book,
+        svc.loop.catalog,
+        batch_items=3,
+        clock=lambda: now[0],
+    )
+    await loop.rebuild()
+    await store.add_to_inbox("alertmanager", webhook_of(alerts))
+    while await loop.step():
+        pass
+    assert {r["verdict"] for r in await store.decisions(limit=100)} == {"unmatched"}  # not yet
+    commits: list[object] = []
+    event.listen(store.engine.sync_engine, "commit", commits.append)
+    now[0] += 601
+    await loop.step()
+    rows = await store.decisions(limit=100, verdict="admitted")
+    assert sorted(r["incident"].split("@")[0] for r in rows) == sorted(
+        a["fingerprint"] for a in alerts
+    )
+    assert len(commits) >= 4  # 10 timers, at most 3 per transaction
+    await loop.step()  # nothing is due again
+    assert len(await store.decisions(limit=100)) == 20
