@@ -384,3 +384,25 @@ async def test_timers_due_at_once_are_decided_in_short_transactions_each_once(
     assert len(commits) >= 4  # 10 timers, at most 3 per transaction
     await loop.step()  # nothing is due again
     assert len(await store.decisions(limit=100)) == 20
+
+
+async def test_an_events_batch_is_held_over_short_transactions(
+    tmp_path: Path, rules_dir: Path, store: Store
+) -> None:
+    svc = Service(make_settings(tmp_path, rules_dir), prefect_api_url=None)
+    loop = EngineLoop(
+        store, Guard(store, 3600.0), None, svc.loop.book, svc.loop.catalog, batch_items=7
+    )
+    await loop.rebuild()
+    events = [
+        {"specversion": "1.0", "id": f"e-{n}", "source": "argo", "type": "deploy.finished"}
+        for n in range(50)
+    ]
+    await store.add_to_inbox("cloudevents", json.dumps(events).encode())
+    commits: list[object] = []
+    event.listen(store.engine.sync_engine, "commit", commits.append)
+    while await loop.step():
+        pass
+    held = await store.live_facts(0)
+    assert sorted(f.fields["id"] for f in held) == sorted(e["id"] for e in events)
+    assert len(commits) >= 8  # 50 events, at most 7 per transaction
