@@ -175,7 +175,8 @@ BIG_WEBHOOK_ALERTS = 5_000
 # held SQLite's write lock for its whole batch: probes waited 5 s and got 503.
 PROBE_P99_SECONDS = 1.0
 RSS_GROWTH_BYTES = 400 * 1_048_576
-# Before, the engine's one transaction for the whole webhook lasted 10 s (SQLite), 27 s (PG).
+# Before, the engine's one transaction for the whole webhook lasted 14-21 s on SQLite and
+# 14-27 s on PostgreSQL here (docs/benchmarks.md).
 TRANSACTION_SECONDS = 2.0
 
 
@@ -223,7 +224,7 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 @pytest.mark.parametrize(
     "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )
@@ -257,7 +258,7 @@ async def test_a_5000_alert_webhook_does_not_block_intake(
             assert response.status_code == 200, response.text
             started = time.monotonic()
             n = BIG_WEBHOOK_ALERTS
-            while await service.store.backlog() and time.monotonic() - started < 120:
+            while await service.store.backlog() and time.monotonic() - started < 300:
                 n += 1
                 probe = webhook_of([alert_like_the_fixture(template, n, "firing")])
                 sent = time.monotonic()
