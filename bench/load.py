@@ -6,6 +6,9 @@ on 127.0.0.1, bounded in count and time:
 
 - **storm:** N alerts over 2,000 instances from 16 concurrent senders, as fast as it takes;
 - **steady:** a fixed rate (100 alerts/s) for a fixed time, one alert per webhook;
+- **big:** one webhook of N alerts (5,000: under the default 1 MiB body limit), while probes
+  (one alert each, every 20 ms) keep arriving until all are decided: the probes' latency and
+  how many were refused (503) say whether the engine blocks intake;
 
 Webhooks carry groups of 1 or 20 alerts: 10 % match a remediation rule, 60 % other rules'
 names, 30 % noise; 90 % firing. Like Alertmanager, groups are resent unchanged, and resolved
@@ -16,6 +19,7 @@ no guard key was admitted twice.
 
     python bench/load.py storm --alerts 100000 --rules 200
     python bench/load.py steady --rate 100 --seconds 60
+    python bench/load.py big --alerts 5000 --rules 200 --repeat 3
 """
 
 from __future__ import annotations
@@ -329,6 +333,62 @@ async def steady(server: Server, rules: int, rate: float, seconds: float) -> dic
     }
 
 
+async def big(server: Server, rules: int, alerts: int) -> dict[str, Any]:
+    """One webhook of `alerts` alerts, then one-alert probes every 20 ms until all decided."""
+    sender = Sender(rules)
+    body = json.loads(sender.webhook(alerts)[0])
+    body["alerts"] = [  # the optional fields left out, as a big group might
+        {k: v for k, v in a.items() if k not in ("annotations", "generatorURL", "endsAt")}
+        for a in body["alerts"]
+    ]
+    big_body = json.dumps(body, separators=(",", ":")).encode()
+    sent = len(body["alerts"])
+    store = Store(server.database_url)
+    probe_times: list[float] = []
+    refused = 0
+    peak_rss = server.rss_mb()
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        began = time.perf_counter()
+        response = await http.post(
+            f"{server.url}/webhook/alertmanager", content=big_body, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 900
+        while await _recorded(store) < sent and time.monotonic() < deadline:
+            probe, count = sender.webhook(1)
+            posted = time.perf_counter()
+            response = await http.post(
+                f"{server.url}/webhook/alertmanager", content=probe, headers=headers
+            )
+            probe_times.append(time.perf_counter() - posted)
+            if response.status_code == 200:
+                sent += count
+            else:
+                refused += 1
+            peak_rss = max(peak_rss, server.rss_mb())
+            await asyncio.sleep(0.02)
+        while await _recorded(store) < sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    decided_s = time.perf_counter() - began
+    checks = await _check(store, sent)
+    await store.close()
+    return {
+        "scenario": "big",
+        "rules": rules,
+        "alerts": alerts,
+        "body_bytes": len(big_body),
+        "decided_s": decided_s,
+        "probes": len(probe_times),
+        "probes_refused": refused,
+        "probe_p50_ms": 1000 * _pct(probe_times, 0.5),
+        "probe_p99_ms": 1000 * _pct(probe_times, 0.99),
+        "probe_max_ms": 1000 * max(probe_times, default=0.0),
+        "peak_rss_mb": peak_rss,
+        **checks,
+    }
+
+
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     for rules in args.rules:
@@ -342,6 +402,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     idle_rss = server.rss_mb()
                     if args.scenario == "storm":
                         result = await storm(server, rules, args.alerts, args.senders)
+                    elif args.scenario == "big":
+                        result = await big(server, rules, args.alerts)
                     else:
                         result = await steady(server, rules, args.rate, args.seconds)
                 finally:
@@ -381,6 +443,15 @@ COLUMNS = {
         ("idle_rss_mb", "idle RSS MB"),
         ("ready_s", "ready s"),
     ],
+    "big": [
+        ("decided_s", "decided in s"),
+        ("probes", "probes"),
+        ("probes_refused", "probes refused"),
+        ("probe_p50_ms", "probe p50 ms"),
+        ("probe_p99_ms", "probe p99 ms"),
+        ("probe_max_ms", "probe max ms"),
+        ("peak_rss_mb", "peak RSS MB"),
+    ],
 }
 
 
@@ -407,7 +478,7 @@ def summary(results: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=["storm", "steady"])
+    parser.add_argument("scenario", choices=["storm", "steady", "big"])
     parser.add_argument("--rules", type=int, nargs="+", default=[200])
     parser.add_argument("--alerts", type=int, default=100_000)
     parser.add_argument("--senders", type=int, default=16)

@@ -1,8 +1,11 @@
 """The engine loop: the single consumer of the inbox.
 
-Each inbox row is handled in one store transaction: alert identities, decisions, guard leases
-and the row's `processed` mark commit together, so a crash mid-row replays the whole row and
-nothing is half-recorded. Admitted decisions go to dispatch only after that commit.
+The engine's work is committed in short store transactions, each bounded by alerts (or
+events) and by time: alert identities, decisions, guard leases and each row's progress (how
+many of its items are handled, then its `processed` mark) commit together, so a crash replays
+exactly the items not yet committed and nothing is half-recorded or decided twice. A webhook
+of thousands of alerts thus spans several transactions, and the inbox's commits (intake)
+never wait for more than one of them. Admitted decisions go to dispatch only after the commit.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ MAX_CHAIN = 8
 # collections cost about 15 % of the decision path (docs/benchmarks.md).
 YOUNG_GC_THRESHOLD = 20_000
 
+# Bounds of one engine transaction, so that it holds SQLite's write lock (and a PostgreSQL
+# transaction stays open) briefly: items handled, and seconds of work before committing.
+BATCH_ITEMS = 1_000
+TRANSACTION_SECONDS = 0.1
+# Inbox bodies read per step beyond the first row (what the step parses and holds).
+BATCH_BYTES = 4 * 1_048_576
+LEARN_FIRST = 32  # alert identities read ahead first in a transaction (then 64, 128, ...)
+
 
 def collect_garbage_less_often() -> None:
     """Raise the young generation's collection threshold of this whole process (the API
@@ -76,6 +87,9 @@ class EngineLoop:
         *,
         rule_vars: dict[str, str] | None = None,
         batch: int = 256,
+        batch_items: int = BATCH_ITEMS,
+        batch_bytes: int = BATCH_BYTES,
+        transaction_seconds: float = TRANSACTION_SECONDS,
         idle_seconds: float = 0.05,
         partitions: int = 16,
         event_ttl: float = 3600.0,
@@ -87,6 +101,9 @@ class EngineLoop:
         self._dispatcher = dispatcher
         self._rule_vars = rule_vars or {}
         self._batch = batch
+        self._batch_items = batch_items
+        self._batch_bytes = batch_bytes
+        self._transaction_seconds = transaction_seconds
         self._idle_seconds = idle_seconds
         self._partitions = partitions
         self._event_ttl = event_ttl
@@ -173,14 +190,15 @@ class EngineLoop:
     async def step(self) -> int:
         """Process due timers and up to one batch of inbox rows; return how many rows.
 
-        The whole batch is one transaction, with buffered, bulk writes: this is where
-        throughput comes from. A failure rolls the batch back, and it is read again.
+        The batch is read at once (at most `batch` rows, and `batch_bytes` of bodies beyond
+        the first), then handled in short transactions with buffered, bulk writes. A failure
+        rolls back only the transaction under way; its items are read again.
         """
         async with self._lock:
-            await self._submit(await self._tick())
-            messages = await self._store.pending(self._batch)
+            await self._tick()
+            messages = await self._store.pending(self._batch, self._batch_bytes)
             if messages:
-                await self._submit(await self._process(messages))
+                await self._process(messages)
             return len(messages)
 
     def _announce(self, work: _Work) -> None:
@@ -206,84 +224,128 @@ class EngineLoop:
             for run in admitted:
                 await self._dispatcher.submit(run)
 
-    async def _tick(self) -> list[ActiveRun]:
-        """Expire facts, and decide for `firing_for` rules that came due."""
-        due, expired = self.engine.tick()
-        if not due and not expired:
-            return []
-        async with self._store.transaction() as conn:
-            work = _Work(self._store, self._guard, conn, self._clock)
-            await self._store.delete_facts(conn, [f.id for f in expired])
-            # A restart re-arms every firing_for timer: decide once per rule and incident.
-            # A retry is a new attempt on purpose; the guard's max_attempts bounds it.
-            fresh = [
-                m
-                for m in due
-                if m.retry or not await self._store.decided(conn, m.rule.name, m.alert.incident)
-            ]
-            admitted = await self._apply(work, fresh, inbox_id=None)
-            await work.flush()
-        self._announce(work)
-        return admitted
+    async def _tick(self) -> None:
+        """Expire facts, and decide for `firing_for` rules that came due.
 
-    async def _process(self, messages: list[PendingMessage]) -> list[ActiveRun]:
-        parsed: list[tuple[int, AlertmanagerWebhook | list[CloudEvent] | Outcome | RunRequest]] = []
-        for message in messages:
-            try:
-                if message.source == "cloudevents":
-                    parsed.append((message.id, parse_events(message.body, is_batch(message.body))))
-                elif message.source == "outcome":
-                    parsed.append((message.id, Outcome.model_validate_json(message.body)))
-                elif message.source == "run-request":
-                    parsed.append((message.id, RunRequest.model_validate_json(message.body)))
-                else:
-                    parsed.append(
-                        (message.id, AlertmanagerWebhook.model_validate_json(message.body))
-                    )
-            except ValidationError as exc:
-                # Intake validated it; this only happens if the schema changed underneath.
-                metrics.ENGINE_ERRORS.labels(kind="bad_message").inc()
-                log.error("inbox row %s no longer validates: %s", message.id, exc)
-        admitted: list[ActiveRun] = []
-        async with self._store.transaction() as conn:
-            work = _Work(self._store, self._guard, conn, self._clock)
-            await work.learn_identities(
-                [
-                    a
-                    for _, body in parsed
-                    if isinstance(body, AlertmanagerWebhook)
-                    for a in body.alerts
-                ]
-            )
-            for inbox_id, body in parsed:
-                if isinstance(body, AlertmanagerWebhook):
-                    for alert in body.alerts:
-                        metrics.count_alert(alert.status)
-                        admitted.extend(await self._handle_alert(work, alert, inbox_id))
-                elif isinstance(body, RunRequest):
-                    ruled = rule_policy(
-                        body, self.book, self.catalog, self.engine.facts(), self._rule_vars
-                    )
-                    decision = decision_for(body, inbox_id, self._clock(), ruled)
-                    if ruled is not None and ruled.blocked is not None:
-                        reason = ruled.blocked  # maintenance, an outage: what stops the rule
-                        work.record(decision.alert, inbox_id, Verdict.REFUSED, reason, MANUAL_RULE)
-                    else:
-                        admitted.extend(await self._admit(work, decision, inbox_id))
-                elif isinstance(body, Outcome):
-                    self._climb_ladder(body)
-                    admitted.extend(
-                        await self._assert(work, body.fact(self._fact_expiry()), inbox_id)
-                    )
-                else:
-                    for event in body:
-                        metrics.EVENTS_RECEIVED.inc()
-                        fact = event.fact(self._fact_expiry())
-                        admitted.extend(await self._assert(work, fact, inbox_id))
-            await work.flush()
-            await self._store.mark_processed(conn, [m.id for m in messages])
-        self._announce(work)
-        return admitted
+        Many timers due at once are decided over several short transactions: a failure
+        after some committed loses none, since a rebuild re-arms every timer and `decided`
+        keeps a rule and incident from being decided twice.
+        """
+        due, expired = self.engine.tick()
+        due.reverse()  # popped from the end, in order
+        while due or expired:
+            async with self._store.turn(), self._store.transaction() as conn:
+                work = _Work(self._store, self._guard, conn, self._clock)
+                await self._store.delete_facts(conn, [f.id for f in expired])
+                expired = []
+                deadline = time.monotonic() + self._transaction_seconds
+                admitted: list[ActiveRun] = []
+                handled = 0
+                while due and (
+                    not handled or (handled < self._batch_items and time.monotonic() < deadline)
+                ):
+                    match = due.pop()
+                    handled += 1
+                    # A restart re-arms every firing_for timer: decide once per rule and
+                    # incident. A retry is a new attempt on purpose; max_attempts bounds it.
+                    if match.retry or not await self._store.decided(
+                        conn, match.rule.name, match.alert.incident
+                    ):
+                        admitted.extend(await self._apply(work, [match], inbox_id=None))
+                await work.flush()
+            self._announce(work)
+            await self._submit(admitted)
+
+    async def _process(self, messages: list[PendingMessage]) -> None:
+        """Handle the rows' items in order, over as many short transactions as they need.
+
+        Each transaction commits what its items wrote together with the rows' progress, so
+        after a failure or a crash the next step resumes at the first uncommitted item.
+        """
+        rows = [(message.id, message.progress, self._items(message)) for message in messages]
+        row, item = 0, rows[0][1] if rows else 0
+        while row < len(rows):
+            admitted: list[ActiveRun] = []
+            async with self._store.turn(), self._store.transaction() as conn:
+                work = _Work(self._store, self._guard, conn, self._clock)
+                deadline = time.monotonic() + self._transaction_seconds
+                finished: list[int] = []
+                handled, learned, window = 0, 0, LEARN_FIRST
+                while row < len(rows):
+                    inbox_id, _, items = rows[row]
+                    if item >= len(items):
+                        finished.append(inbox_id)
+                        row += 1
+                        item = rows[row][1] if row < len(rows) else 0
+                        continue
+                    if handled and (handled >= self._batch_items or time.monotonic() >= deadline):
+                        break  # at least one item per transaction: always progress
+                    if handled == learned:
+                        # Identities are read ahead in growing windows: a slow transaction
+                        # that handles few items does not read a thousand.
+                        window = min(window, self._batch_items - handled)
+                        await work.learn_identities(self._next_alerts(rows, row, item, window))
+                        learned, window = handled + window, window * 2
+                    admitted.extend(await self._handle(work, inbox_id, items[item]))
+                    item += 1
+                    handled += 1
+                await work.flush()
+                await self._store.mark_processed(conn, finished)
+                if row < len(rows) and item > rows[row][1]:
+                    await self._store.set_progress(conn, rows[row][0], item)
+            self._announce(work)
+            await self._submit(admitted)
+
+    def _items(self, message: PendingMessage) -> list[Alert | CloudEvent | Outcome | RunRequest]:
+        """A row's items, each handled on its own: alerts, events, an outcome, a run request."""
+        try:
+            if message.source == "cloudevents":
+                return list(parse_events(message.body, is_batch(message.body)))
+            if message.source == "outcome":
+                return [Outcome.model_validate_json(message.body)]
+            if message.source == "run-request":
+                return [RunRequest.model_validate_json(message.body)]
+            return list(AlertmanagerWebhook.model_validate_json(message.body).alerts)
+        except ValidationError as exc:
+            # Intake validated it; this only happens if the schema changed underneath.
+            metrics.ENGINE_ERRORS.labels(kind="bad_message").inc()
+            log.error("inbox row %s no longer validates: %s", message.id, exc)
+            return []
+
+    @staticmethod
+    def _next_alerts(
+        rows: list[tuple[int, int, list[Any]]], row: int, item: int, count: int
+    ) -> list[Alert]:
+        """The alerts among the next `count` items, from `item` of `row` on."""
+        alerts: list[Alert] = []
+        left = count
+        while row < len(rows) and left > 0:
+            upcoming = rows[row][2][item : item + left]
+            alerts.extend(a for a in upcoming if isinstance(a, Alert))
+            left -= len(upcoming)
+            row += 1
+            item = rows[row][1] if row < len(rows) else 0
+        return alerts
+
+    async def _handle(
+        self, work: _Work, inbox_id: int, item: Alert | CloudEvent | Outcome | RunRequest
+    ) -> list[ActiveRun]:
+        if isinstance(item, Alert):
+            metrics.count_alert(item.status)
+            return await self._handle_alert(work, item, inbox_id)
+        if isinstance(item, RunRequest):
+            ruled = rule_policy(item, self.book, self.catalog, self.engine.facts(), self._rule_vars)
+            decision = decision_for(item, inbox_id, self._clock(), ruled)
+            if ruled is not None and ruled.blocked is not None:
+                reason = ruled.blocked  # maintenance, an outage: what stops the rule
+                work.record(decision.alert, inbox_id, Verdict.REFUSED, reason, MANUAL_RULE)
+                return []
+            return await self._admit(work, decision, inbox_id)
+        if isinstance(item, Outcome):
+            self._climb_ladder(item)
+            return await self._assert(work, item.fact(self._fact_expiry()), inbox_id)
+        metrics.EVENTS_RECEIVED.inc()
+        return await self._assert(work, item.fact(self._fact_expiry()), inbox_id)
 
     def _climb_ladder(self, outcome: Outcome) -> None:
         """The escalation ladder: a remediation completed, but if its alert still fires once

@@ -59,6 +59,16 @@ inbox = Table(
     Index("ix_inbox_pending", "processed", "id"),
 )
 
+# Items (alerts, events) of an unprocessed inbox row already handled by committed engine
+# transactions: a big webhook is decided over several short transactions, and a crash
+# resumes after them. A table of its own: updating the inbox row would rewrite its body.
+inbox_progress = Table(
+    "inbox_progress",
+    metadata,
+    Column("inbox_id", Integer, primary_key=True, autoincrement=False),
+    Column("handled", Integer, nullable=False),
+)
+
 # One row per (fingerprint, startsAt, status) ever handled: the alert-identity ledger.
 alert_events = Table(
     "alert_events",
@@ -77,6 +87,11 @@ firing_alerts = Table(
     Column("incident", String(120), primary_key=True),
     Column("alert", Text, nullable=False),
 )
+
+# The partial indexes' condition; queries say it literally (a bound parameter would not
+# let the planners use them).
+ADMITTED = text("verdict = 'admitted'")
+ADMITTED_ONLY: dict[str, Any] = {"sqlite_where": ADMITTED, "postgresql_where": ADMITTED}
 
 decisions = Table(
     "decisions",
@@ -112,6 +127,11 @@ decisions = Table(
     Index("ix_decisions_rule", "rule", "id"),
     Index("ix_decisions_flow_created", "flow", "created_at"),
     Index("ix_decisions_incident", "incident"),
+    # The guard counts admitted decisions (attempts, budgets) once per decision: partial
+    # indexes of the admitted ones keep that from scanning every decision ever recorded.
+    Index("ix_decisions_admitted_incident", "incident", "rule", **ADMITTED_ONLY),
+    Index("ix_decisions_admitted_flow", "flow", "created_at", **ADMITTED_ONLY),
+    Index("ix_decisions_admitted_created", "created_at", **ADMITTED_ONLY),
 )
 
 # Names held by active remediations: `key:<guard key>` and `mutex:<lock name>`.
@@ -168,6 +188,7 @@ class PendingMessage:
     id: int
     source: str
     body: bytes
+    progress: int = 0  # items already handled (see `inbox_progress`)
 
 
 @dataclass(frozen=True)
@@ -242,6 +263,8 @@ class Store:
         # Group commit of the inbox: bodies waiting for the next commit, and its task.
         self._intake: list[tuple[str, bytes, asyncio.Future[int]]] = []
         self._committer: asyncio.Task[None] | None = None
+        self._turn: asyncio.Lock | None = None  # see `turn`
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
         if self.dialect == "sqlite":
             busy_ms = int(timeout_seconds * 1000)
             event.listen(
@@ -293,6 +316,24 @@ class Store:
             # OSError and TimeoutError: asyncpg failing to connect at all.
             raise StoreUnavailable(f"store error: {exc.__class__.__name__}: {exc}") from exc
 
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """This process's turn at SQLite's single write lock, taken in arrival order.
+
+        The inbox's commits and the engine's transactions take turns here, so a webhook
+        waits for at most one (short) engine transaction, in this event loop, instead of
+        polling SQLite's busy handler while the engine takes the lock again and again.
+        PostgreSQL has no database-wide write lock: nothing to wait for.
+        """
+        if self.dialect != "sqlite":
+            yield
+            return
+        running = asyncio.get_running_loop()
+        if self._turn is None or self._turn_loop is not running:
+            self._turn, self._turn_loop = asyncio.Lock(), running
+        async with self._turn:
+            yield
+
     async def ping(self) -> bool:
         try:
             async with self.engine.connect() as conn:
@@ -328,7 +369,7 @@ class Store:
                 {"received_at": now, "source": source, "body": body} for source, body, _ in batch
             ]
             try:
-                async with self.transaction() as conn:
+                async with self.turn(), self.transaction() as conn:
                     result = await conn.execute(
                         inbox.insert().returning(inbox.c.id, sort_by_parameter_order=True), rows
                     )
@@ -342,15 +383,37 @@ class Store:
                 if not future.done():  # a sender that went away is committed all the same
                     future.set_result(inbox_id)
 
-    async def pending(self, limit: int) -> list[PendingMessage]:
+    async def pending(self, limit: int, max_bytes: int | None = None) -> list[PendingMessage]:
+        """The oldest unprocessed rows: at most `limit`, and, beyond the first, no more than
+        `max_bytes` of bodies in all (the bodies are read only once the sizes fit)."""
         async with self.transaction() as conn:
-            rows = await conn.execute(
-                select(inbox.c.id, inbox.c.source, inbox.c.body)
+            wanted: list[int] | None = None
+            if max_bytes is not None:
+                sizes = await conn.execute(
+                    select(inbox.c.id, func.length(inbox.c.body).label("size"))
+                    .where(inbox.c.processed.is_(False))
+                    .order_by(inbox.c.id)
+                    .limit(limit)
+                )
+                wanted, total = [], 0
+                for r in sizes:
+                    total += int(r.size or 0)
+                    if wanted and total > max_bytes:
+                        break
+                    wanted.append(int(r.id))
+                if not wanted:
+                    return []
+            query = (
+                select(inbox.c.id, inbox.c.source, inbox.c.body, inbox_progress.c.handled)
+                .outerjoin(inbox_progress, inbox_progress.c.inbox_id == inbox.c.id)
                 .where(inbox.c.processed.is_(False))
                 .order_by(inbox.c.id)
                 .limit(limit)
             )
-            return [PendingMessage(r.id, r.source, bytes(r.body)) for r in rows]
+            if wanted is not None:
+                query = query.where(inbox.c.id.in_(wanted))
+            rows = await conn.execute(query)
+            return [PendingMessage(r.id, r.source, bytes(r.body), r.handled or 0) for r in rows]
 
     async def backlog(self) -> int:
         async with self.transaction() as conn:
@@ -361,7 +424,23 @@ class Store:
 
     @staticmethod
     async def mark_processed(conn: AsyncConnection, inbox_ids: list[int]) -> None:
-        await conn.execute(update(inbox).where(inbox.c.id.in_(inbox_ids)).values(processed=True))
+        if inbox_ids:
+            await conn.execute(
+                update(inbox).where(inbox.c.id.in_(inbox_ids)).values(processed=True)
+            )
+            await conn.execute(
+                delete(inbox_progress).where(inbox_progress.c.inbox_id.in_(inbox_ids))
+            )
+
+    async def set_progress(self, conn: AsyncConnection, inbox_id: int, items: int) -> None:
+        """Record that the first `items` items of a row are handled (in the same transaction
+        as what handling them wrote)."""
+        upsert = self._insert(inbox_progress).values(inbox_id=inbox_id, handled=items)
+        await conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[inbox_progress.c.inbox_id], set_={"handled": items}
+            )
+        )
 
     # --- alert identity and facts ------------------------------------------------------
 
@@ -609,7 +688,7 @@ class Store:
         query = (
             select(func.count())
             .select_from(decisions)
-            .where(decisions.c.created_at >= since, decisions.c.verdict == "admitted")
+            .where(decisions.c.created_at >= since, ADMITTED)
         )
         if flow is not None:
             query = query.where(decisions.c.flow == flow)
@@ -622,11 +701,7 @@ class Store:
             await conn.scalar(
                 select(func.count())
                 .select_from(decisions)
-                .where(
-                    decisions.c.incident == incident,
-                    decisions.c.rule == rule,
-                    decisions.c.verdict == "admitted",
-                )
+                .where(decisions.c.incident == incident, decisions.c.rule == rule, ADMITTED)
             )
             or 0
         )

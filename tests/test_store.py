@@ -105,3 +105,14 @@ async def test_replicas_starting_together_migrate_one_at_a_time(
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_pending_reads_at_most_max_bytes_of_bodies_beyond_the_first_row(
+    store: Store,
+) -> None:
+    for _ in range(3):
+        await store.add_to_inbox("alertmanager", b"x" * 3000)
+    assert [len(m.body) for m in await store.pending(10, max_bytes=1000)] == [3000]
+    assert len(await store.pending(10, max_bytes=6000)) == 2
+    assert len(await store.pending(2)) == 2
+    assert len(await store.pending(10)) == 3
