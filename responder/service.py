@@ -92,7 +92,8 @@ class Service:
     async def reload(self) -> RuleBook:
         """Load rules and catalog again; on any error keep the old ones and raise it."""
         try:
-            book, catalog = self._load()
+            # Parsing and compiling thousands of rules takes seconds: not on the event loop.
+            book, catalog = await asyncio.to_thread(self._load)
             await self.loop.use(book, catalog)
         except (DocumentError, StoreUnavailable) as exc:
             metrics.RELOADS.labels(result="failure").inc()

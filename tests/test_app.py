@@ -600,3 +600,56 @@ async def test_every_endpoint_but_health_and_metrics_needs_credentials(
     assert openapi.status_code == 200 and "/webhook/alertmanager" in openapi.json()["paths"]
     for path in open_paths:
         assert (await client.get(path)).status_code in (200, 503)
+
+
+def many_rules(count: int) -> str:
+    lines = ["rules:"]
+    for i in range(count):
+        lines += [
+            f"  - name: bulk-{i}",
+            f"    match: ['alertname=\"Bulk{i % 100}\"', 'job=\"j{i}\"']",
+            "    run: {flow: http-call, parameters: {url: 'http://127.0.0.1:9/x'}}",
+            f'    guard: {{key: "bulk-{i}/{{{{ alert.labels.instance }}}}"}}',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+async def slowest_answer_during(client: httpx.AsyncClient, work: Any) -> float:
+    """Ask /healthz every 20 ms while `work` runs; the longest wait for an answer, in seconds
+    (a blocked event loop delays the next question as much as the answer)."""
+    clock = asyncio.get_running_loop().time
+    slowest = 0.0
+    task = asyncio.ensure_future(work)
+    answered = clock()
+    while not task.done():
+        await asyncio.sleep(0.02)
+        assert (await client.get("/healthz")).status_code == 200
+        slowest = max(slowest, clock() - answered - 0.02)
+        answered = clock()
+    await task
+    return slowest
+
+
+async def test_health_answers_while_a_big_rule_set_is_reloaded(
+    make_client: ClientFactory, rules_dir: Path
+) -> None:
+    client, service = await make_client()
+    # 3,000 rules take seconds to parse and compile (10,000 took 20 s in the field).
+    (rules_dir / "bulk.yaml").write_text(many_rules(3_000))
+    slowest = await slowest_answer_during(client, client.post("/-/reload"))
+    assert len(service.book.rules) == 3_001
+    assert slowest < 1.0, f"/healthz took {slowest:.1f}s during the reload"
+
+
+async def test_a_reload_refuses_an_alias_bomb_at_once(
+    make_client: ClientFactory, rules_dir: Path
+) -> None:
+    client, _ = await make_client()
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 9)]
+    (rules_dir / "bomb.yaml").write_text("\n".join(levels) + "\nrules: []\n")
+    response = await asyncio.wait_for(client.post("/-/reload"), timeout=20)
+    assert response.status_code == 400
+    body = response.json()
+    assert (body["file"], body["line"]) == (str(rules_dir / "bomb.yaml"), 7)
+    assert "expand the document beyond" in body["error"]
