@@ -44,6 +44,7 @@ class Service:
         self.settings = settings
         book, catalog = self._load()
         self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
+        self.store.check_file()  # a damaged file stops start-up here, named, not in a traceback
         api_url = prefect_api_url or settings.prefect_api_url
         self.dispatcher = (
             Dispatcher(

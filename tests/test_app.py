@@ -10,7 +10,8 @@ import asyncio
 import base64
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from responder.app import create_app
 from responder.service import Service
 from tests.conftest import (
     POSTGRES_URL,
+    damage_tables,
     fixture_body,
     fixture_json,
     make_settings,
@@ -653,3 +655,83 @@ async def test_a_reload_refuses_an_alias_bomb_at_once(
     body = response.json()
     assert (body["file"], body["line"]) == (str(rules_dir / "bomb.yaml"), 7)
     assert "expand the document beyond" in body["error"]
+
+
+async def ready(client: httpx.AsyncClient) -> bool:
+    """/readyz says ready (the flows' parameter checks load in the background at start)."""
+    return (await client.get("/readyz")).status_code == 200
+
+
+async def test_readyz_fails_naming_the_file_once_the_store_is_found_damaged(
+    make_client: ClientFactory, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("a damaged file is SQLite's")
+    client, service = await make_client()
+    assert (await post(client, "firing_single_servicedown")).status_code == 200
+    await wait_for(lambda: settled(service))
+
+    await wait_for(lambda: ready(client))
+    # Pooled connections cache pages; new ones read the damaged file, as after a restart.
+    await service.store.engine.dispose()
+    database = service.settings.data_dir / "responder.db"
+    damage_tables(database, ["inbox", "decisions"])
+    await post(client, "firing_group_diskalmostfull_2_hosts")  # 200 or 503: both are honest
+
+    async def not_ready() -> bool:
+        return (await client.get("/readyz")).status_code == 503
+
+    await wait_for(not_ready, timeout=20)
+    body = (await client.get("/readyz")).json()
+    assert body["checks"]["store"] is False
+    assert f"store {database} is damaged" in body["store_problem"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (tmpfs), for a disk that fills up; needs root to mount."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill_up(disk: Path) -> Path:
+    """Write a file until the disk has no block left; returns it."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+async def test_readyz_is_not_ready_while_a_full_disk_makes_intake_answer_503(
+    small_disk: Path, make_client: ClientFactory, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("the disk under a SQLite file")
+    client, service = await make_client(data_dir=small_disk / "data")
+    assert (await post(client, "firing_single_servicedown")).status_code == 200
+    await wait_for(lambda: settled(service))
+    await wait_for(lambda: ready(client))
+    filler = fill_up(small_disk)
+
+    assert (await post(client, "firing_group_diskalmostfull_2_hosts")).status_code == 503
+    readyz = await client.get("/readyz")
+    assert readyz.status_code == 503, readyz.text
+    assert "the store cannot commit" in readyz.json()["store_problem"]
+
+    filler.unlink()
+    readyz = await client.get("/readyz")
+    assert readyz.status_code == 200, readyz.text
+    assert (await post(client, "firing_group_diskalmostfull_2_hosts")).status_code == 200
