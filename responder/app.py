@@ -514,8 +514,9 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         """Ready when the store answers, the engine loop runs and the flows are loaded."""
+        store_problem = await service.store.problem()
         checks = {
-            "store": await service.store.ping(),
+            "store": store_problem is None,
             "engine": service.engine_alive,
             "leader": service.leading,
             "flows": service.flows_loaded,
@@ -523,8 +524,11 @@ def create_app(service: Service) -> FastAPI:
         if service.dispatcher is not None and service.leading:
             checks["prefect"] = service.dispatcher.prefect_reachable
         ready = checks["store"] and checks["engine"] and checks["flows"]
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if store_problem is not None:
+            body["store_problem"] = store_problem
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks},
+            body,
             status_code=200 if ready else 503,
         )
 

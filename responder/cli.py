@@ -55,6 +55,7 @@ def _http_server(settings: Any, service: Any) -> Any:
     """The webhook receiver and API of `service`, as a uvicorn server."""
     import uvicorn
 
+    from responder import http_limits
     from responder.app import create_app
 
     config = uvicorn.Config(
@@ -66,6 +67,7 @@ def _http_server(settings: Any, service: Any) -> Any:
         # uvicorn believes X-Forwarded-For from loopback by default; only configured proxies.
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
+        **http_limits.uvicorn_options(),
         **tls.server_options(
             settings.tls_certfile, settings.tls_keyfile, settings.tls_client_ca_file
         ),

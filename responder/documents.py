@@ -49,7 +49,7 @@ def load_document(
         node = loader.get_single_node()
         if node is None:
             return None, None
-        _reject_duplicate_keys(node, file, error, set())
+        _reject_duplicate_keys(node, file, error)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else loader.line + 1
@@ -91,34 +91,63 @@ def line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
     return int(node.start_mark.line) + 1
 
 
-def _reject_duplicate_keys(
-    node: yaml.Node, file: str, error: type[DocumentError], enclosing: set[int]
-) -> None:
-    """Also rejects a node that contains an alias to itself: nothing could validate it."""
-    if id(node) in enclosing:
-        raise error(
-            "the node anchored here contains an alias to itself",
-            file=file,
-            line=node.start_mark.line + 1,
-        )
-    enclosing.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        keys: set[Any] = set()
-        for key_node, value_node in node.value:
-            # A complex key (`? [a]`) is unhashable here; the constructor refuses it.
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else key_node
-            if key in keys:
-                raise error(
-                    f"key {key!r} appears twice in one mapping",
-                    file=file,
-                    line=key_node.start_mark.line + 1,
-                )
-            keys.add(key)
-            _reject_duplicate_keys(value_node, file, error, enclosing)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _reject_duplicate_keys(item, file, error, enclosing)
-    enclosing.discard(id(node))
+# An alias repeats a node where it is used: a few, nested, make a document that expands to
+# billions of values (an "alias bomb"). Both caps are far above what a hand-written file uses.
+MAX_ALIASES = 10_000
+MAX_EXPANDED_NODES = 1_000_000
+
+
+def _reject_duplicate_keys(node: yaml.Node, file: str, error: type[DocumentError]) -> None:
+    """Rejects duplicate keys, a node that contains an alias to itself (nothing could validate
+    it), and alias bombs: in time linear in the document, as each node is walked once."""
+    expanded: dict[int, int] = {}  # node id → values it expands to; absent while being walked
+    aliases = 0
+
+    def walk(node: yaml.Node, parent: yaml.Node) -> int:
+        nonlocal aliases
+        if id(node) in expanded:
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                # An alias node is its anchor's node: name the collection that uses it.
+                line = parent.start_mark.line + 1
+                raise error(f"more than {MAX_ALIASES} aliases", file=file, line=line)
+            return expanded[id(node)]
+        if id(node) in walking:
+            raise error(
+                "the node anchored here contains an alias to itself",
+                file=file,
+                line=node.start_mark.line + 1,
+            )
+        walking.add(id(node))
+        size = 1
+        if isinstance(node, yaml.MappingNode):
+            keys: set[Any] = set()
+            for key_node, value_node in node.value:
+                # A complex key (`? [a]`) is unhashable here; the constructor refuses it.
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else key_node
+                if key in keys:
+                    raise error(
+                        f"key {key!r} appears twice in one mapping",
+                        file=file,
+                        line=key_node.start_mark.line + 1,
+                    )
+                keys.add(key)
+                size += walk(key_node, node) + walk(value_node, node)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                size += walk(item, node)
+        if size > MAX_EXPANDED_NODES:
+            raise error(
+                f"the aliases here expand the document beyond {MAX_EXPANDED_NODES} values",
+                file=file,
+                line=node.start_mark.line + 1,
+            )
+        walking.discard(id(node))
+        expanded[id(node)] = size
+        return size
+
+    walking: set[int] = set()
+    walk(node, node)
 
 
 def _accepted(model: type[BaseModel] | None, loc: Sequence[Any]) -> str:

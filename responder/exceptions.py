@@ -8,6 +8,7 @@
     │   └── CatalogError       ...the service catalog (config/services.yaml)
     ├── TemplateError          a template that cannot render for this alert
     ├── StoreUnavailable       the store could not commit; callers answer 503
+    │   └── StoreDamaged       the store's file is damaged (names the file)
     └── DispatchError          Prefect refused or could not be reached
 
 A guard refusal is not an exception: it is a returned `Verdict`.
@@ -59,6 +60,10 @@ class TemplateError(ResponderError):
 
 class StoreUnavailable(ResponderError):
     """The store did not commit; the caller must not acknowledge what it received."""
+
+
+class StoreDamaged(StoreUnavailable):
+    """The store's database file is damaged: nothing it holds can be trusted until repaired."""
 
 
 class DispatchError(ResponderError):

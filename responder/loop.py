@@ -131,6 +131,15 @@ class EngineLoop:
         # Read the store first: if it fails, the engine in use stays whole.
         facts = await self._store.live_facts(self._clock())
         firing = await self._store.firing()
+        # Compiled off the event loop (seconds for thousands of rules). durable_rules is used
+        # by one thread at a time: steps, the only other users, wait for the lock we hold.
+        engine = await asyncio.to_thread(self._build, book, catalog, facts, firing)
+        old, self.engine, self.book, self.catalog = self.engine, engine, book, catalog
+        old.close()
+
+    def _build(
+        self, book: RuleBook, catalog: Catalog, facts: list[Fact], firing: list[Alert]
+    ) -> Engine:
         engine = Engine(book, self._partitions, self._clock)
         for fact in [*catalog.facts(self._clock()), *facts]:
             try:
@@ -142,8 +151,7 @@ class EngineLoop:
                 engine.assert_alert(alert)
             except EngineRejected:
                 log.error("engine rejected held alert %s during rebuild", alert.incident)
-        old, self.engine, self.book, self.catalog = self.engine, engine, book, catalog
-        old.close()
+        return engine
 
     async def run(self) -> None:
         """Process the inbox until cancelled; a store failure rebuilds and retries.

@@ -44,6 +44,7 @@ class Service:
         self.settings = settings
         book, catalog = self._load()
         self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
+        self.store.check_file()  # a damaged file stops start-up here, named, not in a traceback
         api_url = prefect_api_url or settings.prefect_api_url
         self.dispatcher = (
             Dispatcher(
@@ -92,7 +93,8 @@ class Service:
     async def reload(self) -> RuleBook:
         """Load rules and catalog again; on any error keep the old ones and raise it."""
         try:
-            book, catalog = self._load()
+            # Parsing and compiling thousands of rules takes seconds: not on the event loop.
+            book, catalog = await asyncio.to_thread(self._load)
             await self.loop.use(book, catalog)
         except (DocumentError, StoreUnavailable) as exc:
             metrics.RELOADS.labels(result="failure").inc()

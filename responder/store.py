@@ -11,9 +11,10 @@ import fcntl
 import hashlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from responder.exceptions import StoreUnavailable
+from responder.exceptions import StoreDamaged, StoreUnavailable
 from responder.facts import Fact
 from responder.models import Alert
 
@@ -260,6 +261,10 @@ class Store:
                 "connect_args": {"timeout": timeout_seconds},
             }
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # Store health for /readyz: a damaged file stays damaged; after a failed transaction
+        # the next readiness check commits for real before it says ready again.
+        self.damage: str | None = None
+        self._failed = False
         # Group commit of the inbox: bodies waiting for the next commit, and its task.
         self._intake: list[tuple[str, bytes, asyncio.Future[int]]] = []
         self._committer: asyncio.Task[None] | None = None
@@ -314,6 +319,10 @@ class Store:
                 yield conn
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             # OSError and TimeoutError: asyncpg failing to connect at all.
+            self._failed = True
+            if _is_damage(exc):
+                self.damage = f"store {self._database} is damaged: {getattr(exc, 'orig', exc)}"
+                raise StoreDamaged(self.damage) from exc
             raise StoreUnavailable(f"store error: {exc.__class__.__name__}: {exc}") from exc
 
     @asynccontextmanager
@@ -341,6 +350,47 @@ class Store:
             return True
         except (SQLAlchemyError, OSError):
             return False
+
+    def check_file(self) -> None:
+        """SQLite's `quick_check` of an existing database file, before anything else reads it.
+
+        Raises `StoreDamaged`, naming the file, when it cannot be read whole.
+        """
+        path = self._database
+        if self.dialect != "sqlite" or path in (None, "", ":memory:") or not Path(path).exists():
+            return
+        try:
+            with closing(sqlite3.connect(path)) as db:
+                problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            self.damage = (
+                f"store {path} is damaged ({'; '.join(problems)[:300]}); "
+                "restore it from a backup, or move it away to start empty"
+            )
+            raise StoreDamaged(self.damage)
+
+    async def problem(self) -> str | None:
+        """Why the store cannot take webhooks now (for /readyz), or None when it can.
+
+        After a failed transaction (a full disk, say) this commits a webhook-sized row, so
+        that readiness comes back once the store commits again, and not before.
+        """
+        if self.damage is not None:
+            return self.damage
+        if not await self.ping():
+            return "the store does not answer"
+        if self._failed:
+            self._failed = False
+            try:
+                async with self.transaction() as conn:
+                    await conn.execute(delete(control).where(control.c.name == "store-probe"))
+                    probe = {"name": "store-probe", "value": {"pad": "x" * 65536}}
+                    await conn.execute(control.insert().values(**probe, updated_at=time.time()))
+            except StoreUnavailable as exc:
+                return f"the store cannot commit: {exc}"
+        return None
 
     # --- inbox -------------------------------------------------------------------------
 
@@ -1033,6 +1083,12 @@ def _upgrade_to_head(connection: Any) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """SQLite says the file is corrupt, or not a database at all."""
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int) -> None:

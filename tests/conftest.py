@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -163,3 +165,19 @@ async def wait_for(predicate: Any, timeout: float = 30.0, every: float = 0.1) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(every)
+
+
+def damage_tables(database: Path, tables: list[str]) -> None:
+    """Write garbage over the root pages of these tables in a real SQLite file, after a
+    checkpoint has moved every committed page from the write-ahead log into it."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        roots = [
+            int(db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (t,)).fetchone()[0])
+            for t in tables
+        ]
+    with database.open("r+b") as file:
+        for root in roots:
+            file.seek((root - 1) * page_size)
+            file.write(b"\xde\xad\xbe\xef" * (page_size // 4))

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import gzip
 import itertools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from responder.service import Service
 from responder.settings import load_settings
 from tests.conftest import (
     POSTGRES_URL,
+    damage_tables,
     fixture_body,
     fixture_json,
     make_settings,
@@ -742,3 +746,141 @@ async def test_every_route_takes_exactly_its_credentials_for_every_subset_of_sec
                 assert "www-authenticate" in response.headers
             walked += 1
     assert walked >= 12 * 5, walked
+
+
+def many_rules(count: int) -> str:
+    lines = ["rules:"]
+    for i in range(count):
+        lines += [
+            f"  - name: bulk-{i}",
+            f"    match: ['alertname=\"Bulk{i % 100}\"', 'job=\"j{i}\"']",
+            "    run: {flow: http-call, parameters: {url: 'http://127.0.0.1:9/x'}}",
+            f'    guard: {{key: "bulk-{i}/{{{{ alert.labels.instance }}}}"}}',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+async def slowest_answer_during(client: httpx.AsyncClient, work: Any) -> float:
+    """Ask /healthz every 20 ms while `work` runs; the longest wait for an answer, in seconds
+    (a blocked event loop delays the next question as much as the answer)."""
+    clock = asyncio.get_running_loop().time
+    slowest = 0.0
+    task = asyncio.ensure_future(work)
+    answered = clock()
+    while not task.done():
+        await asyncio.sleep(0.02)
+        assert (await client.get("/healthz")).status_code == 200
+        slowest = max(slowest, clock() - answered - 0.02)
+        answered = clock()
+    await task
+    return slowest
+
+
+async def test_health_answers_while_a_big_rule_set_is_reloaded(
+    make_client: ClientFactory, rules_dir: Path
+) -> None:
+    client, service = await make_client()
+    # 3,000 rules take seconds to parse and compile (10,000 took 20 s in the field).
+    (rules_dir / "bulk.yaml").write_text(many_rules(3_000))
+    slowest = await slowest_answer_during(client, client.post("/-/reload"))
+    assert len(service.book.rules) == 3_001
+    assert slowest < 1.0, f"/healthz took {slowest:.1f}s during the reload"
+
+
+async def test_a_reload_refuses_an_alias_bomb_at_once(
+    make_client: ClientFactory, rules_dir: Path
+) -> None:
+    client, _ = await make_client()
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 9)]
+    (rules_dir / "bomb.yaml").write_text("\n".join(levels) + "\nrules: []\n")
+    response = await asyncio.wait_for(client.post("/-/reload"), timeout=20)
+    assert response.status_code == 400
+    body = response.json()
+    assert (body["file"], body["line"]) == (str(rules_dir / "bomb.yaml"), 7)
+    assert "expand the document beyond" in body["error"]
+
+
+async def ready(client: httpx.AsyncClient) -> bool:
+    """/readyz says ready (the flows' parameter checks load in the background at start)."""
+    return (await client.get("/readyz")).status_code == 200
+
+
+async def test_readyz_fails_naming_the_file_once_the_store_is_found_damaged(
+    make_client: ClientFactory, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("a damaged file is SQLite's")
+    client, service = await make_client()
+    assert (await post(client, "firing_single_servicedown")).status_code == 200
+    await wait_for(lambda: settled(service))
+
+    await wait_for(lambda: ready(client))
+    # Pooled connections cache pages; new ones read the damaged file, as after a restart.
+    await service.store.engine.dispose()
+    database = service.settings.data_dir / "responder.db"
+    damage_tables(database, ["inbox", "decisions"])
+    await post(client, "firing_group_diskalmostfull_2_hosts")  # 200 or 503: both are honest
+
+    async def not_ready() -> bool:
+        return (await client.get("/readyz")).status_code == 503
+
+    await wait_for(not_ready, timeout=20)
+    body = (await client.get("/readyz")).json()
+    assert body["checks"]["store"] is False
+    assert f"store {database} is damaged" in body["store_problem"]
+    # A connection the test's dispose() detached from the pool cannot be closed from the
+    # garbage collector (aiosqlite needs the event loop): collect it here, not in a later test.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (tmpfs), for a disk that fills up; needs root to mount."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill_up(disk: Path) -> Path:
+    """Write a file until the disk has no block left; returns it."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+async def test_readyz_is_not_ready_while_a_full_disk_makes_intake_answer_503(
+    small_disk: Path, make_client: ClientFactory, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("the disk under a SQLite file")
+    client, service = await make_client(data_dir=small_disk / "data")
+    assert (await post(client, "firing_single_servicedown")).status_code == 200
+    await wait_for(lambda: settled(service))
+    await wait_for(lambda: ready(client))
+    filler = fill_up(small_disk)
+
+    assert (await post(client, "firing_group_diskalmostfull_2_hosts")).status_code == 503
+    readyz = await client.get("/readyz")
+    assert readyz.status_code == 503, readyz.text
+    assert "the store cannot commit" in readyz.json()["store_problem"]
+
+    filler.unlink()
+    readyz = await client.get("/readyz")
+    assert readyz.status_code == 200, readyz.text
+    assert (await post(client, "firing_group_diskalmostfull_2_hosts")).status_code == 200

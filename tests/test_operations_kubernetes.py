@@ -846,3 +846,22 @@ def test_the_shipped_rollback_flow_rolls_back_to_the_previous_revision(
     load_flow("rollback-deployment")(namespace="shop", deployment="web", kubeconfig=kubeconfig)
     (patch,) = kube.sent("PATCH", DEPLOYMENT)
     assert patch.body[0]["value"] == replicaset_template("web-7d9c5b6f4")
+
+
+def test_a_retried_rollout_restart_patches_the_same_value_and_restarts_once(
+    prefect_api_url: str, kube: KubeReplay, kubeconfig: str
+) -> None:
+    # The first PATCH may have been applied before its 503 (a proxy, a lost answer): the
+    # retry must change nothing, so it sends the first attempt's restartedAt again.
+    kube.route("GET", DEPLOYMENT, (200, "deployment-web"))
+    kube.route("PATCH", DEPLOYMENT, (503, "status-unavailable"), (200, "deployment-web-restarted"))
+    result = run(
+        rollout_restart, RolloutRestart(name="web", namespace="shop", kubeconfig=kubeconfig)
+    )
+    patches = kube.sent("PATCH", DEPLOYMENT)
+    assert len(patches) == 2  # retried after at least a second
+    values = {
+        p.body["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+        for p in patches
+    }
+    assert values == {result.restarted_at}

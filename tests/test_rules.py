@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +179,37 @@ def test_secret_header_names_cannot_be_templates(tmp_path: Path) -> None:
     error = error_for(tmp_path, text)
     assert "constants, never templates" in str(error)
     assert error.line == 4
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """Each level lists the one before `width` times: width**levels values once expanded."""
+    lines = [f"l0: &l0 [{', '.join(['x'] * width)}]"]
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * width)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\nrules: []\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        (alias_bomb(), 7, "expand the document beyond 1000000 values"),
+        ("x: &x a\nrules: [" + ", ".join(["*x"] * 10_001) + "]\n", 2, "more than 10000 aliases"),
+    ],
+)
+def test_an_alias_bomb_is_refused_at_once_by_check(
+    tmp_path: Path, text: str, line: int, needle: str
+) -> None:
+    # A real `responder check` process, so that an exponential walk fails by its timeout.
+    path = write(tmp_path, text, "bomb.yaml")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "responder", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = (result.stdout + result.stderr).replace("\n", "")
+    assert f"{path}:{line}" in output
+    assert needle in output
+    assert "Traceback" not in output
+    assert time.monotonic() - started < 20

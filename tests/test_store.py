@@ -116,3 +116,50 @@ async def test_pending_reads_at_most_max_bytes_of_bodies_beyond_the_first_row(
     assert len(await store.pending(10, max_bytes=6000)) == 2
     assert len(await store.pending(2)) == 2
     assert len(await store.pending(10)) == 3
+
+
+def test_a_damaged_sqlite_file_stops_start_up_with_one_line_naming_it(
+    tmp_path: Path, rules_dir: Path
+) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import damage_tables, free_port, make_settings
+
+    settings = make_settings(tmp_path, rules_dir)
+    database = settings.data_dir / "responder.db"
+
+    async def fill() -> None:
+        store = Store(settings.store_url)
+        await store.migrate()
+        for n in range(50):
+            await store.add_to_inbox("alertmanager", b'{"n": %d}' % n)
+        await store.close()
+
+    asyncio.run(fill())
+    damage_tables(database, ["inbox", "decisions"])
+    env = {
+        **os.environ,
+        "RESPONDER_DATA_DIR": str(settings.data_dir),
+        "RESPONDER_RULES_DIR": str(rules_dir),
+        "RESPONDER_RULE_VARS": '{"service_control_url": "http://127.0.0.1:9"}',
+        "RESPONDER_PORT": str(free_port()),
+    }
+    # A real process: before the check, it would serve (and never exit by itself).
+    result = subprocess.run(
+        [sys.executable, "-m", "responder", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    assert f"store {database} is damaged" in errors[0]
+    assert "restore it from a backup" in output

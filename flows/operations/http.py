@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from typing import Annotated, Any, Literal
 
+import httpx
 from prefect import task
+from prefect.context import FlowRunContext, TaskRunContext
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
 from flows.operations import operation
 from flows.operations.failures import (
     OperationFailed,
-    call_api,
     retry_if_transient,
     transient_status,
 )
@@ -18,6 +22,9 @@ from flows.secrets import SecretName, secret_headers
 
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 BODY_LIMIT = 4096
+# Methods that only read: repeating one cannot act twice (RFC 9110 "safe" methods).
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class HttpRequest(BaseModel):
@@ -25,7 +32,7 @@ class HttpRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = "GET"
     url: AnyHttpUrl
     headers: dict[HeaderName, str] = Field(
         default_factory=dict, description="Plain headers; never put a secret here."
@@ -37,6 +44,19 @@ class HttpRequest(BaseModel):
     json_body: Any = None
     expected_status: list[int] = Field(default_factory=lambda: [200, 201, 202, 204])
     timeout_seconds: float = Field(10.0, gt=0, le=300)
+    idempotent: bool = Field(
+        False,
+        description=(
+            "The target does the action once however often it gets this request (or honours "
+            "the Idempotency-Key header): a timeout or a 5xx may then be retried. Reads "
+            "(GET, HEAD, OPTIONS) always may."
+        ),
+    )
+
+    @property
+    def retry_safe(self) -> bool:
+        """Whether sending this request again cannot repeat an action."""
+        return self.method in READ_METHODS or self.idempotent
 
 
 class HttpResponse(BaseModel):
@@ -55,6 +75,10 @@ class UnexpectedStatus(HttpFailed):
     """The target answered with a status the operation did not expect."""
 
 
+class OutcomeUnknown(HttpFailed):
+    """A request that acts was sent but not answered: it may or may not have acted."""
+
+
 @operation(risk="medium", tags=["http"])
 @task(
     name="http.request",
@@ -66,27 +90,71 @@ class UnexpectedStatus(HttpFailed):
 def http_request(request: HttpRequest) -> HttpResponse:
     """Send one HTTP request; fail unless the status is expected.
 
-    Only failures another try could fix are retried: no connection, a timeout, 5xx, 408,
-    429. A refusal (4xx) or a missing secret fails at once. Secret headers are read from
-    their secret names when the request is sent; header values are never logged.
+    A request is sent again (by the task's retries) only when that cannot act twice: a read,
+    a request declared `idempotent`, or one that never reached the target (no connection).
+    A request that acts and was sent but not answered in time fails as "outcome unknown",
+    never retried: the flow must verify before it acts again. Each such request carries an
+    `Idempotency-Key` (the decision's, else the flow run's, and the request's digest), the same
+    on every retry, so that a target which honours it acts once. A refusal (4xx) or a missing
+    secret fails at once. Header values are read when the request is sent and never logged.
     """
-    response = call_api(
-        HttpFailed,
-        request.method,
-        str(request.url),
-        headers={**request.headers, **secret_headers(request.headers_from_secrets)},
-        json=request.json_body,
-        timeout=request.timeout_seconds,
-    )
+    what = f"{request.method} {request.url}"
+    headers = {**request.headers, **secret_headers(request.headers_from_secrets)}
+    if request.method not in READ_METHODS and IDEMPOTENCY_HEADER.lower() not in {
+        name.lower() for name in headers
+    }:
+        headers[IDEMPOTENCY_HEADER] = idempotency_key(request)
+    try:
+        response = httpx.request(
+            request.method,
+            str(request.url),
+            headers=headers,
+            json=request.json_body,
+            timeout=request.timeout_seconds,
+        )
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        # Nothing was sent: trying again cannot act twice.
+        raise HttpFailed(f"{what} failed: {type(exc).__name__}: {exc}", transient=True) from exc
+    except httpx.TransportError as exc:
+        if request.retry_safe:
+            raise HttpFailed(f"{what} failed: {type(exc).__name__}: {exc}", transient=True) from exc
+        raise OutcomeUnknown(
+            f"{what}: outcome unknown ({type(exc).__name__} after the request was sent, "
+            f"timeout {request.timeout_seconds}s); not retried, as the target may have acted: "
+            "verify before acting again",
+            transient=False,
+        ) from exc
     result = HttpResponse(
         status_code=response.status_code,
         body=response.text[:BODY_LIMIT],
         ok=response.status_code in request.expected_status,
     )
     if not result.ok:
+        transient = transient_status(response.status_code)
         raise UnexpectedStatus(
-            f"{request.method} {request.url} answered {response.status_code}; "
-            f"expected one of {request.expected_status}",
-            transient=transient_status(response.status_code),
+            f"{what} answered {response.status_code}; expected one of {request.expected_status}"
+            + (
+                "; not retried: the request is not idempotent"
+                if transient and not request.retry_safe
+                else ""
+            ),
+            transient=transient and request.retry_safe,
         )
     return result
+
+
+def idempotency_key(request: HttpRequest) -> str:
+    """The decision's flow run key (else the flow run's id), and this request's digest.
+
+    Stable across the task's retries and the flow run's, so a target that honours it acts
+    once; the digest keeps two different requests of one run apart.
+    """
+    flow_context, task_context = FlowRunContext.get(), TaskRunContext.get()
+    run = flow_context.flow_run if flow_context else None
+    if run is not None:
+        owner = run.idempotency_key or f"flow-run:{run.id}"
+    else:  # called outside a flow: the task run (same on its retries), else this call
+        owner = f"task-run:{task_context.task_run.id if task_context else uuid.uuid4()}"
+    body = json.dumps(request.json_body, sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{request.method} {request.url} {body}".encode()).hexdigest()
+    return f"{owner}:{digest[:16]}"

@@ -33,6 +33,7 @@ from lightkube.resources.core_v1 import Node, Pod, PodEviction
 from lightkube.types import PatchType
 from prefect import State, Task, get_run_logger, task
 from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from flows.operations import operation
@@ -304,6 +305,16 @@ def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# The restartedAt of each task run's first attempt: a retry (the answer to a PATCH may be lost)
+# patches the same value, which changes nothing, instead of restarting the pods again.
+_FIRST_RESTART: dict[str, str] = {}
+
+
+def _task_run_id() -> str:
+    context = TaskRunContext.get()
+    return str(context.task_run.id) if context is not None else ""
+
+
 @operation(risk="medium", tags=["kubernetes", "workload"])
 @task(
     name="kubernetes.rollout_restart",
@@ -317,10 +328,12 @@ def rollout_restart(params: RolloutRestart) -> RolloutRestarted:
 
     Sets the pod template annotation kubectl.kubernetes.io/restartedAt to now (a strategic
     merge patch); the controller then replaces the pods under the workload's update strategy.
-    A paused Deployment is refused: the patch would roll nothing.
+    A retry patches the first attempt's value, so it never restarts the pods twice. A paused
+    Deployment is refused: the patch would roll nothing.
     """
     logger = get_run_logger()
-    restarted_at = _utc_now()
+    run_id = _task_run_id()
+    restarted_at = _FIRST_RESTART.setdefault(run_id, _utc_now()) if run_id else _utc_now()
     patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: restarted_at}}}}}
     with kube_client(params) as client:
         if params.kind == "Deployment":
@@ -337,6 +350,7 @@ def rollout_restart(params: RolloutRestart) -> RolloutRestarted:
             namespace=params.namespace,
             patch_type=PatchType.STRATEGIC,
         )
+    _FIRST_RESTART.pop(run_id, None)
     logger.info("restarted %s %s/%s", params.kind, params.namespace, params.name)
     return RolloutRestarted(
         kind=params.kind,
