@@ -92,3 +92,44 @@ def test_a_read_that_times_out_is_retried(target: Target, prefect_api_url: str) 
         send(HttpRequest(url=f"{target.url}/health", timeout_seconds=0.2))
     assert [method for method, _ in target.requests] == ["GET"] * 3
     assert "Idempotency-Key" not in target.requests[0][1]
+
+
+def test_each_request_is_logged_with_method_url_status_and_duration_secrets_masked(
+    target: Target, prefect_api_url: str
+) -> None:
+    import httpx
+
+    base = target.url.replace("http://", "http://ops:hunter2@")
+    url = f"{base}/restart?host=h1&token=s3cret"
+    state = send(HttpRequest(method="POST", url=url), return_state=True)  # type: ignore[call-overload]
+    assert state.is_completed()
+
+    def messages() -> list[str]:
+        response = httpx.post(
+            f"{prefect_api_url}/logs/filter",
+            json={"logs": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}}},
+        )
+        response.raise_for_status()
+        return [entry["message"] for entry in response.json()]
+
+    deadline = time.monotonic() + 20
+    while True:
+        logged = messages()
+        answered = [m for m in logged if "→ 200 in" in m]
+        if answered:
+            break
+        assert time.monotonic() < deadline, logged
+        time.sleep(0.5)
+    [line] = answered
+    assert line.startswith("POST http://ops:***@127.0.0.1:")
+    assert "/restart?host=h1&token=***" in line and line.endswith(" ms")
+    assert not any("hunter2" in m or "s3cret" in m for m in logged)
+
+
+def test_shown_url_masks_passwords_and_secret_looking_query_values() -> None:
+    from flows.operations.http import shown_url
+
+    assert shown_url("https://u:p@h/x?api_key=1&page=2&sig=3") == (
+        "https://u:***@h/x?api_key=***&page=2&sig=***"
+    )
+    assert shown_url("http://h:9/plain") == "http://h:9/plain"

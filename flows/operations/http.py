@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
+import time
+import urllib.parse
 import uuid
 from typing import Annotated, Any, Literal
 
 import httpx
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import MissingContextError
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
 from flows.operations import operation
@@ -98,12 +103,14 @@ def http_request(request: HttpRequest) -> HttpResponse:
     on every retry, so that a target which honours it acts once. A refusal (4xx) or a missing
     secret fails at once. Header values are read when the request is sent and never logged.
     """
-    what = f"{request.method} {request.url}"
+    what = f"{request.method} {shown_url(str(request.url))}"  # logs and errors mask secrets
     headers = {**request.headers, **secret_headers(request.headers_from_secrets)}
     if request.method not in READ_METHODS and IDEMPOTENCY_HEADER.lower() not in {
         name.lower() for name in headers
     }:
         headers[IDEMPOTENCY_HEADER] = idempotency_key(request)
+    logger = _logger()
+    started = time.monotonic()
     try:
         response = httpx.request(
             request.method,
@@ -112,18 +119,13 @@ def http_request(request: HttpRequest) -> HttpResponse:
             json=request.json_body,
             timeout=request.timeout_seconds,
         )
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        # Nothing was sent: trying again cannot act twice.
-        raise HttpFailed(f"{what} failed: {type(exc).__name__}: {exc}", transient=True) from exc
     except httpx.TransportError as exc:
-        if request.retry_safe:
-            raise HttpFailed(f"{what} failed: {type(exc).__name__}: {exc}", transient=True) from exc
-        raise OutcomeUnknown(
-            f"{what}: outcome unknown ({type(exc).__name__} after the request was sent, "
-            f"timeout {request.timeout_seconds}s); not retried, as the target may have acted: "
-            "verify before acting again",
-            transient=False,
-        ) from exc
+        elapsed = (time.monotonic() - started) * 1000
+        logger.warning("%s: no answer after %.0f ms (%s)", what, elapsed, type(exc).__name__)
+        raise _failure(request, what, exc) from exc
+    elapsed = (time.monotonic() - started) * 1000
+    level = logging.INFO if response.status_code in request.expected_status else logging.WARNING
+    logger.log(level, "%s → %d in %.0f ms", what, response.status_code, elapsed)
     result = HttpResponse(
         status_code=response.status_code,
         body=response.text[:BODY_LIMIT],
@@ -141,6 +143,48 @@ def http_request(request: HttpRequest) -> HttpResponse:
             transient=transient and request.retry_safe,
         )
     return result
+
+
+def _failure(request: HttpRequest, what: str, exc: httpx.TransportError) -> HttpFailed:
+    """A request that got no answer: retried only when that cannot act twice."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        # Nothing was sent: trying again cannot act twice.
+        return HttpFailed(f"{what} failed: {type(exc).__name__}: {exc}", transient=True)
+    if request.retry_safe:
+        return HttpFailed(f"{what} failed: {type(exc).__name__}: {exc}", transient=True)
+    return OutcomeUnknown(
+        f"{what}: outcome unknown ({type(exc).__name__} after the request was sent, "
+        f"timeout {request.timeout_seconds}s); not retried, as the target may have acted: "
+        "verify before acting again",
+        transient=False,
+    )
+
+
+_SECRET_QUERY = re.compile(r"token|key|secret|pass|auth|sig|credential", re.IGNORECASE)
+
+
+def shown_url(url: str) -> str:
+    """The URL as logs may show it: a password in it, and query values whose names look
+    like secrets (token, key, signature, ...), masked."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = urllib.parse.urlencode(
+        [
+            (name, "***" if _SECRET_QUERY.search(name) else value)
+            for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called outside a flow or task run
+        return logging.getLogger(__name__)
 
 
 def idempotency_key(request: HttpRequest) -> str:
