@@ -37,6 +37,7 @@ URL = "/webhook/alertmanager"
 JSON = {"content-type": "application/json"}
 
 ClientFactory = Callable[..., Any]
+FLOW_RUN = "00000000-0000-0000-0000-000000000001"  # a flow run id no run has
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -622,7 +623,7 @@ async def test_every_endpoint_but_health_and_metrics_needs_credentials(
     client, _ = await make_client(bearer_token="wh", operator_token="op", events_token="ev")
     app = client._transport.app  # type: ignore[attr-defined]
     open_paths = {"/healthz", "/readyz", "/metrics"}
-    values = {"fingerprint": "abc123", "name": "restart-service"}
+    values = {"fingerprint": "abc123", "name": "restart-service", "flow_run_id": FLOW_RUN}
     checked = []
     for route in app.routes:
         if not isinstance(route, APIRoute) or route.path in open_paths:
@@ -684,7 +685,7 @@ async def test_every_route_takes_exactly_its_credentials_for_every_subset_of_sec
         return
     client, _ = await make_client(host=host, **settings)
     app = client._transport.app  # type: ignore[attr-defined]
-    values = {"fingerprint": "abc123", "name": "restart-service"}
+    values = {"fingerprint": "abc123", "name": "restart-service", "flow_run_id": FLOW_RUN}
     walked = 0
     for route in app.routes:
         if not isinstance(route, APIRoute) or route.path in {"/healthz", "/readyz", "/metrics"}:
@@ -705,3 +706,105 @@ async def test_every_route_takes_exactly_its_credentials_for_every_subset_of_sec
                 assert "www-authenticate" in response.headers
             walked += 1
     assert walked >= 12 * 5, walked
+
+
+# One named operator of each role; an admin's token is also the shared operator_token's role.
+OPERATORS = [
+    {"name": f"{role}-1", "token": f"tok-{role}", "role": role}
+    for role in ("viewer", "operator", "approver", "admin")
+]
+# What each operator route does, as docs/operations.md lists it: every GET reads.
+CHANGES = {
+    ("POST", "/api/v1/catalog/flows/{name}/runs"): "operate",
+    ("POST", "/api/v1/pause"): "operate",
+    ("POST", "/api/v1/resume"): "operate",
+    ("POST", "/-/reload"): "operate",
+    ("POST", "/api/v1/approvals/{flow_run_id}/approve"): "approve",
+    ("POST", "/api/v1/approvals/{flow_run_id}/reject"): "approve",
+}
+MAY = {
+    "viewer": {"read"},
+    "operator": {"read", "operate"},
+    "approver": {"read", "approve"},
+    "admin": {"read", "operate", "approve"},
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # roles do not depend on the store
+async def test_every_operator_route_takes_exactly_the_roles_that_may_use_it(
+    make_client: ClientFactory,
+) -> None:
+    client, _ = await make_client(bearer_token="wh", events_token="ev", operators=OPERATORS)
+    app = client._transport.app  # type: ignore[attr-defined]
+    values = {
+        "fingerprint": "abc123",
+        "name": "restart-service",
+        "flow_run_id": FLOW_RUN,
+    }
+    bodies: dict[str, Any] = {
+        "/api/v1/pause": {"reason": "walk"},
+        "/api/v1/approvals/{flow_run_id}/reject": {"reason": "walk"},
+    }
+    walked: dict[str, set[str]] = {role: set() for role in MAY}
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or route.path in {
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            URL,
+            "/api/v1/events",
+        }:
+            continue
+        for method, operator in itertools.product(sorted(route.methods), OPERATORS):
+            action = CHANGES.get((method, route.path), "read" if method == "GET" else "?")
+            role = operator["role"]
+            body = bodies.get(route.path, {})
+            if route.path.endswith("/runs"):
+                body = {"parameters": {"host": "h", "service": "s"}, "reason": "walk"}
+                body["key"] = f"walk/{role}"
+                body["parameters"] |= {"restart_url": "http://127.0.0.1:9/r"}
+                body["parameters"] |= {"health_url": "http://127.0.0.1:9/h"}
+            response = await client.request(
+                method,
+                route.path.format(**values),
+                json=body,
+                headers={"authorization": f"Bearer {operator['token']}"},
+            )
+            what = f"{method} {route.path} as {role}: {response.status_code} {response.text}"
+            if action in MAY[role]:
+                # A real answer: 200/202, or 404 for the unknown alert or waiting run.
+                assert response.status_code in (200, 202, 404), what
+                if response.status_code == 404:
+                    assert "{" in route.path, what
+                walked[role].add(f"{method} {route.path}")
+            else:
+                assert response.status_code == 403, what
+                answer = response.json()
+                assert answer["role"] == role, what
+                assert answer["needed"] == [r for r in MAY if action in MAY[r]], what
+                assert " or ".join(answer["needed"]) in answer["error"], what
+    assert len(walked["admin"]) >= 13, walked["admin"]
+    assert walked["viewer"] == {r for r in walked["admin"] if r.startswith("GET ")}
+
+
+async def test_changes_are_recorded_under_the_operators_name_not_the_one_sent(
+    make_client: ClientFactory,
+) -> None:
+    client, _ = await make_client(bearer_token="wh", operators=OPERATORS)
+    operator = {"authorization": "Bearer tok-operator"}
+    paused = await client.post(
+        "/api/v1/pause", json={"reason": "freeze", "by": "mallory"}, headers=operator
+    )
+    assert paused.status_code == 200, paused.text
+    status = (await client.get("/api/v1/status", headers=operator)).json()
+    assert status["pause"]["by"] == "operator-1"
+    assert status["pause"]["declared_by"] == "mallory"
+    # The shared operator_token stays an admin, recorded as such.
+    shared, _ = await make_client(bearer_token="wh", operator_token="op")
+    await shared.post("/api/v1/pause", json={"reason": "x"}, headers={"authorization": "Bearer op"})
+    status = (await shared.get("/api/v1/status", headers={"authorization": "Bearer op"})).json()
+    assert status["pause"]["by"] == "operator_token"
+    assert "declared_by" not in status["pause"]
+    # With named operators, the webhook's credentials are no operator's.
+    refused = await client.get("/api/v1/status", headers={"authorization": "Bearer wh"})
+    assert refused.status_code == 401
