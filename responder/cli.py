@@ -601,10 +601,14 @@ def run(
         list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (VALUE may be JSON).")
     ] = None,
     reason: Annotated[str, typer.Option(help="Why; kept in the decision log.")] = "",
-    by: Annotated[str, typer.Option(help="Who asks.")] = "",
+    by: Annotated[
+        str, typer.Option(help="Who asks, for a shared token (the log keeps your token's name).")
+    ] = "",
     key: Annotated[str | None, typer.Option(help="Guard key (default: flow+params).")] = None,
     mutex: Annotated[list[str] | None, typer.Option(help="A lock name; repeatable.")] = None,
-    approval: Annotated[bool, typer.Option(help="Wait for approval in the Prefect UI.")] = False,
+    approval: Annotated[
+        bool, typer.Option(help="Wait for approval (`responder approve`, or the Prefect UI).")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Start a flow by hand, through the guard of a running Responder."""

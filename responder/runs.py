@@ -41,7 +41,9 @@ class RunRequestBody(BaseModel):
     )
     mutex: list[LockName] = Field(default_factory=list, max_length=20)
     cooldown: Duration = 0.0
-    approval: bool = Field(False, description="Wait for a second person in the Prefect UI.")
+    approval: bool = Field(
+        False, description="Wait for a second person: `responder approve`, or the Prefect UI."
+    )
 
 
 class RunRequest(RunRequestBody):
