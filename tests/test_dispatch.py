@@ -16,6 +16,7 @@ import pytest
 
 from responder.app import create_app
 from responder.demo import DemoService
+from responder.exceptions import ApprovalError, DispatchError
 from responder.service import Service
 from tests import servers
 from tests.conftest import ROOT, fixture_json, free_port, make_settings, wait_for
@@ -481,6 +482,25 @@ async def test_an_operator_approves_or_rejects_from_the_cli_and_the_log_says_who
     again = await client.post(f"/api/v1/approvals/{flow_run_id}/approve", headers=alice)
     assert again.status_code == 404, again.text
     assert (await client.get("/api/v1/approvals", headers=alice)).json() == {"approvals": []}
+
+
+async def test_an_answer_prefect_refuses_leaves_the_run_awaiting(
+    running: tuple[httpx.AsyncClient, Service],
+) -> None:
+    client, service = running
+    await client.post(URL, content=payload("host-d1"), headers=JSON)
+    [decision] = await wait_for(lambda: final(client), timeout=45)
+    flow_run_id = decision["flow_run_id"]
+    # As if it waited: Prefect, which knows the run is over, does not resume it.
+    assert await service.store.set_approval(flow_run_id, "awaiting", (None,))
+    dispatcher = service.dispatcher
+    assert dispatcher is not None
+    with pytest.raises(DispatchError, match=f"did not resume flow run {flow_run_id}"):
+        await dispatcher.answer_approval(flow_run_id, True, "alice", "")
+    [row] = await service.store.decisions(limit=1)
+    assert (row["approval_state"], row["approval"]) == ("awaiting", None)
+    with pytest.raises(ApprovalError):
+        await dispatcher.answer_approval("00000000-0000-0000-0000-000000000002", True, "a", "")
 
 
 def kill_flow_run_process(flow_run_id: str) -> bool:
