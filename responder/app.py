@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from flows import flow_names
 from responder import metrics
 from responder.auth import (
+    SHARED_IDENTITIES,
     Action,
     Credentials,
     Operator,
@@ -34,7 +35,7 @@ from responder.exceptions import ApprovalError, DispatchError, DocumentError, St
 from responder.guard import PAUSE
 from responder.models import AlertmanagerWebhook
 from responder.ratelimit import RateLimit, client_of
-from responder.runs import RunRequest, RunRequestBody
+from responder.runs import MANUAL_RULE, RunRequest, RunRequestBody
 from responder.service import Service
 from responder.store import ANSWERING, run_status
 
@@ -613,9 +614,14 @@ def create_app(service: Service) -> FastAPI:
             )
         if waiting[0]["approval_state"] == ANSWERING:
             return _error(409, f"flow run {flow_run_id} is being answered by someone else")
+        who: Operator = request.state.operator
+        asked = waiting[0]["rule"] == MANUAL_RULE and waiting[0]["labels"].get("requested_by")
+        if asked == who.name and who.name not in SHARED_IDENTITIES:
+            # A run started by hand with approval waits for a second person.
+            return _error(409, f"{who.name} asked for this run: another person must answer")
         if service.dispatcher is None:
-            return _error(503, "no Prefect server to answer (dry run)")
-        who = audit(
+            return _error(503, "no Prefect server here to send the answer to")
+        audit(
             request,
             "%s flow run %s: %r",
             "approves" if approved else "rejects",
@@ -624,7 +630,7 @@ def create_app(service: Service) -> FastAPI:
         )
         try:
             approval = await service.dispatcher.answer_approval(
-                flow_run_id.lower(), approved, who, comment
+                flow_run_id.lower(), approved, who.name, comment
             )
         except ApprovalError as exc:
             return _error(409, str(exc))

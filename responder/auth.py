@@ -41,6 +41,8 @@ ROLES: dict[Role, frozenset[Action]] = {
 SHARED_TOKEN = "operator_token"
 WEBHOOK_CREDENTIALS = "webhook-credentials"
 ANONYMOUS = "anonymous"
+# Names that stand for shared credentials, not for one person.
+SHARED_IDENTITIES = frozenset({SHARED_TOKEN, WEBHOOK_CREDENTIALS, ANONYMOUS})
 
 
 def roles_allowed(action: Action) -> list[Role]:

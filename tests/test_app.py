@@ -808,3 +808,39 @@ async def test_changes_are_recorded_under_the_operators_name_not_the_one_sent(
     # With named operators, the webhook's credentials are no operator's.
     refused = await client.get("/api/v1/status", headers={"authorization": "Bearer wh"})
     assert refused.status_code == 401
+
+
+async def test_a_manual_run_with_approval_waits_for_a_second_person(
+    make_client: ClientFactory,
+) -> None:
+    client, service = await make_client(bearer_token="wh", operators=OPERATORS)
+    admin, approver = ({"authorization": f"Bearer tok-{role}"} for role in ("admin", "approver"))
+    body = {
+        "parameters": {
+            "host": "h",
+            "service": "s",
+            "restart_url": "http://127.0.0.1:9/r",
+            "health_url": "http://127.0.0.1:9/h",
+        },
+        "reason": "OPS-9",
+        "approval": True,
+    }
+    response = await client.post(
+        "/api/v1/catalog/flows/restart-service/runs", json=body, headers=admin
+    )
+    assert response.status_code == 202, response.text
+    decision = response.json()["decision"]
+    assert decision["labels"]["requested_by"] == "admin-1"
+    # No Prefect here: give the decision a run that waits, as the dispatcher would.
+    await service.store.set_flow_run(decision["id"], FLOW_RUN)
+    assert await service.store.set_approval(FLOW_RUN, "awaiting", (None,))
+    [waiting] = (await client.get("/api/v1/approvals", headers=approver)).json()["approvals"]
+    assert (waiting["flow_run_id"], waiting["rule"]) == (FLOW_RUN, "manual")
+    assert waiting["alert"]["labels"]["requested_by"] == "admin-1"
+    own = await client.post(f"/api/v1/approvals/{FLOW_RUN}/approve", headers=admin)
+    assert own.status_code == 409, own.text
+    assert own.json()["error"] == "admin-1 asked for this run: another person must answer"
+    # Another person may; without a Prefect server to resume, 503, and the run still waits.
+    other = await client.post(f"/api/v1/approvals/{FLOW_RUN}/approve", headers=approver)
+    assert other.status_code == 503, other.text
+    assert len((await client.get("/api/v1/approvals", headers=approver)).json()["approvals"]) == 1
