@@ -20,15 +20,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows import flow_names
 from responder import metrics
-from responder.auth import Credentials, unprotected
+from responder.auth import (
+    SHARED_IDENTITIES,
+    Action,
+    Credentials,
+    Operator,
+    OperatorCredentials,
+    roles_allowed,
+    unprotected,
+)
 from responder.decisions import Verdict
 from responder.events import is_batch, parse_events
-from responder.exceptions import DocumentError, StoreUnavailable
+from responder.exceptions import ApprovalError, DispatchError, DocumentError, StoreUnavailable
 from responder.guard import PAUSE
 from responder.models import AlertmanagerWebhook, canonical_fingerprint
 from responder.ratelimit import RateLimit, client_of
-from responder.runs import RunRequest, RunRequestBody
+from responder.runs import MANUAL_RULE, RunRequest, RunRequestBody
 from responder.service import Service
+from responder.store import ANSWERING, run_status
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,24 @@ class PauseRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=1000)
     by: str = Field("", max_length=200)
 
+
+class ApproveRequest(BaseModel):
+    """Body of `POST /api/v1/approvals/{flow_run_id}/approve` (may be empty)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field("", max_length=2000)
+
+
+class RejectRequest(BaseModel):
+    """Body of `POST /api/v1/approvals/{flow_run_id}/reject`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+FLOW_RUN_ID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -148,6 +175,34 @@ def _on_sighup(service: Service) -> bool:
     return True
 
 
+def _waiting(row: dict[str, Any]) -> dict[str, Any]:
+    """A run awaiting approval as operators see it: the alert, the rule, what will be done."""
+    return {
+        "decision_id": row["id"],
+        "flow_run_id": row["flow_run_id"],
+        "flow_run_url": row["flow_run_url"],
+        "since": (row.get("approval") or {}).get("since"),
+        "alert": {
+            "alertname": row["alertname"],
+            "fingerprint": row["incident"].partition("@")[0],
+            "incident": row["incident"],
+            "labels": row["labels"],
+        },
+        "rule": row["rule"],
+        "reason": row["reason"],
+        "flow": row["flow"],
+        "parameters": row["parameters"],
+        "key": row["guard_key"],
+    }
+
+
+def _action_of(request: Request) -> Action:
+    """What an operator route does, for a request refused before its handler ran."""
+    if request.method == "GET":
+        return "read"
+    return "approve" if request.url.path.startswith("/api/v1/approvals/") else "operate"
+
+
 def create_app(service: Service) -> FastAPI:
     """Build the FastAPI app around a `Service`; the app's lifespan starts and stops it."""
     settings = service.settings
@@ -158,8 +213,8 @@ def create_app(service: Service) -> FastAPI:
         log.warning(
             "the %s endpoints accept requests without credentials", " and ".join(open_kinds)
         )
-    elif settings.operator_token is None:
-        log.warning("no operator_token: the operator API accepts the webhook credentials")
+    elif settings.operator_token is None and not settings.operators:
+        log.warning("no operators: the operator API accepts the webhook credentials as admin")
     rate_limit = (
         RateLimit(
             settings.rate_limit_per_client,
@@ -202,24 +257,50 @@ def create_app(service: Service) -> FastAPI:
 
     app.openapi = openapi_document  # type: ignore[method-assign]
 
-    def refused(request: Request, credentials: Credentials) -> JSONResponse | None:
+    def refused(
+        request: Request,
+        credentials: Credentials | OperatorCredentials,
+        action: Action = "read",
+    ) -> JSONResponse | None:
         """A 401 unless the request carries these credentials; a 400 for two of them,
-        which a proxy in front might read differently (the last one, say)."""
+        which a proxy in front might read differently (the last one, say). An operator
+        whose role may not do `action` gets a 403; one who may is `request.state.operator`."""
         authorization = request.headers.getlist("authorization")
         if len(authorization) > 1:
             return _error(400, "more than one Authorization header", field="authorization")
-        if credentials.accepts(authorization[0] if authorization else None):
+        header = authorization[0] if authorization else None
+        if isinstance(credentials, OperatorCredentials):
+            who = credentials.identify(header)
+            if who is not None and not who.may(action):
+                needed = roles_allowed(action)
+                return _error(
+                    403,
+                    f"operator {who.name} has role {who.role}; this needs role "
+                    f"{' or '.join(needed)}",
+                    role=who.role,
+                    needed=needed,
+                )
+            request.state.operator = who
+        elif credentials.accepts(header):
+            return None
+        if getattr(request.state, "operator", None) is not None:
             return None
         response = _error(401, "missing or invalid credentials")
         response.headers["WWW-Authenticate"] = credentials.challenge
         return response
+
+    def audit(request: Request, what: str, *args: Any) -> str:
+        """Log a change under the name of the operator who made it; that name."""
+        who: Operator = request.state.operator
+        log.warning("operator %s (%s): " + what, who.name, who.role, *args)
+        return who.name
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
         """Path and query parameters are checked before a handler runs, and so before the
         handler's credential check: ask for credentials first here too (every route with
         such parameters is an operator route), and answer in this API's error format."""
-        if denied := refused(request, operator_auth):
+        if denied := refused(request, operator_auth, _action_of(request)):
             return denied
         return _error(422, "invalid request parameters", fields=_field_errors(exc))
 
@@ -340,11 +421,12 @@ def create_app(service: Service) -> FastAPI:
         )
 
     def linked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Decision rows with their flow run's Prefect UI link."""
+        """Decision rows with their flow run's Prefect UI link and status in words."""
         dispatcher = service.dispatcher
         for row in rows:
             run_id = row.get("flow_run_id")
             row["flow_run_url"] = dispatcher.flow_run_url(run_id) if run_id and dispatcher else None
+            row["run_status"] = run_status(row)
         return rows
 
     @app.get("/api/v1/decisions")
@@ -421,9 +503,10 @@ def create_app(service: Service) -> FastAPI:
 
         Answers 202 with the decision when the guard admitted it, 409 when it refused
         (with the reason), or 202 `pending` if the engine has not decided within a few
-        seconds (the request is committed and will be decided).
+        seconds (the request is committed and will be decided). The requester recorded is
+        the operator the credentials name.
         """
-        if denied := refused(request, operator_auth):
+        if denied := refused(request, operator_auth, "operate"):
             return denied
         if limited := throttled(request, "run-request"):
             return limited
@@ -438,7 +521,13 @@ def create_app(service: Service) -> FastAPI:
         errors = await asyncio.to_thread(parameter_errors, name, body.parameters)
         if errors:
             return _error(422, f"parameters do not fit flow {name!r}", fields=errors)
-        run_request = RunRequest(flow=name, **body.model_dump())
+        declared = body.requested_by
+        who = audit(request, "requests a run of %s: %r", name, body.reason)
+        run_request = RunRequest(
+            flow=name,
+            **{**body.model_dump(), "requested_by": who},
+            declared_by="" if declared in ("", who) else declared,
+        )
         try:
             inbox_id = await service.store.add_to_inbox(
                 "run-request", run_request.model_dump_json().encode()
@@ -459,38 +548,131 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/api/v1/pause", openapi_extra=_documented_body(PauseRequest))
     async def pause(request: Request) -> JSONResponse:
-        """Refuse every new remediation until resumed; recorded as refusal `paused`."""
-        if denied := refused(request, operator_auth):
+        """Refuse every new remediation until resumed; recorded as refusal `paused`, `by`
+        the operator the credentials name (`declared_by`: the body's `by`, if another)."""
+        if denied := refused(request, operator_auth, "operate"):
             return denied
         body = await json_body(request, PauseRequest, "a pause request")
         if isinstance(body, JSONResponse):
             return body
-        value = {"reason": body.reason, "by": body.by, "at": time.time()}
+        who = audit(request, "pauses remediation: %r", body.reason)
+        value: dict[str, Any] = {"reason": body.reason, "by": who, "at": time.time()}
+        if body.by not in ("", who):
+            value["declared_by"] = body.by
         await service.store.set_control(PAUSE, value)
-        log.warning("remediation paused by %r: %r", body.by, body.reason)
         return JSONResponse({"pause": value})
 
     @app.post("/api/v1/resume")
     async def resume(request: Request) -> JSONResponse:
         """Lift the pause."""
-        if denied := refused(request, operator_auth):
+        if denied := refused(request, operator_auth, "operate"):
             return denied
         await service.store.set_control(PAUSE, None)
-        log.warning("remediation resumed")
+        audit(request, "resumes remediation")
         return JSONResponse({"pause": None})
 
     @app.get("/api/v1/status")
     async def status(request: Request) -> JSONResponse:
-        """The pause switch, held keys and mutexes, and cooling keys."""
+        """The pause switch, held keys and mutexes, cooling keys, and the decisions whose
+        run awaits approval."""
         if denied := refused(request, operator_auth):
             return denied
-        return JSONResponse(await service.store.guard_state())
+        waiting = await service.store.awaiting_approval()
+        return JSONResponse(
+            {
+                **await service.store.guard_state(),
+                "awaiting_approval": [
+                    {"decision_id": row["id"], "flow_run_id": row["flow_run_id"]} for row in waiting
+                ],
+            }
+        )
+
+    @app.get("/api/v1/approvals")
+    async def list_approvals(request: Request) -> JSONResponse:
+        """The runs waiting for approval: the alert, the rule and what will be done."""
+        if denied := refused(request, operator_auth):
+            return denied
+        return JSONResponse(
+            {
+                "approvals": [
+                    _waiting(row) for row in linked(await service.store.awaiting_approval())
+                ]
+            }
+        )
+
+    async def answer(
+        request: Request, flow_run_id: str, approved: bool, comment: str
+    ) -> JSONResponse:
+        """Approve or reject a waiting run as the calling operator; the decision log says who."""
+        waiting = [
+            row
+            for row in await service.store.awaiting_approval()
+            if row["flow_run_id"] == flow_run_id.lower()
+        ]
+        if not waiting:
+            return _error(
+                404, f"no flow run {flow_run_id} is awaiting approval", field="flow_run_id"
+            )
+        if waiting[0]["approval_state"] == ANSWERING:
+            return _error(409, f"flow run {flow_run_id} is being answered by someone else")
+        who: Operator = request.state.operator
+        asked = waiting[0]["rule"] == MANUAL_RULE and waiting[0]["labels"].get("requested_by")
+        if asked == who.name and who.name not in SHARED_IDENTITIES:
+            # A run started by hand with approval waits for a second person.
+            return _error(409, f"{who.name} asked for this run: another person must answer")
+        if service.dispatcher is None:
+            return _error(503, "no Prefect server here to send the answer to")
+        audit(
+            request,
+            "%s flow run %s: %r",
+            "approves" if approved else "rejects",
+            flow_run_id,
+            comment,
+        )
+        try:
+            approval = await service.dispatcher.answer_approval(
+                flow_run_id.lower(), approved, who.name, comment
+            )
+        except ApprovalError as exc:
+            return _error(409, str(exc))
+        except DispatchError as exc:
+            return _error(503, str(exc))
+        return JSONResponse({"decision_id": waiting[0]["id"], "approval": approval})
+
+    @app.post(
+        "/api/v1/approvals/{flow_run_id}/approve", openapi_extra=_documented_body(ApproveRequest)
+    )
+    async def approve(
+        request: Request, flow_run_id: str = Path(pattern=FLOW_RUN_ID)
+    ) -> JSONResponse:
+        """Approve a waiting run; recorded with the operator's name."""
+        if denied := refused(request, operator_auth, "approve"):
+            return denied
+        body = await json_body(request, ApproveRequest, "an approval")
+        if isinstance(body, JSONResponse):
+            return body
+        return await answer(request, flow_run_id, True, body.comment)
+
+    @app.post(
+        "/api/v1/approvals/{flow_run_id}/reject", openapi_extra=_documented_body(RejectRequest)
+    )
+    async def reject(
+        request: Request, flow_run_id: str = Path(pattern=FLOW_RUN_ID)
+    ) -> JSONResponse:
+        """Reject a waiting run, saying why; the run ends Cancelled, recorded with the name."""
+        if denied := refused(request, operator_auth, "approve"):
+            return denied
+        body = await json_body(request, RejectRequest, "a rejection")
+        if isinstance(body, JSONResponse):
+            return body
+        return await answer(request, flow_run_id, False, body.reason)
 
     @app.post("/-/reload")
     async def reload(request: Request) -> JSONResponse:
         """Reload rules and the catalog; on an error the old ones stay and the error says why."""
-        if denied := refused(request, operator_auth):
+        if denied := refused(request, operator_auth, "operate"):
             return denied
+        audit(request, "reloads the rules")
         try:
             book = await service.reload()
         except DocumentError as exc:

@@ -2,10 +2,15 @@
 
 Three kinds of endpoint, each with its credentials; this module is their one definition:
 - webhook (`POST /webhook/alertmanager`): `bearer_token` and/or `basic_username`/`basic_password`;
-- operator (every other route but `/healthz`, `/readyz` and `/metrics`): `operator_token`, or
-  the webhook's credentials when it is unset (never `events_token`);
+- operator (every other route but `/healthz`, `/readyz` and `/metrics`): the tokens of the
+  named `operators`, each with a role, and `operator_token` (an operator named `operator_token`
+  with role admin); the webhook's credentials (as role admin) when neither is set; never
+  `events_token`;
 - events (`POST /api/v1/events`): `events_token`, or the webhook's credentials when it is unset.
 A secret is configured when it is set; settings refuse empty ones.
+
+An operator's role decides which operator routes it may call (`ROLES`); a valid token of too
+small a role is a 403 naming the roles needed.
 """
 
 from __future__ import annotations
@@ -13,12 +18,47 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
     from responder.settings import Settings
+
+Role = Literal["viewer", "operator", "approver", "admin"]
+Action = Literal["read", "operate", "approve"]
+# What each role may do: read (decisions, explain, status, catalog, approvals, openapi),
+# operate (pause, resume, manual runs, reload), approve (approve or reject a waiting run).
+ROLES: dict[Role, frozenset[Action]] = {
+    "viewer": frozenset({"read"}),
+    "operator": frozenset({"read", "operate"}),
+    "approver": frozenset({"read", "approve"}),
+    "admin": frozenset({"read", "operate", "approve"}),
+}
+# Who calls when the operator API has no named operators: the shared credentials, as admin.
+SHARED_TOKEN = "operator_token"
+WEBHOOK_CREDENTIALS = "webhook-credentials"
+ANONYMOUS = "anonymous"
+# Names that stand for shared credentials, not for one person.
+SHARED_IDENTITIES = frozenset({SHARED_TOKEN, WEBHOOK_CREDENTIALS, ANONYMOUS})
+
+
+def roles_allowed(action: Action) -> list[Role]:
+    """The roles that may do `action`, in `ROLES` order."""
+    return [role for role, actions in ROLES.items() if action in actions]
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who called the operator API: a name from the credentials, never from the request."""
+
+    name: str
+    role: Role
+
+    def may(self, action: Action) -> bool:
+        return action in ROLES[self.role]
 
 
 class Credentials:
@@ -43,11 +83,9 @@ class Credentials:
         return cls(settings.bearer_token, settings.basic_username, settings.basic_password)
 
     @classmethod
-    def for_operators(cls, settings: Settings) -> Credentials:
-        """The operator API's token; the webhook credentials when none is set."""
-        if settings.operator_token is not None:
-            return cls(settings.operator_token)
-        return cls.for_webhooks(settings)
+    def for_operators(cls, settings: Settings) -> OperatorCredentials:
+        """The operator API's tokens; the webhook credentials when none is set."""
+        return OperatorCredentials.from_settings(settings)
 
     @classmethod
     def for_events(cls, settings: Settings) -> Credentials:
@@ -86,9 +124,57 @@ class Credentials:
         return False
 
 
+class OperatorCredentials:
+    """The operator API's credentials: each token names an operator and its role."""
+
+    def __init__(
+        self, tokens: list[tuple[SecretStr, Operator]], fallback: Credentials, fallback_name: str
+    ) -> None:
+        self._tokens = [(token.get_secret_value().encode(), who) for token, who in tokens]
+        if any(token == b"" for token, _ in self._tokens):
+            raise ValueError("an empty secret is not a credential")
+        self._fallback = fallback
+        self._fallback_operator = Operator(fallback_name, "admin")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OperatorCredentials:
+        tokens = [(spec.token, Operator(spec.name, spec.role)) for spec in settings.operators]
+        if settings.operator_token is not None:
+            tokens.append((settings.operator_token, Operator(SHARED_TOKEN, "admin")))
+        webhook = Credentials.for_webhooks(settings)
+        # Own tokens replace the webhook's credentials, which then are no operator's.
+        fallback = Credentials() if tokens else webhook
+        name = WEBHOOK_CREDENTIALS if webhook.required else ANONYMOUS
+        return cls(tokens, fallback, name)
+
+    @property
+    def required(self) -> bool:
+        return bool(self._tokens) or self._fallback.required
+
+    @property
+    def challenge(self) -> str:
+        return "Bearer" if self._tokens else self._fallback.challenge
+
+    def identify(self, authorization: str | None) -> Operator | None:
+        """The operator these credentials name; None when they are missing or wrong."""
+        if not self._tokens:
+            return self._fallback_operator if self._fallback.accepts(authorization) else None
+        scheme, _, value = (authorization or "").partition(" ")
+        presented = value.strip().encode()
+        found = None
+        for token, who in self._tokens:
+            # Compare with every token, so timing does not reveal which one came close.
+            if secrets.compare_digest(presented, token) and scheme.lower() == "bearer":
+                found = who
+        return found
+
+    def accepts(self, authorization: str | None) -> bool:
+        return self.identify(authorization) is not None
+
+
 def unprotected(settings: Settings) -> list[str]:
     """The kinds of endpoint these settings leave open to anyone."""
-    kinds = {
+    kinds: dict[str, Callable[[Settings], Credentials | OperatorCredentials]] = {
         "webhook": Credentials.for_webhooks,
         "operator": Credentials.for_operators,
         "events": Credentials.for_events,

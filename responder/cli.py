@@ -391,11 +391,13 @@ def status(
         f"paused: {pause['reason']} (by {pause.get('by') or '-'})" if pause else "admitting",
         highlight=False,
     )
+    waiting = {row["decision_id"] for row in body.get("awaiting_approval", [])}
     console.print(f"held ({len(body['leases'])}):", highlight=False)
     for lease in body["leases"]:
+        awaiting = "  awaiting approval" if lease["decision_id"] in waiting else ""
         console.print(
             f"  {_printable(lease['name'])}  decision {lease['decision_id']}  "
-            f"flow run {lease['flow_run_id'] or '-'}  until {_utc(lease['expires_at'])}",
+            f"flow run {lease['flow_run_id'] or '-'}  until {_utc(lease['expires_at'])}{awaiting}",
             highlight=False,
             markup=False,
             soft_wrap=True,
@@ -410,6 +412,58 @@ def status(
         )
 
 
+@app.command()
+def approvals(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the runs waiting for approval: the alert, the rule and what will be done."""
+    rows = _call(config, "GET", "/api/v1/approvals").json()["approvals"]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    if not rows:
+        console.print("no run is awaiting approval")
+    for row in rows:
+        alert = row["alert"]
+        labels = ",".join(f"{k}={_printable(v)}" for k, v in sorted(alert["labels"].items()))
+        since = f"since {_utc(row['since'])}" if row.get("since") else ""
+        parameters = ", ".join(f"{k}={_printable(v)}" for k, v in row["parameters"].items())
+        for line in (
+            f"flow run {row['flow_run_id']}  decision #{row['decision_id']}  {since}",
+            f"    alert {_printable(alert['alertname'])}{{{labels}}}  "
+            f"fingerprint {_printable(alert['fingerprint'])}",
+            f"    rule {_printable(row['rule'] or '-')}: {_printable(row['reason'])}",
+            f"    will run {_printable(row['flow'])}({parameters})  key {_printable(row['key'])}",
+            f"    {row['flow_run_url'] or ''}",
+        ):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def approve(
+    flow_run: Annotated[str, typer.Argument(help="The waiting flow run's id.")],
+    comment: Annotated[str, typer.Option(help="Kept with the approval.")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Approve a run waiting for approval, as the operator your token names."""
+    body = _call(config, "POST", f"/api/v1/approvals/{flow_run}/approve", json={"comment": comment})
+    approval = body.json()["approval"]
+    console.print(f"approved by {_printable(approval['by'])}", highlight=False, markup=False)
+
+
+@app.command()
+def reject(
+    flow_run: Annotated[str, typer.Argument(help="The waiting flow run's id.")],
+    reason: Annotated[str, typer.Option(help="Why; the run ends Cancelled with it.")],
+    config: ConfigOption = None,
+) -> None:
+    """Reject a run waiting for approval, as the operator your token names."""
+    body = _call(config, "POST", f"/api/v1/approvals/{flow_run}/reject", json={"reason": reason})
+    approval = body.json()["approval"]
+    console.print(f"rejected by {_printable(approval['by'])}", highlight=False, markup=False)
+
+
 def _call(
     config: Path | None, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any
 ) -> httpx.Response:
@@ -421,11 +475,15 @@ def _call(
     base = settings.base_url
     headers = {}
     auth = None
-    # What the operator API takes (responder.auth): operator_token, else the webhook's.
+    # What the operator API takes (responder.auth): your own token ($RESPONDER_TOKEN, one of
+    # the named operators'), else operator_token, else the webhook's.
+    own = os.environ.get("RESPONDER_TOKEN")
     token = (
         settings.operator_token if settings.operator_token is not None else settings.bearer_token
     )
-    if token is not None:
+    if own:
+        headers["authorization"] = f"Bearer {own}"
+    elif token is not None:
         headers["authorization"] = f"Bearer {token.get_secret_value()}"
     elif settings.basic_username is not None and settings.basic_password is not None:
         auth = (settings.basic_username, settings.basic_password.get_secret_value())
@@ -475,7 +533,8 @@ def _operator() -> str:
 def _describe(row: dict[str, Any]) -> str:
     """One decision as a short block: the alert, the rule and verdict, the flow run."""
     labels = row["labels"]
-    keys = ("instance", "service", "severity", "flow", "requested_by")  # the last: manual runs
+    # The last two: manual runs (who asked, by their credentials; who they said they were).
+    keys = ("instance", "service", "severity", "flow", "requested_by", "declared_by")
     shown = ",".join(f"{k}={_printable(labels[k])}" for k in keys if k in labels)
     when = _utc(row["created_at"])
     alertname, reason = _printable(row["alertname"]), _printable(row["reason"])
@@ -486,10 +545,17 @@ def _describe(row: dict[str, Any]) -> str:
         f"    {row['rule'] or '(no rule)'} → {row['verdict']}: {reason}",
     ]
     if row["flow_run_id"] or row["flow_run_state"]:
-        state = row["flow_run_state"] or "running"
+        state = row.get("run_status") or row["flow_run_state"] or "running"
         detail = f" ({_printable(row['detail'])})" if row.get("detail") else ""
         lines.append(
             f"    flow run {row['flow_run_id'] or '-'} {state}{detail}  {row['flow_run_url'] or ''}"
+        )
+    approval = row.get("approval") or {}
+    if approval.get("by"):
+        verdict = "approved" if approval.get("approved") else "rejected"
+        comment = f": {_printable(approval['comment'])}" if approval.get("comment") else ""
+        lines.append(
+            f"    {verdict} by {_printable(approval['by'])} via {approval.get('via')}{comment}"
         )
     return "\n".join(lines)
 
@@ -552,10 +618,14 @@ def run(
         list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (VALUE may be JSON).")
     ] = None,
     reason: Annotated[str, typer.Option(help="Why; kept in the decision log.")] = "",
-    by: Annotated[str, typer.Option(help="Who asks.")] = "",
+    by: Annotated[
+        str, typer.Option(help="Who asks, for a shared token (the log keeps your token's name).")
+    ] = "",
     key: Annotated[str | None, typer.Option(help="Guard key (default: flow+params).")] = None,
     mutex: Annotated[list[str] | None, typer.Option(help="A lock name; repeatable.")] = None,
-    approval: Annotated[bool, typer.Option(help="Wait for approval in the Prefect UI.")] = False,
+    approval: Annotated[
+        bool, typer.Option(help="Wait for approval (`responder approve`, or the Prefect UI).")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Start a flow by hand, through the guard of a running Responder."""

@@ -4,6 +4,10 @@ Admitted decisions wait in a bounded queue so that the engine never blocks on Pr
 worker creates each flow run from its deployment with tags and an idempotency key that carries
 the incident. Final states arrive on Prefect's event stream; a slow poll covers gaps in it.
 Either way the lease is released once, by `Store.finish`.
+
+A run that asks for approval pauses (Prefect's Paused state): its decision is then `awaiting`
+approval until someone answers, here (`answer_approval`, with the operator's name) or in the
+Prefect UI (the approver typed there, read back from the run's input, marked as such).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -24,11 +28,24 @@ import httpx
 
 from responder import metrics, story
 from responder.alertmanager import Alertmanager
-from responder.store import LEASE_EXPIRED, ActiveRun, Store
+from responder.exceptions import ApprovalError, DispatchError
+from responder.store import (
+    ANSWERING,
+    APPROVED,
+    AWAITING,
+    LEASE_EXPIRED,
+    REJECTED,
+    UNANSWERED,
+    ActiveRun,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+# How an answer reached the run, as the decision log records it.
+VIA_API = "responder API"
+VIA_PREFECT_UI = "Prefect UI"
 
 
 # Flow runs being created at once.
@@ -119,6 +136,8 @@ class Dispatcher:
         self.events_connected = False
         self._prefect_reachable = False
         self._back = asyncio.Event()  # set when Prefect is reachable again
+        # Flow runs paused for approval: their next state tells that someone answered.
+        self._awaiting: set[str] = set()
 
     @property
     def prefect_reachable(self) -> bool:
@@ -157,6 +176,10 @@ class Dispatcher:
         for run in await self._store.active_runs():
             if run.flow_run_id is None:
                 await self.submit(run)
+        for row in await self._store.awaiting_approval():
+            # An answer cut short by a stop is judged again from the run's own input.
+            await self._store.set_approval(row["flow_run_id"], AWAITING, (ANSWERING,))
+            self._awaiting.add(row["flow_run_id"])
         # Several creations in flight: one flow-run creation takes tens of milliseconds, so a
         # single worker would queue decisions behind each other in a storm.
         self._tasks = [
@@ -503,6 +526,112 @@ class Dispatcher:
         )
         return str(flow_run.id)
 
+    @contextlib.asynccontextmanager
+    async def _prefect(self) -> AsyncIterator[Any]:
+        """The running client; a short-lived one on a replica that does not lead."""
+        if self._client is not None:
+            yield self._client
+            return
+        from prefect.client.orchestration import PrefectClient
+
+        async with PrefectClient(self.api_url) as client:
+            yield client
+
+    async def answer_approval(
+        self, flow_run_id: str, approved: bool, by: str, comment: str
+    ) -> dict[str, Any]:
+        """Approve or reject a run that waits, as operator `by`; what the log records.
+
+        `ApprovalError` when the run does not wait (anymore), `DispatchError` when Prefect
+        refuses the answer or cannot be reached (the run still waits then).
+        """
+        if not await self._store.set_approval(flow_run_id, ANSWERING, (AWAITING,)):
+            raise ApprovalError(f"flow run {flow_run_id} is not awaiting approval")
+        run_input = {"approved": approved, "approver": by, "comment": comment}
+        try:
+            async with self._prefect() as client:
+                result = await client.resume_flow_run(UUID(flow_run_id), run_input=run_input)
+            status = getattr(result.status, "value", str(result.status))
+            if status != "ACCEPT":
+                reason = getattr(result.details, "reason", None) or status
+                raise DispatchError(f"Prefect did not resume flow run {flow_run_id}: {reason}")
+        except Exception as exc:
+            await self._store.set_approval(flow_run_id, AWAITING, (ANSWERING,))
+            # Answered in the Prefect UI meanwhile? Then its answer is the one to record.
+            with contextlib.suppress(Exception):
+                await self._answered_elsewhere(flow_run_id, final=False)
+            if isinstance(exc, DispatchError):
+                raise
+            raise DispatchError(f"Prefect could not be asked to resume: {exc}") from exc
+        approval = {
+            "by": by,
+            "via": VIA_API,
+            "approved": approved,
+            "comment": comment,
+            "at": time.time(),
+        }
+        await self._store.set_approval(
+            flow_run_id, APPROVED if approved else REJECTED, (ANSWERING,), approval
+        )
+        self._awaiting.discard(flow_run_id)
+        log.warning(
+            "flow run %s %s by %s: %s",
+            flow_run_id,
+            "approved" if approved else "rejected",
+            by,
+            comment or "-",
+        )
+        return approval
+
+    async def _approval_seen(self, flow_run_id: str, state_type: str) -> None:
+        """Follow a run into and out of its wait for approval."""
+        paused = state_type == "PAUSED"
+        if paused == (flow_run_id in self._awaiting):
+            return  # nothing new
+        try:
+            if not paused:
+                await self._answered_elsewhere(flow_run_id, final=state_type in FINAL_STATES)
+            # Also after an earlier approval: a flow may ask more than once.
+            elif await self._store.set_approval(
+                flow_run_id, AWAITING, (None, APPROVED), {"since": time.time()}
+            ):
+                self._awaiting.add(flow_run_id)
+        except Exception as exc:  # the next state or poll tries again
+            log.warning("approval of flow run %s not followed: %s", flow_run_id, exc)
+
+    async def _answered_elsewhere(self, flow_run_id: str, *, final: bool) -> None:
+        """Record an answer given in the Prefect UI: the approver as typed there."""
+        async with self._prefect() as client:
+            inputs = await client.filter_flow_run_input(
+                UUID(flow_run_id), key_prefix="paused-", limit=100, exclude_keys=set()
+            )
+        responses = sorted(
+            (i for i in inputs if i.key.endswith("-response")), key=lambda i: i.created or 0
+        )
+        if not responses:
+            if final and await self._store.set_approval(flow_run_id, UNANSWERED, (AWAITING,)):
+                self._awaiting.discard(flow_run_id)
+            return
+        try:
+            answer = json.loads(responses[-1].value)
+            approved = answer.get("approved") is True
+        except (ValueError, AttributeError):
+            answer, approved = {}, False
+        approval = {
+            "by": str(answer.get("approver") or "-")[:200],
+            "via": VIA_PREFECT_UI,
+            "approved": approved,
+            "comment": str(answer.get("comment") or "")[:2000],
+            "at": time.time(),
+        }
+        state = APPROVED if approved else REJECTED
+        # Not over an answer this API is giving (`answering`): that one records itself.
+        if await self._store.set_approval(flow_run_id, state, (AWAITING,), approval):
+            log.warning(
+                "flow run %s %s in the Prefect UI by %r", flow_run_id, state, approval["by"]
+            )
+        self._awaiting.discard(flow_run_id)
+
     async def _finish(self, flow_run_id: str, state_type: str, detail: str | None = None) -> None:
         for run in await self._store.active_runs():
             if run.flow_run_id == flow_run_id:
@@ -560,8 +689,10 @@ class Dispatcher:
                     self.events_connected = True
                     async for event in subscriber:
                         state_type = event.resource.get("prefect.state-type")
+                        flow_run_id = event.resource.id.removeprefix("prefect.flow-run.")
+                        if state_type:
+                            await self._approval_seen(flow_run_id, state_type)
                         if state_type in FINAL_STATES:
-                            flow_run_id = event.resource.id.removeprefix("prefect.flow-run.")
                             message = (event.payload.get("validated_state") or {}).get("message")
                             await self._finish(flow_run_id, state_type, message or None)
             except asyncio.CancelledError:
@@ -604,6 +735,8 @@ class Dispatcher:
                 )
                 going = []
                 for flow_run in flow_runs:
+                    if flow_run.state is not None:
+                        await self._approval_seen(str(flow_run.id), flow_run.state.type.value)
                     if flow_run.state is not None and flow_run.state.type.value in FINAL_STATES:
                         await self._finish(
                             str(flow_run.id),

@@ -9,7 +9,8 @@
     ├── TemplateError          a template that cannot render for this alert
     ├── StoreUnavailable       the store could not commit; callers answer 503
     │   └── StoreDamaged       the store's file is damaged (names the file)
-    └── DispatchError          Prefect refused or could not be reached
+    ├── DispatchError          Prefect refused or could not be reached
+    └── ApprovalError          an answer to a run that does not wait for one
 
 A guard refusal is not an exception: it is a returned `Verdict`.
 """
@@ -68,3 +69,7 @@ class StoreDamaged(StoreUnavailable):
 
 class DispatchError(ResponderError):
     """A flow run could not be created in Prefect."""
+
+
+class ApprovalError(ResponderError):
+    """A run was approved or rejected that does not wait for approval (or no longer)."""

@@ -37,19 +37,27 @@ class RunRequestBody(BaseModel):
 
     parameters: dict[str, Any] = Field(default_factory=dict)
     reason: str = Field(min_length=1, max_length=1000, description="Why; kept in the log.")
-    requested_by: str = Field(min_length=1, max_length=200)
+    requested_by: str = Field(
+        "",
+        max_length=200,
+        description="Who asks, as the caller says; the log records the operator that the "
+        "credentials name, and this only when it differs (as `declared_by`).",
+    )
     key: LockName | None = Field(
         None, description="Guard key; default: the flow and its parameters."
     )
     mutex: list[LockName] = Field(default_factory=list, max_length=20)
     cooldown: Duration = 0.0
-    approval: bool = Field(False, description="Wait for a second person in the Prefect UI.")
+    approval: bool = Field(
+        False, description="Wait for a second person: `responder approve`, or the Prefect UI."
+    )
 
 
 class RunRequest(RunRequestBody):
     """A request as the inbox keeps it: the body and the flow it names."""
 
     flow: str = Field(min_length=1, max_length=200)
+    declared_by: str = Field("", max_length=200, description="`requested_by` as sent, if other.")
 
 
 def default_key(flow: str, parameters: dict[str, Any]) -> str:
@@ -132,6 +140,7 @@ def _manual_alert(
             "alertname": MANUAL_ALERTNAME,
             "flow": request.flow,
             "requested_by": request.requested_by,
+            **({"declared_by": request.declared_by} if request.declared_by else {}),
         },
         annotations={"reason": request.reason},
         starts_at=datetime.fromtimestamp(received_at, UTC),

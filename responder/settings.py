@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -42,6 +50,30 @@ class SettingError(ValueError):
     def line(self) -> str:
         shown = _shown(self.field, self.value)
         return f"field {self.field} value {shown}: {self.problem}; accepted: {self.accepted}"
+
+
+class OperatorSpec(BaseModel):
+    """A named operator of the operator API: its own bearer token and its role."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$",
+        description="Who: recorded with every change and decision this operator makes.",
+    )
+    token: SecretStr = Field(max_length=4096, description="The bearer token it presents.")
+    role: auth.Role = Field(
+        description="viewer (read), operator (+ pause, resume, runs, reload), approver "
+        "(+ approve, reject) or admin (everything)."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, token: SecretStr) -> SecretStr:
+        _check_credential(token.get_secret_value(), "token")
+        return token
 
 
 class Settings(BaseSettings):
@@ -77,6 +109,17 @@ class Settings(BaseSettings):
         max_length=4096,
         description="Bearer token of the operator API (decisions, pause, reload, ...); "
         "without it the webhook credentials are accepted there, never events_token.",
+    )
+    operators: list[OperatorSpec] = Field(
+        default_factory=list,
+        max_length=1000,
+        examples=[[{"name": "alice", "token": "change-me", "role": "approver"}]],
+        description="Named operators of the operator API, each with its own token and role "
+        "(viewer, operator, approver, admin); what they change is recorded under their name.",
+        json_schema_extra={
+            "accepted": "a list of {name, token, role}, role one of viewer, operator, approver, "
+            "admin (as an environment variable: a JSON list)"
+        },
     )
     events_token: SecretStr | None = Field(
         None,
@@ -276,6 +319,27 @@ class Settings(BaseSettings):
         return url
 
     @model_validator(mode="after")
+    def _check_operators(self) -> Settings:
+        # One name, one token, one operator: otherwise a record could name the wrong person.
+        names: set[str] = set()
+        tokens = {} if self.operator_token is None else {self.operator_token.get_secret_value(): 0}
+        for n, spec in enumerate(self.operators):
+            if spec.name in names:
+                raise SettingError(
+                    f"operators.{n}.name", spec.name, "two operators have this name", "unique names"
+                )
+            if spec.token.get_secret_value() in tokens:
+                raise SettingError(
+                    f"operators.{n}.token",
+                    spec.token,
+                    "this token is also another operator's or operator_token",
+                    "a token of this operator's own",
+                )
+            names.add(spec.name)
+            tokens[spec.token.get_secret_value()] = n
+        return self
+
+    @model_validator(mode="after")
     def _check_tls(self) -> Settings:
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             missing = "tls_keyfile" if self.tls_keyfile is None else "tls_certfile"
@@ -329,7 +393,8 @@ class Settings(BaseSettings):
                 "/metrics needs credentials; the operator and events endpoints fall back to "
                 "the webhook's",
                 "a loopback address; or set bearer_token or basic_username/basic_password "
-                "(and operator_token, events_token); or allow_unauthenticated_remote=true",
+                "(and operators or operator_token, events_token); "
+                "or allow_unauthenticated_remote=true",
             )
         return self
 
@@ -413,14 +478,16 @@ def _shown(field: str, value: Any) -> str:
     """A value as an error shows it: never a secret, never much of anything."""
     if value is None:
         return "(unset)"
-    if field in SECRETS:
+    if field in SECRETS or field.endswith(".token") or field == "operators":
         return "(secret, not shown)"
     text = repr(str(value) if isinstance(value, Path) else value)
     return text if len(text) <= 200 else f"{text[:200]}..."
 
 
-def _accepted(name: str, field: FieldInfo | None) -> str:
+def _accepted(name: str, field: FieldInfo | None, *, nested: bool = False) -> str:
     """What a field accepts, from its type, bounds and example."""
+    if nested and name == "operators":
+        return f"the fields {', '.join(OperatorSpec.model_fields)}"
     if field is None:
         return f"one of the settings {', '.join(Settings.model_fields)}"
     kinds = {
@@ -431,10 +498,10 @@ def _accepted(name: str, field: FieldInfo | None) -> str:
         Path: "a path",
         SecretStr: "a non-empty secret without surrounding spaces",
     }
+    origin = getattr(field.annotation, "__origin__", None)
     types = [t for t in (get_args(field.annotation) or (field.annotation,)) if t is not type(None)]
     parts = [kinds.get(t, "") for t in types] if types else []
     words = " or ".join(p for p in parts if p)
-    origin = getattr(field.annotation, "__origin__", None)
     if origin is list:
         words = "a list (as an environment variable: a JSON list)"
     elif origin is dict:
@@ -445,7 +512,7 @@ def _accepted(name: str, field: FieldInfo | None) -> str:
             if (limit := getattr(constraint, attribute, None)) is not None:
                 bounds.append(f"{sign} {limit:g}")
         if (length := getattr(constraint, "max_length", None)) is not None:
-            bounds.append(f"at most {length} characters")
+            bounds.append(f"at most {length} {'entries' if origin is list else 'characters'}")
     if isinstance(field.json_schema_extra, dict) and "accepted" in field.json_schema_extra:
         words = str(field.json_schema_extra["accepted"])  # what the type does not tell
     accepted = ", ".join([words or "a value", *([" and ".join(bounds)] if bounds else [])])
@@ -463,13 +530,21 @@ def _line(err: Any) -> str:
         return error.line()
     name = ".".join(str(p) for p in err["loc"]) or "settings"
     top = str(err["loc"][0]) if err["loc"] else ""
+    if top == "operators" and err["loc"][-1] in ("name", "role"):
+        top = name  # an operator's name or role is shown; its token, or all of it, never
     problem = str(error) if error is not None else err["msg"]
+    if err["type"] == "extra_forbidden" and len(err["loc"]) > 1:
+        problem, accepted = "not a field of this entry", _accepted(top, None, nested=True)
+        return (
+            f"field {name} value {_shown(top, err.get('input'))}: {problem}; accepted: {accepted}"
+        )
     if err["type"] == "extra_forbidden":
         shown = _shown(top, err.get("input"))
         close = difflib.get_close_matches(name, Settings.model_fields, n=1)
         problem = f"not a setting (did you mean {close[0]}?)" if close else "not a setting"
         return f"field {name} value {shown}: {problem}; accepted: {_accepted(name, None)}"
-    accepted = _accepted(top, Settings.model_fields.get(top))
+    field = str(err["loc"][0]) if err["loc"] else ""
+    accepted = _accepted(field, Settings.model_fields.get(field))
     return f"field {name} value {_shown(top, err.get('input'))}: {problem}; accepted: {accepted}"
 
 

@@ -34,6 +34,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    or_,
     select,
     text,
     update,
@@ -42,6 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
 
 from responder.exceptions import StoreDamaged, StoreUnavailable
 from responder.facts import Fact
@@ -123,7 +125,11 @@ decisions = Table(
     Column("silence_lifted", Boolean, nullable=False, default=False),
     # The alert's `service` label, for the per-service blast radius.
     Column("service", String(256), nullable=True),
+    # A run that asks a person: `APPROVAL_STATES`; `approval` says who answered, how and when.
+    Column("approval_state", String(16), nullable=True),
+    Column("approval", JSON(none_as_null=True), nullable=True),
     Index("ix_decisions_flow_run", "flow_run_id"),
+    Index("ix_decisions_approval_state", "approval_state"),
     Index("ix_decisions_service", "service"),
     Index("ix_decisions_rule", "rule", "id"),
     Index("ix_decisions_flow_created", "flow", "created_at"),
@@ -233,6 +239,11 @@ class Silence:
     decision_id: int
     silence_id: str
 
+
+# A run's approval: waiting for a person; being answered through Responder's API; answered.
+AWAITING, ANSWERING, APPROVED, REJECTED = "awaiting", "answering", "approved", "rejected"
+UNANSWERED = "unanswered"  # the run ended while it waited (timed out, cancelled)
+APPROVAL_STATES = frozenset({AWAITING, ANSWERING, APPROVED, REJECTED, UNANSWERED})
 
 LEASE_EXPIRED = "lease expired before a final state was seen; the key is free again"
 
@@ -647,6 +658,48 @@ class Store:
         async with self.transaction() as conn:
             rows = await conn.execute(query)
             return [dict(r._mapping) for r in rows]
+
+    # --- approvals ---------------------------------------------------------------------
+
+    async def set_approval(
+        self,
+        flow_run_id: str,
+        state: str,
+        expected: tuple[str | None, ...],
+        approval: dict[str, Any] | None = None,
+    ) -> bool:
+        """Move the approval of this flow run's decision to `state` if it is in `expected`;
+        False when it is not (someone else answered first)."""
+        if state not in APPROVAL_STATES:
+            raise ValueError(f"not an approval state: {state!r}")
+        current: ColumnElement[bool] = decisions.c.approval_state.in_(
+            [s for s in expected if s is not None]
+        )
+        if None in expected:
+            current = or_(current, decisions.c.approval_state.is_(None))
+        values: dict[str, Any] = {"approval_state": state}
+        if approval is not None:
+            values["approval"] = approval
+        async with self.transaction() as conn:
+            result = await conn.execute(
+                update(decisions)
+                .where(decisions.c.flow_run_id == flow_run_id, current)
+                .values(**values)
+            )
+            return bool(result.rowcount)
+
+    async def awaiting_approval(self) -> list[dict[str, Any]]:
+        """Decisions whose run waits for a person's answer, oldest first."""
+        query = (
+            select(decisions)
+            .where(
+                decisions.c.approval_state.in_([AWAITING, ANSWERING]),
+                decisions.c.finished_at.is_(None),
+            )
+            .order_by(decisions.c.id)
+        )
+        async with self.transaction() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
 
     # --- guard leases ------------------------------------------------------------------
 
@@ -1098,3 +1151,13 @@ def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor.close()
+
+
+def run_status(row: dict[str, Any]) -> str | None:
+    """What a decision's run is doing, as operators read it: its final state (lower case),
+    `awaiting approval`, `running`, or None without a run."""
+    if row.get("flow_run_state"):
+        return str(row["flow_run_state"]).lower()
+    if row.get("approval_state") in (AWAITING, ANSWERING):
+        return "awaiting approval"
+    return "running" if row.get("flow_run_id") else None

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from responder.models import Alert
-from responder.store import ActiveRun
+from responder.store import ActiveRun, run_status
 
 # Prefect's artifact keys: lower-case letters, digits and dashes.
 DISPATCH_ARTIFACT = "responder-dispatch"
@@ -143,7 +143,7 @@ def dispatch_story(
     else:
         lines += ["| # | when | rule | verdict | run | reason |", "|---|---|---|---|---|---|"]
         for row in earlier[:20]:
-            state = row.get("flow_run_state") or ("running" if row.get("flow_run_id") else "-")
+            state = row.get("flow_run_state") or run_status(row) or "-"
             lines.append(
                 f"| {row['id']} | {_when(row['created_at'])} | {text(row.get('rule') or '-')} "
                 f"| {text(row['verdict'])} | {text(state)} | {text(row['reason'], 200)} |"

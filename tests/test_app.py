@@ -41,6 +41,7 @@ URL = "/webhook/alertmanager"
 JSON = {"content-type": "application/json"}
 
 ClientFactory = Callable[..., Any]
+FLOW_RUN = "00000000-0000-0000-0000-000000000001"  # a flow run id no run has
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -663,7 +664,7 @@ async def test_every_endpoint_but_health_and_metrics_needs_credentials(
     client, _ = await make_client(bearer_token="wh", operator_token="op", events_token="ev")
     app = client._transport.app  # type: ignore[attr-defined]
     open_paths = {"/healthz", "/readyz", "/metrics"}
-    values = {"fingerprint": "abc123", "name": "restart-service"}
+    values = {"fingerprint": "abc123", "name": "restart-service", "flow_run_id": FLOW_RUN}
     checked = []
     for route in app.routes:
         if not isinstance(route, APIRoute) or route.path in open_paths:
@@ -725,7 +726,7 @@ async def test_every_route_takes_exactly_its_credentials_for_every_subset_of_sec
         return
     client, _ = await make_client(host=host, **settings)
     app = client._transport.app  # type: ignore[attr-defined]
-    values = {"fingerprint": "abc123", "name": "restart-service"}
+    values = {"fingerprint": "abc123", "name": "restart-service", "flow_run_id": FLOW_RUN}
     walked = 0
     for route in app.routes:
         if not isinstance(route, APIRoute) or route.path in {"/healthz", "/readyz", "/metrics"}:
@@ -884,3 +885,141 @@ async def test_readyz_is_not_ready_while_a_full_disk_makes_intake_answer_503(
     readyz = await client.get("/readyz")
     assert readyz.status_code == 200, readyz.text
     assert (await post(client, "firing_group_diskalmostfull_2_hosts")).status_code == 200
+
+
+# One named operator of each role; an admin's token is also the shared operator_token's role.
+OPERATORS = [
+    {"name": f"{role}-1", "token": f"tok-{role}", "role": role}
+    for role in ("viewer", "operator", "approver", "admin")
+]
+# What each operator route does, as docs/operations.md lists it: every GET reads.
+CHANGES = {
+    ("POST", "/api/v1/catalog/flows/{name}/runs"): "operate",
+    ("POST", "/api/v1/pause"): "operate",
+    ("POST", "/api/v1/resume"): "operate",
+    ("POST", "/-/reload"): "operate",
+    ("POST", "/api/v1/approvals/{flow_run_id}/approve"): "approve",
+    ("POST", "/api/v1/approvals/{flow_run_id}/reject"): "approve",
+}
+MAY = {
+    "viewer": {"read"},
+    "operator": {"read", "operate"},
+    "approver": {"read", "approve"},
+    "admin": {"read", "operate", "approve"},
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # roles do not depend on the store
+async def test_every_operator_route_takes_exactly_the_roles_that_may_use_it(
+    make_client: ClientFactory,
+) -> None:
+    client, _ = await make_client(bearer_token="wh", events_token="ev", operators=OPERATORS)
+    app = client._transport.app  # type: ignore[attr-defined]
+    values = {
+        "fingerprint": "abc123",
+        "name": "restart-service",
+        "flow_run_id": FLOW_RUN,
+    }
+    bodies: dict[str, Any] = {
+        "/api/v1/pause": {"reason": "walk"},
+        "/api/v1/approvals/{flow_run_id}/reject": {"reason": "walk"},
+    }
+    walked: dict[str, set[str]] = {role: set() for role in MAY}
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or route.path in {
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            URL,
+            "/api/v1/events",
+        }:
+            continue
+        for method, operator in itertools.product(sorted(route.methods), OPERATORS):
+            action = CHANGES.get((method, route.path), "read" if method == "GET" else "?")
+            role = operator["role"]
+            body = bodies.get(route.path, {})
+            if route.path.endswith("/runs"):
+                body = {"parameters": {"host": "h", "service": "s"}, "reason": "walk"}
+                body["key"] = f"walk/{role}"
+                body["parameters"] |= {"restart_url": "http://127.0.0.1:9/r"}
+                body["parameters"] |= {"health_url": "http://127.0.0.1:9/h"}
+            response = await client.request(
+                method,
+                route.path.format(**values),
+                json=body,
+                headers={"authorization": f"Bearer {operator['token']}"},
+            )
+            what = f"{method} {route.path} as {role}: {response.status_code} {response.text}"
+            if action in MAY[role]:
+                # A real answer: 200/202, or 404 for the unknown alert or waiting run.
+                assert response.status_code in (200, 202, 404), what
+                if response.status_code == 404:
+                    assert "{" in route.path, what
+                walked[role].add(f"{method} {route.path}")
+            else:
+                assert response.status_code == 403, what
+                answer = response.json()
+                assert answer["role"] == role, what
+                assert answer["needed"] == [r for r in MAY if action in MAY[r]], what
+                assert " or ".join(answer["needed"]) in answer["error"], what
+    assert len(walked["admin"]) >= 13, walked["admin"]
+    assert walked["viewer"] == {r for r in walked["admin"] if r.startswith("GET ")}
+
+
+async def test_changes_are_recorded_under_the_operators_name_not_the_one_sent(
+    make_client: ClientFactory,
+) -> None:
+    client, _ = await make_client(bearer_token="wh", operators=OPERATORS)
+    operator = {"authorization": "Bearer tok-operator"}
+    paused = await client.post(
+        "/api/v1/pause", json={"reason": "freeze", "by": "mallory"}, headers=operator
+    )
+    assert paused.status_code == 200, paused.text
+    status = (await client.get("/api/v1/status", headers=operator)).json()
+    assert status["pause"]["by"] == "operator-1"
+    assert status["pause"]["declared_by"] == "mallory"
+    # The shared operator_token stays an admin, recorded as such.
+    shared, _ = await make_client(bearer_token="wh", operator_token="op")
+    await shared.post("/api/v1/pause", json={"reason": "x"}, headers={"authorization": "Bearer op"})
+    status = (await shared.get("/api/v1/status", headers={"authorization": "Bearer op"})).json()
+    assert status["pause"]["by"] == "operator_token"
+    assert "declared_by" not in status["pause"]
+    # With named operators, the webhook's credentials are no operator's.
+    refused = await client.get("/api/v1/status", headers={"authorization": "Bearer wh"})
+    assert refused.status_code == 401
+
+
+async def test_a_manual_run_with_approval_waits_for_a_second_person(
+    make_client: ClientFactory,
+) -> None:
+    client, service = await make_client(bearer_token="wh", operators=OPERATORS)
+    admin, approver = ({"authorization": f"Bearer tok-{role}"} for role in ("admin", "approver"))
+    body = {
+        "parameters": {
+            "host": "h",
+            "service": "s",
+            "restart_url": "http://127.0.0.1:9/r",
+            "health_url": "http://127.0.0.1:9/h",
+        },
+        "reason": "OPS-9",
+        "approval": True,
+    }
+    response = await client.post(
+        "/api/v1/catalog/flows/restart-service/runs", json=body, headers=admin
+    )
+    assert response.status_code == 202, response.text
+    decision = response.json()["decision"]
+    assert decision["labels"]["requested_by"] == "admin-1"
+    # No Prefect here: give the decision a run that waits, as the dispatcher would.
+    await service.store.set_flow_run(decision["id"], FLOW_RUN)
+    assert await service.store.set_approval(FLOW_RUN, "awaiting", (None,))
+    [waiting] = (await client.get("/api/v1/approvals", headers=approver)).json()["approvals"]
+    assert (waiting["flow_run_id"], waiting["rule"]) == (FLOW_RUN, "manual")
+    assert waiting["alert"]["labels"]["requested_by"] == "admin-1"
+    own = await client.post(f"/api/v1/approvals/{FLOW_RUN}/approve", headers=admin)
+    assert own.status_code == 409, own.text
+    assert own.json()["error"] == "admin-1 asked for this run: another person must answer"
+    # Another person may; without a Prefect server to resume, 503, and the run still waits.
+    other = await client.post(f"/api/v1/approvals/{FLOW_RUN}/approve", headers=approver)
+    assert other.status_code == 503, other.text
+    assert len((await client.get("/api/v1/approvals", headers=approver)).json()["approvals"]) == 1

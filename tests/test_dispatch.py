@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,10 @@ import pytest
 
 from responder.app import create_app
 from responder.demo import DemoService
+from responder.exceptions import ApprovalError, DispatchError
 from responder.service import Service
-from tests.conftest import fixture_json, make_settings, wait_for
+from tests import servers
+from tests.conftest import ROOT, fixture_json, free_port, make_settings, wait_for
 
 pytestmark = pytest.mark.prefect
 
@@ -51,13 +56,17 @@ def payload(instance: str, service: str = "checkout") -> bytes:
     return json.dumps(body).encode()
 
 
-async def decisions(client: httpx.AsyncClient) -> list[dict[str, Any]]:
-    response = await client.get("/api/v1/decisions", params={"limit": 1000})
+async def decisions(
+    client: httpx.AsyncClient, headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    response = await client.get("/api/v1/decisions", params={"limit": 1000}, headers=headers)
     return list(reversed(response.json()["decisions"]))
 
 
-async def final(client: httpx.AsyncClient) -> list[dict[str, Any]] | None:
-    rows = [d for d in await decisions(client) if d["verdict"] == "admitted"]
+async def final(
+    client: httpx.AsyncClient, headers: dict[str, str] | None = None
+) -> list[dict[str, Any]] | None:
+    rows = [d for d in await decisions(client, headers) if d["verdict"] == "admitted"]
     return rows if rows and all(d["flow_run_state"] for d in rows) else None
 
 
@@ -336,6 +345,11 @@ async def test_a_run_that_needs_approval_waits_for_a_person(
     dispatcher = service.dispatcher
     assert dispatcher is not None
     await wait_for(lambda: paused_run(dispatcher.api_url, flow_run_id), timeout=60)
+
+    async def awaiting() -> bool:
+        return [d["run_status"] for d in await decisions(client)] == ["awaiting approval"]
+
+    await wait_for(awaiting, timeout=30)
     # Waiting for a person: nothing touched yet, and the key stays held.
     assert demo_service.restarts == []
     assert await service.store.lease_count() == 2
@@ -351,6 +365,146 @@ async def test_a_run_that_needs_approval_waits_for_a_person(
         assert decision["flow_run_state"] == "CANCELLED"
         assert decision["detail"] == "rejected by alice: on call"
         assert demo_service.restarts == []
+    # Answered in the Prefect UI: the approver as typed there, marked so.
+    approval = decision["approval"]
+    assert (approval["by"], approval["via"], approval["approved"], approval["comment"]) == (
+        "alice",
+        "Prefect UI",
+        approved,
+        "on call",
+    )
+
+
+OPERATORS = [
+    {"name": "alice", "token": "tok-alice", "role": "approver"},
+    {"name": "victor", "token": "tok-victor", "role": "viewer"},
+]
+
+
+@pytest.fixture
+async def served(
+    flow_runner: str, tmp_path: Path, approval_rules: Path, demo_service: DemoService
+) -> AsyncIterator[tuple[httpx.AsyncClient, Service, Path]]:
+    """Responder on a real port, with named operators, and a settings file for the CLI."""
+    port = free_port()
+    settings = make_settings(
+        tmp_path,
+        approval_rules,
+        port=port,
+        operators=OPERATORS,
+        rule_vars={"service_control_url": demo_service.url},
+        poll_seconds=60,
+    )
+    config = tmp_path / "responder.yaml"
+    config.write_text(f"port: {port}\ndata_dir: {tmp_path / 'cli'}\n")
+    service = Service(settings, prefect_api_url=flow_runner)
+    server, task = await servers.serve_in_process(settings, service)
+    client = httpx.AsyncClient(base_url=settings.base_url, timeout=30)
+    yield client, service, config
+    await client.aclose()
+    server.should_exit = True
+    await task
+
+
+async def cli(config: Path, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`responder ARGS` as the operator whose token this is."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RESPONDER_"))}
+    env["RESPONDER_TOKEN"] = token
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "responder", *args, "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("approved", [True, False])
+async def test_an_operator_approves_or_rejects_from_the_cli_and_the_log_says_who(
+    approved: bool, served: tuple[httpx.AsyncClient, Service, Path], demo_service: DemoService
+) -> None:
+    client, service, config = served
+    alice = {"authorization": "Bearer tok-alice"}
+    instance = f"host-c{int(approved)}"
+    await client.post(URL, content=payload(instance), headers=JSON)
+
+    async def awaiting() -> dict[str, Any] | None:
+        rows = await decisions(client, alice)
+        waiting = [d for d in rows if d["run_status"] == "awaiting approval"]
+        return waiting[0] if waiting else None
+
+    # Prefect reports the run Paused: the decision awaits approval, wherever it is shown.
+    decision = await wait_for(awaiting, timeout=90)
+    flow_run_id = decision["flow_run_id"]
+    assert decision["flow_run_state"] is None
+    shown = await cli(config, "tok-victor", "decisions")
+    assert f"flow run {flow_run_id} awaiting approval" in shown.stdout, shown
+    status = await cli(config, "tok-victor", "status")
+    assert "awaiting approval" in status.stdout, status
+    fingerprint = decision["incident"].partition("@")[0]
+    explained = await cli(config, "tok-victor", "explain", fingerprint)
+    assert "awaiting approval" in explained.stdout, explained
+    listed = await cli(config, "tok-victor", "approvals")
+    assert listed.returncode == 0, listed
+    assert f"flow run {flow_run_id}" in listed.stdout
+    assert f"instance={instance}" in listed.stdout and "ServiceDown" in listed.stdout
+    assert "rule restart-crashed-service" in listed.stdout
+    assert f"will run restart-service(host={instance}, service=checkout" in listed.stdout
+    # A viewer may look, not answer: 403 naming the roles that may.
+    denied = await cli(config, "tok-victor", "approve", flow_run_id)
+    assert denied.returncode == 1
+    said = " ".join(denied.stderr.split())  # the error is wrapped to the terminal's width
+    assert "403" in said and "this needs role approver or admin" in said, said
+    assert demo_service.restarts == []
+    if approved:
+        answered = await cli(config, "tok-alice", "approve", flow_run_id, "--comment", "go")
+        assert answered.stdout.strip() == "approved by alice", answered
+    else:
+        answered = await cli(config, "tok-alice", "reject", flow_run_id, "--reason", "not now")
+        assert answered.stdout.strip() == "rejected by alice", answered
+    [decision] = await wait_for(lambda: final(client, alice), timeout=90)
+    approval = decision["approval"]
+    assert (approval["by"], approval["via"], approval["approved"]) == (
+        "alice",
+        "responder API",
+        approved,
+    )
+    assert await service.store.lease_count() == 0
+    assert decision["approval_state"] == ("approved" if approved else "rejected")
+    if approved:
+        assert decision["flow_run_state"] == "COMPLETED"
+        assert demo_service.restarts == [(instance, "checkout")]
+    else:
+        assert decision["flow_run_state"] == "CANCELLED"
+        assert decision["detail"] == "rejected by alice: not now"
+        assert demo_service.restarts == []
+    shown = await cli(config, "tok-victor", "decisions")
+    verdict = "approved" if approved else "rejected"
+    assert f"{verdict} by alice via responder API" in shown.stdout, shown
+    again = await client.post(f"/api/v1/approvals/{flow_run_id}/approve", headers=alice)
+    assert again.status_code == 404, again.text
+    assert (await client.get("/api/v1/approvals", headers=alice)).json() == {"approvals": []}
+
+
+async def test_an_answer_prefect_refuses_leaves_the_run_awaiting(
+    running: tuple[httpx.AsyncClient, Service],
+) -> None:
+    client, service = running
+    await client.post(URL, content=payload("host-d1"), headers=JSON)
+    [decision] = await wait_for(lambda: final(client), timeout=45)
+    flow_run_id = decision["flow_run_id"]
+    # As if it waited: Prefect, which knows the run is over, does not resume it.
+    assert await service.store.set_approval(flow_run_id, "awaiting", (None,))
+    dispatcher = service.dispatcher
+    assert dispatcher is not None
+    with pytest.raises(DispatchError, match=f"did not resume flow run {flow_run_id}"):
+        await dispatcher.answer_approval(flow_run_id, True, "alice", "")
+    [row] = await service.store.decisions(limit=1)
+    assert (row["approval_state"], row["approval"]) == ("awaiting", None)
+    with pytest.raises(ApprovalError):
+        await dispatcher.answer_approval("00000000-0000-0000-0000-000000000002", True, "a", "")
 
 
 def kill_flow_run_process(flow_run_id: str) -> bool:

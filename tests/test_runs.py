@@ -59,8 +59,9 @@ async def test_the_catalog_lists_operations_and_flows(make_client: ClientFactory
 async def test_a_manual_run_goes_through_the_guard_and_is_recorded(
     make_client: ClientFactory,
 ) -> None:
-    client, _ = await make_client(bearer_token="wh", operator_token="op")
-    first = await start(client, "restart-service", request())
+    alice = {"name": "alice", "token": "op", "role": "operator"}
+    client, _ = await make_client(bearer_token="wh", operators=[alice])
+    first = await start(client, "restart-service", request(requested_by=""))
     assert first.status_code == 202, first.text
     decision = first.json()["decision"]
     assert decision["verdict"] == "admitted"

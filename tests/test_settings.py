@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from responder.auth import Credentials
+from responder.auth import Credentials, Operator
 from responder.exceptions import ConfigError
 from responder.settings import Settings, load_settings
 from tests.conftest import ROOT
@@ -111,6 +111,86 @@ def test_beyond_loopback_start_up_refuses_any_open_endpoint(
     assert "accepted: a loopback address; or set bearer_token" in str(info.value)
     opted_in = load_settings(config, host="0.0.0.0", allow_unauthenticated_remote=True, **secrets)
     assert opted_in.host == "0.0.0.0"
+
+
+def test_named_operators_come_from_the_file_or_the_environment(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config.write_text(
+        config.read_text()
+        + "operators:\n  - {name: alice, token: a-token, role: approver}\n"
+        + "  - {name: bob, token: b-token, role: viewer}\n"
+    )
+    settings = load_settings(config, bearer_token="wh")
+    assert [(o.name, o.role) for o in settings.operators] == [
+        ("alice", "approver"),
+        ("bob", "viewer"),
+    ]
+    credentials = Credentials.for_operators(settings)
+    alice = credentials.identify("Bearer a-token")
+    assert alice is not None and (alice.name, alice.role) == ("alice", "approver")
+    assert credentials.identify("Bearer wh") is None  # the webhook's is no operator's
+    monkeypatch.setenv(
+        "RESPONDER_OPERATORS", '[{"name": "carol", "token": "c-token", "role": "admin"}]'
+    )
+    assert [o.name for o in load_settings(config).operators] == ["carol"]
+    # Alone, operator_token is one admin; with named operators, an admin beside them.
+    shared = Credentials.for_operators(load_settings(config, operator_token="op"))
+    assert shared.identify("Bearer op") == Operator("operator_token", "admin")
+    assert shared.identify("Bearer c-token") == Operator("carol", "admin")
+    # Beyond loopback, named operators protect the operator API.
+    monkeypatch.delenv("RESPONDER_OPERATORS")
+    with pytest.raises(ConfigError, match="the webhook and events endpoints would accept anyone"):
+        load_settings(config, host="0.0.0.0")
+
+
+@pytest.mark.parametrize(
+    ("operators", "line"),
+    [
+        (
+            [{"name": "a", "token": "t", "role": "boss"}],
+            "field operators.0.role value 'boss': Input should be 'viewer', 'operator', "
+            "'approver' or 'admin'; accepted: a list of {name, token, role}",
+        ),
+        (
+            [{"name": "a", "token": " hunter2", "role": "admin"}],
+            "field operators.0.token value (secret, not shown): a token cannot start or end",
+        ),
+        (
+            [
+                {"name": "a", "token": "t", "role": "admin"},
+                {"name": "a", "token": "u", "role": "viewer"},
+            ],
+            "field operators.1.name value 'a': two operators have this name; "
+            "accepted: unique names",
+        ),
+        (
+            [
+                {"name": "a", "token": "hunter2", "role": "admin"},
+                {"name": "b", "token": "hunter2", "role": "viewer"},
+            ],
+            "field operators.1.token value (secret, not shown): this token is also another",
+        ),
+        (
+            [{"name": "a", "tokn": "hunter2", "role": "admin"}],
+            "field operators.0.tokn value (secret, not shown): not a field of this entry; "
+            "accepted: the fields name, token, role",
+        ),
+        (
+            [{"name": "a b", "token": "t", "role": "admin"}],
+            "field operators.0.name value 'a b': String should match pattern",
+        ),
+    ],
+)
+def test_an_invalid_operator_is_one_line_naming_it_never_its_token(
+    config: Path, operators: list[dict[str, str]], line: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, operators=operators)
+    lines = str(info.value).splitlines()
+    assert any(shown.startswith(f"invalid settings: {line}") for shown in lines), lines
+    assert all(shown.startswith("invalid settings: field operators.") for shown in lines)
+    assert "hunter2" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""`approval`: a flow run waits for a person's answer in the Prefect UI.
+"""`approval`: a flow run waits for a person's answer, from `responder approve`/`reject` (which
+resume it with the operator's name as `approver`) or from the Prefect UI's Resume form.
 
 Approval is not a task: it pauses the whole flow run, which keeps its guard key and mutexes
 while it waits (Prefect reports it as Paused, so Responder renews its leases).
