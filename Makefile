@@ -59,6 +59,7 @@ bench: setup-dev
 	$(PY) bench/load.py storm --alerts 100000 --rules 200 --senders 16
 	$(PY) bench/load.py storm --alerts 20000 --rules 10 200 1000 --senders 16
 	$(PY) bench/load.py steady --rate 100 --seconds 60 --rules 200 --repeat 3
+	$(PY) bench/load.py big --alerts 5000 --rules 200 --repeat 3
 	$(PY) bench/dispatch.py --alerts 300 --rate 20
 
 clean:
