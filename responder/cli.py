@@ -388,7 +388,7 @@ def status(
         return
     pause = body["pause"]
     console.print(
-        f"paused: {pause['reason']} (by {pause.get('by') or '-'})" if pause else "admitting",
+        f"paused: {pause['reason']} (by {_who(pause)})" if pause else "admitting",
         highlight=False,
     )
     waiting = {row["decision_id"] for row in body.get("awaiting_approval", [])}
@@ -520,6 +520,13 @@ def _printable(value: object) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _who(record: dict[str, Any]) -> str:
+    """Who did it: the name the credentials carry, and the one the caller gave if another
+    (without credentials, on loopback, the given name is all there is)."""
+    by, declared = record.get("by") or "-", record.get("declared_by")
+    return f"{by}, says {declared}" if declared else by
 
 
 def _operator() -> str:

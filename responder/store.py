@@ -1154,10 +1154,10 @@ def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int) -> None:
 
 
 def run_status(row: dict[str, Any]) -> str | None:
-    """What a decision's run is doing, as operators read it: its final state (lower case),
-    `awaiting approval`, `running`, or None without a run."""
+    """What a decision's run is doing, as operators read it: its final state (as Prefect
+    names it, e.g. COMPLETED), `awaiting approval`, `running`, or None without a run."""
     if row.get("flow_run_state"):
-        return str(row["flow_run_state"]).lower()
+        return str(row["flow_run_state"])
     if row.get("approval_state") in (AWAITING, ANSWERING):
         return "awaiting approval"
     return "running" if row.get("flow_run_id") else None

@@ -939,7 +939,8 @@ async def test_every_operator_route_takes_exactly_the_roles_that_may_use_it(
             role = operator["role"]
             body = bodies.get(route.path, {})
             if route.path.endswith("/runs"):
-                body = {"parameters": {"host": "h", "service": "s"}, "reason": "walk"}
+                # A host per role: a manual run takes the rule's key, which names the host.
+                body = {"parameters": {"host": f"{role}-host", "service": "s"}, "reason": "walk"}
                 body["key"] = f"walk/{role}"
                 body["parameters"] |= {"restart_url": "http://127.0.0.1:9/r"}
                 body["parameters"] |= {"health_url": "http://127.0.0.1:9/h"}

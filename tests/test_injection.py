@@ -668,9 +668,10 @@ async def test_the_cli_shows_labels_as_escaped_plain_text(
     result = CliRunner().invoke(cli, ["decisions"])
     assert result.exit_code == 0, result.output
     [header, verdict] = result.output.splitlines()
+    fingerprint = response.json()["decisions"][0]["incident"].partition("@")[0]
     assert header.endswith(
         "ServiceDown{instance=[/red]host-1\\n#999  2026-01-01 00:00:00  Forged{} firing,"
         "service=[link=https://evil.example]checkout[/link]\\x1b[2J\\x1b]0;owned\\x07\\u202e,"
-        "severity=critical} firing"
+        f"severity=critical}} firing  fingerprint {fingerprint}"
     )
     assert verdict.startswith("    restart-crashed-service → error: parameters do not fit")
