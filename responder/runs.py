@@ -99,6 +99,7 @@ def rule_policy(
     a restart by hand takes the same key, cooldown and host lock as the rule's restart.
     """
     facts = list(facts)
+    unrendered: list[str] = []
     for rule in book.rules:
         if rule.run is None or rule.guard is None or rule.run.flow != request.flow:
             continue
@@ -114,8 +115,9 @@ def rule_policy(
         try:
             key = guard_key(rule.name, rule.guard, context)
             mutex = tuple(render(m, context, name=True) for m in rule.guard.mutex)
-        except TemplateError:
-            continue  # the request does not say what this rule's key needs
+        except TemplateError as exc:
+            unrendered.append(f"{rule.name} ({exc})")
+            continue  # the request does not say what this rule's key needs; another may
         blocked = next(
             (
                 f"rule {rule.name} would not run: unless fact {fact.name} {dict(fact.fields)}"
@@ -127,6 +129,17 @@ def rule_policy(
         )
         approval = rule.guard.approval or bool(context["service"].get("approval"))
         return RulePolicy(rule.name, labels, key, mutex, rule.guard, approval, blocked)
+    if unrendered:
+        # Rules guard this flow, but the request does not name what their keys need: running
+        # it under the request's own key would skip their approval, cooldown and locks.
+        first = next(r for r in book.rules if r.run and r.guard and r.run.flow == request.flow)
+        assert first.guard is not None
+        reason = (
+            f"rules run flow {request.flow} under a guard, but the parameters do not give "
+            f"what their keys and mutexes need: {'; '.join(unrendered)}"
+        )
+        key = default_key(request.flow, request.parameters)
+        return RulePolicy(first.name, {}, key, (), first.guard, True, reason)
     return None
 
 

@@ -38,6 +38,18 @@ DAY = 86_400.0
 # The store's dialects and the async driver each needs (`Store` passes asyncpg's options).
 STORE_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 SECRETS = ("bearer_token", "basic_password", "operator_token", "events_token")
+# URLs that may carry a user and password (a database's, a proxied API's).
+URL_FIELDS = ("database_url", "alertmanager_url", "prefect_api_url", "public_url")
+
+
+def without_credentials(url: str) -> str:
+    """The URL with the password of any `user:password@` replaced by `***`."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
 
 
 class SettingError(ValueError):
@@ -480,6 +492,8 @@ def _shown(field: str, value: Any) -> str:
         return "(unset)"
     if field in SECRETS or field.endswith(".token") or field == "operators":
         return "(secret, not shown)"
+    if field in URL_FIELDS and isinstance(value, str):
+        value = without_credentials(value)
     text = repr(str(value) if isinstance(value, Path) else value)
     return text if len(text) <= 200 else f"{text[:200]}..."
 

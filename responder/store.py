@@ -10,6 +10,7 @@ import asyncio
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -48,6 +49,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from responder.exceptions import StoreDamaged, StoreUnavailable
 from responder.facts import Fact
 from responder.models import Alert
+
+log = logging.getLogger(__name__)
 
 metadata = MetaData()
 
@@ -400,7 +403,9 @@ class Store:
                     probe = {"name": "store-probe", "value": {"pad": "x" * 65536}}
                     await conn.execute(control.insert().values(**probe, updated_at=time.time()))
             except StoreUnavailable as exc:
-                return f"the store cannot commit: {exc}"
+                # /readyz answers anyone: the driver's words (SQL, user, host) go to the log.
+                log.warning("readiness probe: the store cannot commit: %s", exc)
+                return "the store cannot commit (see Responder's log)"
         return None
 
     # --- inbox -------------------------------------------------------------------------

@@ -40,10 +40,13 @@ def text(value: object, limit: int = 300) -> str:
 
 
 def link(label: str, url: str) -> str:
-    """A markdown link, or the escaped label alone when `url` is not http(s)."""
+    """A markdown link without credentials, or the escaped label alone when `url` is not
+    http(s)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return text(label)
+    # A user and password in the URL (a setting's, an alert's) are not for the UI's readers.
+    url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     safe = urllib.parse.quote(url, safe=":/?&=%#+,;@~!$'*")
     return f"[{text(label)}]({safe.replace('(', '%28').replace(')', '%29')})"
 
@@ -123,7 +126,8 @@ def dispatch_story(
         if alertmanager_url:
             matcher = f'{{alertname="{alert.alertname}"}}'
             query = urllib.parse.urlencode({"filter": matcher})
-            links.append(link("this alert in Alertmanager", f"{alertmanager_url}/#/alerts?{query}"))
+            url = f"{alertmanager_url}/#/alerts?{query}"
+            links.append(link("this alert in Alertmanager", url))
         if links:
             lines += ["", " · ".join(links)]
     lines += ["", "## What the guard checked", ""]

@@ -121,7 +121,7 @@ def test_each_request_is_logged_with_method_url_status_and_duration_secrets_mask
         assert time.monotonic() < deadline, logged
         time.sleep(0.5)
     [line] = answered
-    assert line.startswith("POST http://ops:***@127.0.0.1:")
+    assert line.startswith("POST http://***@127.0.0.1:")
     assert "/restart?host=h1&token=***" in line and line.endswith(" ms")
     assert not any("hunter2" in m or "s3cret" in m for m in logged)
 
@@ -130,6 +130,7 @@ def test_shown_url_masks_passwords_and_secret_looking_query_values() -> None:
     from flows.operations.http import shown_url
 
     assert shown_url("https://u:p@h/x?api_key=1&page=2&sig=3") == (
-        "https://u:***@h/x?api_key=***&page=2&sig=***"
+        "https://***@h/x?api_key=***&page=2&sig=***"
     )
+    assert shown_url("https://TOKEN@h/x") == "https://***@h/x"
     assert shown_url("http://h:9/plain") == "http://h:9/plain"

@@ -169,3 +169,40 @@ async def test_a_manual_run_takes_the_policy_of_the_rules_that_run_its_flow(
     approved = await start(client, "restart-service", restart("host-4", "search"))
     assert approved.status_code == 202
     assert approved.json()["decision"]["parameters"]["approval_required"] is True
+
+
+def test_a_manual_run_is_refused_when_a_guarding_rule_cannot_render_its_key(
+    tmp_path: Path,
+) -> None:
+    """A rule guards the flow with a key the request's parameters do not name (`cluster`):
+    running it under the request's own key would skip the rule's approval and cooldown."""
+    from responder.rules import load_rules
+    from responder.runs import RunRequest, rule_policy
+    from responder.service import known_flows
+
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n"
+        "  - name: restart-by-cluster\n"
+        "    description: needs approval, keyed by cluster\n"
+        "    match: ['alertname=\"ServiceDown\"']\n"
+        "    run:\n"
+        "      flow: restart-service\n"
+        "      parameters:\n"
+        "        host: '{{ alert.labels.instance }}'\n"
+        "        service: '{{ alert.labels.service }}'\n"
+        "        restart_url: 'http://127.0.0.1:9/r'\n"
+        "        health_url: 'http://127.0.0.1:9/h'\n"
+        "    guard:\n"
+        "      key: 'restart/{{ alert.labels.cluster }}/{{ alert.labels.instance }}'\n"
+        "      approval: true\n"
+    )
+    book = load_rules([tmp_path / "r.yaml"], known_flows())
+    request = RunRequest(
+        flow="restart-service",
+        parameters={**RESTART, "host": "host-1"},
+        reason="by hand",
+        requested_by="alice",
+    )
+    ruled = rule_policy(request, book, None, [], {})
+    assert ruled is not None and ruled.blocked is not None
+    assert "restart-by-cluster" in ruled.blocked and ruled.approval

@@ -277,3 +277,17 @@ def test_an_invalid_setting_is_one_line_from_the_cli_never_a_traceback(
     assert line.startswith("error: invalid settings: "), line
     assert expected.replace("{config}", str(config)) in line
     assert "accepted: " in line
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"database_url": "postgresql+psycopg://resp:hunter2@db/resp"},
+        {"database_url": "postgresql://resp:hunter2@db/resp"},
+    ],
+)
+def test_a_password_in_a_url_setting_is_never_shown(overrides: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as failed:
+        load_settings(**overrides)
+    assert "hunter2" not in str(failed.value)
+    assert "***@" in str(failed.value)

@@ -101,10 +101,11 @@ def test_the_story_links_the_alert_and_lists_earlier_decisions() -> None:
         {"id": 7, "created_at": 10.0, "reason": "ok", "policy": {"mutex": ["host:host-1"]}},
         an_alert("http://127.0.0.1:9090/graph?g0.expr=up"),
         history,
-        "http://127.0.0.1:9093",
+        "http://am:hunter2@127.0.0.1:9093",
     )
     assert "[Prometheus graph of the alert's expression](http://127.0.0.1:9090/graph" in story
     assert "[this alert in Alertmanager](http://127.0.0.1:9093/#/alerts?filter=" in story
+    assert "hunter2" not in story
     assert "| mutex | host:host-1 |" in story
     assert "| 3 |" in story and "FAILED" in story and "first try" in story
     assert "| 7 |" not in story  # the decision itself is not an earlier one

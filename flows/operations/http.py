@@ -164,12 +164,12 @@ _SECRET_QUERY = re.compile(r"token|key|secret|pass|auth|sig|credential", re.IGNO
 
 
 def shown_url(url: str) -> str:
-    """The URL as logs may show it: a password in it, and query values whose names look
-    like secrets (token, key, signature, ...), masked."""
+    """The URL as logs may show it: its user and password, and query values whose names
+    look like secrets (token, key, signature, ...), masked."""
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    if "@" in netloc:  # a user name can be a token too
+        netloc = "***@" + netloc.rpartition("@")[2]
     query = urllib.parse.urlencode(
         [
             (name, "***" if _SECRET_QUERY.search(name) else value)
