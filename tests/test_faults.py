@@ -282,8 +282,9 @@ async def _storm_through_a_prefect_outage(server: Any, prefect: Supervisor, chil
         admitted = await wait_for(dispatched, timeout=180, every=1)
         caught_up = time.monotonic() - back
         # Waiting creations are woken when the poll finds Prefect healthy again, not left
-        # to sleep out their backoff (up to 30 s). The rest is Prefect's (SQLite) pace.
-        assert first < 10
+        # to sleep out their backoff (up to 30 s). The rest is Prefect's (SQLite) pace: a
+        # clean-clone run here took 11.1 s, so the bound sits between that and the backoff.
+        assert first < 20
         assert (await get("/readyz")).json()["checks"]["prefect"] is True
         runs = await _prefect_runs(prefect.api_url)
         assert sorted(r["id"] for r in runs) == sorted(d["flow_run_id"] for d in admitted)
