@@ -22,13 +22,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from responder.catalog import Catalog
-from responder.engine import Engine, EngineRejected
-from responder.guard import Guard
-from responder.loop import EngineLoop, collect_garbage_less_often
-from responder.models import Alert
-from responder.rules import RuleBook, load_rule_text
-from responder.store import Store
+from responder.control.guard import Guard
+from responder.decision.engine import Engine, EngineRejected
+from responder.decision.rules import RuleBook, load_rule_text
+from responder.decision.services import Catalog
+from responder.events.webhook import Alert
+from responder.runtime.loop import EngineLoop, collect_garbage_less_often
+from responder.storage.store import Store
 
 GROUP = 20
 

@@ -51,10 +51,10 @@ from pydantic import (
 from pydantic_core import SchemaError
 
 from flows.types import Host, Hostname, HttpUrl
-from responder.documents import line_of, load_document
+from responder.decision.documents import line_of, load_document
+from responder.decision.rules import Duration
+from responder.decision.templates import compile_expression, valid_templates
 from responder.exceptions import FlowFileError, TemplateError
-from responder.rules import Duration
-from responder.templates import compile_expression, valid_templates
 
 FLOWS_DIR = Path(__file__).resolve().parent
 

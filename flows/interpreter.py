@@ -28,7 +28,7 @@ from flows.dsl import (
 )
 from flows.operations import Operation, all_operations
 from flows.operations.approval import rejected, require_approval
-from responder.templates import evaluate, render_value
+from responder.decision.templates import evaluate, render_value
 
 
 class StepFailed(Exception):

@@ -55,8 +55,8 @@ def _http_server(settings: Any, service: Any) -> Any:
     """The webhook receiver and API of `service`, as a uvicorn server."""
     import uvicorn
 
-    from responder import http_limits
-    from responder.app import create_app
+    from responder.intake import http_limits
+    from responder.intake.app import create_app
 
     config = uvicorn.Config(
         create_app(service),
@@ -92,8 +92,8 @@ def _log_to_stderr() -> None:
 @app.command()
 def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = None) -> None:
     """Start a local Prefect server, serve the flows and receive Alertmanager webhooks."""
-    from responder.service import Service
-    from responder.supervisor import Supervisor
+    from responder.runtime.service import Service
+    from responder.runtime.supervisor import Supervisor
 
     _log_to_stderr()
     try:
@@ -131,7 +131,7 @@ def serve(config: ConfigOption = None, host: HostOption = None, port: PortOption
     workers run separately (`prefect_api_url` or PREFECT_API_URL; `responder deploy`).
     `responder up` is this plus a local Prefect server and flow runner.
     """
-    from responder.service import Service
+    from responder.runtime.service import Service
 
     _log_to_stderr()
     try:
@@ -217,8 +217,8 @@ def check(
     """Validate rule files and YAML flows; name the file, line and problem of the first error."""
     from flows.dsl import load_flow_files
     from flows.operations import all_operations
-    from responder.rules import load_rules
-    from responder.service import known_flows
+    from responder.decision.rules import load_rules
+    from responder.runtime.service import known_flows
 
     try:
         flows = load_flow_files(operations=set(all_operations()))
@@ -248,7 +248,7 @@ def _does(rule: Any) -> str:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of rule files, for editors (rules/rules.schema.json)."""
-    from responder.rules import rule_file_schema
+    from responder.decision.rules import rule_file_schema
 
     print(json.dumps(rule_file_schema(), indent=2, sort_keys=True))
 
@@ -259,8 +259,8 @@ def reference(
 ) -> None:
     """Print a reference page written from the code (docs/settings.md and
     docs/operations-reference.md are its output)."""
-    from responder.reference import PAGES
-    from responder.reference import page as reference_page
+    from responder.authoring.reference import PAGES
+    from responder.authoring.reference import page as reference_page
 
     if page not in PAGES:
         err_console.print(f"error: no reference page {page!r}; pages: {', '.join(PAGES)}")
@@ -275,8 +275,8 @@ def test_rules(
     ] = None,
 ) -> None:
     """Run rule test files: alerts and events over time in, expected decisions and facts out."""
-    from responder.ruletest import run_test_file
-    from responder.service import known_flows
+    from responder.authoring.ruletest import run_test_file
+    from responder.runtime.service import known_flows
 
     files: list[Path] = []
     for path in paths or [Path("rules/tests")]:
@@ -344,7 +344,7 @@ def simulate(
     config: ConfigOption = None,
 ) -> None:
     """Show what the rules would do with a webhook; nothing is dispatched or stored."""
-    from responder.simulation import simulate as run_simulation
+    from responder.authoring.simulation import simulate as run_simulation
 
     try:
         settings = _settings(config)
@@ -475,7 +475,7 @@ def _call(
     base = settings.base_url
     headers = {}
     auth = None
-    # What the operator API takes (responder.auth): your own token ($RESPONDER_TOKEN, one of
+    # What the operator API takes (responder.intake.auth): your own token ($RESPONDER_TOKEN, one of
     # the named operators'), else operator_token, else the webhook's.
     own = os.environ.get("RESPONDER_TOKEN")
     token = (
@@ -677,7 +677,7 @@ def deploy(
     """
     import yaml
 
-    from responder.serving import prefect_yaml
+    from responder.orchestration.deployments import prefect_yaml
 
     document = prefect_yaml(work_pool, work_queue)
     output.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -693,7 +693,7 @@ def serve_flows_command(
     limit: Annotated[int, typer.Option(min=1, help="Flow runs executed at once.")] = 5,
 ) -> None:
     """Serve the remediation flows as Prefect deployments (started by `up`)."""
-    from responder.serving import serve_flows
+    from responder.orchestration.deployments import serve_flows
 
     serve_flows(limit=limit)
 
@@ -703,7 +703,7 @@ def demo_target(
     port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 9480,
 ) -> None:
     """Run a stand-in service control API that the example rule restarts services through."""
-    from responder.demo import DemoService
+    from responder.authoring.demo import DemoService
 
     target = DemoService(port=port)
     console.print(f"Demo service control API on {target.url} (GET /calls lists restarts)")

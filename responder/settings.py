@@ -30,8 +30,9 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from responder import auth, tls
+from responder import tls
 from responder.exceptions import ConfigError
+from responder.intake import auth
 
 DEFAULT_CONFIG_FILE = Path("config/responder.yaml")
 DAY = 86_400.0

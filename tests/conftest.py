@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from responder.demo import DemoService
+from responder.authoring.demo import DemoService
 from responder.settings import Settings
-from responder.store import Store
+from responder.storage.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import uvicorn
 
-from responder.app import create_app
-from responder.demo import DemoService
-from responder.service import Service
+from responder.authoring.demo import DemoService
+from responder.intake.app import create_app
+from responder.runtime.service import Service
 from tests import servers
 from tests.conftest import free_port, make_settings, wait_for
 

@@ -25,8 +25,8 @@ import pytest
 from sqlalchemy import select
 
 from flows import flow_names
-from responder.store import Store, decisions
-from responder.supervisor import Supervisor
+from responder.runtime.supervisor import Supervisor
+from responder.storage.store import Store, decisions
 from tests.conftest import POSTGRES_URL, free_port, reset_postgres, wait_for
 from tests.test_bench import bench
 

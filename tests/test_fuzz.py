@@ -36,14 +36,14 @@ from pydantic import ValidationError
 from schemathesis import APIOperation, Case, GenerationMode
 
 from flows.dsl import load_flow_file
-from responder.app import create_app
-from responder.engine import Engine
-from responder.events import MAX_VALUE, parse_events
+from responder.decision.engine import Engine
+from responder.decision.matchers import MatchOp, parse_matcher
+from responder.decision.rules import RuleBook, load_rule_text
+from responder.events.cloudevents import MAX_VALUE, parse_events
+from responder.events.webhook import AlertmanagerWebhook
 from responder.exceptions import DocumentError, FlowFileError, MatcherError, RuleError
-from responder.matchers import MatchOp, parse_matcher
-from responder.models import AlertmanagerWebhook
-from responder.rules import RuleBook, load_rule_text
-from responder.service import Service
+from responder.intake.app import create_app
+from responder.runtime.service import Service
 from tests.conftest import FIXTURES, ROOT, all_fixture_names, fixture_json, free_port, make_settings
 
 # Examples per test (per API operation for schemathesis). The 2-core CI machine runs the

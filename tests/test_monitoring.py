@@ -18,8 +18,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 import responder.metrics
-from responder.app import create_app  # importing the app registers every metric
-from responder.service import Service
+from responder.intake.app import create_app  # importing the app registers every metric
+from responder.runtime.service import Service
 from tests.conftest import ROOT, make_settings
 
 RULES = ROOT / "config" / "prometheus" / "responder-alerts.yaml"

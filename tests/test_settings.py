@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from responder.auth import Credentials, Operator
 from responder.exceptions import ConfigError
+from responder.intake.auth import Credentials, Operator
 from responder.settings import Settings, load_settings
 from tests.conftest import ROOT
 

@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from responder.cli import _print_banner
 from responder.exceptions import ConfigError
-from responder.service import Service
+from responder.runtime.service import Service
 from responder.settings import Settings, load_settings
 from tests import servers
 from tests.conftest import ROOT, fixture_body, free_port, make_settings, wait_for

@@ -21,7 +21,7 @@ from flows.operations.failures import (
     retry_if_transient,
     transient_status,
 )
-from responder.alertmanager import silence_not_found
+from responder.orchestration.alertmanager import silence_not_found
 
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=200)]
 SilenceId = Annotated[

@@ -1,0 +1,129 @@
+"""A private Responder on a throwaway store and a clock of its own.
+
+Rule tests and `responder simulate` feed it alerts and events exactly as webhooks would
+reach the real engine loop, and read back what it decided. Nothing is dispatched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from responder.control.guard import Guard
+from responder.decision.decisions import parameter_errors
+from responder.decision.engine import Engine
+from responder.decision.rules import RuleBook
+from responder.decision.services import Catalog
+from responder.runtime.loop import EngineLoop
+from responder.storage.store import Store
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+
+class Clock:
+    """Time that moves only when told to."""
+
+    def __init__(self, now: float = EPOCH) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fingerprint_of(labels: dict[str, str]) -> str:
+    """A stable stand-in for Alertmanager's fingerprint of a label set."""
+    return hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
+
+
+class Sandbox:
+    """An engine loop over a temporary SQLite store, driven step by step."""
+
+    def __init__(
+        self, book: RuleBook, catalog: Catalog, rule_vars: dict[str, str], *, dry_run: bool = False
+    ) -> None:
+        self.clock = Clock()
+        self._dir = tempfile.TemporaryDirectory(prefix="responder-sandbox-")
+        self.store = Store(f"sqlite+aiosqlite:///{Path(self._dir.name) / 'sandbox.db'}")
+        self.loop = EngineLoop(
+            self.store,
+            Guard(self.store, lease_seconds=86400.0, dry_run=dry_run, clock=self.clock),
+            None,
+            book,
+            catalog,
+            rule_vars=rule_vars,
+            check_parameters=parameter_errors,
+            clock=self.clock,
+        )
+        self._started: dict[str, float] = {}
+
+    @property
+    def engine(self) -> Engine:
+        return self.loop.engine
+
+    async def __aenter__(self) -> Sandbox:
+        await self.store.migrate()
+        await self.loop.rebuild()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.store.close()
+        self._dir.cleanup()
+
+    def alert(
+        self,
+        labels: dict[str, str],
+        annotations: dict[str, str] | None = None,
+        status: str = "firing",
+    ) -> dict[str, Any]:
+        """An alert as Alertmanager would send it; a resolution reuses the firing's start."""
+        fingerprint = fingerprint_of(labels)
+        started = self._started.setdefault(fingerprint, self.clock.now)
+        if status == "resolved":
+            self._started.pop(fingerprint, None)
+        return {
+            "status": status,
+            "labels": labels,
+            "annotations": annotations or {},
+            "startsAt": datetime.fromtimestamp(started, UTC).isoformat(),
+            "endsAt": datetime.fromtimestamp(self.clock.now, UTC).isoformat()
+            if status == "resolved"
+            else "0001-01-01T00:00:00Z",
+            "fingerprint": fingerprint,
+        }
+
+    async def send_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """Deliver alerts in one webhook body, as Alertmanager does for a group."""
+        status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
+        body = {
+            "version": "4",
+            "groupKey": "{}:{}",
+            "status": status,
+            "receiver": "responder",
+            "alerts": alerts,
+        }
+        await self.send("alertmanager", json.dumps(body).encode())
+
+    async def send(self, source: str, body: bytes) -> None:
+        await self.store.add_to_inbox(source, body)
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Run the engine loop until the inbox is empty and due timers have fired."""
+        while await self.loop.step():
+            pass
+
+    async def finish(self, key: str, state: str) -> bool:
+        """Report the flow run holding `key` as final; False if no run holds it."""
+        for run in await self.store.active_runs():
+            if run.guard_key == key:
+                finished = await self.store.finish(run.decision_id, state, now=self.clock.now)
+                await self.settle()  # the engine hears the outcome
+                return finished
+        return False
+
+    async def decisions(self) -> list[dict[str, Any]]:
+        return list(reversed(await self.store.decisions(limit=100_000)))

@@ -1,0 +1,420 @@
+"""Rule files: `safe_load` → validate (unknown keys rejected) → frozen `Rule` models.
+
+Errors name the file, the line and what is accepted. Compiling rules for the engine is
+`responder.decision.engine`'s job; this module knows nothing of durable_rules.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+
+from responder.decision.documents import line_of, load_document
+from responder.decision.matchers import Matcher, parse_matcher
+from responder.decision.templates import compile_template, valid_templates
+from responder.events.webhook import AlertStatus, LabelName
+from responder.exceptions import ResponderError, RuleError
+
+RuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", strict=True)]
+
+
+def _parses_with(parse: Callable[[str], object]) -> Callable[[str], str]:
+    """A pydantic validator that runs `parse` and reports its error as the field's."""
+
+    def valid(text: str) -> str:
+        try:
+            parse(text)
+        except RuleError as exc:
+            raise ValueError(exc.problem) from None
+        except ResponderError as exc:
+            raise ValueError(str(exc)) from None
+        return text
+
+    return valid
+
+
+@lru_cache(maxsize=4096)
+def _parsed_matcher(text: str) -> Matcher:
+    return parse_matcher(text)
+
+
+_valid_matcher = _parses_with(_parsed_matcher)
+_valid_template = _parses_with(compile_template)
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a Prometheus-style duration (`90s`, `15m`, `1h30m`, `2d`) or a number."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 90s, 15m, 1h30m, 2d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return _finite(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m and any(m.groups()):
+            days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+            return _finite(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    raise ValueError(f"{value!r} is not a duration; use seconds or text like 90s, 15m, 1h30m, 2d")
+
+
+def _finite(seconds: float) -> float:
+    # Timers and leases add durations to the clock: NaN, infinity or an int past float's
+    # range would break them, not mean "forever".
+    try:
+        result = float(seconds)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise ValueError("a duration must be a finite number of seconds")
+    return result
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ],
+            "description": "Seconds, or a duration like 90s, 15m, 1h30m, 2d.",
+        }
+    ),
+]
+MatcherText = Annotated[str, AfterValidator(_valid_matcher)]
+
+TemplateText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_valid_template)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _constant_secret_names(parameters: dict[str, Any]) -> dict[str, Any]:
+    names = parameters.get("headers_from_env") or {}
+    if any("{" in str(value) for value in (names.values() if isinstance(names, dict) else [])):
+        raise ValueError(
+            "headers_from_env names environment variables; they are constants, never templates"
+        )
+    return parameters
+
+
+class RunBatch(_Spec):
+    """Merge this rule's admitted decisions into one flow run over all their hosts."""
+
+    window: Duration = Field(
+        description="How long the first admitted decision waits for others to join it."
+    )
+    over: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")] = Field(
+        description="The list parameter merged across decisions, e.g. hosts; the other "
+        "parameters must be equal for decisions to share a run."
+    )
+
+
+class RunSpec(_Spec):
+    """Which flow a rule runs, and its parameters (templates over `alert` and `vars`)."""
+
+    flow: str = Field(description="Name of a remediation flow in flows/.")
+    parameters: Annotated[
+        dict[str, Any], AfterValidator(valid_templates), AfterValidator(_constant_secret_names)
+    ] = Field(default_factory=dict)
+    batch: RunBatch | None = Field(
+        None, description="Machine batching: many alerts, one flow run (e.g. a rollout)."
+    )
+
+    @model_validator(mode="after")
+    def _batched_parameter_is_a_list(self) -> RunSpec:
+        if self.batch is not None and not isinstance(self.parameters.get(self.batch.over), list):
+            raise ValueError(
+                f"batch.over names parameter {self.batch.over!r}, which must be a list "
+                f'(e.g. {self.batch.over}: ["{{{{ alert.labels.instance }}}}"])'
+            )
+        return self
+
+
+Percentage = Annotated[str, StringConstraints(pattern=r"^(100|[1-9][0-9]?)%$")]
+
+
+class BudgetSpec(_Spec):
+    """At most `max_starts` admitted remediations per `per` window, for the flow or for all."""
+
+    max_starts: int = Field(ge=1, description="Starts allowed in one window.")
+    per: Duration = Field(description="The window, e.g. 1h.")
+    scope: Literal["flow", "global"] = Field("flow", description="Count this flow, or all.")
+
+
+class GuardSpec(_Spec):
+    """The guard policy a rule's decisions carry."""
+
+    key: TemplateText = Field(description="At most one active remediation per rendered key.")
+    key_scope: Literal["rule", "shared"] = Field(
+        "rule",
+        description="`rule`: the key is this rule's own (stored as RULE:KEY); `shared`: rules "
+        "whose keys render the same share one key.",
+    )
+    mutex: list[TemplateText] = Field(
+        default_factory=list,
+        description="Lock names (templates) taken together or not at all, e.g. host:{{...}}.",
+    )
+    cooldown: Duration = Field(0.0, description="After a run ends, refuse the key this long.")
+    cooldown_failed: Duration | None = Field(
+        None, description="Cooldown after a run that did not complete; default `cooldown`."
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, description="Admitted attempts per incident before the guard refuses."
+    )
+    max_active: Annotated[int, Field(ge=1)] | Percentage | None = Field(
+        None,
+        description="Blast radius: at most this many active runs, or this percentage of the "
+        "service's hosts (its `hosts` in the catalog), e.g. 25%.",
+    )
+    max_active_per: Literal["flow", "service"] = Field(
+        "flow",
+        description="Count active runs of this flow (any service), or active runs of any "
+        "flow on the alert's service (its `service` label).",
+    )
+    budget: BudgetSpec | None = None
+    approval: bool = Field(
+        False,
+        description="The flow run waits for a person's approval in the Prefect UI "
+        "(also when the alert's service requires approval in the catalog).",
+    )
+    silence: bool = Field(
+        False,
+        description="Silence the alert in Alertmanager while the remediation runs "
+        "(needs alertmanager_url); lifted when the run ends.",
+    )
+
+
+FactName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$", strict=True)]
+FieldName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")]
+_JOIN = re.compile(r"^\{\{\s*alert\.labels\.([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}$")
+
+
+@dataclass(frozen=True)
+class FactTest:
+    """One `where` condition on a fact field: a constant, or a join with an alert label."""
+
+    field: str
+    negative: bool
+    value: str
+    label: str | None  # set when the value is exactly {{ alert.labels.<label> }}
+
+
+@lru_cache(maxsize=4096)
+def _parsed_where(text: str) -> FactTest:
+    matcher = _parsed_matcher(text)
+    if matcher.op.is_regex:
+        raise RuleError(f"where {text!r}: only = and != are accepted on facts")
+    join = _JOIN.match(matcher.value)
+    if join is None and ("{{" in matcher.value or "{%" in matcher.value):
+        raise RuleError(
+            f"where {text!r}: a value is a constant or exactly {{{{ alert.labels.NAME }}}}"
+        )
+    return FactTest(
+        matcher.name, matcher.op.is_negative, matcher.value, join.group(1) if join else None
+    )
+
+
+_valid_where = _parses_with(_parsed_where)
+WhereText = Annotated[str, AfterValidator(_valid_where)]
+
+
+class FactCondition(_Spec):
+    """A fact that must exist (`when`) or must not (`unless`) for the rule to hold."""
+
+    fact: FactName
+    where: list[WhereText] = Field(default_factory=list)
+
+    @property
+    def tests(self) -> tuple[FactTest, ...]:
+        return tuple(_parsed_where(w) for w in self.where)
+
+
+class AssertSpec(_Spec):
+    """A fact the rule asserts when it holds; other rules can require or exclude it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    fact: FactName
+    fields: dict[FieldName, TemplateText] = Field(default_factory=dict, alias="with")
+    ttl: Duration = Field(3600.0, gt=0, description="The fact expires after this long.")
+
+
+class CountSpec(_Spec):
+    """At least `at_least` matching alerts within `within`, grouped by the `same` labels."""
+
+    at_least: int = Field(ge=2)
+    within: Duration = Field(gt=0)
+    same: list[LabelName] = Field(default_factory=list)
+
+
+class SequenceSpec(_Spec):
+    """A sequence: an alert matching `match`, with the same `same` labels, started before
+    this one, at most `within` earlier (and arrived before it)."""
+
+    match: list[MatcherText] = Field(min_length=1)
+    same: list[LabelName] = Field(default_factory=list)
+    within: Duration = Field(gt=0)
+
+    @property
+    def matchers(self) -> tuple[Matcher, ...]:
+        return tuple(_parsed_matcher(m) for m in self.match)
+
+
+class Rule(_Spec):
+    """One rule: when its conditions hold for an alert, decide, assert or retract."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: RuleName
+    description: str = ""
+    priority: int = Field(0, description="Higher-priority rules are decided first.")
+    shadow: bool = Field(False, description="Record what the rule would do; never dispatch.")
+    status: AlertStatus = Field("firing", description="Match firing alerts, or resolutions.")
+    match: list[MatcherText] = Field(min_length=1)
+    match_annotations: list[MatcherText] = Field(default_factory=list)
+    when: list[FactCondition] = Field(default_factory=list)
+    unless: list[FactCondition] = Field(default_factory=list)
+    count: CountSpec | None = None
+    after: SequenceSpec | None = Field(
+        None, description="Hold only after another alert on the same labels (a sequence)."
+    )
+    firing_for: Duration | None = Field(
+        None, gt=0, description="Hold only once the alert has fired this long unresolved."
+    )
+    assert_: AssertSpec | None = Field(None, alias="assert")
+    retract: list[FactCondition] = Field(default_factory=list)
+    run: RunSpec | None = None
+    guard: GuardSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if (self.run is None) != (self.guard is None):
+            raise ValueError("`run` and `guard` go together: a remediation needs its guard key")
+        if self.run is None and self.assert_ is None and not self.retract:
+            raise ValueError("a rule needs at least one of run, assert or retract")
+        if self.status == "resolved" and (
+            self.when or self.unless or self.count or self.after or self.firing_for
+        ):
+            raise ValueError("a rule on resolved alerts accepts match and match_annotations only")
+        return self
+
+    @property
+    def matchers(self) -> tuple[Matcher, ...]:
+        return tuple(_parsed_matcher(m) for m in self.match)
+
+    @property
+    def annotation_matchers(self) -> tuple[Matcher, ...]:
+        return tuple(_parsed_matcher(m) for m in self.match_annotations)
+
+
+class RuleFile(_Spec):
+    """The top level of a rule file."""
+
+    rules: list[Rule] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RuleSource:
+    """Where a rule was defined, for error messages and explanations."""
+
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class RuleBook:
+    """Every rule in force, in load order, with where each came from."""
+
+    rules: tuple[Rule, ...]
+    sources: tuple[RuleSource, ...]
+
+    def by_name(self, name: str) -> Rule:
+        for rule in self.rules:
+            if rule.name == name:
+                return rule
+        raise KeyError(name)
+
+
+def rule_file_schema() -> dict[str, Any]:
+    """The JSON Schema of a rule file, as editors use it (keys as written in YAML)."""
+    schema = RuleFile.model_json_schema(by_alias=True)
+    schema["$id"] = "https://responder.dev/schemas/rules.schema.json"
+    schema["title"] = "Responder rule file"
+    return schema
+
+
+def load_rule_text(text: str, file: str) -> tuple[list[Rule], list[RuleSource]]:
+    """Load one rule file's text; raise `RuleError` naming file and line."""
+    parsed, node = load_document(text, file, RuleFile, RuleError)
+    if parsed is None or node is None:
+        return [], []
+    sources = [RuleSource(file, line_of(node, ("rules", i))) for i in range(len(parsed.rules))]
+    return parsed.rules, sources
+
+
+def load_rules(paths: Iterable[Path], known_flows: Collection[str] | None = None) -> RuleBook:
+    """Load rule files (or directories of `*.yaml`/`*.yml`) into one `RuleBook`."""
+    rules: list[Rule] = []
+    sources: list[RuleSource] = []
+    seen: dict[str, RuleSource] = {}
+    for file in _rule_files(paths):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RuleError(f"cannot read: {exc}", file=str(file)) from None
+        file_rules, file_sources = load_rule_text(text, str(file))
+        for rule, source in zip(file_rules, file_sources, strict=True):
+            if rule.name in seen:
+                first = seen[rule.name]
+                raise RuleError(
+                    f"rule name {rule.name!r} is already used at {first.file}:{first.line}; "
+                    "rule names must be unique",
+                    file=source.file,
+                    line=source.line,
+                )
+            if known_flows is not None and rule.run and rule.run.flow not in known_flows:
+                raise RuleError(
+                    f"rule {rule.name!r}: unknown flow {rule.run.flow!r}; "
+                    f"known flows: {', '.join(sorted(known_flows))}",
+                    file=source.file,
+                    line=source.line,
+                )
+            seen[rule.name] = source
+            rules.append(rule)
+            sources.append(source)
+    return RuleBook(tuple(rules), tuple(sources))
+
+
+def _rule_files(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise RuleError("no such file or directory", file=str(path))
+    return files

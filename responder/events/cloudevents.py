@@ -1,0 +1,93 @@
+"""CloudEvents 1.0 in JSON (structured mode, single or batch) from systems beyond Alertmanager.
+
+Each event becomes an `event` fact until `event_ttl` passes, with the fields `type`, `source`,
+`subject`, `id`, plus every top-level scalar of its `data` whose key is a valid field name.
+A rule correlates it with alerts:
+
+    when: [{fact: event, where: ['type="deploy.finished"',
+                                 'workload="{{ alert.labels.deployment }}"']}]
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from responder.events.facts import Fact
+
+_FIELD = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
+ATTRIBUTES = ("type", "source", "subject", "id")
+MAX_VALUE = 4096
+
+
+class CloudEvent(BaseModel):
+    """One CloudEvent (specversion 1.0); extension attributes are kept but not used."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1, max_length=256)
+    source: str = Field(min_length=1, max_length=1024)
+    type: str = Field(min_length=1, max_length=256)
+    subject: str | None = Field(None, max_length=1024)
+    time: datetime | None = None
+    datacontenttype: str | None = None
+    data: dict[str, Any] | None = None
+
+    def fact(self, expires_at: float) -> Fact:
+        fields = {"type": self.type, "source": self.source, "subject": self.subject or ""}
+        fields["id"] = self.id
+        for key, value in (self.data or {}).items():
+            if key in ATTRIBUTES or not _FIELD.match(key):
+                continue
+            if isinstance(value, str | int | float | bool):
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+                fields[key] = text[:MAX_VALUE]
+        return Fact("event", fields, expires_at, source=f"event:{self.source}"[:128])
+
+
+EventBatch = TypeAdapter(list[CloudEvent])
+
+
+def parse_events(body: bytes, batch: bool) -> list[CloudEvent]:
+    """Validate a structured-mode body: one event, or a JSON array of them."""
+    if batch:
+        return EventBatch.validate_json(body)
+    return [CloudEvent.model_validate_json(body)]
+
+
+def is_batch(body: bytes) -> bool:
+    return body.lstrip()[:1] == b"["
+
+
+class Outcome(BaseModel):
+    """A remediation's final state, fed back to the engine as an `outcome` fact.
+
+    Its fields are the alert's labels, then `rule`, `flow`, `key` and `state` (COMPLETED,
+    FAILED, CRASHED, CANCELLED, REJECTED), so rules join it with the alert they act on:
+
+        when: [{fact: outcome, where: ['rule="restart-crashed-service"', 'state!="COMPLETED"',
+                                       'instance="{{ alert.labels.instance }}"']}]
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    decision_id: int
+    state: str
+    rule: str | None
+    flow: str | None
+    key: str | None
+    incident: str
+    labels: dict[str, str]
+
+    def fact(self, expires_at: float) -> Fact:
+        # Whole label values (the webhook already bounds them), or a rule's join with the
+        # alert's own labels would fail for a long value.
+        fields = {k: v for k, v in self.labels.items() if _FIELD.match(k)}
+        fields.update(
+            rule=self.rule or "", flow=self.flow or "", key=self.key or "", state=self.state
+        )
+        return Fact("outcome", fields, expires_at, source=f"outcome:{self.decision_id}")

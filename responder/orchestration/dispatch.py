@@ -1,0 +1,758 @@
+"""Dispatch: the only module that talks to the Prefect API for remediations.
+
+Admitted decisions wait in a bounded queue so that the engine never blocks on Prefect. A
+worker creates each flow run from its deployment with tags and an idempotency key that carries
+the incident. Final states arrive on Prefect's event stream; a slow poll covers gaps in it.
+Either way the lease is released once, by `Store.finish`.
+
+A run that asks for approval pauses (Prefect's Paused state): its decision is then `awaiting`
+approval until someone answers, here (`answer_approval`, with the operator's name) or in the
+Prefect UI (the approver typed there, read back from the run's input, marked as such).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from responder import metrics
+from responder.exceptions import ApprovalError, DispatchError
+from responder.orchestration import story
+from responder.orchestration.alertmanager import Alertmanager
+from responder.storage.store import (
+    ANSWERING,
+    APPROVED,
+    AWAITING,
+    LEASE_EXPIRED,
+    REJECTED,
+    UNANSWERED,
+    ActiveRun,
+    Store,
+)
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+# How an answer reached the run, as the decision log records it.
+VIA_API = "responder API"
+VIA_PREFECT_UI = "Prefect UI"
+
+
+# Flow runs being created at once.
+CREATORS = 4
+# After a failed decision event, skip events this long rather than retry each one.
+EVENTS_BACKOFF_SECONDS = 10.0
+
+
+def deployment_name(flow: str) -> str:
+    """Every remediation flow is served as the deployment `<flow>/<flow>`."""
+    return f"{flow}/{flow}"
+
+
+def idempotency_key(run: ActiveRun) -> str:
+    """One flow run per decision, whatever retries happen. Prefect keeps keys per flow,
+    forever: the digest of the incident and key keeps two stores' decision ids apart."""
+    what = hashlib.sha256(f"{run.rule}|{run.incident}|{run.guard_key}".encode()).hexdigest()
+    return f"responder:decision:{run.decision_id}:{what[:24]}"
+
+
+def ui_url_for(api_url: str) -> str:
+    """The Prefect UI next to an API URL (`http://h:4200/api` → `http://h:4200`)."""
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def _is_refusal(exc: Exception) -> bool:
+    """A 4xx from Prefect (bad parameters, say) will not succeed on retry; 404, 408, 429 may."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (404, 408, 429)
+
+
+def _refusal_detail(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    try:
+        return str(response.json()["detail"])[:2000]  # type: ignore[union-attr]
+    except Exception:
+        return str(exc)[:2000]
+
+
+@dataclass(frozen=True)
+class RefusedDecision:
+    """A decision the guard refused, to be mirrored as a Prefect event."""
+
+    decision_id: int
+    rule: str
+    flow: str
+    key: str
+    refusal: str
+    reason: str
+    held_by: str | None  # the flow run holding the key or mutex, if any
+
+
+class Dispatcher:
+    """Creates flow runs for admitted decisions and releases their leases when they end."""
+
+    def __init__(
+        self,
+        store: Store,
+        api_url: str,
+        *,
+        poll_seconds: float = 2.0,
+        queue_size: int = 10_000,
+        retry_seconds: float = 1.0,
+        alertmanager_url: str | None = None,
+        lease_seconds: float = 3600.0,
+    ) -> None:
+        self._store = store
+        self.api_url = api_url
+        self.ui_url = ui_url_for(api_url)
+        self._poll_seconds = poll_seconds
+        self._retry_seconds = retry_seconds
+        self._alertmanager_url = alertmanager_url
+        self._alertmanager: Alertmanager | None = None
+        self._lease_seconds = lease_seconds
+        self._queue: asyncio.Queue[tuple[ActiveRun, float]] = asyncio.Queue(queue_size)
+        self._deployments: dict[str, UUID] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._retries: set[asyncio.Task[None]] = set()  # background work, cancelled on stop
+        self._attempts: dict[int, int] = {}
+        self._batches: dict[tuple[str, str, str], list[tuple[ActiveRun, float]]] = {}
+        # Admitted decisions whose run is still to be created (queued, retrying, batching,
+        # or being created): their leases are renewed, never expired from under them.
+        self._pending: set[int] = set()
+        self._client: Any = None
+        self._events: Any = None
+        self._events_resume_at = 0.0  # after a failed emit, events are skipped until then
+        self.events_connected = False
+        self._prefect_reachable = False
+        self._back = asyncio.Event()  # set when Prefect is reachable again
+        # Flow runs paused for approval: their next state tells that someone answered.
+        self._awaiting: set[str] = set()
+
+    @property
+    def prefect_reachable(self) -> bool:
+        """Whether the last call to Prefect's API succeeded (also a gauge in /metrics)."""
+        return self._prefect_reachable
+
+    @prefect_reachable.setter
+    def prefect_reachable(self, reachable: bool) -> None:
+        if reachable and not self._prefect_reachable:
+            self._back.set()  # wake the creations waiting out their backoff
+            self._back = asyncio.Event()
+        self._prefect_reachable = reachable
+        metrics.PREFECT_REACHABLE.set(1 if reachable else 0)
+
+    def flow_run_url(self, flow_run_id: str) -> str:
+        return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
+
+    async def start(self) -> None:
+        """Start workers; re-queue admitted decisions that never got a flow run."""
+        if self._tasks:
+            return  # already started
+        from prefect.client.orchestration import PrefectClient
+        from prefect.events.clients import PrefectEventsClient
+
+        self._client = PrefectClient(self.api_url)
+        await self._client.__aenter__()
+        if self._alertmanager_url:
+            self._alertmanager = Alertmanager(self._alertmanager_url)
+        self._events = PrefectEventsClient(self.api_url, reconnection_attempts=2)
+        try:
+            await self._events.__aenter__()
+        except Exception as exc:
+            log.warning(
+                "Prefect's event stream is unavailable (%s); decisions are not mirrored", exc
+            )
+        for run in await self._store.active_runs():
+            if run.flow_run_id is None:
+                await self.submit(run)
+        for row in await self._store.awaiting_approval():
+            # An answer cut short by a stop is judged again from the run's own input.
+            await self._store.set_approval(row["flow_run_id"], AWAITING, (ANSWERING,))
+            self._awaiting.add(row["flow_run_id"])
+        # Several creations in flight: one flow-run creation takes tens of milliseconds, so a
+        # single worker would queue decisions behind each other in a storm.
+        self._tasks = [
+            *(
+                asyncio.create_task(self._create_runs(), name=f"dispatch-create-{n}")
+                for n in range(CREATORS)
+            ),
+            asyncio.create_task(self._follow_events(), name="dispatch-events"),
+            asyncio.create_task(self._poll_states(), name="dispatch-poll"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._retries]:
+            task.cancel()
+        for task in [*self._tasks, *self._retries]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._pending.clear()
+        self._batches.clear()  # their decisions have no flow run: start() queues them again
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                await self._events.__aexit__(None, None, None)
+            self._events = None
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+        if self._alertmanager is not None:
+            await self._alertmanager.close()
+            self._alertmanager = None
+
+    async def submit(self, run: ActiveRun) -> None:
+        """Queue an admitted decision; waits only when the queue is full (backpressure)."""
+        self._pending.add(run.decision_id)
+        await self._queue.put((run, time.monotonic()))
+
+    async def _create_runs(self) -> None:
+        """One of `CREATORS` workers taking queued decisions; a failed attempt is retried
+        later, so one decision that cannot be created never holds up the others."""
+        while True:
+            run, admitted_at = await self._queue.get()
+            if run.batch_over is not None:
+                self._join_batch(run, admitted_at)
+                continue
+            attempt = self._attempts.pop(run.decision_id, 0)
+            try:
+                outcome = await self._attempt(run)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                outcome = "retry"
+                log.warning("dispatch of decision %s failed: %s", run.decision_id, exc)
+            if outcome in ("retry", "paused"):
+                if outcome == "retry":
+                    self.prefect_reachable = False
+                delay = min(self._retry_seconds * 2**attempt, 30.0)
+                self._retry_later(run, admitted_at, attempt + 1, delay)
+                continue
+            self._pending.discard(run.decision_id)
+            if outcome == "created":
+                self.prefect_reachable = True
+                metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
+
+    async def _attempt(self, run: ActiveRun) -> str:
+        """One try: "created", "retry", "paused" (to retry, Prefect not asked), or "done"
+        (refused, or no longer wanted)."""
+        wanted = await self._store.still_wanted(run.decision_id)
+        if wanted is None:
+            log.info("decision %s ended before its flow run was created", run.decision_id)
+            return "done"
+        if wanted == "paused":
+            return "paused"  # a paused system starts nothing, not even what it admitted
+        try:
+            flow_run_id = await self._create(run)
+        except Exception as exc:
+            metrics.DISPATCH_FAILURES.inc()
+            self._deployments.pop(run.flow, None)  # it may have been recreated
+            if _is_refusal(exc):
+                await self._refused(run, exc)
+                return "done"
+            log.warning("creating a flow run for decision %s failed: %s", run.decision_id, exc)
+            return "retry"
+        await self._store.set_flow_run(run.decision_id, flow_run_id)
+        self._background(self._tell_story(run, flow_run_id))
+        await self._emit_decision(run, flow_run_id)
+        if run.silence:
+            await self._silence(run, flow_run_id)
+        log.info(
+            "decision %s: flow run %s (%s)",
+            run.decision_id,
+            flow_run_id,
+            self.flow_run_url(flow_run_id),
+        )
+        return "created"
+
+    def _join_batch(self, run: ActiveRun, admitted_at: float) -> None:
+        """Machine batching: hold a batched decision until its window closes, together with
+        the decisions of the same rule and flow whose other parameters are equal."""
+        common = {k: v for k, v in run.parameters.items() if k != run.batch_over}
+        key = (run.rule, run.flow, json.dumps(common, sort_keys=True, default=str))
+        group = self._batches.setdefault(key, [])
+        group.append((run, admitted_at))
+        if len(group) == 1:
+
+            async def close() -> None:
+                await asyncio.sleep(run.batch_window)
+                await self._dispatch_batch(self._batches.pop(key, []), attempt=0)
+
+            self._background(close())
+
+    async def _dispatch_batch(self, members: list[tuple[ActiveRun, float]], attempt: int) -> None:
+        """One flow run for every member still wanted, over the union of their lists.
+
+        Each member keeps its own decision, key and mutexes; all of them point at the run,
+        and its final state ends them all. A failed try retries the same members together.
+        """
+        wanted = [(m, await self._store.still_wanted(m[0].decision_id)) for m in members]
+        live = [m for m, state in wanted if state]
+        for (run, _), state in wanted:
+            if not state:
+                self._pending.discard(run.decision_id)
+        if not live:
+            return
+        lead = live[0][0]
+        over = lead.batch_over or ""
+        items: list[Any] = []
+        for run, _ in live:
+            items.extend(i for i in run.parameters.get(over, []) if i not in items)
+        ids = ",".join(str(run.decision_id) for run, _ in live)
+        merged = dataclasses.replace(lead, parameters={**lead.parameters, over: items})
+        try:
+            if any(state == "paused" for _, state in wanted):
+                raise RuntimeError("remediation is paused")
+            flow_run_id = await self._create(
+                merged, key=f"responder:batch:{hashlib.sha256(ids.encode()).hexdigest()[:32]}"
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _is_refusal(exc):
+                for run, _ in live:
+                    self._pending.discard(run.decision_id)
+                    await self._refused(run, exc)
+                return
+            metrics.DISPATCH_FAILURES.inc()
+            self.prefect_reachable = False
+            log.warning("batched flow run for decisions %s failed: %s", ids, exc)
+            delay = min(self._retry_seconds * 2**attempt, 30.0)
+
+            async def retry() -> None:
+                await self._backoff(delay)
+                await self._dispatch_batch(live, attempt + 1)
+
+            self._background(retry())
+            return
+        self.prefect_reachable = True
+        for run, admitted_at in live:
+            await self._store.set_flow_run(run.decision_id, flow_run_id)
+            self._pending.discard(run.decision_id)
+            await self._emit_decision(run, flow_run_id)
+            if run.silence:
+                await self._silence(run, flow_run_id)
+            metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
+        log.info("decisions %s: one batched flow run %s over %d", ids, flow_run_id, len(items))
+
+    async def _tell_story(self, run: ActiveRun, flow_run_id: str) -> None:
+        """The run's artifact in the Prefect UI: the alert, the rule and why, the guard's
+        checks and the incident's earlier decisions. Best effort: the run goes on without."""
+        fingerprint = run.incident.partition("@")[0]
+        try:
+            history = await self._store.decisions(limit=50, fingerprint=fingerprint)
+            alert = await self._store.firing_alert(run.incident)
+        except Exception as exc:
+            log.warning("no artifact for decision %s: %s", run.decision_id, exc)
+            return
+        decision = next((row for row in history if row["id"] == run.decision_id), {})
+        markdown = story.dispatch_story(run, decision, alert, history, self._alertmanager_url)
+        await self._artifact(flow_run_id, story.DISPATCH_ARTIFACT, markdown, "why this run")
+
+    async def _artifact(self, flow_run_id: str, key: str, markdown: str, description: str) -> None:
+        from prefect.client.schemas.actions import ArtifactCreate
+
+        if self._client is None:
+            return
+        try:
+            await self._client.create_artifact(
+                ArtifactCreate(
+                    key=key,
+                    type="markdown",
+                    data=markdown,
+                    description=description,
+                    flow_run_id=UUID(flow_run_id),
+                )
+            )
+        except Exception as exc:
+            log.warning("artifact %s of flow run %s not written: %s", key, flow_run_id, exc)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait `delay` before a retry, or less if Prefect is seen reachable again (the poll
+        checks its health): after an outage, waiting runs are created at once."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._back.wait(), delay)
+
+    def _retry_later(self, run: ActiveRun, admitted_at: float, attempt: int, delay: float) -> None:
+        async def requeue() -> None:
+            await self._backoff(delay)
+            self._attempts[run.decision_id] = attempt
+            await self._queue.put((run, admitted_at))
+
+        self._background(requeue())
+
+    async def _silence(self, run: ActiveRun, flow_run_id: str) -> None:
+        """Silence the alert while its remediation runs; the poll lifts it when it ends."""
+        if self._alertmanager is None:
+            log.warning("rule %s asks for a silence, but alertmanager_url is not set", run.rule)
+            return
+        comment = f"Responder is remediating ({run.rule}): {self.flow_run_url(flow_run_id)}"
+        try:
+            silence_id = await self._alertmanager.silence(run.labels, self._lease_seconds, comment)
+        except (httpx.HTTPError, ValueError) as exc:  # ValueError: no exact silence possible
+            log.warning("could not silence the alert of decision %s: %s", run.decision_id, exc)
+            return
+        await self._store.set_silence(run.decision_id, silence_id)
+
+    async def _lift_silences(self) -> None:
+        if self._alertmanager is None:
+            return
+        for silence in await self._store.silences_to_lift():
+            try:
+                await self._alertmanager.lift(silence.silence_id)
+            except httpx.HTTPError as exc:
+                log.warning("could not lift silence %s: %s", silence.silence_id, exc)
+                continue
+            await self._store.silence_lifted(silence.decision_id)
+
+    async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
+        """Tell Prefect why the run exists: its event feed then shows the decision."""
+        payload = {
+            "rule": run.rule,
+            "flow": run.flow,
+            "key": run.guard_key,
+            "incident": run.incident,
+            "alertname": run.alertname,
+        }
+        await self._emit("admitted", run.decision_id, run.rule, run.flow, flow_run_id, payload)
+
+    def announce_refused(self, refused: list[RefusedDecision]) -> None:
+        """Mirror refused decisions as `responder.decision.refused` events, in the background.
+
+        A refusal for a held key or mutex is related to the flow run holding it, so that
+        run's event feed shows the duplicates it absorbed.
+        """
+        if not refused or self._events is None:
+            return
+
+        async def emit_all() -> None:
+            for item in refused:
+                payload = {
+                    "rule": item.rule,
+                    "flow": item.flow,
+                    "key": item.key,
+                    "refusal": item.refusal,
+                    "reason": item.reason,
+                }
+                await self._emit(
+                    "refused", item.decision_id, item.rule, item.flow, item.held_by, payload
+                )
+
+        self._background(emit_all())
+
+    async def _emit(
+        self,
+        verdict: str,
+        decision_id: int,
+        rule: str,
+        flow: str,
+        flow_run_id: str | None,
+        payload: dict[str, Any],
+    ) -> None:
+        from prefect.events import Event, RelatedResource, Resource
+
+        related = []
+        if flow_run_id:
+            related.append(
+                RelatedResource(
+                    {
+                        "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                        "prefect.resource.role": "flow-run",
+                    }
+                )
+            )
+        event = Event(
+            event=f"responder.decision.{verdict}",
+            resource=Resource(
+                {
+                    "prefect.resource.id": f"responder.decision.{decision_id}",
+                    "prefect.resource.name": f"{rule} → {flow}",
+                    "responder.rule": rule,
+                }
+            ),
+            related=related,
+            payload=payload,
+        )
+        if time.monotonic() < self._events_resume_at:
+            metrics.EVENTS_SKIPPED.inc()
+            return
+        try:
+            await self._events.emit(event)
+        except Exception as exc:
+            # The decision is recorded in the store; the event only mirrors it. While
+            # Prefect is away, trying each event again would pile up connection attempts
+            # (a storm refuses thousands of decisions a second): skip them for a while.
+            self._events_resume_at = time.monotonic() + EVENTS_BACKOFF_SECONDS
+            metrics.EVENTS_SKIPPED.inc()
+            log.warning(
+                "could not emit the event of decision %s; skipping decision events for %.0f s: %s",
+                decision_id,
+                EVENTS_BACKOFF_SECONDS,
+                exc,
+            )
+
+    async def _refused(self, run: ActiveRun, exc: Exception) -> None:
+        detail = _refusal_detail(exc)
+        log.error("Prefect refused the flow run of decision %s: %s", run.decision_id, detail)
+        await self._store.finish(run.decision_id, "REJECTED", detail=detail)
+        metrics.FLOW_RUNS_FINISHED.labels(state="REJECTED").inc()
+
+    async def _create(self, run: ActiveRun, key: str | None = None) -> str:
+        deployment_id = self._deployments.get(run.flow)
+        if deployment_id is None:
+            deployment = await self._client.read_deployment_by_name(deployment_name(run.flow))
+            deployment_id = self._deployments[run.flow] = deployment.id
+        flow_run = await self._client.create_flow_run_from_deployment(
+            deployment_id,
+            parameters=run.parameters,
+            name=story.run_name(run),
+            tags=story.run_tags(run),
+            idempotency_key=key or idempotency_key(run),
+        )
+        return str(flow_run.id)
+
+    @contextlib.asynccontextmanager
+    async def _prefect(self) -> AsyncIterator[Any]:
+        """The running client; a short-lived one on a replica that does not lead."""
+        if self._client is not None:
+            yield self._client
+            return
+        from prefect.client.orchestration import PrefectClient
+
+        async with PrefectClient(self.api_url) as client:
+            yield client
+
+    async def answer_approval(
+        self, flow_run_id: str, approved: bool, by: str, comment: str
+    ) -> dict[str, Any]:
+        """Approve or reject a run that waits, as operator `by`; what the log records.
+
+        `ApprovalError` when the run does not wait (anymore), `DispatchError` when Prefect
+        refuses the answer or cannot be reached (the run still waits then).
+        """
+        if not await self._store.set_approval(flow_run_id, ANSWERING, (AWAITING,)):
+            raise ApprovalError(f"flow run {flow_run_id} is not awaiting approval")
+        run_input = {"approved": approved, "approver": by, "comment": comment}
+        try:
+            async with self._prefect() as client:
+                result = await client.resume_flow_run(UUID(flow_run_id), run_input=run_input)
+            status = getattr(result.status, "value", str(result.status))
+            if status != "ACCEPT":
+                reason = getattr(result.details, "reason", None) or status
+                raise DispatchError(f"Prefect did not resume flow run {flow_run_id}: {reason}")
+        except Exception as exc:
+            await self._store.set_approval(flow_run_id, AWAITING, (ANSWERING,))
+            # Answered in the Prefect UI meanwhile? Then its answer is the one to record.
+            with contextlib.suppress(Exception):
+                await self._answered_elsewhere(flow_run_id, final=False)
+            if isinstance(exc, DispatchError):
+                raise
+            raise DispatchError(f"Prefect could not be asked to resume: {exc}") from exc
+        approval = {
+            "by": by,
+            "via": VIA_API,
+            "approved": approved,
+            "comment": comment,
+            "at": time.time(),
+        }
+        await self._store.set_approval(
+            flow_run_id, APPROVED if approved else REJECTED, (ANSWERING,), approval
+        )
+        self._awaiting.discard(flow_run_id)
+        log.warning(
+            "flow run %s %s by %s: %s",
+            flow_run_id,
+            "approved" if approved else "rejected",
+            by,
+            comment or "-",
+        )
+        return approval
+
+    async def _approval_seen(self, flow_run_id: str, state_type: str) -> None:
+        """Follow a run into and out of its wait for approval."""
+        paused = state_type == "PAUSED"
+        if paused == (flow_run_id in self._awaiting):
+            return  # nothing new
+        try:
+            if not paused:
+                await self._answered_elsewhere(flow_run_id, final=state_type in FINAL_STATES)
+            # Also after an earlier approval: a flow may ask more than once.
+            elif await self._store.set_approval(
+                flow_run_id, AWAITING, (None, APPROVED), {"since": time.time()}
+            ):
+                self._awaiting.add(flow_run_id)
+        except Exception as exc:  # the next state or poll tries again
+            log.warning("approval of flow run %s not followed: %s", flow_run_id, exc)
+
+    async def _answered_elsewhere(self, flow_run_id: str, *, final: bool) -> None:
+        """Record an answer given in the Prefect UI: the approver as typed there."""
+        async with self._prefect() as client:
+            inputs = await client.filter_flow_run_input(
+                UUID(flow_run_id), key_prefix="paused-", limit=100, exclude_keys=set()
+            )
+        responses = sorted(
+            (i for i in inputs if i.key.endswith("-response")), key=lambda i: i.created or 0
+        )
+        if not responses:
+            if final and await self._store.set_approval(flow_run_id, UNANSWERED, (AWAITING,)):
+                self._awaiting.discard(flow_run_id)
+            return
+        try:
+            answer = json.loads(responses[-1].value)
+            approved = answer.get("approved") is True
+        except (ValueError, AttributeError):
+            answer, approved = {}, False
+        approval = {
+            "by": str(answer.get("approver") or "-")[:200],
+            "via": VIA_PREFECT_UI,
+            "approved": approved,
+            "comment": str(answer.get("comment") or "")[:2000],
+            "at": time.time(),
+        }
+        state = APPROVED if approved else REJECTED
+        # Not over an answer this API is giving (`answering`): that one records itself.
+        if await self._store.set_approval(flow_run_id, state, (AWAITING,), approval):
+            log.warning(
+                "flow run %s %s in the Prefect UI by %r", flow_run_id, state, approval["by"]
+            )
+        self._awaiting.discard(flow_run_id)
+
+    async def _finish(self, flow_run_id: str, state_type: str, detail: str | None = None) -> None:
+        for run in await self._store.active_runs():
+            if run.flow_run_id == flow_run_id:
+                if await self._store.finish(run.decision_id, state_type, detail=detail):
+                    metrics.FLOW_RUNS_FINISHED.labels(state=state_type).inc()
+                    outcome = story.outcome_story(run.decision_id, state_type, detail)
+                    self._background(
+                        self._artifact(flow_run_id, story.OUTCOME_ARTIFACT, outcome, state_type)
+                    )
+                    log.info(
+                        "decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type
+                    )
+
+    async def _expire_lost_runs(self) -> None:
+        """End decisions whose lease expired, once Prefect confirms their run is not going.
+
+        A run still going gets its lease renewed: expiring it would let a second run of the
+        same key start. Without an answer from Prefect nothing is ended.
+        """
+        from prefect.exceptions import ObjectNotFound
+
+        renew: list[int] = []
+        for decision_id, flow_run_id in await self._store.expired_decisions(time.time()):
+            if flow_run_id is None and decision_id in self._pending:
+                renew.append(decision_id)  # its run is being created: not lost
+                continue
+            state, detail = "EXPIRED", LEASE_EXPIRED
+            if flow_run_id is not None:
+                try:
+                    flow_run = await self._client.read_flow_run(UUID(flow_run_id))
+                except ObjectNotFound:
+                    detail = f"{LEASE_EXPIRED}; Prefect has no flow run {flow_run_id}"
+                else:
+                    run_state = flow_run.state.type.value if flow_run.state else None
+                    if run_state not in FINAL_STATES:
+                        renew.append(decision_id)
+                        continue
+                    state, detail = str(run_state), "final state found after the lease expired"
+            runless = flow_run_id is None
+            if await self._store.finish(decision_id, state, detail=detail, runless=runless):
+                metrics.FLOW_RUNS_FINISHED.labels(state=state).inc()
+                log.warning("decision %s: %s (%s)", decision_id, state, detail)
+        await self._store.renew(renew, time.time() + self._lease_seconds)
+
+    async def _follow_events(self) -> None:
+        from prefect.events.clients import PrefectEventSubscriber
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        event_filter = EventFilter(event=EventNameFilter(prefix=["prefect.flow-run."]))
+        while True:
+            try:
+                async with PrefectEventSubscriber(
+                    api_url=self.api_url, filter=event_filter, reconnection_attempts=0
+                ) as subscriber:
+                    self.events_connected = True
+                    async for event in subscriber:
+                        state_type = event.resource.get("prefect.state-type")
+                        flow_run_id = event.resource.id.removeprefix("prefect.flow-run.")
+                        if state_type:
+                            await self._approval_seen(flow_run_id, state_type)
+                        if state_type in FINAL_STATES:
+                            message = (event.payload.get("validated_state") or {}).get("message")
+                            await self._finish(flow_run_id, state_type, message or None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("event stream lost (%s); polling covers it", exc)
+            self.events_connected = False
+            await asyncio.sleep(self._poll_seconds)
+
+    async def _healthy(self) -> bool:
+        """One quick look at Prefect's health. The Prefect client retries a refused
+        connection for up to a minute, which would hide Prefect's return that long."""
+        # The client's own headers carry its credentials (PREFECT_API_KEY, auth string).
+        headers = getattr(getattr(self._client, "_client", None), "headers", None)
+        try:
+            async with httpx.AsyncClient(timeout=2.0, headers=headers) as http:
+                response = await http.get(f"{self.api_url.rstrip('/')}/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def _poll_states(self) -> None:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            try:
+                self.prefect_reachable = await self._healthy()
+                if not self.prefect_reachable:
+                    continue  # every step below needs Prefect's answers
+                await self._expire_lost_runs()
+                await self._lift_silences()
+                runs = [r for r in await self._store.active_runs() if r.flow_run_id]
+                metrics.ACTIVE_LEASES.set(await self._store.lease_count())
+                if not runs:
+                    continue
+                ids = [UUID(r.flow_run_id) for r in runs if r.flow_run_id]
+                flow_runs = await self._client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))
+                )
+                going = []
+                for flow_run in flow_runs:
+                    if flow_run.state is not None:
+                        await self._approval_seen(str(flow_run.id), flow_run.state.type.value)
+                    if flow_run.state is not None and flow_run.state.type.value in FINAL_STATES:
+                        await self._finish(
+                            str(flow_run.id),
+                            flow_run.state.type.value,
+                            flow_run.state.message or None,
+                        )
+                    else:
+                        going.append(str(flow_run.id))
+                # Runs Prefect reports as going keep their keys.
+                await self._store.renew(
+                    [r.decision_id for r in runs if r.flow_run_id in going],
+                    time.time() + self._lease_seconds,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.prefect_reachable = False
+                log.warning("polling flow-run states failed: %s", exc)

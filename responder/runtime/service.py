@@ -1,0 +1,247 @@
+"""The running service: store, engine loop, guard and dispatch, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from responder import metrics
+from responder.control.guard import Guard
+from responder.decision.decisions import parameter_errors
+from responder.decision.rules import RuleBook, load_rules
+from responder.decision.services import Catalog, load_catalog
+from responder.exceptions import DocumentError, StoreUnavailable
+from responder.orchestration.alertmanager import Alertmanager
+from responder.orchestration.dispatch import Dispatcher
+from responder.runtime.leadership import Leadership
+from responder.runtime.loop import EngineLoop
+from responder.runtime.resync import resync
+from responder.settings import Settings
+from responder.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def known_flows() -> list[str]:
+    from flows import flow_names
+
+    return flow_names()
+
+
+def _warm_parameter_checks() -> None:
+    from flows import flow_names
+
+    for flow in flow_names():
+        with contextlib.suppress(Exception):  # a broken flow is reported when it is used
+            parameter_errors(flow, {})
+
+
+class Service:
+    """Everything behind the HTTP app; `start` and `stop` bracket its life."""
+
+    def __init__(self, settings: Settings, *, prefect_api_url: str | None = None) -> None:
+        self.settings = settings
+        book, catalog = self._load()
+        self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
+        self.store.check_file()  # a damaged file stops start-up here, named, not in a traceback
+        api_url = prefect_api_url or settings.prefect_api_url
+        self.dispatcher = (
+            Dispatcher(
+                self.store,
+                api_url,
+                poll_seconds=settings.poll_seconds,
+                alertmanager_url=settings.alertmanager_url,
+                lease_seconds=settings.lease_seconds,
+            )
+            if api_url
+            else None
+        )
+        self.loop = EngineLoop(
+            self.store,
+            Guard(self.store, settings.lease_seconds, dry_run=settings.dry_run),
+            self.dispatcher,
+            book,
+            catalog,
+            rule_vars=settings.rule_vars,
+            batch=settings.engine_batch,
+            idle_seconds=settings.engine_idle_seconds,
+            partitions=settings.engine_partitions,
+            event_ttl=settings.event_ttl,
+            check_parameters=parameter_errors,
+        )
+        self.leadership = Leadership(self.store, settings.data_dir / "leader.lock")
+        self._task: asyncio.Task[None] | None = None
+        self._warmup: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._campaign: asyncio.Task[None] | None = None
+        self._stamp = self._files_stamp()
+        metrics.RULES_LOADED.set(len(book.rules))
+        metrics.RELOAD_SUCCESS.set(1)
+
+    @property
+    def book(self) -> RuleBook:
+        return self.loop.book
+
+    def _load(self) -> tuple[RuleBook, Catalog]:
+        return (
+            load_rules([self.settings.rules_dir], known_flows()),
+            load_catalog(self.settings.services_file),
+        )
+
+    async def reload(self) -> RuleBook:
+        """Load rules and catalog again; on any error keep the old ones and raise it."""
+        try:
+            # Parsing and compiling thousands of rules takes seconds: not on the event loop.
+            book, catalog = await asyncio.to_thread(self._load)
+            await self.loop.use(book, catalog)
+        except (DocumentError, StoreUnavailable) as exc:
+            metrics.RELOADS.labels(result="failure").inc()
+            metrics.RELOAD_SUCCESS.set(0)
+            log.error("reload failed, the previous rules stay in force: %s", exc)
+            raise
+        metrics.RELOADS.labels(result="success").inc()
+        metrics.RELOAD_SUCCESS.set(1)
+        metrics.RULES_LOADED.set(len(book.rules))
+        log.info("reloaded %d rules and %d services", len(book.rules), len(catalog.services))
+        return book
+
+    def _files_stamp(self) -> tuple[tuple[str, float, int], ...]:
+        paths = [self.settings.services_file]
+        if self.settings.rules_dir.is_dir():
+            paths.extend(sorted(self.settings.rules_dir.iterdir()))
+        else:
+            paths.append(self.settings.rules_dir)
+        stamp = []
+        for path in paths:
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                stamp.append((str(path), info.st_mtime, info.st_size))
+        return tuple(stamp)
+
+    async def _watch_files(self) -> None:
+        """Reload when a rule file or the catalog changes (checked every few seconds)."""
+        while True:
+            await asyncio.sleep(self.settings.reload_check_seconds)
+            try:
+                stamp = self._files_stamp()
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    await self.reload()
+            except (DocumentError, StoreUnavailable):
+                pass  # logged and counted by reload(); the rules in force stay
+            except Exception:
+                log.exception("watching the rule files failed; trying again")
+
+    async def start(self) -> None:
+        """Migrate the store, lead if no other replica does, and watch the rule files."""
+        await self.store.migrate()
+        if await self.leadership.acquire():
+            await self._lead()
+        else:
+            log.info("another replica leads; accepting webhooks into the shared inbox")
+        self._campaign = asyncio.create_task(self._campaign_forever(), name="leadership")
+        if self.settings.reload_check_seconds > 0:
+            self._watcher = asyncio.create_task(self._watch_files(), name="rule-watcher")
+
+    async def _lead(self) -> None:
+        # The first parameter check of each flow imports it: do that now, in the background,
+        # rather than on the first decision.
+        self._warmup = asyncio.create_task(asyncio.to_thread(_warm_parameter_checks))
+        try:
+            if self.dispatcher is not None:
+                await self.dispatcher.start()
+            await self.loop.rebuild()
+        except BaseException:
+            if self.dispatcher is not None:
+                await self.dispatcher.stop()
+            raise
+        self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
+        if self.settings.alertmanager_url:
+            self._resync = asyncio.create_task(
+                self._resync_from(self.settings.alertmanager_url), name="resync"
+            )
+        metrics.LEADER.set(1)
+        log.info("leading: %d rules loaded, engine loop started", len(self.book.rules))
+
+    async def _resync_from(self, url: str, attempts: int = 6, every: float = 10.0) -> None:
+        """Recover from Alertmanager what no replica heard; retried while it is unreachable."""
+        alertmanager = Alertmanager(url)
+        try:
+            for attempt in range(1, attempts + 1):
+                try:
+                    firing, resolved = await resync(
+                        alertmanager, self.settings.alertmanager_receiver, self.store
+                    )
+                except Exception as exc:  # Alertmanager or the store: try again later
+                    log.warning(
+                        "resync from Alertmanager failed (%d/%d): %s", attempt, attempts, exc
+                    )
+                    await asyncio.sleep(every)
+                    continue
+                log.info("resynced from Alertmanager: %d firing, %d resolved", firing, resolved)
+                self.loop.wake.set()
+                return
+        finally:
+            await alertmanager.close()
+
+    async def _step_down(self) -> None:
+        metrics.LEADER.set(0)
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+            self._resync = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+
+    async def _campaign_forever(self) -> None:
+        """Followers try to take the lead; the leader checks that it still holds it."""
+        while True:
+            await asyncio.sleep(self.settings.leader_check_seconds)
+            try:
+                if self._task is None:
+                    if await self.leadership.acquire():
+                        log.warning("took the lead")
+                        await self._lead()
+                elif self._task.done() or not await self.leadership.still_held():
+                    # A leader whose loop ended must let another replica lead.
+                    await self._step_down()
+                    await self.leadership.release()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("leadership check failed; trying again")
+
+    @property
+    def leading(self) -> bool:
+        return self._task is not None
+
+    async def stop(self) -> None:
+        for task in (self._watcher, self._campaign):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._campaign = None
+        await self._step_down()
+        await self.leadership.release()
+        await self.store.close()
+
+    @property
+    def engine_alive(self) -> bool:
+        """The leader's engine loop runs; a follower has none to run."""
+        if self._task is None:
+            return True
+        return not self._task.done() and self.loop.running
+
+    @property
+    def flows_loaded(self) -> bool:
+        """The flows' parameter checks are built (the leader's first decisions wait for it)."""
+        return self._warmup is None or self._warmup.done()

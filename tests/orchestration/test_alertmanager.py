@@ -1,0 +1,73 @@
+"""Responder's Alertmanager client against a real Alertmanager (Debian
+prometheus-alertmanager): a silence for one alert silences that alert only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from responder.orchestration.alertmanager import Alertmanager, exact_matchers
+from tests import servers
+from tests.conftest import free_port, wait_for
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    with servers.alertmanager(tmp_path, free_port(), servers.ROUTES_NOWHERE) as url:
+        yield url
+
+
+def test_empty_values_are_left_out_and_supersets_excluded() -> None:
+    mine = {"alertname": "ServiceDown", "instance": "h1", "team": ""}
+    held = [
+        {"alertname": "ServiceDown", "instance": "h1"},  # this alert, as Alertmanager has it
+        {"alertname": "ServiceDown", "instance": "h1", "service": "api"},
+        {"alertname": "ServiceDown", "instance": "h1", "service": "web", "team": "x"},
+        {"alertname": "ServiceDown", "instance": "h2", "zone": "a"},  # not matched anyway
+    ]
+    assert [(m["name"], m["value"]) for m in exact_matchers(mine, held)] == [
+        ("alertname", "ServiceDown"),
+        ("instance", "h1"),
+        ("service", ""),
+    ]
+    with pytest.raises(ValueError, match="all empty"):
+        exact_matchers({"team": ""}, held)
+
+
+@pytest.mark.alertmanager
+async def test_silencing_one_alert_leaves_the_others_alone(alertmanager: str) -> None:
+    now = datetime.now(UTC).isoformat()
+    sent = [
+        {"alertname": "ServiceDown", "instance": "h1"},
+        {"alertname": "ServiceDown", "instance": "h1", "service": "api"},
+        {"alertname": "ServiceDown", "instance": "h1", "service": "web"},
+    ]
+    async with httpx.AsyncClient(base_url=alertmanager) as http:
+        response = await http.post(
+            "/api/v2/alerts", json=[{"labels": labels, "startsAt": now} for labels in sent]
+        )
+        assert response.status_code == 200, response.text
+
+        async def states() -> dict[str, str] | None:
+            listed = (await http.get("/api/v2/alerts")).json()
+            found = {a["labels"].get("service", "-"): a["status"]["state"] for a in listed}
+            return found if len(found) == 3 else None
+
+        await wait_for(states)
+        client = Alertmanager(alertmanager)
+        try:
+            # The webhook carried `team=""`: in Alertmanager, that is "no team label".
+            labels = {"alertname": "ServiceDown", "instance": "h1", "team": ""}
+            await client.silence(labels, 600, "remediating")
+        finally:
+            await client.close()
+
+        async def settled() -> dict[str, str] | None:
+            found = await states()
+            return found if found and found["-"] == "suppressed" else None
+
+        assert await wait_for(settled) == {"-": "suppressed", "api": "active", "web": "active"}

@@ -1,0 +1,165 @@
+"""The store's schema comes from alembic migrations, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from responder.control.guard import Guard
+from responder.decision.decisions import Decision
+from responder.events.webhook import Alert
+from responder.storage.store import Store, alembic_config, metadata
+
+
+def _diff(connection: Any) -> list[Any]:
+    return list(compare_metadata(MigrationContext.configure(connection), metadata))
+
+
+def _downgrade_to(revision: str) -> Any:
+    def run(connection: Any) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    return run
+
+
+async def test_migrations_build_exactly_the_models_schema(store: Store) -> None:
+    async with store.engine.begin() as conn:
+        assert await conn.run_sync(_diff) == []
+
+
+async def test_migrations_go_down_and_up_again(store: Store) -> None:
+    async with store.engine.begin() as conn:
+        await conn.run_sync(_downgrade_to("base"))
+    await store.migrate()
+    await store.migrate()  # idempotent at head
+    async with store.engine.begin() as conn:
+        assert await conn.run_sync(_diff) == []
+
+
+async def test_a_lease_held_under_the_first_schema_survives_the_upgrade(store: Store) -> None:
+    async with store.engine.begin() as conn:
+        await conn.run_sync(_downgrade_to("0001"))
+        await conn.execute(
+            text(
+                "INSERT INTO leases (key_digest, guard_key, decision_id, acquired_at, expires_at)"
+                " VALUES (:digest, :key, 7, 0, 1e12)"
+            ),
+            {"digest": hashlib.sha256(b"restart/host-1").hexdigest(), "key": "restart/host-1"},
+        )
+    await store.migrate()
+    alert = Alert(
+        status="firing",
+        labels={"alertname": "ServiceDown"},
+        startsAt=datetime(2026, 11, 25, tzinfo=UTC),
+        fingerprint="aa",
+    )
+    decision = Decision("r", "restart-service", {}, "restart/host-1", alert)
+    async with store.transaction() as conn:
+        admission = await Guard(store, 60).admit(conn, decision, inbox_id=1)
+    assert admission.refusal == "key_active"
+    assert "held by decision 7" in admission.reason
+
+
+async def test_concurrent_intake_is_committed_in_groups_and_every_body_gets_its_id(
+    store: Store,
+) -> None:
+    import asyncio
+
+    bodies = [f'{{"n": {i}}}'.encode() for i in range(200)]
+    ids = await asyncio.gather(*(store.add_to_inbox("alertmanager", body) for body in bodies))
+    assert len(set(ids)) == 200
+    pending = await store.pending(1000)
+    by_id = {message.id: message.body for message in pending}
+    assert [by_id[i] for i in ids] == bodies  # each sender got the id of its own body
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_replicas_starting_together_migrate_one_at_a_time(
+    backend: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from tests.conftest import POSTGRES_URL, reset_postgres
+
+    if backend == "postgresql":
+        await reset_postgres()
+        url = POSTGRES_URL
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    stores = [Store(url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.migrate() for s in stores))  # a race without the lock
+        assert await stores[0].add_to_inbox("alertmanager", b"{}") > 0
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_pending_reads_at_most_max_bytes_of_bodies_beyond_the_first_row(
+    store: Store,
+) -> None:
+    for _ in range(3):
+        await store.add_to_inbox("alertmanager", b"x" * 3000)
+    assert [len(m.body) for m in await store.pending(10, max_bytes=1000)] == [3000]
+    assert len(await store.pending(10, max_bytes=6000)) == 2
+    assert len(await store.pending(2)) == 2
+    assert len(await store.pending(10)) == 3
+
+
+def test_a_damaged_sqlite_file_stops_start_up_with_one_line_naming_it(
+    tmp_path: Path, rules_dir: Path
+) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import damage_tables, free_port, make_settings
+
+    settings = make_settings(tmp_path, rules_dir)
+    database = settings.data_dir / "responder.db"
+
+    async def fill() -> None:
+        store = Store(settings.store_url)
+        await store.migrate()
+        for n in range(50):
+            await store.add_to_inbox("alertmanager", b'{"n": %d}' % n)
+        await store.close()
+
+    asyncio.run(fill())
+    damage_tables(database, ["inbox", "decisions"])
+    env = {
+        **os.environ,
+        "RESPONDER_DATA_DIR": str(settings.data_dir),
+        "RESPONDER_RULES_DIR": str(rules_dir),
+        "RESPONDER_RULE_VARS": '{"service_control_url": "http://127.0.0.1:9"}',
+        "RESPONDER_PORT": str(free_port()),
+    }
+    # A real process: before the check, it would serve (and never exit by itself).
+    result = subprocess.run(
+        [sys.executable, "-m", "responder", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    assert f"store {database} is damaged" in errors[0]
+    assert "restore it from a backup" in output
