@@ -114,13 +114,22 @@ async def test_decision_runs_a_flow_that_completes_and_releases_the_lease(
         async with httpx.AsyncClient() as http:
             response = await http.post(
                 f"{dispatcher.api_url}/events/filter",
-                json={"filter": {"event": {"prefix": ["responder.decision."]}}, "limit": 50},
+                json={
+                    "filter": {
+                        "event": {"prefix": ["responder.decision."]},
+                        "related": {"id": [f"prefect.flow-run.{run['id']}"]},
+                    },
+                    "limit": 50,
+                },
             )
             response.raise_for_status()
             return [
                 e
                 for e in response.json()["events"]
                 if e["resource"]["prefect.resource.id"] == f"responder.decision.{decision['id']}"
+                # Other tests' stores on this Prefect server have decisions of the same id.
+                and f"prefect.flow-run.{run['id']}"
+                in [r["prefect.resource.id"] for r in e["related"]]
             ]
 
     # The Prefect UI's event feed shows why the run exists.
