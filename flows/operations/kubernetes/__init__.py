@@ -1,10 +1,13 @@
 """`kubernetes.*`: act on workloads and nodes through the Kubernetes API (lightkube, sync).
 
-Every operation takes the cluster to act on (`kubeconfig`, `context`) next to what it acts on
-(`client`: how a client is built, and which names are accepted). Each does what the matching
-`kubectl` command does, so what it changed reads the same in the audit log as a person's
-`kubectl` would: `workloads` restarts, scales and deletes pods, `nodes` cordons and drains,
-`deployments` rolls back.
+Every operation takes the cluster to act on (`kubeconfig`, `context`) next to what it acts
+on, and does what the matching `kubectl` command does (the same patches, the Eviction API for
+drains), so what it changed reads the same in the audit log as a person's `kubectl` would.
+
+- `client`: which cluster, the one place a client is built, which names are accepted;
+- `workloads`: rollout restart, scale, delete a pod;
+- `nodes`: cordon, uncordon, drain;
+- `deployments`: roll back.
 """
 
 from __future__ import annotations
