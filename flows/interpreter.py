@@ -26,16 +26,17 @@ from flows.dsl import (
     VerifySpec,
     VerifyStep,
 )
+from flows.errors import FlowError
 from flows.operations import Operation, all_operations
 from flows.operations.approval import rejected, require_approval
 from responder.decision.templates import evaluate, render_value
 
 
-class StepFailed(Exception):
+class StepFailed(FlowError):
     """A step of a YAML flow failed; the message names the step."""
 
 
-class RolloutStopped(Exception):
+class RolloutStopped(FlowError):
     """A batch rollout stopped: more elements failed than it allows, or a check failed."""
 
 

@@ -8,13 +8,14 @@ from typing import Annotated, Any, Literal
 from prefect import State, flow, get_run_logger
 from pydantic import AnyHttpUrl, Field
 
+from flows.errors import FlowError
 from flows.operations.approval import rejected, require_approval
 from flows.operations.http import HeaderName, HttpFailed, HttpRequest, http_request
 from flows.secrets import SecretName, check_secrets
 from flows.types import Host, ServiceName
 
 
-class NotRecovered(Exception):
+class NotRecovered(FlowError):
     """The remediation acted, but the target did not reach its healthy state in time."""
 
 

@@ -16,13 +16,15 @@ from typing import Annotated, Any
 
 from pydantic import StringConstraints
 
+from flows.errors import FlowError
+
 SecretName = Annotated[
     str,
     StringConstraints(pattern=r"^(FLOW_SECRET_[A-Z0-9_]{1,100}|prefect:[a-z0-9][a-z0-9-]{0,99})$"),
 ]
 
 
-class MissingSecret(Exception):
+class MissingSecret(FlowError):
     """A secret named in a parameter is not set where the step runs."""
 
 

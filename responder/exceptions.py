@@ -1,16 +1,43 @@
-"""Every error Responder raises on purpose.
+"""Every error Responder raises on purpose, its flows' included: one tree.
 
     ResponderError
     ├── ConfigError            settings that cannot work together
+    │   └── SettingError       one setting and what it accepts (a ValueError too, for pydantic)
     ├── DocumentError          a YAML file that cannot be loaded (file, line, what is accepted)
     │   ├── RuleError          ...a rule file
     │   │   └── MatcherError   a label matcher that cannot be parsed
+    │   ├── FlowFileError      ...a YAML flow file
     │   └── CatalogError       ...the service catalog (config/services.yaml)
     ├── TemplateError          a template that cannot render for this alert
+    ├── PayloadError           what `responder simulate` was given is not a webhook
+    ├── EngineRejected         durable_rules refused a message as already observed
     ├── StoreUnavailable       the store could not commit; callers answer 503
     │   └── StoreDamaged       the store's file is damaged (names the file)
     ├── DispatchError          Prefect refused or could not be reached
-    └── ApprovalError          an answer to a run that does not wait for one
+    ├── ApprovalError          an answer to a run that does not wait for one
+    └── FlowError              a flow or an operation could not do its job (flows.errors)
+        ├── MissingSecret      a secret a step names is not set where it runs
+        ├── StepFailed         a step of a YAML flow failed
+        ├── RolloutStopped     a batch rollout stopped: too many failures, or a check
+        ├── NotRecovered       the target did not come back healthy in time
+        ├── CommandFailed      a program exited unexpectedly, or was killed at its timeout
+        ├── ConditionNotMet    a PromQL condition did not hold before its deadline
+        ├── KubernetesOperationError   the target's state forbids acting, or a step failed
+        │   └── DrainIncomplete        a drain stopped at its deadline; the node stays cordoned
+        └── OperationFailed    an operation failed; `transient` says whether a retry could help
+            ├── HttpFailed             http.request could not send, or got a status not expected
+            │   ├── UnexpectedStatus   ...the target answered with a status not expected
+            │   └── OutcomeUnknown     ...a request that acts got no answer: it may have acted
+            ├── QueryFailed            Prometheus refused the query or could not be reached
+            ├── AlertmanagerFailed     Alertmanager refused or could not be reached
+            └── NotificationFailed     a notification target was not notified
+
+The classes outside this module live next to what raises them: `SettingError` in
+`responder.settings`, `EngineRejected` in `responder.decision.engine`, and `FlowError` and
+below in `flows` (`flows.errors` holds its bases). Which failures an operation retries is
+decided in one place, `flows.errors.is_transient`. An exception private to one module (a
+leading underscore) never leaves it, so it is not drawn. tests/test_exceptions.py checks that
+this drawing is the real hierarchy.
 
 A guard refusal is not an exception: it is a returned `Verdict`.
 """
@@ -68,8 +95,13 @@ class StoreDamaged(StoreUnavailable):
 
 
 class DispatchError(ResponderError):
-    """A flow run could not be created in Prefect."""
+    """Prefect refused what Responder asked, or could not be reached (to resume a run that
+    waits for approval: the run still waits)."""
 
 
 class ApprovalError(ResponderError):
     """A run was approved or rejected that does not wait for approval (or no longer)."""
+
+
+class PayloadError(ResponderError):
+    """The payload given to `responder simulate` is not an Alertmanager webhook."""

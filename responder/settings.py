@@ -53,8 +53,11 @@ def without_credentials(url: str) -> str:
     return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
 
 
-class SettingError(ValueError):
-    """A setting that is wrong, with what it accepts; `load_settings` makes it one line."""
+class SettingError(ConfigError, ValueError):
+    """A setting that is wrong, with what it accepts; `load_settings` makes it one line.
+
+    A `ValueError` too: raised in a validator, pydantic reports it as that field's error.
+    """
 
     def __init__(self, field: str, value: Any, problem: str, accepted: str) -> None:
         self.field, self.value, self.problem, self.accepted = field, value, problem, accepted

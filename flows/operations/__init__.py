@@ -1,11 +1,11 @@
 """Atomic operations: small, typed Prefect tasks that remediation flows are built from.
 
 Every operation is a Prefect task that takes one pydantic model (its parameters) and returns
-one pydantic model (what it observed). `@operation` registers it under its task name, with a
-risk level and tags, so that the catalog lists it and YAML flows can call it by name:
+one pydantic model (what it observed). `@operation` makes a function one: it builds the task,
+with its name, risk level, tags and retry policy, and registers it so that the catalog lists
+it and YAML flows can call it by name:
 
-    @operation(risk="high", tags=["host"])
-    @task(name="command.run", retries=0)
+    @operation("command.run", risk="high", tags=["host"], run_name="{params.program}")
     def command_run(params: CommandRun) -> CommandResult: ...
 
 Operations never see secrets in their parameters: they take the *name* of a secret (see
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast, get_type_hints
+from typing import Any, Literal, ParamSpec, TypeVar, get_type_hints
 
-from prefect import Task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
+
+from flows.errors import retry_if_transient
 
 # read: observes only. low: reversible, one target. medium: changes one target's state.
 # high: can take capacity away or touch many targets.
@@ -39,7 +41,8 @@ MODULES = (
     "flows.operations.kubernetes",
 )
 
-T = TypeVar("T", bound=Task[Any, Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -67,27 +70,58 @@ class Operation:
 OPERATIONS: dict[str, Operation] = {}
 
 
-def operation(*, risk: Risk, tags: tuple[str, ...] | list[str] = ()) -> Callable[[T], T]:
-    """Register a task as an atomic operation; its one parameter must be a pydantic model."""
+def operation(
+    name: str,
+    *,
+    risk: Risk,
+    tags: Sequence[str] = (),
+    retries: int = 0,
+    retry_delays: Sequence[float] = (),
+    run_name: str | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """Make a function an atomic operation: a Prefect task named `name`, registered.
 
-    def register(task: T) -> T:
+    Its one parameter must be a pydantic model. The retry policy is declared here, once: up
+    to `retries` more attempts, `retry_delays` seconds apart, each only after a transient
+    failure (`flows.errors.is_transient`). An operation declaring none is not retried on its
+    own (an action that must not repeat); a YAML step's `retries` then retries any failure,
+    as the flow's author asked. `run_name` names each task run (a Prefect template).
+    """
+    if retries < 0 or (retry_delays and not retries):
+        raise ValueError(f"operation {name}: retry delays need retries >= 1")
+    options: dict[str, Any] = {"retries": retries}
+    if retries:
+        options |= {
+            "retry_delay_seconds": list(retry_delays),
+            "retry_condition_fn": retry_if_transient,
+        }
+    if run_name is not None:
+        options["task_run_name"] = run_name
+
+    def register(fn: Callable[P, R]) -> Task[P, R]:
+        parameters, result = _models(name, fn)
+        if name in OPERATIONS and OPERATIONS[name].task.fn is not fn:
+            raise ValueError(f"operation {name} is registered twice")
         # Operations act: a cached result would skip the action (or a verification poll)
         # whenever the same parameters come again within a run.
-        task = cast(T, task.with_options(cache_policy=NO_CACHE))
-        hints = get_type_hints(task.fn)
-        returns = hints.pop("return", None)
-        if len(hints) != 1:
-            raise TypeError(f"operation {task.name} must take exactly one parameter model")
-        (parameters,) = hints.values()
-        if not (isinstance(parameters, type) and issubclass(parameters, BaseModel)):
-            raise TypeError(f"operation {task.name}: its parameter must be a pydantic model")
-        result = returns if isinstance(returns, type) and issubclass(returns, BaseModel) else None
-        if task.name in OPERATIONS and OPERATIONS[task.name].task.fn is not task.fn:
-            raise ValueError(f"operation {task.name} is registered twice")
-        OPERATIONS[task.name] = Operation(task.name, task, parameters, result, risk, tuple(tags))
-        return task
+        made: Task[P, R] = task(name=name, cache_policy=NO_CACHE, **options)(fn)
+        OPERATIONS[name] = Operation(name, made, parameters, result, risk, tuple(tags))
+        return made
 
     return register
+
+
+def _models(name: str, fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel] | None]:
+    """The parameter model an operation takes, and the result model it returns if any."""
+    hints = get_type_hints(fn)
+    returns = hints.pop("return", None)
+    if len(hints) != 1:
+        raise TypeError(f"operation {name} must take exactly one parameter model")
+    (parameters,) = hints.values()
+    if not (isinstance(parameters, type) and issubclass(parameters, BaseModel)):
+        raise TypeError(f"operation {name}: its parameter must be a pydantic model")
+    result = returns if isinstance(returns, type) and issubclass(returns, BaseModel) else None
+    return parameters, result
 
 
 def all_operations() -> dict[str, Operation]:

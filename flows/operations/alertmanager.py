@@ -10,17 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import httpx
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from flows.errors import OperationFailed
 from flows.operations import operation
-from flows.operations.failures import (
-    OperationFailed,
-    call_api,
-    retry_if_transient,
-    transient_status,
-)
+from flows.operations.api import call_api, transient_status
 from responder.orchestration.alertmanager import silence_not_found
 
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=200)]
@@ -79,12 +75,12 @@ class AlertmanagerFailed(OperationFailed):
     """Alertmanager could not be reached, or refused the request (with its reason)."""
 
 
-@operation(risk="low", tags=["alertmanager"])
-@task(
-    name="alertmanager.silence",
+@operation(
+    "alertmanager.silence",
+    risk="low",
+    tags=["alertmanager"],
     retries=2,
-    retry_delay_seconds=[1, 3],
-    retry_condition_fn=retry_if_transient,
+    retry_delays=(1, 3),
 )
 def alertmanager_silence(params: SilenceRequest) -> Silence:
     """Silence the alerts matching all `matchers` for `duration_seconds` (POST /api/v2/silences).
@@ -111,12 +107,12 @@ def alertmanager_silence(params: SilenceRequest) -> Silence:
     return Silence(silence_id=silence_id, ends_at=ends_at)
 
 
-@operation(risk="low", tags=["alertmanager"])
-@task(
-    name="alertmanager.expire_silence",
+@operation(
+    "alertmanager.expire_silence",
+    risk="low",
+    tags=["alertmanager"],
     retries=2,
-    retry_delay_seconds=[1, 3],
-    retry_condition_fn=retry_if_transient,
+    retry_delays=(1, 3),
 )
 def alertmanager_expire_silence(params: ExpireSilence) -> SilenceExpired:
     """Lift a silence now (DELETE /api/v2/silence/{id}); one Alertmanager does not know is gone.

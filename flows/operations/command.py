@@ -16,9 +16,10 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from flows.errors import FlowError
 from flows.operations import operation
 
 # Each of stdout and stderr keeps at most this many bytes: its first and its last half.
@@ -110,7 +111,7 @@ class CommandResult(BaseModel):
     timed_out: bool
 
 
-class CommandFailed(Exception):
+class CommandFailed(FlowError):
     """A program exited with a code that was not expected, or ran out of time and was killed.
 
     `result` holds what it printed.
@@ -287,8 +288,7 @@ def check_exit(result: CommandResult, expected: Collection[int], what: str) -> C
     raise CommandFailed(message, result)
 
 
-@operation(risk="high", tags=["host", "command"])
-@task(name="command.run", retries=0, task_run_name="{params.program}")
+@operation("command.run", risk="high", tags=["host", "command"], run_name="{params.program}")
 def command_run(params: CommandRun) -> CommandResult:
     """Run one program on the worker, without a shell; fail unless it exits as expected.
 

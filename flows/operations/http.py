@@ -12,17 +12,14 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import httpx
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
+from flows.errors import OperationFailed
 from flows.operations import operation
-from flows.operations.failures import (
-    OperationFailed,
-    retry_if_transient,
-    transient_status,
-)
+from flows.operations.api import transient_status
 from flows.secrets import SecretName, secret_headers
 
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
@@ -84,13 +81,13 @@ class OutcomeUnknown(HttpFailed):
     """A request that acts was sent but not answered: it may or may not have acted."""
 
 
-@operation(risk="medium", tags=["http"])
-@task(
-    name="http.request",
+@operation(
+    "http.request",
+    risk="medium",
+    tags=["http"],
     retries=2,
-    retry_delay_seconds=[1, 3],
-    retry_condition_fn=retry_if_transient,
-    task_run_name="{request.method} {request.url}",
+    retry_delays=(1, 3),
+    run_name="{request.method} {request.url}",
 )
 def http_request(request: HttpRequest) -> HttpResponse:
     """Send one HTTP request; fail unless the status is expected.
@@ -132,17 +129,22 @@ def http_request(request: HttpRequest) -> HttpResponse:
         ok=response.status_code in request.expected_status,
     )
     if not result.ok:
-        transient = transient_status(response.status_code)
-        raise UnexpectedStatus(
-            f"{what} answered {response.status_code}; expected one of {request.expected_status}"
-            + (
-                "; not retried: the request is not idempotent"
-                if transient and not request.retry_safe
-                else ""
-            ),
-            transient=transient and request.retry_safe,
-        )
+        raise _unexpected(request, what, response.status_code)
     return result
+
+
+def _unexpected(request: HttpRequest, what: str, status_code: int) -> UnexpectedStatus:
+    """A status not expected: retried when it says "later" and a retry cannot act twice."""
+    transient = transient_status(status_code)
+    return UnexpectedStatus(
+        f"{what} answered {status_code}; expected one of {request.expected_status}"
+        + (
+            "; not retried: the request is not idempotent"
+            if transient and not request.retry_safe
+            else ""
+        ),
+        transient=transient and request.retry_safe,
+    )
 
 
 def _failure(request: HttpRequest, what: str, exc: httpx.TransportError) -> HttpFailed:

@@ -15,11 +15,11 @@ from typing import Literal
 from urllib.parse import quote, unquote
 
 import apprise
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.errors import OperationFailed
 from flows.operations import operation
-from flows.operations.failures import OperationFailed, retry_if_transient
 from flows.secrets import SecretName, read_secret
 
 # Parts of a URL at least this long are masked in Apprise's log messages.
@@ -56,13 +56,7 @@ class NotificationFailed(OperationFailed):
     """A target was not notified, or its URL is not one Apprise understands (never the URL)."""
 
 
-@operation(risk="low", tags=["notify"])
-@task(
-    name="notify",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_if_transient,
-)
+@operation("notify", risk="low", tags=["notify"], retries=2, retry_delays=(2, 10))
 def notify(params: Notification) -> NotificationResult:
     """Send one message to every target; fail unless Apprise delivered it to all of them.
 

@@ -12,16 +12,12 @@ import math
 import time
 from typing import Any, Literal
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from flows.errors import FlowError, OperationFailed
 from flows.operations import operation
-from flows.operations.failures import (
-    OperationFailed,
-    call_api,
-    retry_if_transient,
-    transient_status,
-)
+from flows.operations.api import call_api, transient_status
 
 # Prometheus error types that say "try again" rather than "this query is wrong".
 TRANSIENT_ERROR_TYPES = frozenset({"timeout", "canceled", "unavailable", "internal"})
@@ -77,7 +73,7 @@ class WaitResult(BaseModel):
     samples: list[Sample]
 
 
-class ConditionNotMet(Exception):
+class ConditionNotMet(FlowError):
     """The condition did not hold before the deadline; `samples` were observed last."""
 
     def __init__(self, message: str, samples: list[Sample], polls: int) -> None:
@@ -86,12 +82,12 @@ class ConditionNotMet(Exception):
         self.polls = polls
 
 
-@operation(risk="read", tags=["prometheus", "verify"])
-@task(
-    name="prometheus.query",
+@operation(
+    "prometheus.query",
+    risk="read",
+    tags=["prometheus", "verify"],
     retries=2,
-    retry_delay_seconds=[1, 3],
-    retry_condition_fn=retry_if_transient,
+    retry_delays=(1, 3),
 )
 def prometheus_query(params: PrometheusQuery) -> QueryResult:
     """Evaluate one PromQL expression now (GET /api/v1/query).
@@ -102,8 +98,7 @@ def prometheus_query(params: PrometheusQuery) -> QueryResult:
     return run_query(params)
 
 
-@operation(risk="read", tags=["prometheus", "verify"])
-@task(name="prometheus.wait_until", retries=0)
+@operation("prometheus.wait_until", risk="read", tags=["prometheus", "verify"])
 def prometheus_wait_until(params: WaitUntil) -> WaitResult:
     """Poll a PromQL expression until it returns a sample ("any") or none ("none").
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import shlex
 from typing import Annotated
 
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from flows.operations import operation
@@ -105,11 +104,11 @@ class SshRun(BaseModel):
         return [*argv, "--", self.destination, self.remote_command]
 
 
-@operation(risk="high", tags=["host", "ssh"])
-@task(
-    name="ssh.run",
-    retries=0,
-    task_run_name="{params.program} on {params.host}",
+@operation(
+    "ssh.run",
+    risk="high",
+    tags=["host", "ssh"],
+    run_name="{params.program} on {params.host}",
 )
 def ssh_run(params: SshRun) -> CommandResult:
     """Run one command on a host over ssh; fail unless it exits as expected.

@@ -10,12 +10,8 @@ from responder.authoring.sandbox import Sandbox
 from responder.decision.rules import load_rules
 from responder.decision.services import load_catalog
 from responder.events.webhook import AlertmanagerWebhook
-from responder.exceptions import ResponderError
+from responder.exceptions import PayloadError
 from responder.settings import Settings
-
-
-class PayloadError(ResponderError):
-    """The simulated payload is not an Alertmanager webhook."""
 
 
 async def simulate(settings: Settings, body: bytes) -> list[str]:

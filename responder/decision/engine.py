@@ -35,6 +35,7 @@ from responder.decision.matchers import Matcher, MatchOp
 from responder.decision.rules import FactCondition, Rule, RuleBook
 from responder.events.facts import Fact, fact_meets
 from responder.events.webhook import Alert
+from responder.exceptions import ResponderError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Match:
     retry: bool = False  # a new attempt for an incident still firing after a remediation
 
 
-class EngineRejected(Exception):
+class EngineRejected(ResponderError):
     """durable_rules refused a message as already observed (its state table is full)."""
 
 
