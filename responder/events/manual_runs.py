@@ -17,11 +17,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from responder.decision.conditions import fact_meets
 from responder.decision.decisions import Decision, guard_key, template_context
-from responder.decision.rules import Duration, GuardSpec, RuleBook
-from responder.decision.services import Catalog
+from responder.decision.rules import GuardSpec, RuleBook
+from responder.decision.services import ServiceCatalog
 from responder.decision.templates import render
-from responder.events.facts import Fact, fact_meets
+from responder.durations import Duration
+from responder.events.facts import Fact
 from responder.events.webhook import Alert
 from responder.exceptions import TemplateError
 
@@ -87,7 +89,7 @@ _LABEL_PARAMETER = re.compile(r"^\s*\{\{\s*alert\.labels\.([a-zA-Z_][a-zA-Z0-9_]
 def rule_policy(
     request: RunRequest,
     book: RuleBook,
-    catalog: Catalog | None,
+    catalog: ServiceCatalog | None,
     facts: Iterable[Fact],
     rule_vars: Mapping[str, str],
 ) -> RulePolicy | None:

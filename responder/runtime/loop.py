@@ -26,7 +26,7 @@ from responder.control.ledger import Ledger
 from responder.decision.decisions import Decision, Verdict, decide, fact_for
 from responder.decision.engine import Engine, EngineRejected, Match
 from responder.decision.rules import RuleBook
-from responder.decision.services import Catalog
+from responder.decision.services import ServiceCatalog
 from responder.events.cloudevents import CloudEvent, Outcome, is_batch, parse_events
 from responder.events.facts import Fact
 from responder.events.manual_runs import MANUAL_RULE, RunRequest, decision_for, rule_policy
@@ -83,7 +83,7 @@ class EngineLoop:
         guard: Guard,
         dispatcher: Dispatcher | None,
         book: RuleBook,
-        catalog: Catalog,
+        catalog: ServiceCatalog,
         *,
         rule_vars: dict[str, str] | None = None,
         batch: int = 256,
@@ -118,7 +118,7 @@ class EngineLoop:
         # Held while a step runs, so a reload never swaps the engine mid-row.
         self._lock = asyncio.Lock()
 
-    async def use(self, book: RuleBook, catalog: Catalog) -> None:
+    async def use(self, book: RuleBook, catalog: ServiceCatalog) -> None:
         """Switch to new rules and catalog between two steps; on a store error keep the old."""
         async with self._lock:
             await self._rebuild(book, catalog)
@@ -127,7 +127,7 @@ class EngineLoop:
         """Rebuild the engine's facts and alerts from the store; nothing is decided again."""
         await self._rebuild(self.book, self.catalog)
 
-    async def _rebuild(self, book: RuleBook, catalog: Catalog) -> None:
+    async def _rebuild(self, book: RuleBook, catalog: ServiceCatalog) -> None:
         # Read the store first: if it fails, the engine in use stays whole.
         facts = await self._store.live_facts(self._clock())
         firing = await self._store.firing()
@@ -138,7 +138,7 @@ class EngineLoop:
         old.close()
 
     def _build(
-        self, book: RuleBook, catalog: Catalog, facts: list[Fact], firing: list[Alert]
+        self, book: RuleBook, catalog: ServiceCatalog, facts: list[Fact], firing: list[Alert]
     ) -> Engine:
         engine = Engine(book, self._partitions, self._clock)
         for fact in [*catalog.facts(self._clock()), *facts]:

@@ -10,7 +10,7 @@ from responder import metrics
 from responder.control.guard import Guard
 from responder.decision.decisions import parameter_errors
 from responder.decision.rules import RuleBook, load_rules
-from responder.decision.services import Catalog, load_catalog
+from responder.decision.services import ServiceCatalog, load_services
 from responder.exceptions import DocumentError, StoreUnavailable
 from responder.orchestration.alertmanager import Alertmanager
 from responder.orchestration.dispatch import Dispatcher
@@ -84,10 +84,10 @@ class Service:
     def book(self) -> RuleBook:
         return self.loop.book
 
-    def _load(self) -> tuple[RuleBook, Catalog]:
+    def _load(self) -> tuple[RuleBook, ServiceCatalog]:
         return (
             load_rules([self.settings.rules_dir], known_flows()),
-            load_catalog(self.settings.services_file),
+            load_services(self.settings.services_file),
         )
 
     async def reload(self) -> RuleBook:
