@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from responder.control.guard import Guard
-from responder.decision.decisions import parameter_errors
 from responder.decision.engine import Engine
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
+from responder.orchestration.flow_catalog import parameter_errors
 from responder.runtime.loop import EngineLoop
 from responder.storage.store import Store
 

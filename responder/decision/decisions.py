@@ -144,16 +144,6 @@ def guard_key(rule: str, policy: GuardSpec, context: Mapping[str, Any]) -> str:
     return key if policy.key_scope == "shared" else f"{rule}:{key}"
 
 
-def parameter_errors(flow: str, parameters: dict[str, Any]) -> list[dict[str, str]]:
-    """What the flow would refuse in these parameters (see `flows.catalog`); [] if they fit.
-
-    Imports the flow, and Prefect with it, on first use.
-    """
-    from flows.catalog import parameter_errors as check
-
-    return check(flow, parameters)
-
-
 def fact_for(
     match: Match, rule_vars: Mapping[str, str], catalog: ServiceCatalog | None, now: float
 ) -> Fact:

@@ -32,6 +32,7 @@ from responder.events.manual_runs import RunRequest
 from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import StoreUnavailable
 from responder.orchestration.dispatch import Dispatcher, RefusedDecision
+from responder.orchestration.flow_catalog import reload_flows
 from responder.runtime.work import Work
 from responder.storage.store import ActiveRun, PendingMessage, Store
 
@@ -105,8 +106,13 @@ class EngineLoop:
         self._lock = asyncio.Lock()
 
     async def use(self, book: RuleBook, catalog: ServiceCatalog) -> None:
-        """Switch to new rules and catalog between two steps; on a store error keep the old."""
+        """Switch to new rules and catalog between two steps; on a store error keep the old.
+
+        The rules were checked against the flows as their files are now, so the parameters
+        flows accept are read again too: a changed flow file is not checked as it was.
+        """
         async with self._lock:
+            reload_flows()
             await self._rebuild(book, catalog)
 
     async def rebuild(self) -> None:
