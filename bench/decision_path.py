@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from responder.control.guard import Guard
 from responder.decision.engine import Engine, EngineRejected
 from responder.decision.rules import RuleBook, load_rule_text
-from responder.decision.services import Catalog
+from responder.decision.services import ServiceCatalog
 from responder.events.webhook import Alert
 from responder.runtime.loop import EngineLoop, collect_garbage_less_often
 from responder.storage.store import Store
@@ -97,7 +97,7 @@ def payloads(alerts: int, rules: int, instances: int = 2000) -> list[bytes]:
 async def decided_per_second(url: str, rules: int, alerts: int) -> dict[str, float]:
     store = Store(url)
     await store.migrate()
-    loop = EngineLoop(store, Guard(store, 3600), None, book_of(rules), Catalog(), batch=256)
+    loop = EngineLoop(store, Guard(store, 3600), None, book_of(rules), ServiceCatalog(), batch=256)
     await loop.rebuild()
     collect_garbage_less_often()  # as EngineLoop.run does
     for body in payloads(alerts, rules):

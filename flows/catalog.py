@@ -21,7 +21,7 @@ Kind = Literal["operation", "flow"]
 
 
 @dataclass(frozen=True)
-class Entry:
+class CatalogEntry:
     """One thing Responder can do."""
 
     name: str
@@ -46,7 +46,7 @@ class Entry:
         return {**self.summary(), "parameters": self.parameters}
 
 
-APPROVAL = Entry(
+APPROVAL = CatalogEntry(
     name="approval",
     kind="operation",
     description=(
@@ -66,7 +66,7 @@ def _first_paragraph(text: str | None) -> str:
 
 
 @functools.cache
-def catalog() -> list[Entry]:
+def catalog() -> list[CatalogEntry]:
     """Every operation and flow, operations first, each group by name (built once: it
     imports every flow)."""
     from prefect.utilities.callables import parameter_schema
@@ -74,7 +74,7 @@ def catalog() -> list[Entry]:
     from flows.dsl import load_flow_files
 
     entries = [
-        Entry(
+        CatalogEntry(
             name=op.name,
             kind="operation",
             description=op.description,
@@ -88,11 +88,11 @@ def catalog() -> list[Entry]:
     entries.append(APPROVAL)
     entries.sort(key=lambda e: e.name)
     yaml_flows = load_flow_files(operations=set(all_operations()))
-    flows: list[Entry] = []
+    flows: list[CatalogEntry] = []
     for name, python in REMEDIATIONS.items():
         fn = load_flow(name).fn
         flows.append(
-            Entry(
+            CatalogEntry(
                 name,
                 "flow",
                 _first_paragraph(fn.__doc__),
@@ -105,7 +105,7 @@ def catalog() -> list[Entry]:
     for name, source in yaml_flows.items():
         spec = source.spec
         flows.append(
-            Entry(
+            CatalogEntry(
                 name,
                 "flow",
                 " ".join(spec.description.split()),
@@ -118,7 +118,7 @@ def catalog() -> list[Entry]:
     return entries + sorted(flows, key=lambda e: e.name)
 
 
-def find(name: str) -> Entry | None:
+def find(name: str) -> CatalogEntry | None:
     """One entry by name (an operation and a flow never share a name: flows have no dots)."""
     return next((entry for entry in catalog() if entry.name == name), None)
 

@@ -52,8 +52,8 @@ from pydantic_core import SchemaError
 
 from flows.types import Host, Hostname, HttpUrl
 from responder.decision.documents import line_of, load_document
-from responder.decision.rules import Duration
 from responder.decision.templates import compile_expression, valid_templates
+from responder.durations import Duration
 from responder.exceptions import FlowFileError, TemplateError
 
 FLOWS_DIR = Path(__file__).resolve().parent

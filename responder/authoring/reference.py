@@ -150,7 +150,7 @@ def _parameter_rows(schema: dict[str, Any]) -> Iterator[str]:
 
 def operations_page() -> str:
     """docs/operations-reference.md: every operation and flow of the catalog."""
-    from flows.catalog import catalog
+    from responder.orchestration.flow_catalog import catalog
 
     entries = catalog()
     lines = [

@@ -34,8 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from responder.authoring.sandbox import Sandbox
 from responder.decision.documents import load_document
-from responder.decision.rules import Duration, load_rules
-from responder.decision.services import Catalog, load_catalog
+from responder.decision.rules import load_rules
+from responder.decision.services import ServiceCatalog, load_services
+from responder.durations import Duration
 from responder.events.webhook import AlertStatus, LabelName
 from responder.exceptions import RuleError
 
@@ -113,7 +114,7 @@ async def run_test_file(path: Path, known_flows: list[str]) -> list[Outcome]:
     if spec is None:
         raise RuleError("empty test file", file=str(path))
     book = load_rules([path.parent / p for p in spec.rules], known_flows)
-    catalog = load_catalog(path.parent / spec.services) if spec.services else Catalog()
+    catalog = load_services(path.parent / spec.services) if spec.services else ServiceCatalog()
     outcomes = []
     for test in spec.tests:
         async with Sandbox(book, catalog, spec.vars) as sandbox:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from responder.control.guard import Guard
-from responder.decision.decisions import parameter_errors
 from responder.decision.engine import Engine
 from responder.decision.rules import RuleBook
-from responder.decision.services import Catalog
+from responder.decision.services import ServiceCatalog
+from responder.orchestration.flow_catalog import parameter_errors
 from responder.runtime.loop import EngineLoop
 from responder.storage.store import Store
 
@@ -43,7 +43,12 @@ class Sandbox:
     """An engine loop over a temporary SQLite store, driven step by step."""
 
     def __init__(
-        self, book: RuleBook, catalog: Catalog, rule_vars: dict[str, str], *, dry_run: bool = False
+        self,
+        book: RuleBook,
+        catalog: ServiceCatalog,
+        rule_vars: dict[str, str],
+        *,
+        dry_run: bool = False,
     ) -> None:
         self.clock = Clock()
         self._dir = tempfile.TemporaryDirectory(prefix="responder-sandbox-")

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from responder.authoring.sandbox import Sandbox
 from responder.decision.rules import load_rules
-from responder.decision.services import load_catalog
+from responder.decision.services import load_services
 from responder.events.webhook import AlertmanagerWebhook
 from responder.exceptions import PayloadError
 from responder.settings import Settings
@@ -29,7 +29,7 @@ async def simulate(settings: Settings, body: bytes) -> list[str]:
         where = ".".join(str(p) for p in first["loc"]) or "(body)"
         raise PayloadError(f"not an Alertmanager webhook: {where}: {first['msg']}") from None
     book = load_rules([settings.rules_dir], known_flows())
-    catalog = load_catalog(settings.services_file)
+    catalog = load_services(settings.services_file)
     lines: list[str] = []
     async with Sandbox(book, catalog, settings.rule_vars) as sandbox:
         # The sandbox's clock stands at the alerts' newest start, so windows count them.

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder import metrics
-from responder.control.ledger import Entry, Ledger
+from responder.control.ledger import DecisionRecord, Ledger
 from responder.decision.decisions import Decision, Verdict
 from responder.storage.store import LeaseHolder, Store
 
@@ -51,7 +51,7 @@ class Admission:
     verdict: Verdict
     refusal: str | None
     reason: str
-    entry: Entry  # the decision's record in the transaction's ledger
+    entry: DecisionRecord  # the decision's record in the transaction's ledger
     held_by: str | None = None  # for key_active and mutex_held: the holder's flow run, if any
 
     @property
@@ -282,7 +282,7 @@ class Admissions:
         verdict: Verdict,
         refusal: _Refusal | None,
         reason: str,
-    ) -> Entry:
+    ) -> DecisionRecord:
         policy = decision.policy
         return self._ledger.add(
             created_at=now,
@@ -313,7 +313,9 @@ class Admissions:
         )
 
 
-def _answer(verdict: Verdict, refusal: _Refusal | None, reason: str, entry: Entry) -> Admission:
+def _answer(
+    verdict: Verdict, refusal: _Refusal | None, reason: str, entry: DecisionRecord
+) -> Admission:
     if refusal is None:
         return Admission(verdict, None, reason, entry)
     return Admission(verdict, refusal.code, reason, entry, refusal.flow_run_id)

@@ -33,7 +33,7 @@ COLUMNS = (
 )
 
 
-class Entry:
+class DecisionRecord:
     """A recorded decision; its id is known once the ledger has written it."""
 
     __slots__ = ("_id",)
@@ -55,14 +55,14 @@ class Ledger:
         self._store = store
         self._conn = conn
         self._rows: list[dict[str, Any]] = []
-        self._entries: list[Entry] = []
+        self._entries: list[DecisionRecord] = []
 
-    def add(self, **values: Any) -> Entry:
+    def add(self, **values: Any) -> DecisionRecord:
         """Record a decision; it is written at the next flush (or the next `insert`)."""
         unknown = values.keys() - COLUMNS
         if unknown:
             raise TypeError(f"not decision columns: {sorted(unknown)}")
-        entry = Entry()
+        entry = DecisionRecord()
         self._rows.append({column: values.get(column) for column in COLUMNS})
         self._entries.append(entry)
         return entry

@@ -10,7 +10,7 @@ from typing import Any
 from responder.decision.engine import Match
 from responder.decision.hosts import host_of
 from responder.decision.rules import GuardSpec, RunBatch
-from responder.decision.services import Catalog
+from responder.decision.services import ServiceCatalog
 from responder.decision.templates import render, render_value
 from responder.events.facts import Fact
 from responder.events.webhook import Alert
@@ -82,7 +82,7 @@ def template_context(
     alert: Alert,
     rule_vars: Mapping[str, str],
     facts: Mapping[str, Mapping[str, str]] | None = None,
-    catalog: Catalog | None = None,
+    catalog: ServiceCatalog | None = None,
 ) -> dict[str, Any]:
     """What a rule template sees.
 
@@ -106,7 +106,9 @@ def template_context(
     }
 
 
-def decide(match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None = None) -> Decision:
+def decide(
+    match: Match, rule_vars: Mapping[str, str], catalog: ServiceCatalog | None = None
+) -> Decision:
     """Render a match's flow parameters and guard key; raises `TemplateError`."""
     rule = match.rule
     if rule.run is None or rule.guard is None:
@@ -142,18 +144,8 @@ def guard_key(rule: str, policy: GuardSpec, context: Mapping[str, Any]) -> str:
     return key if policy.key_scope == "shared" else f"{rule}:{key}"
 
 
-def parameter_errors(flow: str, parameters: dict[str, Any]) -> list[dict[str, str]]:
-    """What the flow would refuse in these parameters (see `flows.catalog`); [] if they fit.
-
-    Imports the flow, and Prefect with it, on first use.
-    """
-    from flows.catalog import parameter_errors as check
-
-    return check(flow, parameters)
-
-
 def fact_for(
-    match: Match, rule_vars: Mapping[str, str], catalog: Catalog | None, now: float
+    match: Match, rule_vars: Mapping[str, str], catalog: ServiceCatalog | None, now: float
 ) -> Fact:
     """Render the fact a match's rule asserts; raises `TemplateError`."""
     spec = match.rule.assert_

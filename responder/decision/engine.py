@@ -31,9 +31,10 @@ import durable_rules_engine
 from durable import engine as durable
 
 from responder import metrics
+from responder.decision.conditions import fact_meets
 from responder.decision.matchers import Matcher, MatchOp
 from responder.decision.rules import FactCondition, Rule, RuleBook
-from responder.events.facts import Fact, fact_meets
+from responder.events.facts import Fact
 from responder.events.webhook import Alert
 from responder.exceptions import ResponderError
 

@@ -6,7 +6,6 @@ Errors name the file, the line and what is accepted. Compiling rules for the eng
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -17,17 +16,16 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
-    WithJsonSchema,
     model_validator,
 )
 
 from responder.decision.documents import line_of, load_document
 from responder.decision.matchers import Matcher, parse_matcher
 from responder.decision.templates import compile_template, valid_templates
+from responder.durations import Duration
 from responder.events.webhook import AlertStatus, LabelName
 from responder.exceptions import ResponderError, RuleError
 
@@ -58,50 +56,6 @@ _valid_matcher = _parses_with(_parsed_matcher)
 _valid_template = _parses_with(compile_template)
 
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a Prometheus-style duration (`90s`, `15m`, `1h30m`, `2d`) or a number."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or text like 90s, 15m, 1h30m, 2d")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return _finite(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value.strip())
-        if m and any(m.groups()):
-            days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
-            return _finite(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
-    raise ValueError(f"{value!r} is not a duration; use seconds or text like 90s, 15m, 1h30m, 2d")
-
-
-def _finite(seconds: float) -> float:
-    # Timers and leases add durations to the clock: NaN, infinity or an int past float's
-    # range would break them, not mean "forever".
-    try:
-        result = float(seconds)
-    except OverflowError:
-        result = math.inf
-    if not math.isfinite(result):
-        raise ValueError("a duration must be a finite number of seconds")
-    return result
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": _DURATION.pattern},
-            ],
-            "description": "Seconds, or a duration like 90s, 15m, 1h30m, 2d.",
-        }
-    ),
-]
 MatcherText = Annotated[str, AfterValidator(_valid_matcher)]
 
 TemplateText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_valid_template)]

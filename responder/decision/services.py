@@ -65,7 +65,7 @@ class MaintenanceWindow(_Spec):
     reason: str = Field(min_length=1, max_length=1000)
 
 
-class Catalog(_Spec):
+class ServiceCatalog(_Spec):
     """The whole `services.yaml`."""
 
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
@@ -107,13 +107,13 @@ class Catalog(_Spec):
         return {} if spec is None else {"name": labels["service"], **spec.model_dump()}
 
 
-def load_catalog(path: Path) -> Catalog:
+def load_services(path: Path) -> ServiceCatalog:
     """Load `services.yaml`; a missing file is an empty catalog."""
     if not path.exists():
-        return Catalog()
+        return ServiceCatalog()
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"cannot read: {exc}", file=str(path)) from None
-    catalog, _ = load_document(text, str(path), Catalog, CatalogError)
-    return catalog or Catalog()
+    catalog, _ = load_document(text, str(path), ServiceCatalog, CatalogError)
+    return catalog or ServiceCatalog()

@@ -11,9 +11,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from responder.decision.rules import FactCondition
-from responder.events.webhook import Alert
-
 
 @dataclass(frozen=True)
 class Fact:
@@ -33,20 +30,3 @@ def fact_id(name: str, fields: Mapping[str, str]) -> str:
     """A fact's identity: its name and fields, whatever their order."""
     digest = hashlib.sha256(json.dumps([name, sorted(fields.items())]).encode()).hexdigest()
     return f"fact:{name}:{digest[:32]}"
-
-
-def fact_meets(fact: Fact, condition: FactCondition, alert: Alert | None) -> bool:
-    """Whether `fact` satisfies a `when`/`unless`/`retract` condition joined with `alert`."""
-    if fact.name != condition.fact:
-        return False
-    for test in condition.tests:
-        if test.label is not None:
-            if alert is None:
-                return False
-            expected = alert.labels.get(test.label, "")
-        else:
-            expected = test.value
-        equal = fact.fields.get(test.field, "") == expected
-        if equal == test.negative:
-            return False
-    return True

@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from flows import flow_names
 from responder import metrics
 from responder.control.guard import PAUSE
 from responder.decision.decisions import Verdict
@@ -36,6 +35,7 @@ from responder.intake.auth import (
     unprotected,
 )
 from responder.intake.ratelimit import RateLimit, client_of
+from responder.orchestration.flow_catalog import flow_names
 from responder.runtime.service import Service
 from responder.storage.store import ANSWERING, run_status
 
@@ -476,7 +476,7 @@ def create_app(service: Service) -> FastAPI:
         """Every atomic operation and flow: description, risk level, tags."""
         if denied := refused(request, operator_auth):
             return denied
-        from flows.catalog import catalog
+        from responder.orchestration.flow_catalog import catalog
 
         entries = await asyncio.to_thread(catalog)
         return JSONResponse({"catalog": [entry.summary() for entry in entries]})
@@ -488,7 +488,7 @@ def create_app(service: Service) -> FastAPI:
         """One operation or flow, with its parameters' JSON Schema."""
         if denied := refused(request, operator_auth):
             return denied
-        from flows.catalog import find
+        from responder.orchestration.flow_catalog import find
 
         entry = await asyncio.to_thread(find, name)
         if entry is None:
@@ -516,7 +516,7 @@ def create_app(service: Service) -> FastAPI:
         body = await json_body(request, RunRequestBody, "a run request")
         if isinstance(body, JSONResponse):
             return body
-        from flows.catalog import parameter_errors
+        from responder.orchestration.flow_catalog import parameter_errors
 
         errors = await asyncio.to_thread(parameter_errors, name, body.parameters)
         if errors:

@@ -14,7 +14,7 @@ import math
 import time
 from typing import Any
 
-from flows import REMEDIATIONS, flow_names, load_flow
+from responder.orchestration.flow_catalog import REMEDIATIONS, flow_names, load_flow
 
 
 class AtCapacityOncePerMinute(logging.Filter):
@@ -57,7 +57,7 @@ def entrypoint(name: str) -> str:
     if name in REMEDIATIONS:
         module, _, attribute = REMEDIATIONS[name].entry.partition(":")
         return f"{module.replace('.', '/')}.py:{attribute}"
-    from flows.interpreter import python_name
+    from responder.orchestration.flow_catalog import python_name
 
     return f"flows/yaml_flows.py:{python_name(name)}"
 

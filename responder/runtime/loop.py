@@ -14,30 +14,29 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder import metrics
-from responder.control.guard import Admission, Guard
-from responder.control.ledger import Ledger
-from responder.decision.decisions import Decision, Verdict, decide, fact_for
-from responder.decision.engine import Engine, EngineRejected, Match
+from responder.control.guard import Guard
+from responder.decision.decisions import Verdict
+from responder.decision.engine import Engine, EngineRejected
+from responder.decision.pipeline import ParameterCheck, Pipeline
 from responder.decision.rules import RuleBook
-from responder.decision.services import Catalog
+from responder.decision.services import ServiceCatalog
 from responder.events.cloudevents import CloudEvent, Outcome, is_batch, parse_events
 from responder.events.facts import Fact
-from responder.events.manual_runs import MANUAL_RULE, RunRequest, decision_for, rule_policy
+from responder.events.manual_runs import RunRequest
 from responder.events.webhook import Alert, AlertmanagerWebhook
-from responder.exceptions import StoreUnavailable, TemplateError
+from responder.exceptions import StoreUnavailable
 from responder.orchestration.dispatch import Dispatcher, RefusedDecision
+from responder.orchestration.flow_catalog import reload_flows
+from responder.runtime.work import Work
 from responder.storage.store import ActiveRun, PendingMessage, Store
 
 log = logging.getLogger(__name__)
-
-MAX_CHAIN = 8
 
 # A storm allocates many short-lived objects while the engine holds many long-lived ones
 # (every firing alert). With CPython's default (a young collection every 700 allocations),
@@ -60,22 +59,13 @@ def collect_garbage_less_often() -> None:
     gc.set_threshold(max(YOUNG_GC_THRESHOLD, young), middle, old)
 
 
-# flow name, parameters → what the flow would refuse (empty when they fit).
-ParameterCheck = Callable[[str, dict[str, Any]], list[dict[str, str]]]
-
-
-def _joinable(labels: Mapping[str, str]) -> dict[str, str]:
-    """Labels usable as fact fields (the ones rules can join on)."""
-    return {k: v for k, v in labels.items() if k.isidentifier() and len(k) <= 63}
-
-
-def _show(fact: Fact) -> str:
-    fields = ",".join(f"{k}={v}" for k, v in sorted(fact.fields.items()))
-    return f"{fact.name}{{{fields}}}"
-
-
 class EngineLoop:
-    """Reads the inbox in order, feeds the engine, asks the guard, hands off to dispatch."""
+    """Reads the inbox in order, decides in short transactions, hands off to dispatch.
+
+    What to decide is the decision pipeline's (`responder.decision.pipeline`); this loop
+    sequences it: inbox rows and due timers → a transaction → the pipeline → commit →
+    dispatch.
+    """
 
     def __init__(
         self,
@@ -83,7 +73,7 @@ class EngineLoop:
         guard: Guard,
         dispatcher: Dispatcher | None,
         book: RuleBook,
-        catalog: Catalog,
+        catalog: ServiceCatalog,
         *,
         rule_vars: dict[str, str] | None = None,
         batch: int = 256,
@@ -109,36 +99,61 @@ class EngineLoop:
         self._event_ttl = event_ttl
         self._clock = clock
         self._check_parameters = check_parameters
-        self._checked_flows: set[str] = set()  # flows already imported by a check
-        self.book = book
-        self.catalog = catalog
-        self.engine = Engine(book, partitions, clock)
+        self.pipeline = self._pipeline(Engine(book, partitions, clock), book, catalog)
         self.running = False
         self.wake = asyncio.Event()
         # Held while a step runs, so a reload never swaps the engine mid-row.
         self._lock = asyncio.Lock()
 
-    async def use(self, book: RuleBook, catalog: Catalog) -> None:
-        """Switch to new rules and catalog between two steps; on a store error keep the old."""
+    async def use(self, book: RuleBook, catalog: ServiceCatalog) -> None:
+        """Switch to new rules and catalog between two steps; on a store error keep the old.
+
+        The rules were checked against the flows as their files are now, so the parameters
+        flows accept are read again too: a changed flow file is not checked as it was.
+        """
         async with self._lock:
+            reload_flows()
             await self._rebuild(book, catalog)
 
     async def rebuild(self) -> None:
         """Rebuild the engine's facts and alerts from the store; nothing is decided again."""
         await self._rebuild(self.book, self.catalog)
 
-    async def _rebuild(self, book: RuleBook, catalog: Catalog) -> None:
+    @property
+    def engine(self) -> Engine:
+        return self.pipeline.engine
+
+    @property
+    def book(self) -> RuleBook:
+        return self.pipeline.book
+
+    @property
+    def catalog(self) -> ServiceCatalog:
+        return self.pipeline.catalog
+
+    def _pipeline(self, engine: Engine, book: RuleBook, catalog: ServiceCatalog) -> Pipeline:
+        return Pipeline(
+            engine,
+            book,
+            catalog,
+            rule_vars=self._rule_vars,
+            clock=self._clock,
+            event_ttl=self._event_ttl,
+            check_parameters=self._check_parameters,
+        )
+
+    async def _rebuild(self, book: RuleBook, catalog: ServiceCatalog) -> None:
         # Read the store first: if it fails, the engine in use stays whole.
         facts = await self._store.live_facts(self._clock())
         firing = await self._store.firing()
         # Compiled off the event loop (seconds for thousands of rules). durable_rules is used
         # by one thread at a time: steps, the only other users, wait for the lock we hold.
         engine = await asyncio.to_thread(self._build, book, catalog, facts, firing)
-        old, self.engine, self.book, self.catalog = self.engine, engine, book, catalog
+        old, self.pipeline = self.engine, self._pipeline(engine, book, catalog)
         old.close()
 
     def _build(
-        self, book: RuleBook, catalog: Catalog, facts: list[Fact], firing: list[Alert]
+        self, book: RuleBook, catalog: ServiceCatalog, facts: list[Fact], firing: list[Alert]
     ) -> Engine:
         engine = Engine(book, self._partitions, self._clock)
         for fact in [*catalog.facts(self._clock()), *facts]:
@@ -209,7 +224,7 @@ class EngineLoop:
                 await self._process(messages)
             return len(messages)
 
-    def _announce(self, work: _Work) -> None:
+    def _announce(self, work: Work) -> None:
         """After a commit: refused decisions become Prefect events too."""
         if self._dispatcher is not None and work.refused:
             self._dispatcher.announce_refused(
@@ -228,6 +243,7 @@ class EngineLoop:
             )
 
     async def _submit(self, admitted: list[ActiveRun]) -> None:
+        """After a commit: admitted decisions go to dispatch."""
         if self._dispatcher is not None:
             for run in admitted:
                 await self._dispatcher.submit(run)
@@ -243,11 +259,10 @@ class EngineLoop:
         due.reverse()  # popped from the end, in order
         while due or expired:
             async with self._store.turn(), self._store.transaction() as conn:
-                work = _Work(self._store, self._guard, conn, self._clock)
+                work = Work(self._store, self._guard, conn, self._clock)
                 await self._store.delete_facts(conn, [f.id for f in expired])
                 expired = []
                 deadline = time.monotonic() + self._transaction_seconds
-                admitted: list[ActiveRun] = []
                 handled = 0
                 while due and (
                     not handled or (handled < self._batch_items and time.monotonic() < deadline)
@@ -259,10 +274,10 @@ class EngineLoop:
                     if match.retry or not await self._store.decided(
                         conn, match.rule.name, match.alert.incident
                     ):
-                        admitted.extend(await self._apply(work, [match], inbox_id=None))
+                        await self.pipeline.due(work, match)
                 await work.flush()
             self._announce(work)
-            await self._submit(admitted)
+            await self._submit(work.admitted)
 
     async def _process(self, messages: list[PendingMessage]) -> None:
         """Handle the rows' items in order, over as many short transactions as they need.
@@ -273,9 +288,8 @@ class EngineLoop:
         rows = [(message.id, message.progress, self._items(message)) for message in messages]
         row, item = 0, rows[0][1] if rows else 0
         while row < len(rows):
-            admitted: list[ActiveRun] = []
             async with self._store.turn(), self._store.transaction() as conn:
-                work = _Work(self._store, self._guard, conn, self._clock)
+                work = Work(self._store, self._guard, conn, self._clock)
                 deadline = time.monotonic() + self._transaction_seconds
                 finished: list[int] = []
                 handled, learned, window = 0, 0, LEARN_FIRST
@@ -294,7 +308,7 @@ class EngineLoop:
                         window = min(window, self._batch_items - handled)
                         await work.learn_identities(self._next_alerts(rows, row, item, window))
                         learned, window = handled + window, window * 2
-                    admitted.extend(await self._handle(work, inbox_id, items[item]))
+                    await self._handle(work, inbox_id, items[item])
                     item += 1
                     handled += 1
                 await work.flush()
@@ -302,7 +316,7 @@ class EngineLoop:
                 if row < len(rows) and item > rows[row][1]:
                     await self._store.set_progress(conn, rows[row][0], item)
             self._announce(work)
-            await self._submit(admitted)
+            await self._submit(work.admitted)
 
     def _items(self, message: PendingMessage) -> list[Alert | CloudEvent | Outcome | RunRequest]:
         """A row's items, each handled on its own: alerts, events, an outcome, a run request."""
@@ -336,282 +350,28 @@ class EngineLoop:
         return alerts
 
     async def _handle(
-        self, work: _Work, inbox_id: int, item: Alert | CloudEvent | Outcome | RunRequest
-    ) -> list[ActiveRun]:
+        self, work: Work, inbox_id: int, item: Alert | CloudEvent | Outcome | RunRequest
+    ) -> None:
         if isinstance(item, Alert):
             metrics.count_alert(item.status)
-            return await self._handle_alert(work, item, inbox_id)
-        if isinstance(item, RunRequest):
-            ruled = rule_policy(item, self.book, self.catalog, self.engine.facts(), self._rule_vars)
-            decision = decision_for(item, inbox_id, self._clock(), ruled)
-            if ruled is not None and ruled.blocked is not None:
-                reason = ruled.blocked  # maintenance, an outage: what stops the rule
-                work.record(decision.alert, inbox_id, Verdict.REFUSED, reason, MANUAL_RULE)
-                return []
-            return await self._admit(work, decision, inbox_id)
-        if isinstance(item, Outcome):
-            self._climb_ladder(item)
-            return await self._assert(work, item.fact(self._fact_expiry()), inbox_id)
-        metrics.EVENTS_RECEIVED.inc()
-        return await self._assert(work, item.fact(self._fact_expiry()), inbox_id)
+            await self._handle_alert(work, item, inbox_id)
+        elif isinstance(item, RunRequest):
+            await self.pipeline.manual_run(work, item, inbox_id)
+        elif isinstance(item, Outcome):
+            await self.pipeline.outcome(work, item, inbox_id)
+        else:
+            await self.pipeline.event(work, item, inbox_id)
 
-    def _climb_ladder(self, outcome: Outcome) -> None:
-        """The escalation ladder: a remediation completed, but if its alert still fires once
-        the cooldown is over, that is a new attempt, until the rule's max_attempts."""
-        rule = next((r for r in self.book.rules if r.name == outcome.rule), None)
-        if outcome.state != "COMPLETED" or rule is None or rule.guard is None:
-            return
-        if (rule.guard.max_attempts or 1) > 1:
-            when = self._clock() + rule.guard.cooldown + 1.0
-            self.engine.retry_after(rule.name, outcome.incident, when)
-
-    def _fact_expiry(self) -> float:
-        return self._clock() + self._event_ttl
-
-    async def _assert(self, work: _Work, fact: Fact, inbox_id: int | None) -> list[ActiveRun]:
-        """Hold a fact (an event, an outcome, ...); rules it completes decide for their alerts."""
-        await self._store.save_fact(work.conn, fact)
-        try:
-            matches = self.engine.assert_fact(fact)
-        except EngineRejected:
-            log.error("the rules engine rejected fact %s", fact.id)  # counted by the engine
-            return []
-        return await self._apply(work, matches, inbox_id)
-
-    async def _handle_alert(self, work: _Work, alert: Alert, inbox_id: int) -> list[ActiveRun]:
+    async def _handle_alert(self, work: Work, alert: Alert, inbox_id: int) -> None:
+        """Each (fingerprint, startsAt, status) is decided once, whatever Alertmanager resends."""
         first = work.first_seen_in(alert)
         if first is not None:
-            work.record(
-                alert,
-                inbox_id,
-                Verdict.DUPLICATE,
-                f"{alert.status} alert already handled (inbox #{first})",
-            )
-            return []
+            reason = f"{alert.status} alert already handled (inbox #{first})"
+            work.record(alert, inbox_id, Verdict.DUPLICATE, reason)
+            return
         work.note(alert, inbox_id)
-        if alert.status == "resolved":
-            matches = self.engine.retract_alert(alert)
-            work.set_firing(alert, firing=False)
-            work.record(alert, inbox_id, Verdict.RESOLVED, "fact retracted")
-            return await self._apply(work, matches, inbox_id)
-        if work.was_resolved(alert):
+        if alert.status != "resolved" and work.was_resolved(alert):
             # A firing notice that arrives after the same incident resolved is stale.
             work.record(alert, inbox_id, Verdict.DUPLICATE, "incident already resolved")
-            return []
-        try:
-            matches = self.engine.assert_alert(alert)
-        except EngineRejected:
-            work.record(alert, inbox_id, Verdict.ERROR, "the rules engine rejected this alert")
-            return []
-        work.set_firing(alert, firing=True)
-        if not matches:
-            work.record(alert, inbox_id, Verdict.UNMATCHED, "no rule matched")
-            return []
-        return await self._apply(work, matches, inbox_id)
-
-    async def _apply(
-        self, work: _Work, matches: list[Match], inbox_id: int | None, depth: int = 0
-    ) -> list[ActiveRun]:
-        """Act on matches in priority order: retract and assert facts, then decide.
-
-        Asserting a fact can make more rules hold (forward chaining); those are applied
-        in turn, up to `MAX_CHAIN` levels deep.
-        """
-        admitted: list[ActiveRun] = []
-        for match in matches:
-            rule, alert = match.rule, match.alert
-            if not self.engine.still_holds(match):
-                work.record(
-                    alert,
-                    inbox_id,
-                    Verdict.UNMATCHED,
-                    "held, then a fact it requires or excludes changed",
-                    rule=rule.name,
-                )
-                continue
-            try:
-                done = await self._change_facts(work, match, inbox_id, depth)
-            except TemplateError as exc:
-                work.record(alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
-                continue
-            admitted.extend(done)
-            if rule.run is None:
-                continue
-            try:
-                decision = decide(match, self._rule_vars, self.catalog)
-            except TemplateError as exc:
-                work.record(alert, inbox_id, Verdict.ERROR, str(exc), rule=rule.name)
-                continue
-            admitted.extend(await self._admit(work, decision, inbox_id))
-        return admitted
-
-    async def _admit(
-        self, work: _Work, decision: Decision, inbox_id: int | None
-    ) -> list[ActiveRun]:
-        """Put a decision to the guard; an admitted one becomes a run to dispatch.
-
-        Parameters the flow would refuse (a label that is not a hostname, say) make the
-        decision an error before the guard: nothing is admitted, nothing runs.
-        """
-        alert = decision.alert
-        if self._check_parameters is not None:
-            if decision.flow in self._checked_flows:
-                errors = self._check_parameters(decision.flow, decision.parameters)
-            else:
-                # In a thread: the first check of a flow imports it (and Prefect).
-                errors = await asyncio.to_thread(
-                    self._check_parameters, decision.flow, decision.parameters
-                )
-                self._checked_flows.add(decision.flow)
-            if errors:
-                shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-                reason = f"parameters do not fit flow {decision.flow!r}: {shown}"
-                work.record(alert, inbox_id, Verdict.ERROR, reason, rule=decision.rule)
-                return []
-        admission = await work.guard.admit(decision, inbox_id)
-        metrics.count_decision(admission.verdict, admission.refusal)
-        admitted: list[ActiveRun] = []
-        if admission.verdict is Verdict.REFUSED and admission.refusal is not None:
-            work.refused.append((admission, decision))
-        if admission.refusal == "max_attempts":
-            # The top of the ladder: rules escalate on this fact (page, notify).
-            exhausted = Fact(
-                "exhausted",
-                {**_joinable(alert.labels), "rule": decision.rule},
-                self._fact_expiry(),
-                source=f"rule:{decision.rule}",
-            )
-            admitted.extend(await self._assert(work, exhausted, inbox_id))
-        if admission.admitted:
-            admitted.append(
-                ActiveRun(
-                    decision_id=admission.decision_id,
-                    flow_run_id=None,
-                    flow=decision.flow,
-                    rule=decision.rule,
-                    guard_key=decision.key,
-                    incident=alert.incident,
-                    alertname=alert.alertname,
-                    parameters=decision.parameters,
-                    labels=dict(alert.labels),
-                    silence=decision.policy.silence,
-                    batch_over=decision.batch.over if decision.batch else None,
-                    batch_window=decision.batch.window if decision.batch else 0.0,
-                )
-            )
-        return admitted
-
-    async def _change_facts(
-        self, work: _Work, match: Match, inbox_id: int | None, depth: int
-    ) -> list[ActiveRun]:
-        rule, alert = match.rule, match.alert
-        notes: list[str] = []
-        for condition in rule.retract:
-            gone = self.engine.retract_facts(condition, alert)
-            await self._store.delete_facts(work.conn, [f.id for f in gone])
-            notes.extend(f"retracted {_show(f)}" for f in gone)
-        chained: list[Match] = []
-        if rule.assert_ is not None:
-            fact = fact_for(match, self._rule_vars, self.catalog, self._clock())
-            await self._store.save_fact(work.conn, fact)
-            try:
-                chained = self.engine.assert_fact(fact)
-            except EngineRejected:
-                log.error("the rules engine rejected fact %s", fact.id)
-            notes.append(f"asserted {_show(fact)}")
-        if rule.run is None:
-            work.record(
-                alert,
-                inbox_id,
-                Verdict.ASSERTED,
-                "; ".join(notes) or "nothing to change",
-                rule=rule.name,
-            )
-        if not chained:
-            return []
-        if depth >= MAX_CHAIN:
-            metrics.ENGINE_ERRORS.labels(kind="chain_depth").inc()
-            log.error("rule %s: forward chaining deeper than %d; stopped", rule.name, MAX_CHAIN)
-            return []
-        return await self._apply(work, chained, inbox_id, depth + 1)
-
-
-class _Work:
-    """One transaction's buffered writes: decisions, alert identities and firing alerts.
-
-    Identities of a whole batch are read in one query and written in one; decisions go to
-    the transaction's ledger, which writes them in bulk and in order.
-    """
-
-    def __init__(
-        self, store: Store, guard: Guard, conn: AsyncConnection, clock: Callable[[], float]
-    ) -> None:
-        # Refused decisions, announced as Prefect events once the transaction commits.
-        self.refused: list[tuple[Admission, Decision]] = []
-        self._store = store
-        self.conn = conn
-        self._clock = clock
-        self.ledger = Ledger(store, conn)
-        self.guard = guard.within(conn, self.ledger)
-        self._seen: dict[tuple[str, str, str], int] = {}
-        self._identities: list[dict[str, Any]] = []
-        self._firing: dict[str, Alert | None] = {}
-
-    async def learn_identities(self, alerts: list[Alert]) -> None:
-        self._seen.update(await self._store.known_identities(self.conn, alerts))
-
-    def first_seen_in(self, alert: Alert) -> int | None:
-        return self._seen.get(_identity(alert))
-
-    def was_resolved(self, alert: Alert) -> bool:
-        return (alert.fingerprint, alert.starts_at.isoformat(), "resolved") in self._seen
-
-    def note(self, alert: Alert, inbox_id: int) -> None:
-        identity = _identity(alert)
-        self._seen[identity] = inbox_id
-        self._identities.append(
-            {
-                "fingerprint": identity[0],
-                "starts_at": identity[1],
-                "status": identity[2],
-                "inbox_id": inbox_id,
-                "seen_at": self._clock(),
-            }
-        )
-
-    def set_firing(self, alert: Alert, *, firing: bool) -> None:
-        self._firing[alert.incident] = alert if firing else None
-
-    def record(
-        self,
-        alert: Alert,
-        inbox_id: int | None,
-        verdict: Verdict,
-        reason: str,
-        rule: str | None = None,
-    ) -> None:
-        metrics.count_decision(verdict)
-        self.ledger.add(
-            created_at=self._clock(),
-            inbox_id=inbox_id,
-            incident=alert.incident,
-            alertname=alert.alertname,
-            alert_status=alert.status,
-            labels=dict(alert.labels),
-            rule=rule,
-            verdict=verdict.value,
-            reason=reason,
-        )
-
-    async def flush(self) -> None:
-        await self.ledger.flush()
-        if self._identities:
-            await self._store.add_identities(self.conn, self._identities)
-            self._identities = []
-        if self._firing:
-            await self._store.replace_firing(self.conn, self._firing)
-            self._firing = {}
-
-
-def _identity(alert: Alert) -> tuple[str, str, str]:
-    return (alert.fingerprint, alert.starts_at.isoformat(), alert.status)
+            return
+        await self.pipeline.alert(work, alert, inbox_id)

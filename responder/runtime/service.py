@@ -8,12 +8,12 @@ import logging
 
 from responder import metrics
 from responder.control.guard import Guard
-from responder.decision.decisions import parameter_errors
 from responder.decision.rules import RuleBook, load_rules
-from responder.decision.services import Catalog, load_catalog
+from responder.decision.services import ServiceCatalog, load_services
 from responder.exceptions import DocumentError, StoreUnavailable
 from responder.orchestration.alertmanager import Alertmanager
 from responder.orchestration.dispatch import Dispatcher
+from responder.orchestration.flow_catalog import parameter_errors
 from responder.runtime.leadership import Leadership
 from responder.runtime.loop import EngineLoop
 from responder.runtime.resync import resync
@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def known_flows() -> list[str]:
-    from flows import flow_names
+    from responder.orchestration.flow_catalog import flow_names
 
     return flow_names()
 
 
 def _warm_parameter_checks() -> None:
-    from flows import flow_names
+    from responder.orchestration.flow_catalog import flow_names
 
     for flow in flow_names():
         with contextlib.suppress(Exception):  # a broken flow is reported when it is used
@@ -84,10 +84,10 @@ class Service:
     def book(self) -> RuleBook:
         return self.loop.book
 
-    def _load(self) -> tuple[RuleBook, Catalog]:
+    def _load(self) -> tuple[RuleBook, ServiceCatalog]:
         return (
             load_rules([self.settings.rules_dir], known_flows()),
-            load_catalog(self.settings.services_file),
+            load_services(self.settings.services_file),
         )
 
     async def reload(self) -> RuleBook:

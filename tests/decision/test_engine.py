@@ -306,9 +306,9 @@ def test_a_sequence_holds_only_after_its_first_alert_within_the_window() -> None
 
 
 def test_an_outcome_fact_joins_an_alert_whose_label_is_long() -> None:
+    from responder.decision.conditions import fact_meets
     from responder.decision.rules import FactCondition
     from responder.events.cloudevents import Outcome
-    from responder.events.facts import fact_meets
 
     long = "h" * 10_000  # within the webhook's label limit
     outcome = Outcome(

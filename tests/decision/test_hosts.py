@@ -6,7 +6,7 @@ import pytest
 
 from responder.decision.decisions import template_context
 from responder.decision.hosts import canonical_host, host_of
-from responder.decision.services import Catalog
+from responder.decision.services import ServiceCatalog
 from responder.decision.templates import render
 from responder.events.webhook import Alert
 
@@ -44,7 +44,7 @@ def alert(**labels: str) -> Alert:
 
 
 def test_templates_see_the_host_from_instance_or_the_label_the_catalog_names() -> None:
-    catalog = Catalog.model_validate(
+    catalog = ServiceCatalog.model_validate(
         {"services": {"db": {"tier": 0, "host_label": "node"}, "web": {"tier": 1}}}
     )
     web = alert(instance="WEB-3:9100", service="web", node="n-9")

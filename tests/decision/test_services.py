@@ -5,19 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from responder.decision.services import load_catalog
+from responder.decision.services import load_services
 from responder.exceptions import CatalogError
 from tests.conftest import ROOT
 
 
 def test_shipped_catalog_loads() -> None:
-    catalog = load_catalog(ROOT / "config" / "services.yaml")
+    catalog = load_services(ROOT / "config" / "services.yaml")
     assert catalog.services["checkout"].tier == 0
     assert catalog.services["checkout"].batch.size == "25%"
 
 
 def test_missing_file_is_an_empty_catalog(tmp_path: Path) -> None:
-    assert load_catalog(tmp_path / "none.yaml").services == {}
+    assert load_services(tmp_path / "none.yaml").services == {}
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_errors_name_file_and_line(tmp_path: Path, text: str, line: int, needle:
     path = tmp_path / "services.yaml"
     path.write_text(text)
     with pytest.raises(CatalogError) as info:
-        load_catalog(path)
+        load_services(path)
     assert info.value.file == str(path)
     assert info.value.line == line, str(info.value)
     assert needle in str(info.value)
@@ -52,7 +52,7 @@ def test_catalog_becomes_facts(tmp_path: Path) -> None:
         "  - {labels: {instance: host-8}, until: 2026-01-01T00:00:00Z, reason: long over}\n"
     )
     now = datetime(2026, 11, 26, tzinfo=UTC).timestamp()
-    facts = load_catalog(path).facts(now)
+    facts = load_services(path).facts(now)
     assert [(f.name, dict(f.fields)) for f in facts] == [
         ("service", {"name": "checkout", "tier": "0", "owner": "payments", "approval": "true"}),
         ("maintenance", {"instance": "host-9", "reason": "disk swap"}),

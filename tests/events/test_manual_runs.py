@@ -177,8 +177,9 @@ def test_a_manual_run_is_refused_when_a_guarding_rule_cannot_render_its_key(
 ) -> None:
     """A rule guards the flow with a key the request's parameters do not name (`cluster`):
     running it under the request's own key would skip the rule's approval and cooldown."""
+    from responder.decision.manual import rule_policy
     from responder.decision.rules import load_rules
-    from responder.events.manual_runs import RunRequest, rule_policy
+    from responder.events.manual_runs import RunRequest
     from responder.runtime.service import known_flows
 
     (tmp_path / "r.yaml").write_text(

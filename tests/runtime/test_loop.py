@@ -9,10 +9,12 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import event
 
 from responder.control.guard import Guard
@@ -407,3 +409,65 @@ async def test_an_events_batch_is_held_over_short_transactions(
     held = await store.live_facts(0)
     assert sorted(f.fields["id"] for f in held) == sorted(e["id"] for e in events)
     assert len(commits) >= 8  # 50 events, at most 7 per transaction
+
+
+PROBE_RULES = """
+rules:
+  - name: probe
+    match: ['alertname="ServiceDown"']
+    run: {flow: probe-flow, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
+    guard: {key: "probe/{{ alert.labels.instance }}"}
+"""
+
+
+async def test_a_reload_checks_parameters_against_the_flow_files_as_they_are_now(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the flows' parameter models were read once per process: after a reload, a
+    flow file that came to require a parameter was still checked as it was."""
+    import flows.dsl
+    from responder.decision.rules import load_rules
+    from responder.decision.services import ServiceCatalog
+    from responder.orchestration.flow_catalog import parameter_errors, reload_flows
+
+    class Before(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        url: str
+
+    class After(Before):
+        port: int
+
+    files = {"probe-flow": Before}
+    monkeypatch.setattr(
+        flows.dsl,
+        "load_flow_files",
+        lambda *args, **kwargs: {
+            name: SimpleNamespace(spec=SimpleNamespace(parameters_model=model))
+            for name, model in files.items()
+        },
+    )
+    (tmp_path / "probe.yaml").write_text(PROBE_RULES)
+    book = load_rules([tmp_path / "probe.yaml"], ["probe-flow"])
+    loop = EngineLoop(
+        store, Guard(store, 3600.0), None, book, ServiceCatalog(), check_parameters=parameter_errors
+    )
+    template = fixture_json("firing_group_servicedown_3_hosts")["alerts"][0]
+    try:
+        await loop.rebuild()
+        await store.add_to_inbox(
+            "alertmanager", webhook_of([alert_like_the_fixture(template, 1, "firing")])
+        )
+        await loop.step()
+        files["probe-flow"] = After  # the flow file changed: `port` is required now
+        await loop.use(book, ServiceCatalog())
+        await store.add_to_inbox(
+            "alertmanager", webhook_of([alert_like_the_fixture(template, 2, "firing")])
+        )
+        await loop.step()
+    finally:
+        reload_flows()  # the next test reads the real flow files
+    rows = reversed(await store.decisions(limit=10))
+    assert [(r["labels"]["instance"], r["verdict"], r["reason"]) for r in rows] == [
+        ("host-1", "admitted", "every check passed; names taken"),
+        ("host-2", "error", "parameters do not fit flow 'probe-flow': port: Field required"),
+    ]

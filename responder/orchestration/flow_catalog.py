@@ -1,0 +1,89 @@
+"""The port to `flows/`: the one module of `responder` (the CLI aside) that imports it.
+
+What the rest of Responder asks of the flows: their names (to check rules), the parameters
+each accepts (to refuse a decision before the guard), the catalog of operations and flows
+(the API, the reference pages), and the flow objects to deploy. Behind this port, `flows`
+may import Prefect, so everything that would is imported on first use: checking rules and
+deciding must not pay for it.
+
+Flow files can change while Responder runs. `reload_flows` forgets what was read of them
+(the parameter models and the catalog); the engine loop calls it on every reload.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flows import REMEDIATIONS, PythonFlow, flow_names, load_flow
+
+if TYPE_CHECKING:
+    from flows.catalog import CatalogEntry
+    from flows.dsl import FlowSource
+
+__all__ = [
+    "REMEDIATIONS",
+    "PythonFlow",
+    "catalog",
+    "find",
+    "flow_names",
+    "load_flow",
+    "load_flow_files",
+    "parameter_errors",
+    "python_name",
+    "reload_flows",
+]
+
+
+def parameter_errors(flow: str, parameters: dict[str, Any]) -> list[dict[str, str]]:
+    """What the flow would refuse in these parameters; [] if they fit.
+
+    Imports the flow, and Prefect with it, on first use.
+    """
+    from flows.catalog import parameter_errors as check
+
+    return check(flow, parameters)
+
+
+def catalog() -> list[CatalogEntry]:
+    """Every operation and flow, with what it does, takes and risks (imports every flow)."""
+    from flows.catalog import catalog as entries
+
+    return entries()
+
+
+def find(name: str) -> CatalogEntry | None:
+    """One operation or flow of the catalog by name."""
+    from flows.catalog import find as entry
+
+    return entry(name)
+
+
+def python_name(flow: str) -> str:
+    """The name a YAML flow is importable as, from `flows.yaml_flows`."""
+    from flows.interpreter import python_name as name
+
+    return name(flow)
+
+
+def load_flow_files(
+    directory: Path | None = None, operations: set[str] | None = None
+) -> dict[str, FlowSource]:
+    """Every YAML flow of `directory` (default: `flows/`) by name, validated."""
+    from flows.dsl import FLOWS_DIR
+    from flows.dsl import load_flow_files as load
+
+    return load(directory or FLOWS_DIR, operations)
+
+
+def reload_flows() -> None:
+    """Forget the flows' parameter models and the catalog: the next check, or the next look
+    at the catalog, reads the flow files as they are now.
+
+    Nothing was read if `flows.catalog` was never imported; it is not imported for this.
+    """
+    read = sys.modules.get("flows.catalog")
+    if read is not None:
+        read.parameters_model.cache_clear()
+        read.catalog.cache_clear()
