@@ -15,6 +15,7 @@
     │   └── StoreDamaged       the store's file is damaged (names the file)
     ├── DispatchError          Prefect refused or could not be reached
     ├── ApprovalError          an answer to a run that does not wait for one
+    ├── Refused                an HTTP request answered with an error status and JSON body
     └── FlowError              a flow or an operation could not do its job (flows.errors)
         ├── MissingSecret      a secret a step names is not set where it runs
         ├── StepFailed         a step of a YAML flow failed
@@ -33,7 +34,8 @@
             └── NotificationFailed     a notification target was not notified
 
 The classes outside this module live next to what raises them: `SettingError` in
-`responder.settings`, `EngineRejected` in `responder.decision.engine`, and `FlowError` and
+`responder.settings`, `EngineRejected` in `responder.decision.engine`, `Refused` in
+`responder.intake.errors`, and `FlowError` and
 below in `flows` (`flows.errors` holds its bases). Which failures an operation retries is
 decided in one place, `flows.errors.is_transient`. An exception private to one module (a
 leading underscore) never leaves it, so it is not drawn. tests/test_exceptions.py checks that

@@ -94,9 +94,9 @@ def stop(process: subprocess.Popen[Any], grace: float = 20) -> None:
 async def serve_in_process(settings: Any, service: Any) -> tuple[Any, asyncio.Task[Any]]:
     """Responder's HTTP server (`responder serve`'s uvicorn set-up, TLS included) in this
     event loop; returns once it listens. Stop it with `server.should_exit = True`."""
-    from responder.cli import _http_server
+    from responder.cli.server import http_server
 
-    server = _http_server(settings, service)
+    server = http_server(settings, service)
     task = asyncio.create_task(server.serve())
 
     async def started() -> bool:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from responder.cli import _print_banner
+from responder.cli.server import print_banner
 from responder.exceptions import ConfigError
 from responder.runtime.service import Service
 from responder.settings import Settings, load_settings
@@ -210,7 +210,7 @@ def test_tls_settings_come_from_the_environment(
 
 def _banner_yaml(settings: Settings, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     service = SimpleNamespace(book=SimpleNamespace(rules=[]), dispatcher=None)
-    _print_banner(settings, service)
+    print_banner(settings, service)
     out = capsys.readouterr().out
     snippet = out.split("Paste into alertmanager.yml:")[1].split("Press Ctrl-C")[0]
     [receiver] = yaml.safe_load(snippet)["receivers"]

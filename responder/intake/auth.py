@@ -11,21 +11,31 @@ A secret is configured when it is set; settings refuse empty ones.
 
 An operator's role decides which operator routes it may call (`ROLES`); a valid token of too
 small a role is a 403 naming the roles needed.
+
+Routes ask for their credentials as FastAPI dependencies (`webhook_sender`, `events_sender`,
+`Reading`, `Operating`, `Approving`), which FastAPI solves before it validates a route's path
+and query parameters: a request without credentials learns nothing of what valid ones are.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
+from fastapi import Depends, Request
 from pydantic import SecretStr
+
+from responder.intake.errors import Refused
 
 if TYPE_CHECKING:
     from responder.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Role = Literal["viewer", "operator", "approver", "admin"]
 Action = Literal["read", "operate", "approve"]
@@ -180,3 +190,94 @@ def unprotected(settings: Settings) -> list[str]:
         "events": Credentials.for_events,
     }
     return [kind for kind, credentials in kinds.items() if not credentials(settings).required]
+
+
+@dataclass(frozen=True)
+class Access:
+    """The credentials of each kind of endpoint, built once for an app from its settings."""
+
+    webhook: Credentials
+    operator: OperatorCredentials
+    events: Credentials
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Access:
+        """These settings' credentials; a warning for each kind of endpoint they leave open."""
+        if open_kinds := unprotected(settings):
+            log.warning(
+                "the %s endpoints accept requests without credentials", " and ".join(open_kinds)
+            )
+        elif settings.operator_token is None and not settings.operators:
+            log.warning("no operators: the operator API accepts the webhook credentials as admin")
+        return cls(
+            Credentials.for_webhooks(settings),
+            Credentials.for_operators(settings),
+            Credentials.for_events(settings),
+        )
+
+
+def _access(request: Request) -> Access:
+    access: Access = request.app.state.access
+    return access
+
+
+def _authorization(request: Request) -> str | None:
+    """The request's Authorization header; a 400 for two of them, which a proxy in front
+    might read differently (the last one, say)."""
+    authorization = request.headers.getlist("authorization")
+    if len(authorization) > 1:
+        raise Refused(400, "more than one Authorization header", field="authorization")
+    return authorization[0] if authorization else None
+
+
+def _unauthorized(credentials: Credentials | OperatorCredentials) -> Refused:
+    return Refused(
+        401, "missing or invalid credentials", headers={"WWW-Authenticate": credentials.challenge}
+    )
+
+
+async def webhook_sender(request: Request) -> None:
+    """Dependency of the Alertmanager webhook: a 401 without the webhook's credentials."""
+    credentials = _access(request).webhook
+    if not credentials.accepts(_authorization(request)):
+        raise _unauthorized(credentials)
+
+
+async def events_sender(request: Request) -> None:
+    """Dependency of the CloudEvents endpoint: a 401 without the events' credentials."""
+    credentials = _access(request).events
+    if not credentials.accepts(_authorization(request)):
+        raise _unauthorized(credentials)
+
+
+def operator_who_may(action: Action) -> Callable[[Request], Awaitable[Operator]]:
+    """A dependency naming the operator the credentials carry: a 401 without valid ones,
+    a 403 when the operator's role may not do `action`."""
+
+    async def operator(request: Request) -> Operator:
+        credentials = _access(request).operator
+        who = credentials.identify(_authorization(request))
+        if who is None:
+            raise _unauthorized(credentials)
+        if not who.may(action):
+            needed = roles_allowed(action)
+            raise Refused(
+                403,
+                f"operator {who.name} has role {who.role}; this needs role {' or '.join(needed)}",
+                role=who.role,
+                needed=needed,
+            )
+        return who
+
+    return operator
+
+
+Reading = Annotated[Operator, Depends(operator_who_may("read"))]
+Operating = Annotated[Operator, Depends(operator_who_may("operate"))]
+Approving = Annotated[Operator, Depends(operator_who_may("approve"))]
+
+
+def audit(who: Operator, what: str, *args: object) -> str:
+    """Log a change under the name of the operator who made it; that name."""
+    log.warning("operator %s (%s): " + what, who.name, who.role, *args)
+    return who.name

@@ -4,15 +4,27 @@ A client is its peer address, with IPv6 addresses grouped by /64 (one host or si
 the credentials do not tell senders apart: every Alertmanager presents the same webhook token.
 Behind a reverse proxy the peer is the proxy, unless `trusted_proxies` lets uvicorn take the
 client from the proxy's X-Forwarded-For.
+
+Routes ask for their limit as a FastAPI dependency (`throttle`), after their credentials.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from responder import metrics
+from responder.intake.errors import Refused
+
+if TYPE_CHECKING:
+    from responder.settings import Settings
 
 
 @dataclass(slots=True)
@@ -43,6 +55,17 @@ class RateLimit:
         self.max_clients = max_clients
         self._clock = clock
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # least recently seen first
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimit | None:
+        """The limit these settings ask for; None when they set none."""
+        if settings.rate_limit_per_client <= 0:
+            return None
+        return cls(
+            settings.rate_limit_per_client,
+            settings.rate_limit_burst,
+            max_clients=settings.rate_limit_clients,
+        )
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -86,3 +109,27 @@ def client_of(host: str | None) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
+
+
+def throttle(endpoint: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency answering 429 when this request's client has used up its rate at the
+    app's `RateLimit` (none on `app.state.rate_limit`: no limit). Declare it after the
+    credentials, so a stranger cannot spend a real sender's bucket (a 401 costs little)."""
+
+    async def throttled(request: Request) -> None:
+        limit: RateLimit | None = request.app.state.rate_limit
+        if limit is None:
+            return
+        wait = limit.admit(client_of(request.client.host if request.client else None))
+        if not wait:
+            return
+        metrics.RATE_LIMITED.labels(endpoint=endpoint).inc()
+        raise Refused(
+            429,
+            f"too many requests from this client: at most {limit.rate:g} per second "
+            f"in bursts of {limit.burst}",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            retry_after_seconds=math.ceil(wait * 1000) / 1000,
+        )
+
+    return throttled

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from responder import metrics
-from responder.control.guard import Guard
-from responder.decision.rules import RuleBook, load_rules
+from responder.control.guard import PAUSE, Guard
+from responder.decision.rules import Rule, RuleBook, load_rules
 from responder.decision.services import ServiceCatalog, load_services
-from responder.exceptions import DocumentError, StoreUnavailable
+from responder.events.webhook import Alert
+from responder.exceptions import DispatchError, DocumentError, StoreUnavailable
 from responder.orchestration.alertmanager import Alertmanager
 from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import parameter_errors
@@ -245,3 +247,74 @@ class Service:
     def flows_loaded(self) -> bool:
         """The flows' parameter checks are built (the leader's first decisions wait for it)."""
         return self._warmup is None or self._warmup.done()
+
+    # What the HTTP app asks of the service (responder/intake/): these, never the engine loop,
+    # store or dispatcher inside, so that the app does not change when they do.
+
+    async def accept(self, source: str, body: bytes) -> int:
+        """Commit a body to the inbox and wake the engine; its inbox id (or StoreUnavailable)."""
+        inbox_id = await self.store.add_to_inbox(source, body)
+        self.loop.wake.set()
+        return inbox_id
+
+    async def decisions(self, **filters: Any) -> list[dict[str, Any]]:
+        """Recorded decisions, newest first (`Store.decisions` takes the filters)."""
+        return await self.store.decisions(**filters)
+
+    def held_alerts(self, fingerprint: str) -> list[Alert]:
+        """The firing alerts the engine holds with this fingerprint (one per incident)."""
+        return self.loop.engine.held_alerts(fingerprint)
+
+    def judge(self, alert: Alert) -> list[tuple[Rule, str | None]]:
+        """For each rule, None if it holds for `alert` now, else the first condition that fails."""
+        return self.loop.engine.explain(alert)
+
+    async def pause(self, record: dict[str, Any]) -> None:
+        """Refuse every new remediation until `resume` (the record says who, when and why)."""
+        await self.store.set_control(PAUSE, record)
+
+    async def resume(self) -> None:
+        """Lift the pause."""
+        await self.store.set_control(PAUSE, None)
+
+    async def guard_state(self) -> dict[str, Any]:
+        """The pause switch, held keys and mutexes, and cooling keys."""
+        return await self.store.guard_state()
+
+    async def awaiting_approval(self) -> list[dict[str, Any]]:
+        """The decisions whose flow run waits for an operator's answer."""
+        return await self.store.awaiting_approval()
+
+    @property
+    def answers_approvals(self) -> bool:
+        """Whether a Prefect server is here to take an answer to a waiting run."""
+        return self.dispatcher is not None
+
+    async def answer_approval(
+        self, flow_run_id: str, approved: bool, by: str, comment: str
+    ) -> dict[str, Any]:
+        """Approve or reject a waiting run as operator `by` (needs `answers_approvals`)."""
+        if self.dispatcher is None:
+            raise DispatchError("no Prefect server here to send the answer to")
+        return await self.dispatcher.answer_approval(flow_run_id, approved, by, comment)
+
+    def flow_run_url(self, flow_run_id: str | None) -> str | None:
+        """A flow run's page in the Prefect UI; None without a run or a Prefect server."""
+        if not flow_run_id or self.dispatcher is None:
+            return None
+        return self.dispatcher.flow_run_url(flow_run_id)
+
+    @property
+    def prefect_reachable(self) -> bool | None:
+        """Whether this leader's last call to Prefect succeeded; None when it has no say."""
+        if self.dispatcher is None or not self.leading:
+            return None
+        return self.dispatcher.prefect_reachable
+
+    async def store_problem(self) -> str | None:
+        """Why the store cannot take a webhook now; None when it can."""
+        return await self.store.problem()
+
+    async def backlog(self) -> int:
+        """Inbox bodies not yet decided."""
+        return await self.store.backlog()

@@ -666,7 +666,7 @@ async def test_the_cli_shows_labels_as_escaped_plain_text(
         await client.post(URL, content=webhook([alert]), headers=JSON)
         await wait_for(lambda: settled(service_))
         response = await client.get("/api/v1/decisions")
-    monkeypatch.setattr("responder.cli._call", lambda *args, **kwargs: response)
+    monkeypatch.setattr("responder.cli.client.call", lambda *args, **kwargs: response)
     result = CliRunner().invoke(cli, ["decisions"])
     assert result.exit_code == 0, result.output
     [header, verdict] = result.output.splitlines()

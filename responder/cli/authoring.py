@@ -1,0 +1,208 @@
+"""Authoring commands: for whoever writes rules and flows, offline (check, schema, test,
+simulate, reference, catalog, deploy, demo-target)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from responder.cli.common import ConfigOption, console, err_console, fail, settings_from
+from responder.exceptions import ResponderError
+
+
+def check(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Rule files or directories.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate rule files and YAML flows; name the file, line and problem of the first error."""
+    from flows.dsl import load_flow_files
+    from flows.operations import all_operations
+    from responder.decision.rules import load_rules
+    from responder.runtime.service import known_flows
+
+    try:
+        flows = load_flow_files(operations=set(all_operations()))
+        targets = paths or [settings_from(config).rules_dir]
+        book = load_rules(targets, known_flows())
+    except ResponderError as exc:
+        raise fail(exc) from None
+    for name, flow_source in flows.items():
+        console.print(f"ok  flow {name:<27} {flow_source.file}", highlight=False, soft_wrap=True)
+    for rule, source in zip(book.rules, book.sources, strict=True):
+        console.print(
+            f"ok  {rule.name:<32} {source.file}:{source.line}  → {_does(rule)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"{len(book.rules)} rules and {len(flows)} YAML flows valid")
+
+
+def _does(rule: Any) -> str:
+    parts = [f"run {rule.run.flow}"] if rule.run else []
+    if rule.assert_:
+        parts.append(f"assert {rule.assert_.fact}")
+    parts.extend(f"retract {c.fact}" for c in rule.retract)
+    return ", ".join(parts)
+
+
+def schema() -> None:
+    """Print the JSON Schema of rule files, for editors (rules/rules.schema.json)."""
+    from responder.decision.rules import rule_file_schema
+
+    print(json.dumps(rule_file_schema(), indent=2, sort_keys=True))
+
+
+def reference(
+    page: Annotated[str, typer.Argument(help="settings or operations")],
+) -> None:
+    """Print a reference page written from the code (docs/settings.md and
+    docs/operations-reference.md are its output)."""
+    from responder.authoring.reference import PAGES
+    from responder.authoring.reference import page as reference_page
+
+    if page not in PAGES:
+        err_console.print(f"error: no reference page {page!r}; pages: {', '.join(PAGES)}")
+        raise typer.Exit(2)
+    print(reference_page(page), end="")
+
+
+def test_rules(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Test files or directories (default rules/tests).")
+    ] = None,
+) -> None:
+    """Run rule test files: alerts and events over time in, expected decisions and facts out."""
+    from responder.authoring.ruletest import run_test_file
+    from responder.runtime.service import known_flows
+
+    files: list[Path] = []
+    for path in paths or [Path("rules/tests")]:
+        files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
+    if not files:
+        err_console.print("error: no rule test files found")
+        raise typer.Exit(1)
+    failed = 0
+    for file in files:
+        try:
+            outcomes = asyncio.run(run_test_file(file, known_flows()))
+        except ResponderError as exc:
+            raise fail(exc) from None
+        for outcome in outcomes:
+            if outcome.passed:
+                console.print(f"ok    {file}: {outcome.name}", highlight=False, soft_wrap=True)
+            else:
+                failed += 1
+                console.print(f"FAIL  {file}: {outcome.name}", highlight=False, soft_wrap=True)
+                console.print(outcome.diff, highlight=False, markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def simulate(
+    payload: Annotated[Path, typer.Argument(help="An Alertmanager webhook body (JSON).")],
+    config: ConfigOption = None,
+) -> None:
+    """Show what the rules would do with a webhook; nothing is dispatched or stored."""
+    from responder.authoring.simulation import simulate as run_simulation
+
+    try:
+        settings = settings_from(config)
+        lines = asyncio.run(run_simulation(settings, payload.read_bytes()))
+    except ResponderError as exc:
+        raise fail(exc) from None
+    except OSError as exc:
+        err_console.print(f"error: cannot read {payload}: {exc}")
+        raise typer.Exit(1) from None
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+catalog_app = typer.Typer(
+    invoke_without_command=True, help="What Responder can do: operations and flows."
+)
+
+
+@catalog_app.callback()
+def catalog_list(ctx: typer.Context) -> None:
+    """List every atomic operation and flow (`responder catalog show NAME` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from flows.catalog import catalog
+
+    table = Table("name", "kind", "risk", "tags", "description", box=None)
+    for entry in catalog():
+        table.add_row(entry.name, entry.kind, entry.risk, ",".join(entry.tags), entry.description)
+    console.print(table)
+
+
+@catalog_app.command("show")
+def catalog_show(name: Annotated[str, typer.Argument(help="An operation or flow.")]) -> None:
+    """Show one operation or flow: what it does, and each parameter."""
+    from rich.table import Table
+
+    from flows.catalog import find
+
+    entry = find(name)
+    if entry is None:
+        err_console.print(f"[red]error:[/red] no operation or flow is named {name!r}")
+        raise typer.Exit(1)
+    console.print(f"[bold]{entry.name}[/bold]  {entry.kind}, risk {entry.risk}, {entry.source}")
+    console.print(entry.description, highlight=False)
+    schema = entry.parameters
+    required = set(schema.get("required", []))
+    table = Table("parameter", "type", "required", "default", "description", box=None)
+    for field, spec in schema.get("properties", {}).items():
+        kind = spec.get("type") or " | ".join(
+            str(option.get("type", "?")) for option in spec.get("anyOf", [])
+        )
+        table.add_row(
+            field,
+            str(kind or spec.get("format", "")),
+            "yes" if field in required else "",
+            "" if "default" not in spec else json.dumps(spec["default"]),
+            spec.get("description", ""),
+        )
+    console.print(table)
+
+
+def deploy(
+    work_pool: Annotated[str, typer.Option(help="The Prefect work pool workers poll.")],
+    work_queue: Annotated[str | None, typer.Option(help="A queue of that pool.")] = None,
+    output: Annotated[Path, typer.Option(help="Where to write it.")] = Path("prefect.yaml"),
+) -> None:
+    """Write a prefect.yaml that deploys every flow to a work pool, for Prefect workers.
+
+    Then run `prefect deploy --all` here, and `prefect worker start --pool POOL` on each
+    worker machine (with this project installed).
+    """
+    import yaml
+
+    from responder.orchestration.deployments import prefect_yaml
+
+    document = prefect_yaml(work_pool, work_queue)
+    output.write_text(yaml.safe_dump(document, sort_keys=False))
+    console.print(
+        f"wrote {output}: {len(document['deployments'])} deployments to work pool "
+        f"{work_pool!r}.\nNext: prefect deploy --all --prefect-file {output}",
+        highlight=False,
+    )
+
+
+def demo_target(
+    port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 9480,
+) -> None:
+    """Run a stand-in service control API that the example rule restarts services through."""
+    from responder.authoring.demo import DemoService
+
+    target = DemoService(port=port)
+    console.print(f"Demo service control API on {target.url} (GET /calls lists restarts)")
+    try:
+        target.serve_forever()
+    except KeyboardInterrupt:
+        pass
