@@ -1,0 +1,43 @@
+"""Pause and resume: every replica obeys the switch, and a pause is no dispatch failure."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+from prometheus_client import REGISTRY
+
+from responder.control.guard import PAUSE, Guard
+from responder.decision.rules import RunBatch
+from responder.orchestration.dispatch import Dispatcher
+from responder.storage.store import Store
+from tests.control.test_guard import admit, decision
+
+
+def dispatch_failures() -> float:
+    return REGISTRY.get_sample_value("responder_dispatch_failures_total") or 0.0
+
+
+@pytest.mark.xfail(strict=True, reason="dispatch raises on pause (fixed next)")
+async def test_pausing_while_a_batch_waits_is_not_a_dispatch_failure(store: Store) -> None:
+    """A batch whose window closes while remediation is paused waits for the resume: it is
+    not a failed flow-run creation, and says nothing about whether Prefect is reachable."""
+    guard = Guard(store, lease_seconds=60)
+    batched = replace(
+        decision(), parameters={"hosts": ["host-1"]}, batch=RunBatch(window=0.01, over="hosts")
+    )
+    assert (await admit(store, guard, batched)).admitted
+    [run] = await store.active_runs()
+    await store.set_control(PAUSE, {"reason": "maintenance", "by": "ops"})
+    # Nothing listens there: Prefect must not be asked while paused.
+    dispatcher = Dispatcher(store, "http://127.0.0.1:9/api", retry_seconds=60)
+    dispatcher.prefect_reachable = True
+    failures = dispatch_failures()
+    try:
+        await dispatcher._dispatch_batch([(run, time.monotonic())], attempt=0)
+        assert dispatch_failures() == failures
+        assert dispatcher.prefect_reachable
+        assert dispatcher._retries, "the paused batch is tried again later"
+    finally:
+        await dispatcher.stop()
