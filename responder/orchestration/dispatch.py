@@ -87,6 +87,18 @@ def _refusal_detail(exc: Exception) -> str:
         return str(exc)[:2000]
 
 
+def _merged(members: list[tuple[ActiveRun, float]]) -> tuple[ActiveRun, str]:
+    """The batch's run: the first member's, over the union of every member's list; and the
+    members' decision ids."""
+    lead = members[0][0]
+    over = lead.batch_over or ""
+    items: list[Any] = []
+    for run, _ in members:
+        items.extend(i for i in run.parameters.get(over, []) if i not in items)
+    ids = ",".join(str(run.decision_id) for run, _ in members)
+    return dataclasses.replace(lead, parameters={**lead.parameters, over: items}), ids
+
+
 @dataclass(frozen=True)
 class RefusedDecision:
     """A decision the guard refused, to be mirrored as a Prefect event."""
@@ -295,7 +307,8 @@ class Dispatcher:
         """One flow run for every member still wanted, over the union of their lists.
 
         Each member keeps its own decision, key and mutexes; all of them point at the run,
-        and its final state ends them all. A failed try retries the same members together.
+        and its final state ends them all. A failed try retries the same members together;
+        so does a pause, which is no failure: Prefect is not asked while it lasts.
         """
         wanted = [(m, await self._store.still_wanted(m[0].decision_id)) for m in members]
         live = [m for m, state in wanted if state]
@@ -304,16 +317,11 @@ class Dispatcher:
                 self._pending.discard(run.decision_id)
         if not live:
             return
-        lead = live[0][0]
-        over = lead.batch_over or ""
-        items: list[Any] = []
-        for run, _ in live:
-            items.extend(i for i in run.parameters.get(over, []) if i not in items)
-        ids = ",".join(str(run.decision_id) for run, _ in live)
-        merged = dataclasses.replace(lead, parameters={**lead.parameters, over: items})
+        if any(state == "paused" for _, state in wanted):
+            self._retry_batch(live, attempt)  # a paused system starts nothing
+            return
+        merged, ids = _merged(live)
         try:
-            if any(state == "paused" for _, state in wanted):
-                raise RuntimeError("remediation is paused")
             flow_run_id = await self._create(
                 merged, key=f"responder:batch:{hashlib.sha256(ids.encode()).hexdigest()[:32]}"
             )
@@ -328,13 +336,7 @@ class Dispatcher:
             metrics.DISPATCH_FAILURES.inc()
             self.prefect_reachable = False
             log.warning("batched flow run for decisions %s failed: %s", ids, exc)
-            delay = min(self._retry_seconds * 2**attempt, 30.0)
-
-            async def retry() -> None:
-                await self._backoff(delay)
-                await self._dispatch_batch(live, attempt + 1)
-
-            self._background(retry())
+            self._retry_batch(live, attempt)
             return
         self.prefect_reachable = True
         for run, admitted_at in live:
@@ -344,7 +346,17 @@ class Dispatcher:
             if run.silence:
                 await self._silence(run, flow_run_id)
             metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
+        items = merged.parameters[merged.batch_over or ""]
         log.info("decisions %s: one batched flow run %s over %d", ids, flow_run_id, len(items))
+
+    def _retry_batch(self, members: list[tuple[ActiveRun, float]], attempt: int) -> None:
+        delay = min(self._retry_seconds * 2**attempt, 30.0)
+
+        async def retry() -> None:
+            await self._backoff(delay)
+            await self._dispatch_batch(members, attempt + 1)
+
+        self._background(retry())
 
     async def _tell_story(self, run: ActiveRun, flow_run_id: str) -> None:
         """The run's artifact in the Prefect UI: the alert, the rule and why, the guard's

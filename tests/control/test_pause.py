@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-import pytest
 from prometheus_client import REGISTRY
 
 from responder.control.guard import PAUSE, Guard
@@ -19,7 +18,6 @@ def dispatch_failures() -> float:
     return REGISTRY.get_sample_value("responder_dispatch_failures_total") or 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="dispatch raises on pause (fixed next)")
 async def test_pausing_while_a_batch_waits_is_not_a_dispatch_failure(store: Store) -> None:
     """A batch whose window closes while remediation is paused waits for the resume: it is
     not a failed flow-run creation, and says nothing about whether Prefect is reachable."""
