@@ -22,11 +22,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder import metrics
+from responder.control import leases
 from responder.control.ledger import Entry, Ledger
+from responder.control.pause import Pause, paused
+from responder.control.policy import RunPolicy
 from responder.decision.decisions import Decision, Verdict
-from responder.storage.store import LeaseHolder, Store
+from responder.storage.leases import LeaseHolder
+from responder.storage.store import Store
 
-PAUSE = "pause"
 # Up to this many held names are read in one statement, once per transaction.
 PREFETCH_LEASES = 10_000
 _UNREAD: Any = object()
@@ -99,9 +102,9 @@ class Guard:
         self.lease_seconds = lease_seconds
         self.dry_run = dry_run
 
-    async def pause(self, conn: AsyncConnection) -> Any:
+    async def pause(self, conn: AsyncConnection) -> Pause | None:
         """The global pause switch: None, or who paused and why."""
-        return await self.store.control_value(conn, PAUSE)
+        return await paused(self.store, conn)
 
     def within(self, conn: AsyncConnection, ledger: Ledger) -> Admissions:
         """The guard for the admissions of one store transaction, recorded in `ledger`."""
@@ -136,7 +139,7 @@ class Admissions:
         self._store = guard.store
         self._conn = conn
         self._ledger = ledger
-        self._pause: Any = _UNREAD
+        self._pause: Pause | Any | None = _UNREAD
         self._held: dict[str, LeaseHolder | None] = {}  # None: free
         self._lookups = 0
         self._complete = False  # every held name is in `_held`
@@ -171,8 +174,8 @@ class Admissions:
         verdict, reason = Verdict.ADMITTED, "every check passed; names taken"
         entry = self._record(decision, inbox_id, now, verdict, None, reason)
         await self._ledger.flush()  # the leases need the decision's id
-        holder = await self._store.acquire_leases(
-            self._conn, names, entry.id, self._guard.lease_seconds, now
+        holder = await leases.acquire(
+            self._store, self._conn, names, entry.id, self._guard.lease_seconds, now
         )
         if holder is not None:
             # acquire_leases may have ended expired holders, or met a concurrent admission.
@@ -185,11 +188,13 @@ class Admissions:
             # its cooldown together with freeing the key, so it is visible now.
             refusal = await self._cooling(decision, now)
             if refusal is not None:
-                await self._store.release(self._conn, entry.id)
+                await self._store.leases.release(self._conn, entry.id)
                 self._held.update((name, None) for name in names)
         if refusal is not None:
             verdict, reason = Verdict.REFUSED, refusal.reason
-            await self._store.set_verdict(self._conn, entry.id, verdict, refusal.code, reason)
+            await self._store.decisions.set_verdict(
+                self._conn, entry.id, verdict, refusal.code, reason
+            )
         return _answer(verdict, refusal, reason, entry)
 
     async def _holder(self, names: list[str]) -> LeaseHolder | None:
@@ -201,7 +206,7 @@ class Admissions:
         """
         self._lookups += 1
         if self._lookups == 2:
-            every = await self._store.lease_holders(self._conn, None, limit=PREFETCH_LEASES + 1)
+            every = await self._store.leases.holders(self._conn, None, limit=PREFETCH_LEASES + 1)
             if len(every) <= PREFETCH_LEASES:
                 self._held = {name: holder for name, holder in every.items()}
                 self._complete = True
@@ -212,23 +217,25 @@ class Admissions:
         return held[0] if held else None
 
     async def _read_holders(self, names: list[str]) -> None:
-        found = await self._store.lease_holders(self._conn, names)
+        found = await self._store.leases.holders(self._conn, names)
         self._held.update((name, found.get(name)) for name in names)
 
     async def _cooling(self, decision: Decision, now: float) -> _Refusal | None:
-        until = await self._store.cooldown_until(self._conn, decision.key, now)
+        until = await self._store.leases.cooldown_until(self._conn, decision.key, now)
         if until is None:
             return None
         return _Refusal("cooldown", f"key {decision.key!r} cools down until {_when(until)}")
 
-    async def _check(self, decision: Decision, now: float, pause: Any) -> _Refusal | None:
+    async def _check(self, decision: Decision, now: float, pause: Pause | None) -> _Refusal | None:
         """The checks that need no lock, in order; the first refusal wins."""
         conn = self._conn
         policy = decision.policy
         if pause:
-            return _Refusal("paused", f"remediation is paused: {pause.get('reason') or '-'}")
+            return _Refusal("paused", f"remediation is paused: {pause.reason or '-'}")
         if policy.max_attempts is not None:
-            done = await self._store.attempts(conn, decision.rule, decision.alert.incident)
+            done = await self._store.decisions.attempts(
+                conn, decision.rule, decision.alert.incident
+            )
             if done >= policy.max_attempts:
                 return _Refusal(
                     "max_attempts",
@@ -248,11 +255,11 @@ class Admissions:
                 )
             scopes.add(f"service:{decision.service}" if per_service else decision.flow)
         for scope in sorted(scopes):
-            await self._store.serialize(conn, f"admit:{scope}")
+            await self._store.switches.serialize(conn, f"admit:{scope}")
         if policy.budget is not None:
             budget = policy.budget
             flow = decision.flow if budget.scope == "flow" else None
-            started = await self._store.admitted_since(conn, now - budget.per, flow)
+            started = await self._store.decisions.admitted_since(conn, now - budget.per, flow)
             if started >= budget.max_starts:
                 scope = f"flow {decision.flow}" if flow else "all flows"
                 return _Refusal(
@@ -262,10 +269,10 @@ class Admissions:
                 )
         if cap is not None:
             if per_service and decision.service is not None:
-                active = await self._store.active_of_service(conn, decision.service, now)
+                active = await self._store.decisions.active_of_service(conn, decision.service, now)
                 scope = f"runs on service {decision.service}"
             else:
-                active = await self._store.active_of_flow(conn, decision.flow, now)
+                active = await self._store.decisions.active_of_flow(conn, decision.flow, now)
                 scope = f"runs of {decision.flow}"
             if active >= cap:
                 basis = f" = {decision.max_active_basis}" if decision.max_active_basis else ""
@@ -283,7 +290,6 @@ class Admissions:
         refusal: _Refusal | None,
         reason: str,
     ) -> Entry:
-        policy = decision.policy
         return self._ledger.add(
             created_at=now,
             inbox_id=inbox_id,
@@ -299,17 +305,7 @@ class Admissions:
             verdict=verdict.value,
             refusal=refusal.code if refusal else None,
             reason=reason,
-            policy={
-                "mutex": list(decision.mutex),
-                "cooldown": policy.cooldown,
-                "cooldown_failed": policy.cooldown_failed,
-                "silence": policy.silence,
-                **(
-                    {"batch": {"window": decision.batch.window, "over": decision.batch.over}}
-                    if decision.batch
-                    else {}
-                ),
-            },
+            policy=RunPolicy.of(decision).to_json(),
         )
 
 

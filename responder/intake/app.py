@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows import flow_names
 from responder import metrics
-from responder.control.guard import PAUSE
+from responder.control import leases
+from responder.control import pause as remediation
 from responder.decision.decisions import Verdict
 from responder.events.cloudevents import is_batch, parse_events
 from responder.events.manual_runs import MANUAL_RULE, RunRequest, RunRequestBody
@@ -37,7 +38,9 @@ from responder.intake.auth import (
 )
 from responder.intake.ratelimit import RateLimit, client_of
 from responder.runtime.service import Service
-from responder.storage.store import ANSWERING, run_status
+from responder.storage.approvals import ANSWERING
+from responder.storage.decisions import run_status
+from responder.storage.inbox import InboxSource
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +363,7 @@ def create_app(service: Service) -> FastAPI:
                 return _error(400, "body is not valid JSON", detail=errors[0]["message"])
             return _error(422, f"body is not {what}", fields=errors)
         try:
-            inbox_id = await service.store.add_to_inbox(source, body)
+            inbox_id = await service.store.inbox.add(InboxSource(source), body)
         except StoreUnavailable as exc:
             log.error("%s not committed, answering 503: %s", source, exc)
             return _error(503, "store unavailable; retry")
@@ -442,7 +445,7 @@ def create_app(service: Service) -> FastAPI:
         """Recorded decisions, newest first, with the flow run's Prefect UI link."""
         if denied := refused(request, operator_auth):
             return denied
-        rows = await service.store.decisions(
+        rows = await service.store.decisions.recent(
             limit=limit, rule=rule, verdict=verdict, alertname=alertname, before_id=before_id
         )
         return JSONResponse({"decisions": linked(rows)})
@@ -455,7 +458,7 @@ def create_app(service: Service) -> FastAPI:
         if denied := refused(request, operator_auth):
             return denied
         fingerprint = canonical_fingerprint(fingerprint)  # as alerts are stored
-        rows = linked(await service.store.decisions(limit=1000, fingerprint=fingerprint))
+        rows = linked(await service.store.decisions.recent(limit=1000, fingerprint=fingerprint))
         engine = service.loop.engine
         held = [
             {
@@ -529,8 +532,8 @@ def create_app(service: Service) -> FastAPI:
             declared_by="" if declared in ("", who) else declared,
         )
         try:
-            inbox_id = await service.store.add_to_inbox(
-                "run-request", run_request.model_dump_json().encode()
+            inbox_id = await service.store.inbox.add(
+                InboxSource.RUN_REQUEST, run_request.model_dump_json().encode()
             )
         except StoreUnavailable as exc:
             log.error("run request not committed, answering 503: %s", exc)
@@ -538,7 +541,7 @@ def create_app(service: Service) -> FastAPI:
         service.loop.wake.set()
         deadline = time.monotonic() + settings.run_request_wait_seconds
         while time.monotonic() < deadline:
-            rows = await service.store.decisions(limit=1, inbox_id=inbox_id)
+            rows = await service.store.decisions.recent(limit=1, inbox_id=inbox_id)
             if rows:
                 (decision,) = linked(rows)
                 status = 409 if decision["verdict"] == Verdict.REFUSED else 202
@@ -556,18 +559,15 @@ def create_app(service: Service) -> FastAPI:
         if isinstance(body, JSONResponse):
             return body
         who = audit(request, "pauses remediation: %r", body.reason)
-        value: dict[str, Any] = {"reason": body.reason, "by": who, "at": time.time()}
-        if body.by not in ("", who):
-            value["declared_by"] = body.by
-        await service.store.set_control(PAUSE, value)
-        return JSONResponse({"pause": value})
+        paused = await remediation.pause(service.store, body.reason, who, declared_by=body.by)
+        return JSONResponse({"pause": paused.to_json()})
 
     @app.post("/api/v1/resume")
     async def resume(request: Request) -> JSONResponse:
         """Lift the pause."""
         if denied := refused(request, operator_auth, "operate"):
             return denied
-        await service.store.set_control(PAUSE, None)
+        await remediation.resume(service.store)
         audit(request, "resumes remediation")
         return JSONResponse({"pause": None})
 
@@ -577,10 +577,10 @@ def create_app(service: Service) -> FastAPI:
         run awaits approval."""
         if denied := refused(request, operator_auth):
             return denied
-        waiting = await service.store.awaiting_approval()
+        waiting = await service.store.approvals.awaiting()
         return JSONResponse(
             {
-                **await service.store.guard_state(),
+                **await leases.guard_state(service.store),
                 "awaiting_approval": [
                     {"decision_id": row["id"], "flow_run_id": row["flow_run_id"]} for row in waiting
                 ],
@@ -595,7 +595,7 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(
             {
                 "approvals": [
-                    _waiting(row) for row in linked(await service.store.awaiting_approval())
+                    _waiting(row) for row in linked(await service.store.approvals.awaiting())
                 ]
             }
         )
@@ -606,7 +606,7 @@ def create_app(service: Service) -> FastAPI:
         """Approve or reject a waiting run as the calling operator; the decision log says who."""
         waiting = [
             row
-            for row in await service.store.awaiting_approval()
+            for row in await service.store.approvals.awaiting()
             if row["flow_run_id"] == flow_run_id.lower()
         ]
         if not waiting:
@@ -718,7 +718,7 @@ def create_app(service: Service) -> FastAPI:
     async def prometheus_metrics() -> Response:
         """Prometheus exposition format."""
         with contextlib.suppress(StoreUnavailable):
-            metrics.INBOX_BACKLOG.set(await service.store.backlog())
+            metrics.INBOX_BACKLOG.set(await service.store.inbox.backlog())
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -3,7 +3,7 @@
 Admitted decisions wait in a bounded queue so that the engine never blocks on Prefect. A
 worker creates each flow run from its deployment with tags and an idempotency key that carries
 the incident. Final states arrive on Prefect's event stream; a slow poll covers gaps in it.
-Either way the lease is released once, by `Store.finish`.
+Either way the lease is released once, by `control.leases.finish`.
 
 A run that asks for approval pauses (Prefect's Paused state): its decision is then `awaiting`
 approval until someone answers, here (`answer_approval`, with the operator's name) or in the
@@ -27,23 +27,17 @@ from uuid import UUID
 import httpx
 
 from responder import metrics
+from responder.control import leases, pause
+from responder.control.leases import FINAL_STATES, NO_SUCH_RUN
+from responder.control.runs import ActiveRun
 from responder.exceptions import ApprovalError, DispatchError
 from responder.orchestration import story
 from responder.orchestration.alertmanager import Alertmanager
-from responder.storage.store import (
-    ANSWERING,
-    APPROVED,
-    AWAITING,
-    LEASE_EXPIRED,
-    REJECTED,
-    UNANSWERED,
-    ActiveRun,
-    Store,
-)
+from responder.storage.approvals import ANSWERING, APPROVED, AWAITING, REJECTED, UNANSWERED
+from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 # How an answer reached the run, as the decision log records it.
 VIA_API = "responder API"
 VIA_PREFECT_UI = "Prefect UI"
@@ -186,12 +180,12 @@ class Dispatcher:
             log.warning(
                 "Prefect's event stream is unavailable (%s); decisions are not mirrored", exc
             )
-        for run in await self._store.active_runs():
+        for run in await self._store.decisions.active():
             if run.flow_run_id is None:
                 await self.submit(run)
-        for row in await self._store.awaiting_approval():
+        for row in await self._store.approvals.awaiting():
             # An answer cut short by a stop is judged again from the run's own input.
-            await self._store.set_approval(row["flow_run_id"], AWAITING, (ANSWERING,))
+            await self._store.approvals.set(row["flow_run_id"], AWAITING, (ANSWERING,))
             self._awaiting.add(row["flow_run_id"])
         # Several creations in flight: one flow-run creation takes tens of milliseconds, so a
         # single worker would queue decisions behind each other in a storm.
@@ -259,11 +253,11 @@ class Dispatcher:
     async def _attempt(self, run: ActiveRun) -> str:
         """One try: "created", "retry", "paused" (to retry, Prefect not asked), or "done"
         (refused, or no longer wanted)."""
-        wanted = await self._store.still_wanted(run.decision_id)
-        if wanted is None:
+        wanted = await pause.wanted(self._store, run.decision_id)
+        if wanted is pause.Wanted.NO:
             log.info("decision %s ended before its flow run was created", run.decision_id)
             return "done"
-        if wanted == "paused":
+        if wanted is pause.Wanted.PAUSED:
             return "paused"  # a paused system starts nothing, not even what it admitted
         try:
             flow_run_id = await self._create(run)
@@ -275,7 +269,7 @@ class Dispatcher:
                 return "done"
             log.warning("creating a flow run for decision %s failed: %s", run.decision_id, exc)
             return "retry"
-        await self._store.set_flow_run(run.decision_id, flow_run_id)
+        await self._store.decisions.set_flow_run(run.decision_id, flow_run_id)
         self._background(self._tell_story(run, flow_run_id))
         await self._emit_decision(run, flow_run_id)
         if run.silence:
@@ -310,14 +304,14 @@ class Dispatcher:
         and its final state ends them all. A failed try retries the same members together;
         so does a pause, which is no failure: Prefect is not asked while it lasts.
         """
-        wanted = [(m, await self._store.still_wanted(m[0].decision_id)) for m in members]
-        live = [m for m, state in wanted if state]
+        wanted = [(m, await pause.wanted(self._store, m[0].decision_id)) for m in members]
+        live = [m for m, state in wanted if state is not pause.Wanted.NO]
         for (run, _), state in wanted:
-            if not state:
+            if state is pause.Wanted.NO:
                 self._pending.discard(run.decision_id)
         if not live:
             return
-        if any(state == "paused" for _, state in wanted):
+        if any(state is pause.Wanted.PAUSED for _, state in wanted):
             self._retry_batch(live, attempt)  # a paused system starts nothing
             return
         merged, ids = _merged(live)
@@ -340,7 +334,7 @@ class Dispatcher:
             return
         self.prefect_reachable = True
         for run, admitted_at in live:
-            await self._store.set_flow_run(run.decision_id, flow_run_id)
+            await self._store.decisions.set_flow_run(run.decision_id, flow_run_id)
             self._pending.discard(run.decision_id)
             await self._emit_decision(run, flow_run_id)
             if run.silence:
@@ -363,8 +357,8 @@ class Dispatcher:
         checks and the incident's earlier decisions. Best effort: the run goes on without."""
         fingerprint = run.incident.partition("@")[0]
         try:
-            history = await self._store.decisions(limit=50, fingerprint=fingerprint)
-            alert = await self._store.firing_alert(run.incident)
+            history = await self._store.decisions.recent(limit=50, fingerprint=fingerprint)
+            alert = await self._store.alerts.firing_alert(run.incident)
         except Exception as exc:
             log.warning("no artifact for decision %s: %s", run.decision_id, exc)
             return
@@ -420,18 +414,18 @@ class Dispatcher:
         except (httpx.HTTPError, ValueError) as exc:  # ValueError: no exact silence possible
             log.warning("could not silence the alert of decision %s: %s", run.decision_id, exc)
             return
-        await self._store.set_silence(run.decision_id, silence_id)
+        await self._store.silences.set(run.decision_id, silence_id)
 
     async def _lift_silences(self) -> None:
         if self._alertmanager is None:
             return
-        for silence in await self._store.silences_to_lift():
+        for silence in await self._store.silences.to_lift():
             try:
                 await self._alertmanager.lift(silence.silence_id)
             except httpx.HTTPError as exc:
                 log.warning("could not lift silence %s: %s", silence.silence_id, exc)
                 continue
-            await self._store.silence_lifted(silence.decision_id)
+            await self._store.silences.lifted(silence.decision_id)
 
     async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
         """Tell Prefect why the run exists: its event feed then shows the decision."""
@@ -522,7 +516,7 @@ class Dispatcher:
     async def _refused(self, run: ActiveRun, exc: Exception) -> None:
         detail = _refusal_detail(exc)
         log.error("Prefect refused the flow run of decision %s: %s", run.decision_id, detail)
-        await self._store.finish(run.decision_id, "REJECTED", detail=detail)
+        await leases.finish(self._store, run.decision_id, "REJECTED", detail=detail)
         metrics.FLOW_RUNS_FINISHED.labels(state="REJECTED").inc()
 
     async def _create(self, run: ActiveRun, key: str | None = None) -> str:
@@ -558,7 +552,7 @@ class Dispatcher:
         `ApprovalError` when the run does not wait (anymore), `DispatchError` when Prefect
         refuses the answer or cannot be reached (the run still waits then).
         """
-        if not await self._store.set_approval(flow_run_id, ANSWERING, (AWAITING,)):
+        if not await self._store.approvals.set(flow_run_id, ANSWERING, (AWAITING,)):
             raise ApprovalError(f"flow run {flow_run_id} is not awaiting approval")
         run_input = {"approved": approved, "approver": by, "comment": comment}
         try:
@@ -569,7 +563,7 @@ class Dispatcher:
                 reason = getattr(result.details, "reason", None) or status
                 raise DispatchError(f"Prefect did not resume flow run {flow_run_id}: {reason}")
         except Exception as exc:
-            await self._store.set_approval(flow_run_id, AWAITING, (ANSWERING,))
+            await self._store.approvals.set(flow_run_id, AWAITING, (ANSWERING,))
             # Answered in the Prefect UI meanwhile? Then its answer is the one to record.
             with contextlib.suppress(Exception):
                 await self._answered_elsewhere(flow_run_id, final=False)
@@ -583,7 +577,7 @@ class Dispatcher:
             "comment": comment,
             "at": time.time(),
         }
-        await self._store.set_approval(
+        await self._store.approvals.set(
             flow_run_id, APPROVED if approved else REJECTED, (ANSWERING,), approval
         )
         self._awaiting.discard(flow_run_id)
@@ -605,7 +599,7 @@ class Dispatcher:
             if not paused:
                 await self._answered_elsewhere(flow_run_id, final=state_type in FINAL_STATES)
             # Also after an earlier approval: a flow may ask more than once.
-            elif await self._store.set_approval(
+            elif await self._store.approvals.set(
                 flow_run_id, AWAITING, (None, APPROVED), {"since": time.time()}
             ):
                 self._awaiting.add(flow_run_id)
@@ -622,7 +616,7 @@ class Dispatcher:
             (i for i in inputs if i.key.endswith("-response")), key=lambda i: i.created or 0
         )
         if not responses:
-            if final and await self._store.set_approval(flow_run_id, UNANSWERED, (AWAITING,)):
+            if final and await self._store.approvals.set(flow_run_id, UNANSWERED, (AWAITING,)):
                 self._awaiting.discard(flow_run_id)
             return
         try:
@@ -639,55 +633,32 @@ class Dispatcher:
         }
         state = APPROVED if approved else REJECTED
         # Not over an answer this API is giving (`answering`): that one records itself.
-        if await self._store.set_approval(flow_run_id, state, (AWAITING,), approval):
+        if await self._store.approvals.set(flow_run_id, state, (AWAITING,), approval):
             log.warning(
                 "flow run %s %s in the Prefect UI by %r", flow_run_id, state, approval["by"]
             )
         self._awaiting.discard(flow_run_id)
 
     async def _finish(self, flow_run_id: str, state_type: str, detail: str | None = None) -> None:
-        for run in await self._store.active_runs():
-            if run.flow_run_id == flow_run_id:
-                if await self._store.finish(run.decision_id, state_type, detail=detail):
-                    metrics.FLOW_RUNS_FINISHED.labels(state=state_type).inc()
-                    outcome = story.outcome_story(run.decision_id, state_type, detail)
-                    self._background(
-                        self._artifact(flow_run_id, story.OUTCOME_ARTIFACT, outcome, state_type)
-                    )
-                    log.info(
-                        "decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type
-                    )
+        """A flow run reached a final state: end the decisions it served (one, or a batch's)."""
+        for run in await self._store.decisions.of_flow_run(flow_run_id):
+            if await leases.finish(self._store, run.decision_id, state_type, detail=detail):
+                metrics.FLOW_RUNS_FINISHED.labels(state=state_type).inc()
+                outcome = story.outcome_story(run.decision_id, state_type, detail)
+                self._background(
+                    self._artifact(flow_run_id, story.OUTCOME_ARTIFACT, outcome, state_type)
+                )
+                log.info("decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type)
 
-    async def _expire_lost_runs(self) -> None:
-        """End decisions whose lease expired, once Prefect confirms their run is not going.
-
-        A run still going gets its lease renewed: expiring it would let a second run of the
-        same key start. Without an answer from Prefect nothing is ended.
-        """
+    async def _run_state(self, flow_run_id: str) -> str | None:
+        """What Prefect says of a run whose lease expired (see `leases.expire_lost`)."""
         from prefect.exceptions import ObjectNotFound
 
-        renew: list[int] = []
-        for decision_id, flow_run_id in await self._store.expired_decisions(time.time()):
-            if flow_run_id is None and decision_id in self._pending:
-                renew.append(decision_id)  # its run is being created: not lost
-                continue
-            state, detail = "EXPIRED", LEASE_EXPIRED
-            if flow_run_id is not None:
-                try:
-                    flow_run = await self._client.read_flow_run(UUID(flow_run_id))
-                except ObjectNotFound:
-                    detail = f"{LEASE_EXPIRED}; Prefect has no flow run {flow_run_id}"
-                else:
-                    run_state = flow_run.state.type.value if flow_run.state else None
-                    if run_state not in FINAL_STATES:
-                        renew.append(decision_id)
-                        continue
-                    state, detail = str(run_state), "final state found after the lease expired"
-            runless = flow_run_id is None
-            if await self._store.finish(decision_id, state, detail=detail, runless=runless):
-                metrics.FLOW_RUNS_FINISHED.labels(state=state).inc()
-                log.warning("decision %s: %s (%s)", decision_id, state, detail)
-        await self._store.renew(renew, time.time() + self._lease_seconds)
+        try:
+            flow_run = await self._client.read_flow_run(UUID(flow_run_id))
+        except ObjectNotFound:
+            return NO_SUCH_RUN
+        return flow_run.state.type.value if flow_run.state else None
 
     async def _follow_events(self) -> None:
         from prefect.events.clients import PrefectEventSubscriber
@@ -736,10 +707,12 @@ class Dispatcher:
                 self.prefect_reachable = await self._healthy()
                 if not self.prefect_reachable:
                     continue  # every step below needs Prefect's answers
-                await self._expire_lost_runs()
+                await leases.expire_lost(
+                    self._store, self._pending, self._run_state, self._lease_seconds
+                )
                 await self._lift_silences()
-                runs = [r for r in await self._store.active_runs() if r.flow_run_id]
-                metrics.ACTIVE_LEASES.set(await self._store.lease_count())
+                runs = [r for r in await self._store.decisions.active() if r.flow_run_id]
+                metrics.ACTIVE_LEASES.set(await self._store.leases.count())
                 if not runs:
                     continue
                 ids = [UUID(r.flow_run_id) for r in runs if r.flow_run_id]
@@ -759,9 +732,10 @@ class Dispatcher:
                     else:
                         going.append(str(flow_run.id))
                 # Runs Prefect reports as going keep their keys.
-                await self._store.renew(
+                await leases.renew(
+                    self._store,
                     [r.decision_id for r in runs if r.flow_run_id in going],
-                    time.time() + self._lease_seconds,
+                    self._lease_seconds,
                 )
             except asyncio.CancelledError:
                 raise

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from responder import metrics
 from responder.control.guard import Admission, Guard
 from responder.control.ledger import Ledger
+from responder.control.runs import ActiveRun
 from responder.decision.decisions import Decision, Verdict, decide, fact_for
 from responder.decision.engine import Engine, EngineRejected, Match
 from responder.decision.rules import RuleBook
@@ -33,7 +34,8 @@ from responder.events.manual_runs import MANUAL_RULE, RunRequest, decision_for, 
 from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import StoreUnavailable, TemplateError
 from responder.orchestration.dispatch import Dispatcher, RefusedDecision
-from responder.storage.store import ActiveRun, PendingMessage, Store
+from responder.storage.inbox import InboxSource, PendingMessage
+from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +131,8 @@ class EngineLoop:
 
     async def _rebuild(self, book: RuleBook, catalog: Catalog) -> None:
         # Read the store first: if it fails, the engine in use stays whole.
-        facts = await self._store.live_facts(self._clock())
-        firing = await self._store.firing()
+        facts = await self._store.facts.live(self._clock())
+        firing = await self._store.alerts.firing()
         # Compiled off the event loop (seconds for thousands of rules). durable_rules is used
         # by one thread at a time: steps, the only other users, wait for the lock we hold.
         engine = await asyncio.to_thread(self._build, book, catalog, facts, firing)
@@ -204,7 +206,7 @@ class EngineLoop:
         """
         async with self._lock:
             await self._tick()
-            messages = await self._store.pending(self._batch, self._batch_bytes)
+            messages = await self._store.inbox.pending(self._batch, self._batch_bytes)
             if messages:
                 await self._process(messages)
             return len(messages)
@@ -244,7 +246,7 @@ class EngineLoop:
         while due or expired:
             async with self._store.turn(), self._store.transaction() as conn:
                 work = _Work(self._store, self._guard, conn, self._clock)
-                await self._store.delete_facts(conn, [f.id for f in expired])
+                await self._store.facts.remove(conn, [f.id for f in expired])
                 expired = []
                 deadline = time.monotonic() + self._transaction_seconds
                 admitted: list[ActiveRun] = []
@@ -256,7 +258,7 @@ class EngineLoop:
                     handled += 1
                     # A restart re-arms every firing_for timer: decide once per rule and
                     # incident. A retry is a new attempt on purpose; max_attempts bounds it.
-                    if match.retry or not await self._store.decided(
+                    if match.retry or not await self._store.decisions.decided(
                         conn, match.rule.name, match.alert.incident
                     ):
                         admitted.extend(await self._apply(work, [match], inbox_id=None))
@@ -298,20 +300,20 @@ class EngineLoop:
                     item += 1
                     handled += 1
                 await work.flush()
-                await self._store.mark_processed(conn, finished)
+                await self._store.inbox.mark_processed(conn, finished)
                 if row < len(rows) and item > rows[row][1]:
-                    await self._store.set_progress(conn, rows[row][0], item)
+                    await self._store.inbox.set_progress(conn, rows[row][0], item)
             self._announce(work)
             await self._submit(admitted)
 
     def _items(self, message: PendingMessage) -> list[Alert | CloudEvent | Outcome | RunRequest]:
         """A row's items, each handled on its own: alerts, events, an outcome, a run request."""
         try:
-            if message.source == "cloudevents":
+            if message.source is InboxSource.CLOUDEVENTS:
                 return list(parse_events(message.body, is_batch(message.body)))
-            if message.source == "outcome":
-                return [Outcome.model_validate_json(message.body)]
-            if message.source == "run-request":
+            if message.source is InboxSource.OUTCOME:
+                return [Outcome.from_body(message.body)]
+            if message.source is InboxSource.RUN_REQUEST:
                 return [RunRequest.model_validate_json(message.body)]
             return list(AlertmanagerWebhook.model_validate_json(message.body).alerts)
         except ValidationError as exc:
@@ -370,7 +372,7 @@ class EngineLoop:
 
     async def _assert(self, work: _Work, fact: Fact, inbox_id: int | None) -> list[ActiveRun]:
         """Hold a fact (an event, an outcome, ...); rules it completes decide for their alerts."""
-        await self._store.save_fact(work.conn, fact)
+        await self._store.facts.save(work.conn, fact)
         try:
             matches = self.engine.assert_fact(fact)
         except EngineRejected:
@@ -483,22 +485,7 @@ class EngineLoop:
             )
             admitted.extend(await self._assert(work, exhausted, inbox_id))
         if admission.admitted:
-            admitted.append(
-                ActiveRun(
-                    decision_id=admission.decision_id,
-                    flow_run_id=None,
-                    flow=decision.flow,
-                    rule=decision.rule,
-                    guard_key=decision.key,
-                    incident=alert.incident,
-                    alertname=alert.alertname,
-                    parameters=decision.parameters,
-                    labels=dict(alert.labels),
-                    silence=decision.policy.silence,
-                    batch_over=decision.batch.over if decision.batch else None,
-                    batch_window=decision.batch.window if decision.batch else 0.0,
-                )
-            )
+            admitted.append(ActiveRun.admitted(admission.decision_id, decision))
         return admitted
 
     async def _change_facts(
@@ -508,12 +495,12 @@ class EngineLoop:
         notes: list[str] = []
         for condition in rule.retract:
             gone = self.engine.retract_facts(condition, alert)
-            await self._store.delete_facts(work.conn, [f.id for f in gone])
+            await self._store.facts.remove(work.conn, [f.id for f in gone])
             notes.extend(f"retracted {_show(f)}" for f in gone)
         chained: list[Match] = []
         if rule.assert_ is not None:
             fact = fact_for(match, self._rule_vars, self.catalog, self._clock())
-            await self._store.save_fact(work.conn, fact)
+            await self._store.facts.save(work.conn, fact)
             try:
                 chained = self.engine.assert_fact(fact)
             except EngineRejected:
@@ -558,7 +545,7 @@ class _Work:
         self._firing: dict[str, Alert | None] = {}
 
     async def learn_identities(self, alerts: list[Alert]) -> None:
-        self._seen.update(await self._store.known_identities(self.conn, alerts))
+        self._seen.update(await self._store.alerts.known_identities(self.conn, alerts))
 
     def first_seen_in(self, alert: Alert) -> int | None:
         return self._seen.get(_identity(alert))
@@ -606,10 +593,10 @@ class _Work:
     async def flush(self) -> None:
         await self.ledger.flush()
         if self._identities:
-            await self._store.add_identities(self.conn, self._identities)
+            await self._store.alerts.add_identities(self.conn, self._identities)
             self._identities = []
         if self._firing:
-            await self._store.replace_firing(self.conn, self._firing)
+            await self._store.alerts.replace_firing(self.conn, self._firing)
             self._firing = {}
 
 

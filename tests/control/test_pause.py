@@ -7,7 +7,8 @@ from dataclasses import replace
 
 from prometheus_client import REGISTRY
 
-from responder.control.guard import PAUSE, Guard
+from responder.control import pause
+from responder.control.guard import Guard
 from responder.decision.rules import RunBatch
 from responder.orchestration.dispatch import Dispatcher
 from responder.storage.store import Store
@@ -26,8 +27,8 @@ async def test_pausing_while_a_batch_waits_is_not_a_dispatch_failure(store: Stor
         decision(), parameters={"hosts": ["host-1"]}, batch=RunBatch(window=0.01, over="hosts")
     )
     assert (await admit(store, guard, batched)).admitted
-    [run] = await store.active_runs()
-    await store.set_control(PAUSE, {"reason": "maintenance", "by": "ops"})
+    [run] = await store.decisions.active()
+    await pause.pause(store, "maintenance", "ops")
     # Nothing listens there: Prefect must not be asked while paused.
     dispatcher = Dispatcher(store, "http://127.0.0.1:9/api", retry_seconds=60)
     dispatcher.prefect_reachable = True
