@@ -5,9 +5,8 @@ worker creates each flow run from its deployment with tags and an idempotency ke
 the incident. Final states arrive on Prefect's event stream; a slow poll covers gaps in it.
 Either way the lease is released once, by `control.leases.finish`.
 
-A run that asks for approval pauses (Prefect's Paused state): its decision is then `awaiting`
-approval until someone answers, here (`answer_approval`, with the operator's name) or in the
-Prefect UI (the approver typed there, read back from the run's input, marked as such).
+A run that asks for approval pauses (Prefect's Paused state): `orchestration.approvals`
+follows it until someone answers.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -30,23 +28,17 @@ from responder import metrics
 from responder.control import leases, pause
 from responder.control.leases import FINAL_STATES, NO_SUCH_RUN
 from responder.control.runs import ActiveRun
-from responder.exceptions import ApprovalError, DispatchError
 from responder.orchestration import story
 from responder.orchestration.alertmanager import Alertmanager
-from responder.storage.approvals import ANSWERING, APPROVED, AWAITING, REJECTED, UNANSWERED
+from responder.orchestration.approvals import Approvals
+from responder.orchestration.decision_events import DecisionEvents, RefusedDecision
 from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-# How an answer reached the run, as the decision log records it.
-VIA_API = "responder API"
-VIA_PREFECT_UI = "Prefect UI"
-
 
 # Flow runs being created at once.
 CREATORS = 4
-# After a failed decision event, skip events this long rather than retry each one.
-EVENTS_BACKOFF_SECONDS = 10.0
 
 
 def deployment_name(flow: str) -> str:
@@ -93,19 +85,6 @@ def _merged(members: list[tuple[ActiveRun, float]]) -> tuple[ActiveRun, str]:
     return dataclasses.replace(lead, parameters={**lead.parameters, over: items}), ids
 
 
-@dataclass(frozen=True)
-class RefusedDecision:
-    """A decision the guard refused, to be mirrored as a Prefect event."""
-
-    decision_id: int
-    rule: str
-    flow: str
-    key: str
-    refusal: str
-    reason: str
-    held_by: str | None  # the flow run holding the key or mutex, if any
-
-
 class Dispatcher:
     """Creates flow runs for admitted decisions and releases their leases when they end."""
 
@@ -138,13 +117,11 @@ class Dispatcher:
         # or being created): their leases are renewed, never expired from under them.
         self._pending: set[int] = set()
         self._client: Any = None
-        self._events: Any = None
-        self._events_resume_at = 0.0  # after a failed emit, events are skipped until then
+        self._events = DecisionEvents(api_url)
         self.events_connected = False
         self._prefect_reachable = False
         self._back = asyncio.Event()  # set when Prefect is reachable again
-        # Flow runs paused for approval: their next state tells that someone answered.
-        self._awaiting: set[str] = set()
+        self._approvals = Approvals(store, self._prefect)
 
     @property
     def prefect_reachable(self) -> bool:
@@ -167,26 +144,16 @@ class Dispatcher:
         if self._tasks:
             return  # already started
         from prefect.client.orchestration import PrefectClient
-        from prefect.events.clients import PrefectEventsClient
 
         self._client = PrefectClient(self.api_url)
         await self._client.__aenter__()
         if self._alertmanager_url:
             self._alertmanager = Alertmanager(self._alertmanager_url)
-        self._events = PrefectEventsClient(self.api_url, reconnection_attempts=2)
-        try:
-            await self._events.__aenter__()
-        except Exception as exc:
-            log.warning(
-                "Prefect's event stream is unavailable (%s); decisions are not mirrored", exc
-            )
+        await self._events.open()
         for run in await self._store.decisions.active():
             if run.flow_run_id is None:
                 await self.submit(run)
-        for row in await self._store.approvals.awaiting():
-            # An answer cut short by a stop is judged again from the run's own input.
-            await self._store.approvals.set(row["flow_run_id"], AWAITING, (ANSWERING,))
-            self._awaiting.add(row["flow_run_id"])
+        await self._approvals.resume_watch()
         # Several creations in flight: one flow-run creation takes tens of milliseconds, so a
         # single worker would queue decisions behind each other in a storm.
         self._tasks = [
@@ -207,10 +174,7 @@ class Dispatcher:
         self._tasks = []
         self._pending.clear()
         self._batches.clear()  # their decisions have no flow run: start() queues them again
-        if self._events is not None:
-            with contextlib.suppress(Exception):
-                await self._events.__aexit__(None, None, None)
-            self._events = None
+        await self._events.close()
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
             self._client = None
@@ -428,90 +392,11 @@ class Dispatcher:
             await self._store.silences.lifted(silence.decision_id)
 
     async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
-        """Tell Prefect why the run exists: its event feed then shows the decision."""
-        payload = {
-            "rule": run.rule,
-            "flow": run.flow,
-            "key": run.guard_key,
-            "incident": run.incident,
-            "alertname": run.alertname,
-        }
-        await self._emit("admitted", run.decision_id, run.rule, run.flow, flow_run_id, payload)
+        await self._events.admitted(run, flow_run_id)
 
     def announce_refused(self, refused: list[RefusedDecision]) -> None:
-        """Mirror refused decisions as `responder.decision.refused` events, in the background.
-
-        A refusal for a held key or mutex is related to the flow run holding it, so that
-        run's event feed shows the duplicates it absorbed.
-        """
-        if not refused or self._events is None:
-            return
-
-        async def emit_all() -> None:
-            for item in refused:
-                payload = {
-                    "rule": item.rule,
-                    "flow": item.flow,
-                    "key": item.key,
-                    "refusal": item.refusal,
-                    "reason": item.reason,
-                }
-                await self._emit(
-                    "refused", item.decision_id, item.rule, item.flow, item.held_by, payload
-                )
-
-        self._background(emit_all())
-
-    async def _emit(
-        self,
-        verdict: str,
-        decision_id: int,
-        rule: str,
-        flow: str,
-        flow_run_id: str | None,
-        payload: dict[str, Any],
-    ) -> None:
-        from prefect.events import Event, RelatedResource, Resource
-
-        related = []
-        if flow_run_id:
-            related.append(
-                RelatedResource(
-                    {
-                        "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
-                        "prefect.resource.role": "flow-run",
-                    }
-                )
-            )
-        event = Event(
-            event=f"responder.decision.{verdict}",
-            resource=Resource(
-                {
-                    "prefect.resource.id": f"responder.decision.{decision_id}",
-                    "prefect.resource.name": f"{rule} → {flow}",
-                    "responder.rule": rule,
-                }
-            ),
-            related=related,
-            payload=payload,
-        )
-        if time.monotonic() < self._events_resume_at:
-            metrics.EVENTS_SKIPPED.inc()
-            return
-        try:
-            await self._events.emit(event)
-        except Exception as exc:
-            # The decision is recorded in the store; the event only mirrors it. While
-            # Prefect is away, trying each event again would pile up connection attempts
-            # (a storm refuses thousands of decisions a second): skip them for a while.
-            self._events_resume_at = time.monotonic() + EVENTS_BACKOFF_SECONDS
-            metrics.EVENTS_SKIPPED.inc()
-            log.warning(
-                "could not emit the event of decision %s; skipping decision events for %.0f s: %s",
-                decision_id,
-                EVENTS_BACKOFF_SECONDS,
-                exc,
-            )
+        """Mirror refused decisions as Prefect events, in the background."""
+        self._events.refused(refused, self._background)
 
     async def _refused(self, run: ActiveRun, exc: Exception) -> None:
         detail = _refusal_detail(exc)
@@ -547,97 +432,8 @@ class Dispatcher:
     async def answer_approval(
         self, flow_run_id: str, approved: bool, by: str, comment: str
     ) -> dict[str, Any]:
-        """Approve or reject a run that waits, as operator `by`; what the log records.
-
-        `ApprovalError` when the run does not wait (anymore), `DispatchError` when Prefect
-        refuses the answer or cannot be reached (the run still waits then).
-        """
-        if not await self._store.approvals.set(flow_run_id, ANSWERING, (AWAITING,)):
-            raise ApprovalError(f"flow run {flow_run_id} is not awaiting approval")
-        run_input = {"approved": approved, "approver": by, "comment": comment}
-        try:
-            async with self._prefect() as client:
-                result = await client.resume_flow_run(UUID(flow_run_id), run_input=run_input)
-            status = getattr(result.status, "value", str(result.status))
-            if status != "ACCEPT":
-                reason = getattr(result.details, "reason", None) or status
-                raise DispatchError(f"Prefect did not resume flow run {flow_run_id}: {reason}")
-        except Exception as exc:
-            await self._store.approvals.set(flow_run_id, AWAITING, (ANSWERING,))
-            # Answered in the Prefect UI meanwhile? Then its answer is the one to record.
-            with contextlib.suppress(Exception):
-                await self._answered_elsewhere(flow_run_id, final=False)
-            if isinstance(exc, DispatchError):
-                raise
-            raise DispatchError(f"Prefect could not be asked to resume: {exc}") from exc
-        approval = {
-            "by": by,
-            "via": VIA_API,
-            "approved": approved,
-            "comment": comment,
-            "at": time.time(),
-        }
-        await self._store.approvals.set(
-            flow_run_id, APPROVED if approved else REJECTED, (ANSWERING,), approval
-        )
-        self._awaiting.discard(flow_run_id)
-        log.warning(
-            "flow run %s %s by %s: %s",
-            flow_run_id,
-            "approved" if approved else "rejected",
-            by,
-            comment or "-",
-        )
-        return approval
-
-    async def _approval_seen(self, flow_run_id: str, state_type: str) -> None:
-        """Follow a run into and out of its wait for approval."""
-        paused = state_type == "PAUSED"
-        if paused == (flow_run_id in self._awaiting):
-            return  # nothing new
-        try:
-            if not paused:
-                await self._answered_elsewhere(flow_run_id, final=state_type in FINAL_STATES)
-            # Also after an earlier approval: a flow may ask more than once.
-            elif await self._store.approvals.set(
-                flow_run_id, AWAITING, (None, APPROVED), {"since": time.time()}
-            ):
-                self._awaiting.add(flow_run_id)
-        except Exception as exc:  # the next state or poll tries again
-            log.warning("approval of flow run %s not followed: %s", flow_run_id, exc)
-
-    async def _answered_elsewhere(self, flow_run_id: str, *, final: bool) -> None:
-        """Record an answer given in the Prefect UI: the approver as typed there."""
-        async with self._prefect() as client:
-            inputs = await client.filter_flow_run_input(
-                UUID(flow_run_id), key_prefix="paused-", limit=100, exclude_keys=set()
-            )
-        responses = sorted(
-            (i for i in inputs if i.key.endswith("-response")), key=lambda i: i.created or 0
-        )
-        if not responses:
-            if final and await self._store.approvals.set(flow_run_id, UNANSWERED, (AWAITING,)):
-                self._awaiting.discard(flow_run_id)
-            return
-        try:
-            answer = json.loads(responses[-1].value)
-            approved = answer.get("approved") is True
-        except (ValueError, AttributeError):
-            answer, approved = {}, False
-        approval = {
-            "by": str(answer.get("approver") or "-")[:200],
-            "via": VIA_PREFECT_UI,
-            "approved": approved,
-            "comment": str(answer.get("comment") or "")[:2000],
-            "at": time.time(),
-        }
-        state = APPROVED if approved else REJECTED
-        # Not over an answer this API is giving (`answering`): that one records itself.
-        if await self._store.approvals.set(flow_run_id, state, (AWAITING,), approval):
-            log.warning(
-                "flow run %s %s in the Prefect UI by %r", flow_run_id, state, approval["by"]
-            )
-        self._awaiting.discard(flow_run_id)
+        """Approve or reject a run that waits, as operator `by` (see `Approvals.answer`)."""
+        return await self._approvals.answer(flow_run_id, approved, by, comment)
 
     async def _finish(self, flow_run_id: str, state_type: str, detail: str | None = None) -> None:
         """A flow run reached a final state: end the decisions it served (one, or a batch's)."""
@@ -675,7 +471,7 @@ class Dispatcher:
                         state_type = event.resource.get("prefect.state-type")
                         flow_run_id = event.resource.id.removeprefix("prefect.flow-run.")
                         if state_type:
-                            await self._approval_seen(flow_run_id, state_type)
+                            await self._approvals.seen(flow_run_id, state_type)
                         if state_type in FINAL_STATES:
                             message = (event.payload.get("validated_state") or {}).get("message")
                             await self._finish(flow_run_id, state_type, message or None)
@@ -722,7 +518,7 @@ class Dispatcher:
                 going = []
                 for flow_run in flow_runs:
                     if flow_run.state is not None:
-                        await self._approval_seen(str(flow_run.id), flow_run.state.type.value)
+                        await self._approvals.seen(str(flow_run.id), flow_run.state.type.value)
                     if flow_run.state is not None and flow_run.state.type.value in FINAL_STATES:
                         await self._finish(
                             str(flow_run.id),

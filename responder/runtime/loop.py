@@ -33,7 +33,8 @@ from responder.events.facts import Fact
 from responder.events.manual_runs import MANUAL_RULE, RunRequest, decision_for, rule_policy
 from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import StoreUnavailable, TemplateError
-from responder.orchestration.dispatch import Dispatcher, RefusedDecision
+from responder.orchestration.decision_events import RefusedDecision
+from responder.orchestration.dispatch import Dispatcher
 from responder.storage.inbox import InboxSource, PendingMessage
 from responder.storage.store import Store
 
