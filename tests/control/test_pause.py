@@ -40,3 +40,32 @@ async def test_pausing_while_a_batch_waits_is_not_a_dispatch_failure(store: Stor
         assert dispatcher._retries, "the paused batch is tried again later"
     finally:
         await dispatcher.stop()
+
+
+async def test_pause_and_resume_are_seen_by_the_guard_and_the_dispatcher(store: Store) -> None:
+    guard = Guard(store, lease_seconds=60)
+    admitted = await admit(store, guard, decision())
+    async with store.transaction() as conn:
+        assert await pause.paused(store, conn) is None
+    paused = await pause.pause(store, "change freeze", "operator-1", declared_by="mallory")
+    assert paused.to_json() == {
+        "reason": "change freeze",
+        "by": "operator-1",
+        "at": paused.at,
+        "declared_by": "mallory",
+    }
+    async with store.transaction() as conn:
+        assert await pause.paused(store, conn) == paused
+    assert await pause.wanted(store, admitted.decision_id) is pause.Wanted.PAUSED
+    refused = await admit(store, guard, decision(key="other", fp="bb"))
+    assert refused.refusal == "paused"
+    await pause.resume(store)
+    assert await pause.wanted(store, admitted.decision_id) is pause.Wanted.YES
+
+
+async def test_a_pause_declared_by_the_operator_it_names_records_no_declared_by(
+    store: Store,
+) -> None:
+    for declared in ("", "operator-1"):
+        paused = await pause.pause(store, "r", "operator-1", declared_by=declared)
+        assert "declared_by" not in paused.to_json()
