@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,7 +31,6 @@ from responder.storage.store import Store
 
 # Up to this many held names are read in one statement, once per transaction.
 PREFETCH_LEASES = 10_000
-_UNREAD: Any = object()
 # Every refusal code the guard records, in the order its checks run.
 REFUSALS = (
     "paused",
@@ -130,7 +128,7 @@ class Admissions:
     What it remembers can be out of date either way. Towards "held" (a run that ended in
     another transaction during the batch): the decision is refused, as a read a moment
     earlier would have refused it. Towards "free" (a name another transaction took; only
-    another engine loop takes names): admission goes through `acquire_leases`, where the
+    another engine loop takes names): admission goes through `leases.acquire`, where the
     store decides, and a shadow or dry-run decision reads its free-looking names again.
     """
 
@@ -139,7 +137,8 @@ class Admissions:
         self._store = guard.store
         self._conn = conn
         self._ledger = ledger
-        self._pause: Pause | Any | None = _UNREAD
+        self._pause: Pause | None = None
+        self._pause_read = False  # the switch is read once per transaction
         self._held: dict[str, LeaseHolder | None] = {}  # None: free
         self._lookups = 0
         self._complete = False  # every held name is in `_held`
@@ -148,8 +147,8 @@ class Admissions:
         """Take the decision's names or refuse; record the decision either way."""
         now = self._guard.clock()
         names = [key_name(decision.key), *(mutex_name(m) for m in decision.mutex)]
-        if self._pause is _UNREAD:
-            self._pause = await self._guard.pause(self._conn)
+        if not self._pause_read:
+            self._pause, self._pause_read = await self._guard.pause(self._conn), True
         refusal = await self._check(decision, now, self._pause)
         if decision.shadow or self._guard.dry_run:
             if refusal is None:
@@ -164,7 +163,7 @@ class Admissions:
             return _answer(verdict, refusal, reason, entry)
         if refusal is None:
             # Look before taking, so that a refusal costs no statement. A holder that gives
-            # way is left to acquire_leases, which ends it.
+            # way is left to leases.acquire, which ends it.
             holder = await self._holder(names)
             if holder is not None and not holder.gives_way(now):
                 refusal = _held(holder, now)
@@ -178,7 +177,7 @@ class Admissions:
             self._store, self._conn, names, entry.id, self._guard.lease_seconds, now
         )
         if holder is not None:
-            # acquire_leases may have ended expired holders, or met a concurrent admission.
+            # leases.acquire may have ended expired holders, or met a concurrent admission.
             await self._read_holders(names)
             refusal = _held(holder, now)
         else:
