@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from responder import metrics
 from responder.events.webhook import MAX_ALERTS, Alert
 from responder.orchestration.alertmanager import Alertmanager
+from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def _as_sent(alert: dict[str, Any]) -> dict[str, Any]:
 async def resync(alertmanager: Alertmanager, receiver: str, store: Store) -> tuple[int, int]:
     """Commit what Responder missed to the inbox; (firing, resolved) alerts recovered."""
     listed = await alertmanager.alerts(receiver or None)
-    held = {alert.fingerprint: alert for alert in await store.firing()}
+    held = {alert.fingerprint: alert for alert in await store.alerts.firing()}
     firing: list[dict[str, Any]] = []
     still_firing: set[str] = set()
     for raw in listed:
@@ -78,7 +79,7 @@ async def resync(alertmanager: Alertmanager, receiver: str, store: Store) -> tup
             "externalURL": alertmanager.url,
             "alerts": recovered[start : start + MAX_ALERTS],
         }
-        await store.add_to_inbox("alertmanager", json.dumps(body).encode())
+        await store.inbox.add(InboxSource.ALERTMANAGER, json.dumps(body).encode())
     metrics.RESYNCED.labels(status="firing").inc(len(firing))
     metrics.RESYNCED.labels(status="resolved").inc(len(resolved))
     return len(firing), len(resolved)
