@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # Lower ranks never import higher ones. Top-level modules of `responder/` are the base.
 RANKS = {
