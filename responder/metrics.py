@@ -66,6 +66,11 @@ RELOADS = Counter(
 RELOAD_SUCCESS = Gauge(
     "responder_rule_reload_success", "1 if the last reload succeeded; 0 if the old rules stay."
 )
+INCIDENTS = Gauge(
+    "responder_incidents",
+    "Incidents by remediation state (firing ones; `resolved` counts those that resolved).",
+    ["state"],
+)
 LEADER = Gauge("responder_leader", "1 while this replica leads (runs the engine), else 0.")
 RESYNCED = Counter(
     "responder_resynced_alerts_total",
@@ -79,3 +84,9 @@ EVENTS_SKIPPED = Counter(
 PREFECT_REACHABLE = Gauge(
     "responder_prefect_reachable", "1 if the leader's last call to Prefect's API succeeded."
 )
+
+
+def set_incidents(counts: dict[str, int]) -> None:
+    """Set `responder_incidents` from the store's counts by state."""
+    for state, count in counts.items():
+        INCIDENTS.labels(state=state).set(count)

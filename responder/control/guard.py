@@ -54,6 +54,11 @@ class Admission:
     reason: str
     entry: DecisionRecord  # the decision's record in the transaction's ledger
     held_by: str | None = None  # for key_active and mutex_held: the holder's flow run, if any
+    # What the refused decision waits for: the guard name held and its holder's decision,
+    # or the time a cooldown or budget window ends.
+    block: str | None = None
+    holder: int | None = None
+    until: float | None = None
 
     @property
     def admitted(self) -> bool:
@@ -70,6 +75,9 @@ class _Refusal:
     code: str
     reason: str
     flow_run_id: str | None = None
+    block: str | None = None
+    holder: int | None = None
+    until: float | None = None
 
 
 def _when(epoch: float) -> str:
@@ -223,7 +231,9 @@ class Admissions:
         until = await self._store.leases.cooldown_until(self._conn, decision.key, now)
         if until is None:
             return None
-        return _Refusal("cooldown", f"key {decision.key!r} cools down until {_when(until)}")
+        return _Refusal(
+            "cooldown", f"key {decision.key!r} cools down until {_when(until)}", until=until
+        )
 
     async def _check(self, decision: Decision, now: float, pause: Pause | None) -> _Refusal | None:
         """The checks that need no lock, in order; the first refusal wins."""
@@ -261,10 +271,14 @@ class Admissions:
             started = await self._store.decisions.admitted_since(conn, now - budget.per, flow)
             if started >= budget.max_starts:
                 scope = f"flow {decision.flow}" if flow else "all flows"
+                oldest = await self._store.decisions.first_admitted_since(
+                    conn, now - budget.per, flow
+                )
                 return _Refusal(
                     "budget",
                     f"budget spent: {started} starts of {scope} in the last {budget.per:.0f}s "
                     f"(max {budget.max_starts})",
+                    until=(oldest if oldest is not None else now) + budget.per,
                 )
         if cap is not None:
             if per_service and decision.service is not None:
@@ -313,7 +327,16 @@ def _answer(
 ) -> Admission:
     if refusal is None:
         return Admission(verdict, None, reason, entry)
-    return Admission(verdict, refusal.code, reason, entry, refusal.flow_run_id)
+    return Admission(
+        verdict,
+        refusal.code,
+        reason,
+        entry,
+        refusal.flow_run_id,
+        refusal.block,
+        refusal.holder,
+        refusal.until,
+    )
 
 
 def _held(holder: LeaseHolder, now: float) -> _Refusal:
@@ -321,17 +344,12 @@ def _held(holder: LeaseHolder, now: float) -> _Refusal:
     code = "key_active" if kind == "key" else "mutex_held"
     what = f"key {name!r} is active" if kind == "key" else f"mutex {name!r} is held"
     if holder.decision_id == 0:
-        return _Refusal(code, f"{what}: taken by a concurrent admission")
+        return _Refusal(code, f"{what}: taken by a concurrent admission", block=holder.name)
     run = f" (flow run {holder.flow_run_id})" if holder.flow_run_id else ""
     if holder.expires_at <= now:
         # An expired lease with a flow run: the dispatcher has not yet confirmed its end.
-        return _Refusal(
-            code,
-            f"{what}: decision {holder.decision_id}{run} not confirmed ended",
-            holder.flow_run_id,
-        )
-    return _Refusal(
-        code,
-        f"{what}: held by decision {holder.decision_id}{run} until {_when(holder.expires_at)}",
-        holder.flow_run_id,
-    )
+        reason = f"{what}: decision {holder.decision_id}{run} not confirmed ended"
+    else:
+        until = _when(holder.expires_at)
+        reason = f"{what}: held by decision {holder.decision_id}{run} until {until}"
+    return _Refusal(code, reason, holder.flow_run_id, holder.name, holder.decision_id)

@@ -110,6 +110,8 @@ async def finish_in(
         labels=run.labels,
     )
     await store.inbox.add_in(conn, InboxSource.OUTCOME, outcome.body(), now)
+    # Its incident is done; incidents waiting for its names see them free (level-triggered).
+    await store.incidents.finished(conn, decision_id, state, now)
     seconds = run.policy.cooldown_after(state)
     if seconds and run.guard_key is not None:
         await store.leases.cool(conn, run.guard_key, now + seconds, decision_id)

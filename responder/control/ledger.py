@@ -56,12 +56,17 @@ class Ledger:
         self._conn = conn
         self._rows: list[dict[str, Any]] = []
         self._entries: list[DecisionRecord] = []
+        # Why the decisions recorded now were made again (an incident re-examined once
+        # what refused it cleared); it leads their reason.
+        self.because: str | None = None
 
     def add(self, **values: Any) -> DecisionRecord:
         """Record a decision; it is written at the next flush (or the next `insert`)."""
         unknown = values.keys() - COLUMNS
         if unknown:
             raise TypeError(f"not decision columns: {sorted(unknown)}")
+        if self.because and values.get("reason") is not None:
+            values["reason"] = f"{self.because}; {values['reason']}"
         entry = DecisionRecord()
         self._rows.append({column: values.get(column) for column in COLUMNS})
         self._entries.append(entry)

@@ -371,6 +371,19 @@ class Engine:
             self._window_full(rule, alert)  # count this alert in its window first
         return self._first_failure(rule, alert) is None
 
+    def held(self, incident: str) -> Alert | None:
+        """The firing alert held for this incident; None once it resolved."""
+        return self._alerts.get(incident)
+
+    def holding(self, alert: Alert) -> list[Match]:
+        """The rules that hold for a held alert now, in priority order (to decide again)."""
+        matches = [
+            Match(rule, alert, self._joined(rule, alert))
+            for rule, failure in self.explain(alert)
+            if failure is None
+        ]
+        return self._ordered(matches)
+
     def explain(self, alert: Alert) -> list[tuple[Rule, str | None]]:
         """For each rule, None if it holds for `alert` now, else the first condition that fails."""
         return [(rule, self._first_failure(rule, alert)) for rule in self.book.rules]

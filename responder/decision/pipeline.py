@@ -120,6 +120,10 @@ class Pipeline:
         """A `firing_for` rule, or a retry up the ladder, that came due."""
         await self._apply(work, [match], None, 0)
 
+    async def again(self, work: Transaction, matches: list[Match]) -> None:
+        """Rules that hold for an incident whose refusal cleared (or whose rules changed)."""
+        await self._apply(work, matches, None, 0)
+
     async def event(self, work: Transaction, event: CloudEvent, inbox_id: int) -> None:
         metrics.EVENTS_RECEIVED.inc()
         await self._assert(work, event.fact(self._fact_expiry()), inbox_id, 0)

@@ -35,8 +35,10 @@ from responder.exceptions import StoreUnavailable
 from responder.orchestration.decision_events import RefusedDecision
 from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import reload_flows
+from responder.runtime import convergence
 from responder.runtime.work import Work
 from responder.storage.inbox import InboxSource, PendingMessage
+from responder.storage.incidents import IncidentState
 from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,11 @@ TRANSACTION_SECONDS = 0.1
 # Inbox bodies read per step beyond the first row (what the step parses and holds).
 BATCH_BYTES = 4 * 1_048_576
 LEARN_FIRST = 32  # alert identities read ahead first in a transaction (then 64, 128, ...)
+# Incidents decided again per transaction once their block cleared, and how often the store
+# is asked which blocks cleared (seconds; a reload asks at once).
+CONVERGE_BATCH = 200
+RECHECK_SECONDS = 1.0
+GAUGE_SECONDS = 15.0  # how often `responder_incidents` is counted again
 
 
 def collect_garbage_less_often() -> None:
@@ -88,6 +95,7 @@ class EngineLoop:
         event_ttl: float = 3600.0,
         check_parameters: ParameterCheck | None = None,
         clock: Callable[[], float] = time.time,
+        recheck_seconds: float = RECHECK_SECONDS,
     ) -> None:
         self._store = store
         self._guard = guard
@@ -102,6 +110,9 @@ class EngineLoop:
         self._event_ttl = event_ttl
         self._clock = clock
         self._check_parameters = check_parameters
+        self._recheck_seconds = recheck_seconds
+        self._next_recheck = 0.0  # time.monotonic() of the next convergence pass
+        self._next_gauge = 0.0
         self.pipeline = self._pipeline(Engine(book, partitions, clock), book, catalog)
         self.running = False
         self.wake = asyncio.Event()
@@ -117,6 +128,11 @@ class EngineLoop:
         async with self._lock:
             reload_flows()
             await self._rebuild(book, catalog)
+            # Incidents no rule acted on are asked again under the new rules, durably: a
+            # leader that stops before its next tick leaves them due for the next one.
+            async with self._store.transaction() as conn:
+                await self._store.incidents.ask_again(conn, [IncidentState.UNMATCHED])
+            self._next_recheck = 0.0
 
     async def rebuild(self) -> None:
         """Rebuild the engine's facts and alerts from the store; nothing is decided again."""
@@ -281,6 +297,33 @@ class EngineLoop:
                 await work.flush()
             self._announce(work)
             await self._submit(work.admitted)
+        await self._converge()
+
+    async def _converge(self) -> None:
+        """Decide again the incidents whose block cleared (`runtime.convergence`), at most
+        every `recheck_seconds`, in transactions of `CONVERGE_BATCH` incidents."""
+        if time.monotonic() < self._next_recheck:
+            return
+        self._next_recheck = time.monotonic() + self._recheck_seconds
+        while True:
+            async with self._store.turn(), self._store.transaction() as conn:
+                work = Work(self._store, self._guard, conn, self._clock)
+                paused = await self._guard.pause(conn) is not None
+                rows = await self._store.incidents.due(
+                    conn, self._clock(), paused=paused, limit=CONVERGE_BATCH
+                )
+                if rows:
+                    await convergence.reexamine(
+                        self._store, work, self.pipeline, rows, self._clock()
+                    )
+                await work.flush()
+            self._announce(work)
+            await self._submit(work.admitted)
+            if len(rows) < CONVERGE_BATCH:
+                break
+        if time.monotonic() >= self._next_gauge:
+            self._next_gauge = time.monotonic() + GAUGE_SECONDS
+            metrics.set_incidents(await self._store.incidents.counts())
 
     async def _process(self, messages: list[PendingMessage]) -> None:
         """Handle the rows' items in order, over as many short transactions as they need.

@@ -1,4 +1,5 @@
-"""One engine transaction's buffered writes: decisions, alert identities, firing alerts, facts.
+"""One engine transaction's buffered writes: decisions, alert identities, firing alerts, facts
+and incidents' states (written in the same transaction as the decisions that set them).
 
 The decision pipeline works through it (it is the pipeline's `Transaction`); the engine loop
 commits it, then announces the refusals and submits the runs the guard admitted.
@@ -18,6 +19,8 @@ from responder.control.runs import ActiveRun
 from responder.decision.decisions import Decision, Verdict
 from responder.events.facts import Fact
 from responder.events.webhook import Alert
+from responder.storage.incidents import IncidentState
+from responder.storage.schema import key_digest
 from responder.storage.store import Store
 
 
@@ -43,6 +46,12 @@ class Work:
         self._seen: dict[tuple[str, str, str], int] = {}
         self._identities: list[dict[str, Any]] = []
         self._firing: dict[str, Alert | None] = {}
+        self._incidents: dict[str, dict[str, Any]] = {}
+        self._resolved: list[str] = []
+
+    def because(self, why: str | None) -> None:
+        """Decisions recorded from now on were made again, for this reason (None: ends)."""
+        self.ledger.because = why
 
     async def learn_identities(self, alerts: list[Alert]) -> None:
         self._seen.update(await self._store.alerts.known_identities(self.conn, alerts))
@@ -68,6 +77,45 @@ class Work:
 
     def set_firing(self, alert: Alert, *, firing: bool) -> None:
         self._firing[alert.incident] = alert if firing else None
+        if firing:
+            self._track(alert, IncidentState.UNMATCHED)
+        else:
+            self._incidents.pop(alert.incident, None)
+            self._resolved.append(alert.incident)
+
+    def _track(self, alert: Alert, state: IncidentState, **fields: Any) -> None:
+        """An incident's state; of two in one transaction, the higher-ranking one stays."""
+        known = self._incidents.get(alert.incident)
+        if known is not None and IncidentState(known["state"]).rank > state.rank:
+            return
+        self._incidents[alert.incident] = {
+            "incident": alert.incident,
+            "alertname": alert.alertname,
+            "firing": True,
+            "state": state.value,
+            "due": False,
+            "updated_at": self._clock(),
+            **fields,
+        }
+
+    def _track_admission(self, admission: Admission, decision: Decision) -> None:
+        alert, rule = decision.alert, decision.rule
+        if admission.admitted:
+            self._track(alert, IncidentState.RUNNING, rule=rule, decision_id=admission.decision_id)
+        elif admission.refusal == "max_attempts":
+            self._track(alert, IncidentState.EXHAUSTED, rule=rule, waiting_on="max_attempts")
+        elif admission.verdict is Verdict.REFUSED and admission.refusal is not None:
+            block = admission.block
+            self._track(
+                alert,
+                IncidentState.WAITING,
+                rule=rule,
+                waiting_on=admission.refusal,
+                block=block,
+                block_digest=None if block is None else key_digest(block),
+                holder=admission.holder,
+                until=admission.until,
+            )
 
     async def save_fact(self, fact: Fact) -> None:
         await self._store.facts.save(self.conn, fact)
@@ -104,6 +152,7 @@ class Work:
             self.refused.append((admission, decision))
         if admission.admitted:
             self.admitted.append(ActiveRun.admitted(admission.decision_id, decision))
+        self._track_admission(admission, decision)
         return admission.refusal
 
     async def flush(self) -> None:
@@ -114,6 +163,12 @@ class Work:
         if self._firing:
             await self._store.alerts.replace_firing(self.conn, self._firing)
             self._firing = {}
+        if self._incidents:
+            await self._store.incidents.save(self.conn, list(self._incidents.values()))
+            self._incidents = {}
+        if self._resolved:
+            await self._store.incidents.resolve(self.conn, self._resolved, self._clock())
+            self._resolved = []
 
 
 def _identity(alert: Alert) -> tuple[str, str, str]:

@@ -113,6 +113,31 @@ class Decisions:
         return int(await conn.scalar(query) or 0)
 
     @staticmethod
+    async def first_admitted_since(
+        conn: AsyncConnection, since: float, flow: str | None
+    ) -> float | None:
+        """When the oldest decision admitted since `since` was (a budget window's first start)."""
+        query = select(func.min(decisions.c.created_at)).where(
+            decisions.c.created_at >= since, ADMITTED
+        )
+        if flow is not None:
+            query = query.where(decisions.c.flow == flow)
+        found = await conn.scalar(query)
+        return None if found is None else float(found)
+
+    @staticmethod
+    async def last_verdicts(
+        conn: AsyncConnection, incident: str
+    ) -> dict[str, tuple[str, str | None]]:
+        """Each rule's last verdict (and refusal) for one incident."""
+        rows = await conn.execute(
+            select(decisions.c.rule, decisions.c.verdict, decisions.c.refusal)
+            .where(decisions.c.incident == incident, decisions.c.rule.is_not(None))
+            .order_by(decisions.c.id)
+        )
+        return {r.rule: (r.verdict, r.refusal) for r in rows}
+
+    @staticmethod
     async def attempts(conn: AsyncConnection, rule: str, incident: str) -> int:
         """Admitted decisions of `rule` for one incident."""
         return int(

@@ -158,6 +158,32 @@ control = Table(
 )
 
 
+# One row per firing incident (fingerprint + startsAt): where its remediation stands.
+# `state`: unmatched (no rule acts), waiting (on `waiting_on`: a refusal code, the guard
+# name `block` and its `holder`, or a time `until`), running (`decision_id`), done
+# (`outcome`), exhausted (max_attempts). `due` asks the engine loop to decide it again.
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("incident", String(120), primary_key=True),
+    Column("alertname", Text, nullable=False),
+    Column("firing", Boolean, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("rule", String(64), nullable=True),
+    Column("decision_id", Integer, nullable=True),
+    Column("waiting_on", String(24), nullable=True),
+    Column("block", Text, nullable=True),
+    Column("block_digest", String(64), nullable=True),
+    Column("holder", Integer, nullable=True),
+    Column("until", Float, nullable=True),
+    Column("outcome", String(24), nullable=True),
+    Column("due", Boolean, nullable=False, default=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_incidents_state", "state", "firing"),
+    Index("ix_incidents_decision", "decision_id"),
+)
+
+
 def key_digest(key: str) -> str:
     """A guard name's digest: names are rendered from hostile labels and may be long."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()

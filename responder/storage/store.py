@@ -1,8 +1,8 @@
 """The store: Responder's persistence, one object per process, grouped by tables.
 
 `store.inbox`, `store.alerts`, `store.facts`, `store.decisions`, `store.approvals`,
-`store.silences`, `store.leases` and `store.switches` each own a group of tables; the store
-itself is the database they share (engine, transactions, migrations, health). It decides
+`store.silences`, `store.leases`, `store.switches` and `store.incidents` each own a group of
+tables; the store itself is the database they share (engine, transactions, migrations, health). It decides
 nothing: admission, release, cooldowns, lease expiry and the pause are `responder.control`'s.
 """
 
@@ -14,6 +14,7 @@ from responder.storage.database import Database
 from responder.storage.decisions import Decisions
 from responder.storage.facts import Facts
 from responder.storage.inbox import Inbox
+from responder.storage.incidents import Incidents
 from responder.storage.leases import Leases
 from responder.storage.silences import Silences
 from responder.storage.switches import Switches
@@ -32,3 +33,4 @@ class Store(Database):
         self.silences = Silences(self)
         self.leases = Leases(self)
         self.switches = Switches(self)
+        self.incidents = Incidents(self)

@@ -1,0 +1,85 @@
+"""Convergence: an incident the guard refused is decided again once what refused it clears.
+
+Level-triggered, from the store: the `incidents` table says what each firing incident waits
+for (`storage.incidents`), and the engine loop's tick asks it which blocks have cleared — a
+guard name no longer held (its run ended: `control.leases.finish`, or its lease expired), a
+cooldown or budget window now past, the pause lifted — or which incidents a reload or a
+run's end (blast radius) marked `due`. Nothing is remembered only in memory, so a block that
+clears while no leader runs is found by the next leader's first tick.
+
+Deciding again goes through the same pipeline and guard as the first decision: the guard's
+key still keeps a second run from starting, a rule refused by `max_attempts` is not asked
+again, and an incident that resolved meanwhile is not firing any more, so not asked.
+"""
+
+from __future__ import annotations
+
+from responder.decision.decisions import Verdict
+from responder.decision.engine import Match
+from responder.decision.pipeline import Pipeline
+from responder.runtime.work import Work
+from responder.storage.incidents import HELD, DueIncident
+from responder.storage.store import Store
+
+# Verdicts of a rule for an incident after which it is asked again.
+ASKED_AGAIN = {Verdict.UNMATCHED.value}
+# Refusals after which it is not: they stay refused.
+FINAL_REFUSALS = {"max_attempts"}
+
+
+def why(row: DueIncident) -> str:
+    """The reason a re-examined incident's new decisions are recorded with."""
+    if row.waiting_on in HELD and row.block is not None:
+        kind, _, name = row.block.partition(":")
+        by = f" by decision {row.holder}" if row.holder else ""
+        return f"re-examined: {kind} {name} released{by}"
+    if row.waiting_on == "cooldown":
+        return "re-examined: the cooldown ended"
+    if row.waiting_on == "budget":
+        return "re-examined: the budget window moved on"
+    if row.waiting_on == "paused":
+        return "re-examined: remediation resumed"
+    if row.waiting_on == "max_active":
+        return "re-examined: a run ended (max_active)"
+    return "re-examined: the rules changed"
+
+
+def asked_again(last: tuple[str, str | None] | None) -> bool:
+    """Whether a rule is decided again, given its last verdict for the incident (None: it
+    never decided): after a refusal that may clear, or a match a fact undid."""
+    if last is None:
+        return True
+    verdict, refusal = last
+    if verdict == Verdict.REFUSED.value:
+        return refusal is not None and refusal not in FINAL_REFUSALS
+    return verdict in ASKED_AGAIN
+
+
+async def matches_for(store: Store, work: Work, pipeline: Pipeline, incident: str) -> list[Match]:
+    """The rules to decide again for a still-firing incident (none if it resolved)."""
+    alert = pipeline.engine.held(incident)
+    if alert is None:
+        return []
+    last = await store.decisions.last_verdicts(work.conn, incident)
+    return [m for m in pipeline.engine.holding(alert) if asked_again(last.get(m.rule.name))]
+
+
+async def reexamine(
+    store: Store, work: Work, pipeline: Pipeline, rows: list[DueIncident], now: float
+) -> None:
+    """Decide the due incidents again in `work`'s transaction.
+
+    Each is first settled (nothing waiting, not due): if no rule acts any more it stays so,
+    and whatever the new decisions say (running, waiting on another block) replaces it when
+    `work` flushes. So an incident is asked once per clearing, never in a loop.
+    """
+    await store.incidents.settle(work.conn, [row.incident for row in rows], now)
+    for row in rows:
+        matches = await matches_for(store, work, pipeline, row.incident)
+        if not matches:
+            continue
+        work.because(why(row))
+        try:
+            await pipeline.again(work, matches)
+        finally:
+            work.because(None)
