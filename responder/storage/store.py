@@ -2,8 +2,9 @@
 
 `store.inbox`, `store.alerts`, `store.facts`, `store.decisions`, `store.approvals`,
 `store.silences`, `store.leases`, `store.switches` and `store.incidents` each own a group of
-tables; the store itself is the database they share (engine, transactions, migrations, health). It decides
-nothing: admission, release, cooldowns, lease expiry and the pause are `responder.control`'s.
+tables; the store itself is the database they share (engine, transactions, migrations,
+health). It decides nothing: admission, release, cooldowns, lease expiry and the pause are
+`responder.control`'s.
 """
 
 from __future__ import annotations
