@@ -1,0 +1,290 @@
+"""Level-triggered convergence: a refused incident is decided again once its block clears.
+
+Each test drives an engine loop on a real store (SQLite and PostgreSQL) with a clock of its
+own, and ends with exactly one admitted decision per incident.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from responder.authoring.sandbox import Clock, fingerprint_of
+from responder.control import leases, pause
+from responder.control.guard import Guard
+from responder.control.runs import active_runs
+from responder.decision.rules import RuleBook, load_rules
+from responder.decision.services import ServiceCatalog
+from responder.runtime.loop import EngineLoop
+from responder.storage.inbox import InboxSource
+from responder.storage.store import Store
+
+RESTART = """
+  - name: restart
+    match: ['alertname="Down"']
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
+    guard:
+      key: "restart/{{ alert.labels.instance }}"
+      mutex: ["host:{{ alert.labels.instance }}"]
+      cooldown: 10m
+"""
+# Another rule, for another alert on the same host: the host's mutex keeps them apart.
+CLEAN = """
+  - name: clean-disk
+    match: ['alertname="DiskFull"']
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/clean"}}
+    guard: {key: "clean/{{ alert.labels.instance }}", mutex: ["host:{{ alert.labels.instance }}"]}
+"""
+# Two rules for one alert sharing one key: at most one of them may run.
+TWINS = """
+  - name: clean-disk-twin
+    match: ['alertname="DiskFull"']
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/clean-twin"}}
+    guard:
+      key: "clean/{{ alert.labels.instance }}"
+      key_scope: shared
+      mutex: ["host:{{ alert.labels.instance }}"]
+"""
+
+
+class Responder:
+    """An engine loop over the test's store, a clock that moves when told, no dispatch."""
+
+    def __init__(self, store: Store, tmp_path: Path, rules: str) -> None:
+        self.store = store
+        self.clock = Clock()
+        self._tmp = tmp_path
+        self.book = self.rules(rules)
+        self.loop = self.restart()
+        self._started: dict[str, float] = {}
+
+    def rules(self, text: str) -> RuleBook:
+        path = self._tmp / f"rules-{len(text)}.yaml"
+        path.write_text("rules:" + text)
+        return load_rules([path])
+
+    def restart(self) -> EngineLoop:
+        """A new engine loop on the same store (a new leader)."""
+        guard = Guard(self.store, lease_seconds=3600.0, clock=self.clock)
+        self.loop = EngineLoop(
+            self.store,
+            guard,
+            None,
+            self.book,
+            ServiceCatalog(),
+            clock=self.clock,
+            recheck_seconds=0.0,
+        )
+        return self.loop
+
+    async def start(self) -> Responder:
+        await self.loop.rebuild()
+        return self
+
+    def alert(self, name: str, instance: str, status: str = "firing") -> dict[str, Any]:
+        labels = {"alertname": name, "instance": instance}
+        fingerprint = fingerprint_of(labels)
+        started = self._started.setdefault(fingerprint, self.clock.now)
+        return {
+            "status": status,
+            "labels": labels,
+            "annotations": {},
+            "startsAt": datetime.fromtimestamp(started, UTC).isoformat(),
+            "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": fingerprint,
+        }
+
+    async def send(self, *alerts: dict[str, Any]) -> None:
+        body = {
+            "version": "4",
+            "groupKey": "{}",
+            "status": "firing",
+            "receiver": "r",
+            "alerts": [*alerts],
+        }
+        await self.store.inbox.add(InboxSource.ALERTMANAGER, json.dumps(body).encode())
+        await self.settle()
+
+    async def settle(self) -> None:
+        while await self.loop.step():
+            pass
+
+    async def finish(self, rule: str, state: str = "COMPLETED", *, settle: bool = True) -> None:
+        [run] = [r for r in await active_runs(self.store) if r.rule == rule]
+        assert await leases.finish(self.store, run.decision_id, state, now=self.clock.now)
+        if settle:
+            await self.settle()
+
+    async def decisions(self, name: str) -> list[dict[str, Any]]:
+        rows = reversed(await self.store.decisions.recent(limit=10_000))
+        return [r for r in rows if r["alertname"] == name and r["rule"] is not None]
+
+    async def admitted(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in await self.decisions(name) if r["verdict"] == "admitted"]
+
+
+async def responder(store: Store, tmp_path: Path, rules: str) -> Responder:
+    return await Responder(store, tmp_path, rules).start()
+
+
+async def test_a_run_that_ends_admits_the_incident_waiting_for_its_mutex(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART + CLEAN)
+    await r.send(r.alert("Down", "h1"))
+    await r.send(r.alert("DiskFull", "h1"))
+    [refused] = await r.decisions("DiskFull")
+    assert (refused["verdict"], refused["refusal"]) == ("refused", "mutex_held")
+    assert (await store.incidents.counts())["waiting"] == 1
+    [waiting] = await store.incidents.waiting()
+    assert (waiting["waiting_on"], waiting["block"]) == ("mutex_held", "mutex:host:h1")
+    await r.settle()  # the mutex is still held: nothing is decided again
+    assert len(await r.decisions("DiskFull")) == 1
+
+    await r.finish("restart")
+
+    [run] = await r.admitted("DiskFull")
+    [down] = await r.admitted("Down")
+    assert run["reason"].startswith(
+        f"re-examined: mutex host:h1 released by decision {down['id']}; "
+    )
+    counts = await store.incidents.counts()
+    assert (counts["waiting"], counts["running"], counts["done"]) == (0, 1, 1)
+
+
+async def test_a_cooldown_that_ends_admits_the_incident_still_firing(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART)
+    await r.send(r.alert("Down", "h1"))
+    await r.finish("restart")
+    await r.send(r.alert("Down", "h1", "resolved"))
+    r._started.clear()
+    r.clock.now += 60  # a new incident on the same host, inside the cooldown
+    await r.send(r.alert("Down", "h1"))
+    assert [d["refusal"] for d in await r.decisions("Down")] == [None, "cooldown"]
+
+    r.clock.now += 300
+    await r.settle()
+    assert len(await r.admitted("Down")) == 1  # still cooling down
+
+    r.clock.now += 300
+    await r.settle()
+    admitted = await r.admitted("Down")
+    assert len(admitted) == 2
+    assert admitted[1]["reason"].startswith("re-examined: the cooldown ended; ")
+    assert admitted[0]["incident"] != admitted[1]["incident"]  # one per incident
+
+
+async def test_an_incident_that_resolved_while_cooling_down_is_not_decided_again(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART)
+    await r.send(r.alert("Down", "h1"))
+    await r.finish("restart")
+    await r.send(r.alert("Down", "h1", "resolved"))
+    r._started.clear()
+    r.clock.now += 60
+    await r.send(r.alert("Down", "h1"))
+    await r.send(r.alert("Down", "h1", "resolved"))
+
+    r.clock.now += 3600
+    await r.settle()
+
+    assert len(await r.admitted("Down")) == 1
+    assert (await store.incidents.counts())["resolved"] == 2
+
+
+async def test_resuming_admits_the_incident_refused_while_paused(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART)
+    await pause.pause(store, "maintenance", "ops")
+    await r.send(r.alert("Down", "h1"))
+    await r.settle()
+    assert [d["refusal"] for d in await r.decisions("Down")] == ["paused"]
+
+    await pause.resume(store)
+    await r.settle()
+
+    [run] = await r.admitted("Down")
+    assert run["reason"].startswith("re-examined: remediation resumed; ")
+
+
+async def test_a_rule_added_while_an_alert_fires_acts_on_it_after_the_reload(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, CLEAN)
+    await r.send(r.alert("Down", "h1"))
+    assert (await store.incidents.counts())["unmatched"] == 1
+    await r.settle()
+    assert await r.admitted("Down") == []
+
+    await r.loop.use(r.rules(CLEAN + RESTART), ServiceCatalog())
+    await r.settle()
+
+    [run] = await r.admitted("Down")
+    assert run["reason"].startswith("re-examined: the rules changed; ")
+    await r.settle()
+    assert len(await r.decisions("Down")) == 1
+
+
+async def test_a_block_that_cleared_while_no_leader_ran_is_decided_again_after_restart(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART + CLEAN)
+    await r.send(r.alert("Down", "h2"))
+    await r.send(r.alert("DiskFull", "h2"))  # waits for h2's host mutex
+    assert [d["refusal"] for d in await r.decisions("DiskFull")] == ["mutex_held"]
+
+    # The leader stops; meanwhile the run holding h2's mutex ends.
+    await r.finish("restart", settle=False)
+    r.restart()
+    await r.start()
+    await r.settle()
+
+    [run] = await r.admitted("DiskFull")
+    assert run["reason"].startswith("re-examined: mutex host:h2 released by decision ")
+
+
+async def test_two_blocks_clearing_at_once_admit_the_incident_once(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART + CLEAN + TWINS)
+    await r.send(r.alert("Down", "h1"))
+    await pause.pause(store, "maintenance", "ops")
+    await r.send(r.alert("DiskFull", "h1"))  # both rules refused: paused
+    assert [d["refusal"] for d in await r.decisions("DiskFull")] == ["paused", "paused"]
+
+    # The pause is lifted and the host's mutex freed at once; both rules hold again.
+    await pause.resume(store)
+    await r.finish("restart")
+    for _ in range(3):
+        await r.settle()
+
+    assert len(await r.admitted("DiskFull")) == 1
+    refusals = [d["refusal"] for d in await r.decisions("DiskFull")]
+    assert refusals == ["paused", "paused", None, "mutex_held"]
+
+
+async def test_max_attempts_stays_refused(store: Store, tmp_path: Path) -> None:
+    rules = """
+  - name: restart
+    match: ['alertname="Down"']
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/x"}}
+    guard: {key: "restart/{{ alert.labels.instance }}", max_attempts: 2}
+"""
+    r = await responder(store, tmp_path, rules)
+    await r.send(r.alert("Down", "h1"))
+    for _ in range(2):  # the ladder tries again while the alert fires, up to max_attempts
+        await r.finish("restart")
+        r.clock.now += 2
+        await r.settle()
+    r.clock.now += 3600
+    for _ in range(3):
+        await r.settle()
+    verdicts = [(d["verdict"], d["refusal"]) for d in await r.decisions("Down")]
+    assert verdicts == [("admitted", None), ("admitted", None), ("refused", "max_attempts")]
+    assert (await store.incidents.counts())["exhausted"] == 1
