@@ -42,6 +42,13 @@ def explain(
     body = client.call(config, "GET", f"/api/v1/explain/{fingerprint}").json()
     for row in body["decisions"]:
         console.print(describe(row), highlight=False, markup=False, soft_wrap=True)
+    for incident in body.get("incidents", []):
+        console.print(
+            f"incident {printable(incident['incident'])}: {incident_state(incident)}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     for alert in body["held"]:
         console.print(f"still firing: {alert['incident']}", highlight=False, soft_wrap=True)
         for rule in alert["rules"]:
@@ -68,7 +75,8 @@ def resume(config: ConfigOption = None) -> None:
 
 
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Show the pause switch, held keys and mutexes, and cooling keys."""
+    """Show the pause switch, held keys and mutexes, incidents by state (and the waiting
+    ones), and cooling keys."""
     body = client.call(config, "GET", "/api/v1/status").json()
     if as_json:
         console.print_json(json.dumps(body))
@@ -89,10 +97,46 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
             markup=False,
             soft_wrap=True,
         )
+    show_incidents(body.get("incidents"))
     console.print(f"cooling down ({len(body['cooldowns'])}):", highlight=False)
     for cooldown in body["cooldowns"]:
         console.print(
             f"  {printable(cooldown['guard_key'])}  until {utc(cooldown['until'])}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def incident_state(incident: dict[str, Any]) -> str:
+    """An incident's remediation state in words: what it waits for, what runs, how it ended."""
+    state = incident["state"] if incident.get("firing", True) else "resolved"
+    if state == "waiting":
+        on = incident["waiting_on"]
+        if incident.get("block"):
+            on += f" {incident['block']}"
+            if incident.get("holder"):
+                on += f" (decision {incident['holder']})"
+        if incident.get("until"):
+            on += f" until {utc(incident['until'])}"
+        return f"waiting on {on}"
+    if state == "running" and incident.get("decision_id"):
+        return f"running (decision {incident['decision_id']})"
+    if state == "done" and incident.get("outcome"):
+        return f"done ({incident['outcome']})"
+    return str(state)
+
+
+def show_incidents(incidents: dict[str, Any] | None) -> None:
+    """Counts by state, and the incidents waiting."""
+    if not incidents:
+        return
+    counts = "  ".join(f"{state} {n}" for state, n in incidents["counts"].items())
+    console.print(f"incidents: {counts}", highlight=False)
+    for incident in incidents["waiting"]:
+        console.print(
+            f"  {printable(incident['incident'])}  {printable(incident['rule'] or '-')}  "
+            f"{printable(incident_state({**incident, 'state': 'waiting'}))}",
             highlight=False,
             markup=False,
             soft_wrap=True,

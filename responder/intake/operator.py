@@ -64,9 +64,10 @@ async def explain(
         }
         for alert in service.held_alerts(fingerprint)
     ]
-    if not rows and not held:
+    incidents = await service.incidents_of(fingerprint)
+    if not rows and not held and not incidents:
         return error(404, f"no alert with fingerprint {fingerprint} was seen")
-    return JSONResponse({"decisions": list(reversed(rows)), "held": held})
+    return JSONResponse({"decisions": list(reversed(rows)), "held": held, "incidents": incidents})
 
 
 @router.post("/api/v1/pause", openapi_extra=documented_body(PauseRequest))
@@ -90,12 +91,13 @@ async def resume(who: Operating, service: TheService) -> JSONResponse:
 
 @router.get("/api/v1/status")
 async def status(_who: Reading, service: TheService) -> JSONResponse:
-    """The pause switch, held keys and mutexes, cooling keys, and the decisions whose
-    run awaits approval."""
+    """The pause switch, held keys and mutexes, cooling keys, the decisions whose run
+    awaits approval, and incidents by remediation state (with the waiting ones)."""
     waiting = await service.awaiting_approval()
     return JSONResponse(
         {
             **await service.guard_state(),
+            "incidents": await service.incidents(),
             "awaiting_approval": [
                 {"decision_id": row["id"], "flow_run_id": row["flow_run_id"]} for row in waiting
             ],

@@ -285,6 +285,16 @@ class Service:
         """The pause switch, held keys and mutexes, and cooling keys."""
         return await leases.guard_state(self.store)
 
+    async def incidents(self) -> dict[str, Any]:
+        """Incidents by remediation state, and the waiting ones (longest first, bounded)."""
+        counts = await self.store.incidents.counts()
+        metrics.set_incidents(counts)
+        return {"counts": counts, "waiting": await self.store.incidents.waiting()}
+
+    async def incidents_of(self, fingerprint: str) -> list[dict[str, Any]]:
+        """The remediation state of each incident of one alert, newest first."""
+        return await self.store.incidents.like(fingerprint)
+
     async def awaiting_approval(self) -> list[dict[str, Any]]:
         """The decisions whose flow run waits for an operator's answer."""
         return await self.store.approvals.awaiting()

@@ -236,7 +236,7 @@ class Incidents:
         async with self._db.transaction() as conn:
             rows = await conn.execute(
                 select(incidents)
-                .where(incidents.c.incident.like(f"{fingerprint}%"))
+                .where(incidents.c.incident.like(f"{fingerprint}@%"))
                 .order_by(incidents.c.updated_at.desc())
                 .limit(20)
             )

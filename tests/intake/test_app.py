@@ -454,6 +454,9 @@ async def test_pause_status_and_resume(make_client: ClientFactory) -> None:
     status = (await client.get("/api/v1/status", headers=auth)).json()
     assert status["pause"]["reason"] == "change freeze"
     assert status["leases"] == []
+    assert status["incidents"]["counts"]["waiting"] == 1
+    [waiting] = status["incidents"]["waiting"]
+    assert (waiting["waiting_on"], waiting["rule"]) == ("paused", "restart-crashed-service")
     assert (await client.post("/api/v1/resume", headers=auth)).status_code == 200
     await post(client, "firing_group_servicedown_3_hosts", **auth)
     await wait_for(lambda: settled(service))
@@ -583,6 +586,8 @@ async def test_explain_tells_an_alerts_story(make_client: ClientFactory) -> None
     [held] = story["held"]
     [rule] = held["rules"]
     assert rule == {"rule": "restart-crashed-service", "holds": True, "failure": None}
+    [incident] = story["incidents"]
+    assert (incident["incident"], incident["state"]) == (held["incident"], "running")
     assert (await client.get("/api/v1/explain/abcdef")).status_code == 404
     assert (await client.get("/api/v1/explain/not-hex")).status_code == 422
 
