@@ -14,6 +14,8 @@ again, and an incident that resolved meanwhile is not firing any more, so not as
 
 from __future__ import annotations
 
+import time
+
 from responder.decision.decisions import Verdict
 from responder.decision.engine import Match
 from responder.decision.pipeline import Pipeline
@@ -65,16 +67,33 @@ async def matches_for(store: Store, work: Work, pipeline: Pipeline, incident: st
 
 
 async def reexamine(
-    store: Store, work: Work, pipeline: Pipeline, rows: list[DueIncident], now: float
-) -> None:
-    """Decide the due incidents again in `work`'s transaction.
+    store: Store,
+    work: Work,
+    pipeline: Pipeline,
+    rows: list[DueIncident],
+    now: float,
+    deadline: float,
+) -> int:
+    """Decide due incidents again in `work`'s transaction, until `deadline` (a monotonic
+    time; at least one); return how many were handled, the rest stay due.
 
     Each is first settled (nothing waiting, not due): if no rule acts any more it stays so,
-    and whatever the new decisions say (running, waiting on another block) replaces it when
-    `work` flushes. So an incident is asked once per clearing, never in a loop.
+    and whatever its new decisions say (running, waiting on another block) replaces that when
+    `work` flushes. So an incident is asked once per clearing, never in a loop. One whose
+    guard name an incident before it just took keeps waiting, for the new holder, unasked:
+    a name freed with many incidents waiting for it costs one admission, not a refusal each.
     """
-    await store.incidents.settle(work.conn, [row.incident for row in rows], now)
+    handled = 0
     for row in rows:
+        if handled and time.monotonic() >= deadline:
+            break
+        handled += 1
+        if row.waiting_on in HELD and row.block is not None:
+            holder = await store.leases.holder(work.conn, [row.block])
+            if holder is not None:
+                await store.incidents.held_by(work.conn, row.incident, holder.decision_id)
+                continue
+        await store.incidents.settle(work.conn, [row.incident], now)
         matches = await matches_for(store, work, pipeline, row.incident)
         if not matches:
             continue
@@ -83,3 +102,4 @@ async def reexamine(
             await pipeline.again(work, matches)
         finally:
             work.because(None)
+    return handled

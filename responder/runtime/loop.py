@@ -301,7 +301,8 @@ class EngineLoop:
 
     async def _converge(self) -> None:
         """Decide again the incidents whose block cleared (`runtime.convergence`), at most
-        every `recheck_seconds`, in transactions of `CONVERGE_BATCH` incidents."""
+        every `recheck_seconds`, in transactions bounded like the inbox's (at most
+        `CONVERGE_BATCH` incidents, `transaction_seconds`)."""
         if time.monotonic() < self._next_recheck:
             return
         self._next_recheck = time.monotonic() + self._recheck_seconds
@@ -312,14 +313,14 @@ class EngineLoop:
                 rows = await self._store.incidents.due(
                     conn, self._clock(), paused=paused, limit=CONVERGE_BATCH
                 )
-                if rows:
-                    await convergence.reexamine(
-                        self._store, work, self.pipeline, rows, self._clock()
-                    )
+                deadline = time.monotonic() + self._transaction_seconds
+                handled = await convergence.reexamine(
+                    self._store, work, self.pipeline, rows, self._clock(), deadline
+                )
                 await work.flush()
             self._announce(work)
             await self._submit(work.admitted)
-            if len(rows) < CONVERGE_BATCH:
+            if handled == len(rows) < CONVERGE_BATCH:
                 break
         if time.monotonic() >= self._next_gauge:
             self._next_gauge = time.monotonic() + GAUGE_SECONDS

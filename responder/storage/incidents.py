@@ -176,6 +176,13 @@ class Incidents:
         return [DueIncident(**r._mapping) for r in rows]
 
     @staticmethod
+    async def held_by(conn: AsyncConnection, incident: str, decision_id: int) -> None:
+        """The name an incident waits for was taken again, by `decision_id`."""
+        await conn.execute(
+            update(incidents).where(incidents.c.incident == incident).values(holder=decision_id)
+        )
+
+    @staticmethod
     async def settle(conn: AsyncConnection, names: list[str], now: float) -> None:
         """These were decided again and nothing took their place: none needed for now."""
         for start in range(0, len(names), 500):
