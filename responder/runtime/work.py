@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder import metrics
 from responder.control.guard import Admission, Guard
-from responder.control.ledger import Ledger
+from responder.control.ledger import DecisionRecord, Ledger
 from responder.control.runs import ActiveRun
 from responder.decision.decisions import Decision, Verdict
 from responder.events.facts import Fact
@@ -103,13 +103,20 @@ class Work:
         if admission.admitted:
             self._track(alert, IncidentState.RUNNING, rule=rule, decision_id=admission.decision_id)
         elif admission.refusal == "max_attempts":
-            self._track(alert, IncidentState.EXHAUSTED, rule=rule, waiting_on="max_attempts")
+            self._track(
+                alert,
+                IncidentState.EXHAUSTED,
+                rule=rule,
+                decision_id=admission.entry,
+                waiting_on="max_attempts",
+            )
         elif admission.verdict is Verdict.REFUSED and admission.refusal is not None:
             block = admission.block
             self._track(
                 alert,
                 IncidentState.WAITING,
                 rule=rule,
+                decision_id=admission.entry,  # the refusal: its id is known once flushed
                 waiting_on=admission.refusal,
                 block=block,
                 block_digest=None if block is None else key_digest(block),
@@ -164,7 +171,11 @@ class Work:
             await self._store.alerts.replace_firing(self.conn, self._firing)
             self._firing = {}
         if self._incidents:
-            await self._store.incidents.save(self.conn, list(self._incidents.values()))
+            rows = list(self._incidents.values())
+            for row in rows:
+                if isinstance(row.get("decision_id"), DecisionRecord):
+                    row["decision_id"] = row["decision_id"].id
+            await self._store.incidents.save(self.conn, rows)
             self._incidents = {}
         if self._resolved:
             await self._store.incidents.resolve(self.conn, self._resolved, self._clock())

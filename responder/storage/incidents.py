@@ -170,7 +170,7 @@ class Incidents:
                 incidents.c.until,
             )
             .where(incidents.c.firing == true(), or_(incidents.c.due == true(), waiting))
-            .order_by(incidents.c.updated_at, incidents.c.incident)
+            .order_by(incidents.c.updated_at, incidents.c.decision_id, incidents.c.incident)
             .limit(limit)
         )
         return [DueIncident(**r._mapping) for r in rows]

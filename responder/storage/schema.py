@@ -162,6 +162,7 @@ control = Table(
 # `state`: unmatched (no rule acts), waiting (on `waiting_on`: a refusal code, the guard
 # name `block` and its `holder`, or a time `until`), running (`decision_id`), done
 # (`outcome`), exhausted (max_attempts). `due` asks the engine loop to decide it again.
+# `decision_id`: the running decision, or the refusal a waiting (or exhausted) one is at.
 incidents = Table(
     "incidents",
     metadata,

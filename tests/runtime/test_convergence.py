@@ -288,3 +288,67 @@ async def test_max_attempts_stays_refused(store: Store, tmp_path: Path) -> None:
     verdicts = [(d["verdict"], d["refusal"]) for d in await r.decisions("Down")]
     assert verdicts == [("admitted", None), ("admitted", None), ("refused", "max_attempts")]
     assert (await store.incidents.counts())["exhausted"] == 1
+
+
+async def test_a_freed_mutex_with_many_waiting_costs_one_admission_and_no_refusals(
+    store: Store, tmp_path: Path
+) -> None:
+    shared = RESTART.replace("host:{{ alert.labels.instance }}", "the-one-mutex")
+    r = await responder(store, tmp_path, shared)
+    await r.send(r.alert("Down", "h0"))
+    await r.send(*(r.alert("Down", f"h{i}") for i in range(1, 21)))
+    assert len(await r.decisions("Down")) == 21
+    await r.finish("restart")
+    for _ in range(3):
+        await r.settle()
+    rows = await r.decisions("Down")
+    assert [d["verdict"] for d in rows[21:]] == ["admitted"]  # h1, the longest waiting
+    assert rows[21]["labels"]["instance"] == "h1"
+    [h2] = [w for w in await store.incidents.waiting() if w["incident"] == rows[2]["incident"]]
+    assert h2["holder"] == rows[21]["id"]  # waiting for the new holder
+    assert (await store.incidents.counts())["waiting"] == 19
+
+
+async def test_a_run_that_ends_admits_the_incident_refused_for_the_blast_radius(
+    store: Store, tmp_path: Path
+) -> None:
+    rules = """
+  - name: restart
+    match: ['alertname="Down"']
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
+    guard: {key: "restart/{{ alert.labels.instance }}", max_active: 1}
+"""
+    r = await responder(store, tmp_path, rules)
+    await r.send(r.alert("Down", "h1"), r.alert("Down", "h2"))
+    assert [d["refusal"] for d in await r.decisions("Down")] == [None, "max_active"]
+    await r.settle()
+    assert len(await r.decisions("Down")) == 2
+    await r.finish("restart")
+    [_, second] = await r.admitted("Down")
+    assert second["labels"]["instance"] == "h2"
+    assert second["reason"].startswith("re-examined: a run ended (max_active); ")
+
+
+async def test_a_budget_window_that_moves_on_admits_the_incident(
+    store: Store, tmp_path: Path
+) -> None:
+    rules = """
+  - name: restart
+    match: ['alertname="Down"']
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
+    guard: {key: "restart/{{ alert.labels.instance }}", budget: {max_starts: 1, per: 10m}}
+"""
+    r = await responder(store, tmp_path, rules)
+    await r.send(r.alert("Down", "h1"))
+    r.clock.now += 60
+    await r.send(r.alert("Down", "h2"))
+    assert [d["refusal"] for d in await r.decisions("Down")] == [None, "budget"]
+    [waiting] = await store.incidents.waiting()
+    assert waiting["until"] == r.clock.now - 60 + 600
+    r.clock.now += 539
+    await r.settle()
+    assert len(await r.admitted("Down")) == 1
+    r.clock.now += 2
+    await r.settle()
+    [_, second] = await r.admitted("Down")
+    assert second["reason"].startswith("re-examined: the budget window moved on; ")
