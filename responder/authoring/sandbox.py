@@ -65,6 +65,7 @@ class Sandbox:
             rule_vars=rule_vars,
             check_parameters=parameter_errors,
             clock=self.clock,
+            recheck_seconds=0.0,  # refused incidents are looked at each step: on its clock
         )
         self._started: dict[str, float] = {}
 

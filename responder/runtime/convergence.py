@@ -81,18 +81,20 @@ async def reexamine(
     and whatever its new decisions say (running, waiting on another block) replaces that when
     `work` flushes. So an incident is asked once per clearing, never in a loop. One whose
     guard name an incident before it just took keeps waiting, for the new holder, unasked:
-    a name freed with many incidents waiting for it costs one admission, not a refusal each.
+    a name freed with many incidents waiting for it costs one admission, not a refusal each;
+    one whose key was freed with a cooldown waits for the cooldown, unasked too.
     """
     handled = 0
     for row in rows:
         if handled and time.monotonic() >= deadline:
             break
         handled += 1
-        if row.waiting_on in HELD and row.block is not None:
-            holder = await store.leases.holder(work.conn, [row.block])
-            if holder is not None:
-                await store.incidents.held_by(work.conn, row.incident, holder.decision_id)
-                continue
+        if (
+            row.waiting_on in HELD
+            and row.block is not None
+            and await _still_blocked(store, work, row, now)
+        ):
+            continue
         await store.incidents.settle(work.conn, [row.incident], now)
         matches = await matches_for(store, work, pipeline, row.incident)
         if not matches:
@@ -103,3 +105,20 @@ async def reexamine(
         finally:
             work.because(None)
     return handled
+
+
+async def _still_blocked(store: Store, work: Work, row: DueIncident, now: float) -> bool:
+    """Whether the name an incident waits for is blocked still, and then wait on: taken
+    again (by an incident before it), or a key freed with its cooldown started (as a run's
+    end starts it) — asking the guard would only record the refusal it must give."""
+    assert row.block is not None
+    holder = await store.leases.holder(work.conn, [row.block])
+    if holder is not None:
+        await store.incidents.held_by(work.conn, row.incident, holder.decision_id)
+        return True
+    kind, _, key = row.block.partition(":")
+    until = await store.leases.cooldown_until(work.conn, key, now) if kind == "key" else None
+    if until is not None:
+        await store.incidents.cools_until(work.conn, row.incident, until)
+        return True
+    return False

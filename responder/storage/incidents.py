@@ -183,6 +183,15 @@ class Incidents:
         )
 
     @staticmethod
+    async def cools_until(conn: AsyncConnection, incident: str, until: float) -> None:
+        """The key an incident waits for is free, but cools down until `until`."""
+        await conn.execute(
+            update(incidents)
+            .where(incidents.c.incident == incident)
+            .values(waiting_on="cooldown", block=None, block_digest=None, until=until)
+        )
+
+    @staticmethod
     async def settle(conn: AsyncConnection, names: list[str], now: float) -> None:
         """These were decided again and nothing took their place: none needed for now."""
         for start in range(0, len(names), 500):
