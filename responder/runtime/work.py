@@ -18,6 +18,7 @@ from responder.control.ledger import DecisionRecord, Ledger
 from responder.control.runs import ActiveRun
 from responder.decision.decisions import Decision, Verdict
 from responder.events.facts import Fact
+from responder.events.manual_runs import MANUAL_RULE
 from responder.events.webhook import Alert
 from responder.storage.incidents import IncidentState
 from responder.storage.schema import key_digest
@@ -91,7 +92,7 @@ class Work:
         self._incidents[alert.incident] = {
             "incident": alert.incident,
             "alertname": alert.alertname,
-            "firing": True,
+            "firing": alert.status != "resolved",  # a rule on resolutions may act too
             "state": state.value,
             "due": False,
             "updated_at": self._clock(),
@@ -100,6 +101,8 @@ class Work:
 
     def _track_admission(self, admission: Admission, decision: Decision) -> None:
         alert, rule = decision.alert, decision.rule
+        if rule == MANUAL_RULE:
+            return  # a run by hand is no incident: nothing fires, nothing to decide again
         if admission.admitted:
             self._track(alert, IncidentState.RUNNING, rule=rule, decision_id=admission.decision_id)
         elif admission.refusal == "max_attempts":

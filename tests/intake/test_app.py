@@ -478,6 +478,20 @@ async def test_pause_status_and_resume(make_client: ClientFactory) -> None:
     text = (await client.get("/metrics")).text
     assert 'responder_decisions_total{refusal="paused",verdict="refused"}' in text
 
+    async def resumed() -> list[dict[str, Any]]:
+        rows = await decisions(client, headers=auth)
+        return [d for d in rows if d["reason"].startswith("re-examined: remediation resumed")]
+
+    # The incident refused while paused is decided again: host-1's key is held meanwhile by
+    # the group's incident of host-1, so it now waits for that run instead.
+    [again] = await wait_for(resumed)
+    assert (again["verdict"], again["refusal"]) == ("refused", "key_active")
+    assert again["labels"]["instance"] == "host-1"
+    status = (await client.get("/api/v1/status", headers=auth)).json()
+    [waiting] = status["incidents"]["waiting"]
+    assert waiting["waiting_on"] == "key_active"
+    assert 'responder_incidents{state="running"} 3.0' in (await client.get("/metrics")).text
+
 
 EXTRA_RULE = """
 rules:
