@@ -175,12 +175,12 @@ class Service:
 
     async def _step_down(self) -> None:
         metrics.LEADER.set(0)
-        await self.recovery.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.recovery.stop()  # after the loop, which hands it truncated webhooks
         if self.dispatcher is not None:
             await self.dispatcher.stop()
 
