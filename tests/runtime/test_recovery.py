@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,12 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from responder.events.webhook import AlertmanagerWebhook
 from responder.orchestration.alertmanager import Alertmanager
+from responder.runtime.recovery import Recovery
 from responder.runtime.resync import resync
 from responder.runtime.service import Service
+from responder.storage.store import Store
 from tests import servers
 from tests.conftest import (
     POSTGRES_URL,
@@ -305,3 +308,48 @@ async def test_an_alert_a_resync_resolved_while_firing_is_never_decided_again(
         await listing.close()
     finally:
         await service.stop()
+
+
+async def test_a_group_is_fetched_once_at_a_time_and_once_more_if_truncated_again(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+    await store.migrate()
+    gate = asyncio.Event()
+    calls: list[tuple[str | None, dict[str, str]]] = []
+
+    class Slow(Alertmanager):
+        async def alerts(
+            self, receiver: str | None, labels: Mapping[str, str] | None = None
+        ) -> list[dict[str, Any]]:
+            calls.append((receiver, dict(labels or {})))
+            await gate.wait()
+            return []
+
+    recovery = Recovery(store, "http://127.0.0.1:9", "responder", interval=0, wake=lambda: None)
+    recovery._alertmanager = Slow("http://127.0.0.1:9")  # as `start` would, without resyncing
+    body = fixture_json("firing_single_servicedown")
+    body.update(truncatedAlerts=3, groupLabels={"alertname": "ServiceDown", "team": 'a"b\\'})
+    other = {**body, "groupKey": "{}:{other}", "groupLabels": {"alertname": "Other"}}
+    try:
+        recovery.truncated(AlertmanagerWebhook.model_validate(body))
+        recovery.truncated(AlertmanagerWebhook.model_validate(other))
+        await asyncio.sleep(0.1)  # both fetches are listing now
+        for _ in range(2):
+            recovery.truncated(AlertmanagerWebhook.model_validate(body))
+        await asyncio.sleep(0.1)
+        assert calls == [
+            ("responder", {"alertname": "ServiceDown", "team": 'a"b\\'}),
+            ("responder", {"alertname": "Other"}),
+        ]
+        gate.set()
+
+        async def settled() -> bool:
+            return not recovery._fetches
+
+        await wait_for(settled)
+        # The two truncations that came during the first fetch: one more fetch, not two.
+        assert len(calls) == 3 and calls[2] == calls[0]
+    finally:
+        await recovery.stop()
+        await store.close()
