@@ -101,12 +101,12 @@ async def decided_per_second(url: str, rules: int, alerts: int) -> dict[str, flo
     await loop.rebuild()
     collect_garbage_less_often()  # as EngineLoop.run does
     for body in payloads(alerts, rules):
-        await store.add_to_inbox("alertmanager", body)
+        await store.inbox.add("alertmanager", body)
     started = time.perf_counter()
     while await loop.step():
         pass
     elapsed = time.perf_counter() - started
-    recorded = len(await store.decisions(limit=alerts + 1))
+    recorded = len(await store.decisions.recent(limit=alerts + 1))
     await store.close()
     assert recorded == alerts, f"{recorded} decisions for {alerts} alerts"
     return {"alerts_per_s": alerts / elapsed}

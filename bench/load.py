@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.decision_path import _reset, rule_text  # noqa: E402
-from responder.storage.store import Store, decisions  # noqa: E402
+from responder.storage.schema import decisions  # noqa: E402
+from responder.storage.store import Store  # noqa: E402
 
 INSTANCES = 2000
 STARTS_AT = "2026-11-26T10:00:00Z"

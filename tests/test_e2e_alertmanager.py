@@ -135,7 +135,7 @@ async def test_alertmanager_resends_but_the_target_is_called_once(
     rows = await all_decisions()
     assert [d["verdict"] for d in rows].count("admitted") == 1
     assert demo_service.restarts == [("host-7", "checkout")]
-    assert await service.store.lease_count() == 0
+    assert await service.store.leases.count() == 0
 
     # While the restart ran, the alert was silenced with a link to its flow run; the
     # silence was lifted when the run ended.
@@ -208,4 +208,4 @@ async def test_the_escalation_ladder_on_an_alert_that_stays_firing(
     assert demo_service.restarts == [("host-8", "checkout")] * 2
     pages = [body for path, body in demo_service.posts if path == "/page"]
     assert pages == [{"summary": "restarting host-8 did not help"}]
-    assert await service.store.lease_count() == 0
+    assert await service.store.leases.count() == 0

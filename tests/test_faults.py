@@ -26,7 +26,8 @@ from sqlalchemy import select
 
 from flows import flow_names
 from responder.runtime.supervisor import Supervisor
-from responder.storage.store import Store, decisions
+from responder.storage.schema import decisions
+from responder.storage.store import Store
 from tests.conftest import POSTGRES_URL, free_port, reset_postgres, wait_for
 from tests.test_bench import bench
 

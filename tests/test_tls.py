@@ -425,7 +425,7 @@ async def test_a_real_alertmanager_delivers_over_https(
         assert response.status_code == 200, response.text
 
     async def decided() -> list[dict[str, Any]]:
-        return await service.store.decisions(limit=10)
+        return await service.store.decisions.recent(limit=10)
 
     [decision] = await wait_for(decided, timeout=30)
     assert decision["rule"] == "restart-crashed-service"

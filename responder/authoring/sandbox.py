@@ -13,12 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from responder.control import leases
 from responder.control.guard import Guard
+from responder.control.runs import active_runs
 from responder.decision.engine import Engine
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
 from responder.orchestration.flow_catalog import parameter_errors
 from responder.runtime.loop import EngineLoop
+from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
@@ -113,7 +116,7 @@ class Sandbox:
         await self.send("alertmanager", json.dumps(body).encode())
 
     async def send(self, source: str, body: bytes) -> None:
-        await self.store.add_to_inbox(source, body)
+        await self.store.inbox.add(InboxSource(source), body)
         await self.settle()
 
     async def settle(self) -> None:
@@ -123,12 +126,14 @@ class Sandbox:
 
     async def finish(self, key: str, state: str) -> bool:
         """Report the flow run holding `key` as final; False if no run holds it."""
-        for run in await self.store.active_runs():
+        for run in await active_runs(self.store):
             if run.guard_key == key:
-                finished = await self.store.finish(run.decision_id, state, now=self.clock.now)
+                finished = await leases.finish(
+                    self.store, run.decision_id, state, now=self.clock.now
+                )
                 await self.settle()  # the engine hears the outcome
                 return finished
         return False
 
     async def decisions(self) -> list[dict[str, Any]]:
-        return list(reversed(await self.store.decisions(limit=100_000)))
+        return list(reversed(await self.store.decisions.recent(limit=100_000)))

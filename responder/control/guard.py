@@ -17,19 +17,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder import metrics
+from responder.control import leases
 from responder.control.ledger import DecisionRecord, Ledger
+from responder.control.pause import Pause, paused
+from responder.control.policy import RunPolicy
 from responder.decision.decisions import Decision, Verdict
-from responder.storage.store import LeaseHolder, Store
+from responder.storage.leases import LeaseHolder
+from responder.storage.store import Store
 
-PAUSE = "pause"
 # Up to this many held names are read in one statement, once per transaction.
 PREFETCH_LEASES = 10_000
-_UNREAD: Any = object()
 # Every refusal code the guard records, in the order its checks run.
 REFUSALS = (
     "paused",
@@ -99,9 +100,9 @@ class Guard:
         self.lease_seconds = lease_seconds
         self.dry_run = dry_run
 
-    async def pause(self, conn: AsyncConnection) -> Any:
+    async def pause(self, conn: AsyncConnection) -> Pause | None:
         """The global pause switch: None, or who paused and why."""
-        return await self.store.control_value(conn, PAUSE)
+        return await paused(self.store, conn)
 
     def within(self, conn: AsyncConnection, ledger: Ledger) -> Admissions:
         """The guard for the admissions of one store transaction, recorded in `ledger`."""
@@ -127,7 +128,7 @@ class Admissions:
     What it remembers can be out of date either way. Towards "held" (a run that ended in
     another transaction during the batch): the decision is refused, as a read a moment
     earlier would have refused it. Towards "free" (a name another transaction took; only
-    another engine loop takes names): admission goes through `acquire_leases`, where the
+    another engine loop takes names): admission goes through `leases.acquire`, where the
     store decides, and a shadow or dry-run decision reads its free-looking names again.
     """
 
@@ -136,7 +137,8 @@ class Admissions:
         self._store = guard.store
         self._conn = conn
         self._ledger = ledger
-        self._pause: Any = _UNREAD
+        self._pause: Pause | None = None
+        self._pause_read = False  # the switch is read once per transaction
         self._held: dict[str, LeaseHolder | None] = {}  # None: free
         self._lookups = 0
         self._complete = False  # every held name is in `_held`
@@ -145,8 +147,8 @@ class Admissions:
         """Take the decision's names or refuse; record the decision either way."""
         now = self._guard.clock()
         names = [key_name(decision.key), *(mutex_name(m) for m in decision.mutex)]
-        if self._pause is _UNREAD:
-            self._pause = await self._guard.pause(self._conn)
+        if not self._pause_read:
+            self._pause, self._pause_read = await self._guard.pause(self._conn), True
         refusal = await self._check(decision, now, self._pause)
         if decision.shadow or self._guard.dry_run:
             if refusal is None:
@@ -161,7 +163,7 @@ class Admissions:
             return _answer(verdict, refusal, reason, entry)
         if refusal is None:
             # Look before taking, so that a refusal costs no statement. A holder that gives
-            # way is left to acquire_leases, which ends it.
+            # way is left to leases.acquire, which ends it.
             holder = await self._holder(names)
             if holder is not None and not holder.gives_way(now):
                 refusal = _held(holder, now)
@@ -171,11 +173,11 @@ class Admissions:
         verdict, reason = Verdict.ADMITTED, "every check passed; names taken"
         entry = self._record(decision, inbox_id, now, verdict, None, reason)
         await self._ledger.flush()  # the leases need the decision's id
-        holder = await self._store.acquire_leases(
-            self._conn, names, entry.id, self._guard.lease_seconds, now
+        holder = await leases.acquire(
+            self._store, self._conn, names, entry.id, self._guard.lease_seconds, now
         )
         if holder is not None:
-            # acquire_leases may have ended expired holders, or met a concurrent admission.
+            # leases.acquire may have ended expired holders, or met a concurrent admission.
             await self._read_holders(names)
             refusal = _held(holder, now)
         else:
@@ -185,11 +187,13 @@ class Admissions:
             # its cooldown together with freeing the key, so it is visible now.
             refusal = await self._cooling(decision, now)
             if refusal is not None:
-                await self._store.release(self._conn, entry.id)
+                await self._store.leases.release(self._conn, entry.id)
                 self._held.update((name, None) for name in names)
         if refusal is not None:
             verdict, reason = Verdict.REFUSED, refusal.reason
-            await self._store.set_verdict(self._conn, entry.id, verdict, refusal.code, reason)
+            await self._store.decisions.set_verdict(
+                self._conn, entry.id, verdict, refusal.code, reason
+            )
         return _answer(verdict, refusal, reason, entry)
 
     async def _holder(self, names: list[str]) -> LeaseHolder | None:
@@ -201,7 +205,7 @@ class Admissions:
         """
         self._lookups += 1
         if self._lookups == 2:
-            every = await self._store.lease_holders(self._conn, None, limit=PREFETCH_LEASES + 1)
+            every = await self._store.leases.holders(self._conn, None, limit=PREFETCH_LEASES + 1)
             if len(every) <= PREFETCH_LEASES:
                 self._held = {name: holder for name, holder in every.items()}
                 self._complete = True
@@ -212,23 +216,25 @@ class Admissions:
         return held[0] if held else None
 
     async def _read_holders(self, names: list[str]) -> None:
-        found = await self._store.lease_holders(self._conn, names)
+        found = await self._store.leases.holders(self._conn, names)
         self._held.update((name, found.get(name)) for name in names)
 
     async def _cooling(self, decision: Decision, now: float) -> _Refusal | None:
-        until = await self._store.cooldown_until(self._conn, decision.key, now)
+        until = await self._store.leases.cooldown_until(self._conn, decision.key, now)
         if until is None:
             return None
         return _Refusal("cooldown", f"key {decision.key!r} cools down until {_when(until)}")
 
-    async def _check(self, decision: Decision, now: float, pause: Any) -> _Refusal | None:
+    async def _check(self, decision: Decision, now: float, pause: Pause | None) -> _Refusal | None:
         """The checks that need no lock, in order; the first refusal wins."""
         conn = self._conn
         policy = decision.policy
         if pause:
-            return _Refusal("paused", f"remediation is paused: {pause.get('reason') or '-'}")
+            return _Refusal("paused", f"remediation is paused: {pause.reason or '-'}")
         if policy.max_attempts is not None:
-            done = await self._store.attempts(conn, decision.rule, decision.alert.incident)
+            done = await self._store.decisions.attempts(
+                conn, decision.rule, decision.alert.incident
+            )
             if done >= policy.max_attempts:
                 return _Refusal(
                     "max_attempts",
@@ -248,11 +254,11 @@ class Admissions:
                 )
             scopes.add(f"service:{decision.service}" if per_service else decision.flow)
         for scope in sorted(scopes):
-            await self._store.serialize(conn, f"admit:{scope}")
+            await self._store.switches.serialize(conn, f"admit:{scope}")
         if policy.budget is not None:
             budget = policy.budget
             flow = decision.flow if budget.scope == "flow" else None
-            started = await self._store.admitted_since(conn, now - budget.per, flow)
+            started = await self._store.decisions.admitted_since(conn, now - budget.per, flow)
             if started >= budget.max_starts:
                 scope = f"flow {decision.flow}" if flow else "all flows"
                 return _Refusal(
@@ -262,10 +268,10 @@ class Admissions:
                 )
         if cap is not None:
             if per_service and decision.service is not None:
-                active = await self._store.active_of_service(conn, decision.service, now)
+                active = await self._store.decisions.active_of_service(conn, decision.service, now)
                 scope = f"runs on service {decision.service}"
             else:
-                active = await self._store.active_of_flow(conn, decision.flow, now)
+                active = await self._store.decisions.active_of_flow(conn, decision.flow, now)
                 scope = f"runs of {decision.flow}"
             if active >= cap:
                 basis = f" = {decision.max_active_basis}" if decision.max_active_basis else ""
@@ -283,7 +289,6 @@ class Admissions:
         refusal: _Refusal | None,
         reason: str,
     ) -> DecisionRecord:
-        policy = decision.policy
         return self._ledger.add(
             created_at=now,
             inbox_id=inbox_id,
@@ -299,17 +304,7 @@ class Admissions:
             verdict=verdict.value,
             refusal=refusal.code if refusal else None,
             reason=reason,
-            policy={
-                "mutex": list(decision.mutex),
-                "cooldown": policy.cooldown,
-                "cooldown_failed": policy.cooldown_failed,
-                "silence": policy.silence,
-                **(
-                    {"batch": {"window": decision.batch.window, "over": decision.batch.over}}
-                    if decision.batch
-                    else {}
-                ),
-            },
+            policy=RunPolicy.of(decision).to_json(),
         )
 
 

@@ -76,7 +76,7 @@ class Ledger:
     async def flush(self) -> None:
         if not self._rows:
             return
-        ids = await self._store.record_decisions(self._conn, self._rows)
+        ids = await self._store.decisions.record(self._conn, self._rows)
         for entry, decision_id in zip(self._entries, ids, strict=True):
             entry._id = decision_id
         self._rows, self._entries = [], []

@@ -83,6 +83,15 @@ class Outcome(BaseModel):
     incident: str
     labels: dict[str, str]
 
+    def body(self) -> bytes:
+        """The outcome's inbox row (`control.leases.finish` writes it)."""
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Outcome:
+        """Read an outcome's inbox row (the engine loop reads it)."""
+        return cls.model_validate_json(body)
+
     def fact(self, expires_at: float) -> Fact:
         # Whole label values (the webhook already bounds them), or a rule's join with the
         # alert's own labels would fail for a long value.

@@ -15,7 +15,7 @@ from responder.intake.context import TheService
 from responder.intake.errors import error
 from responder.intake.views import linked, waiting
 from responder.runtime.service import Service
-from responder.storage.store import ANSWERING
+from responder.storage.approvals import ANSWERING
 
 FLOW_RUN_ID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 

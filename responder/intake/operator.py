@@ -3,9 +3,6 @@ reloading the rules, and this API's own description."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -79,11 +76,8 @@ async def pause(request: Request, who: Operating, service: TheService) -> JSONRe
     limit = service.settings.max_body_bytes
     body = await json_body(request, PauseRequest, "a pause request", limit)
     name = audit(who, "pauses remediation: %r", body.reason)
-    value: dict[str, Any] = {"reason": body.reason, "by": name, "at": time.time()}
-    if body.by not in ("", name):
-        value["declared_by"] = body.by
-    await service.pause(value)
-    return JSONResponse({"pause": value})
+    paused = await service.pause(body.reason, name, declared_by=body.by)
+    return JSONResponse({"pause": paused.to_json()})
 
 
 @router.post("/api/v1/resume")

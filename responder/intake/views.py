@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from responder.runtime.service import Service
-from responder.storage.store import run_status
+from responder.storage.decisions import run_status
 
 
 def linked(service: Service, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

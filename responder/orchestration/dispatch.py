@@ -3,11 +3,10 @@
 Admitted decisions wait in a bounded queue so that the engine never blocks on Prefect. A
 worker creates each flow run from its deployment with tags and an idempotency key that carries
 the incident. Final states arrive on Prefect's event stream; a slow poll covers gaps in it.
-Either way the lease is released once, by `Store.finish`.
+Either way the lease is released once, by `control.leases.finish`.
 
-A run that asks for approval pauses (Prefect's Paused state): its decision is then `awaiting`
-approval until someone answers, here (`answer_approval`, with the operator's name) or in the
-Prefect UI (the approver typed there, read back from the run's input, marked as such).
+A run that asks for approval pauses (Prefect's Paused state): `orchestration.approvals`
+follows it until someone answers.
 """
 
 from __future__ import annotations
@@ -20,39 +19,26 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import httpx
 
 from responder import metrics
-from responder.exceptions import ApprovalError, DispatchError
+from responder.control import leases, pause
+from responder.control.leases import FINAL_STATES, NO_SUCH_RUN
+from responder.control.runs import ActiveRun, active_runs, runs_of
 from responder.orchestration import story
 from responder.orchestration.alertmanager import Alertmanager
-from responder.storage.store import (
-    ANSWERING,
-    APPROVED,
-    AWAITING,
-    LEASE_EXPIRED,
-    REJECTED,
-    UNANSWERED,
-    ActiveRun,
-    Store,
-)
+from responder.orchestration.approvals import Approvals
+from responder.orchestration.decision_events import DecisionEvents, RefusedDecision
+from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
-
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
-# How an answer reached the run, as the decision log records it.
-VIA_API = "responder API"
-VIA_PREFECT_UI = "Prefect UI"
 
 
 # Flow runs being created at once.
 CREATORS = 4
-# After a failed decision event, skip events this long rather than retry each one.
-EVENTS_BACKOFF_SECONDS = 10.0
 
 
 def deployment_name(flow: str) -> str:
@@ -87,17 +73,16 @@ def _refusal_detail(exc: Exception) -> str:
         return str(exc)[:2000]
 
 
-@dataclass(frozen=True)
-class RefusedDecision:
-    """A decision the guard refused, to be mirrored as a Prefect event."""
-
-    decision_id: int
-    rule: str
-    flow: str
-    key: str
-    refusal: str
-    reason: str
-    held_by: str | None  # the flow run holding the key or mutex, if any
+def _merged(members: list[tuple[ActiveRun, float]]) -> tuple[ActiveRun, str]:
+    """The batch's run: the first member's, over the union of every member's list; and the
+    members' decision ids."""
+    lead = members[0][0]
+    over = lead.batch_over or ""
+    items: list[Any] = []
+    for run, _ in members:
+        items.extend(i for i in run.parameters.get(over, []) if i not in items)
+    ids = ",".join(str(run.decision_id) for run, _ in members)
+    return dataclasses.replace(lead, parameters={**lead.parameters, over: items}), ids
 
 
 class Dispatcher:
@@ -132,13 +117,11 @@ class Dispatcher:
         # or being created): their leases are renewed, never expired from under them.
         self._pending: set[int] = set()
         self._client: Any = None
-        self._events: Any = None
-        self._events_resume_at = 0.0  # after a failed emit, events are skipped until then
+        self._events = DecisionEvents(api_url)
         self.events_connected = False
         self._prefect_reachable = False
         self._back = asyncio.Event()  # set when Prefect is reachable again
-        # Flow runs paused for approval: their next state tells that someone answered.
-        self._awaiting: set[str] = set()
+        self._approvals = Approvals(store, self._prefect)
 
     @property
     def prefect_reachable(self) -> bool:
@@ -161,26 +144,16 @@ class Dispatcher:
         if self._tasks:
             return  # already started
         from prefect.client.orchestration import PrefectClient
-        from prefect.events.clients import PrefectEventsClient
 
         self._client = PrefectClient(self.api_url)
         await self._client.__aenter__()
         if self._alertmanager_url:
             self._alertmanager = Alertmanager(self._alertmanager_url)
-        self._events = PrefectEventsClient(self.api_url, reconnection_attempts=2)
-        try:
-            await self._events.__aenter__()
-        except Exception as exc:
-            log.warning(
-                "Prefect's event stream is unavailable (%s); decisions are not mirrored", exc
-            )
-        for run in await self._store.active_runs():
+        await self._events.open()
+        for run in await active_runs(self._store):
             if run.flow_run_id is None:
                 await self.submit(run)
-        for row in await self._store.awaiting_approval():
-            # An answer cut short by a stop is judged again from the run's own input.
-            await self._store.set_approval(row["flow_run_id"], AWAITING, (ANSWERING,))
-            self._awaiting.add(row["flow_run_id"])
+        await self._approvals.resume_watch()
         # Several creations in flight: one flow-run creation takes tens of milliseconds, so a
         # single worker would queue decisions behind each other in a storm.
         self._tasks = [
@@ -201,10 +174,7 @@ class Dispatcher:
         self._tasks = []
         self._pending.clear()
         self._batches.clear()  # their decisions have no flow run: start() queues them again
-        if self._events is not None:
-            with contextlib.suppress(Exception):
-                await self._events.__aexit__(None, None, None)
-            self._events = None
+        await self._events.close()
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
             self._client = None
@@ -247,11 +217,11 @@ class Dispatcher:
     async def _attempt(self, run: ActiveRun) -> str:
         """One try: "created", "retry", "paused" (to retry, Prefect not asked), or "done"
         (refused, or no longer wanted)."""
-        wanted = await self._store.still_wanted(run.decision_id)
-        if wanted is None:
+        wanted = await pause.wanted(self._store, run.decision_id)
+        if wanted is pause.Wanted.NO:
             log.info("decision %s ended before its flow run was created", run.decision_id)
             return "done"
-        if wanted == "paused":
+        if wanted is pause.Wanted.PAUSED:
             return "paused"  # a paused system starts nothing, not even what it admitted
         try:
             flow_run_id = await self._create(run)
@@ -263,7 +233,7 @@ class Dispatcher:
                 return "done"
             log.warning("creating a flow run for decision %s failed: %s", run.decision_id, exc)
             return "retry"
-        await self._store.set_flow_run(run.decision_id, flow_run_id)
+        await self._store.decisions.set_flow_run(run.decision_id, flow_run_id)
         self._background(self._tell_story(run, flow_run_id))
         await self._emit_decision(run, flow_run_id)
         if run.silence:
@@ -295,25 +265,21 @@ class Dispatcher:
         """One flow run for every member still wanted, over the union of their lists.
 
         Each member keeps its own decision, key and mutexes; all of them point at the run,
-        and its final state ends them all. A failed try retries the same members together.
+        and its final state ends them all. A failed try retries the same members together;
+        so does a pause, which is no failure: Prefect is not asked while it lasts.
         """
-        wanted = [(m, await self._store.still_wanted(m[0].decision_id)) for m in members]
-        live = [m for m, state in wanted if state]
+        wanted = [(m, await pause.wanted(self._store, m[0].decision_id)) for m in members]
+        live = [m for m, state in wanted if state is not pause.Wanted.NO]
         for (run, _), state in wanted:
-            if not state:
+            if state is pause.Wanted.NO:
                 self._pending.discard(run.decision_id)
         if not live:
             return
-        lead = live[0][0]
-        over = lead.batch_over or ""
-        items: list[Any] = []
-        for run, _ in live:
-            items.extend(i for i in run.parameters.get(over, []) if i not in items)
-        ids = ",".join(str(run.decision_id) for run, _ in live)
-        merged = dataclasses.replace(lead, parameters={**lead.parameters, over: items})
+        if any(state is pause.Wanted.PAUSED for _, state in wanted):
+            self._retry_batch(live, attempt)  # a paused system starts nothing
+            return
+        merged, ids = _merged(live)
         try:
-            if any(state == "paused" for _, state in wanted):
-                raise RuntimeError("remediation is paused")
             flow_run_id = await self._create(
                 merged, key=f"responder:batch:{hashlib.sha256(ids.encode()).hexdigest()[:32]}"
             )
@@ -328,31 +294,35 @@ class Dispatcher:
             metrics.DISPATCH_FAILURES.inc()
             self.prefect_reachable = False
             log.warning("batched flow run for decisions %s failed: %s", ids, exc)
-            delay = min(self._retry_seconds * 2**attempt, 30.0)
-
-            async def retry() -> None:
-                await self._backoff(delay)
-                await self._dispatch_batch(live, attempt + 1)
-
-            self._background(retry())
+            self._retry_batch(live, attempt)
             return
         self.prefect_reachable = True
         for run, admitted_at in live:
-            await self._store.set_flow_run(run.decision_id, flow_run_id)
+            await self._store.decisions.set_flow_run(run.decision_id, flow_run_id)
             self._pending.discard(run.decision_id)
             await self._emit_decision(run, flow_run_id)
             if run.silence:
                 await self._silence(run, flow_run_id)
             metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
+        items = merged.parameters[merged.batch_over or ""]
         log.info("decisions %s: one batched flow run %s over %d", ids, flow_run_id, len(items))
+
+    def _retry_batch(self, members: list[tuple[ActiveRun, float]], attempt: int) -> None:
+        delay = min(self._retry_seconds * 2**attempt, 30.0)
+
+        async def retry() -> None:
+            await self._backoff(delay)
+            await self._dispatch_batch(members, attempt + 1)
+
+        self._background(retry())
 
     async def _tell_story(self, run: ActiveRun, flow_run_id: str) -> None:
         """The run's artifact in the Prefect UI: the alert, the rule and why, the guard's
         checks and the incident's earlier decisions. Best effort: the run goes on without."""
         fingerprint = run.incident.partition("@")[0]
         try:
-            history = await self._store.decisions(limit=50, fingerprint=fingerprint)
-            alert = await self._store.firing_alert(run.incident)
+            history = await self._store.decisions.recent(limit=50, fingerprint=fingerprint)
+            alert = await self._store.alerts.firing_alert(run.incident)
         except Exception as exc:
             log.warning("no artifact for decision %s: %s", run.decision_id, exc)
             return
@@ -408,109 +378,30 @@ class Dispatcher:
         except (httpx.HTTPError, ValueError) as exc:  # ValueError: no exact silence possible
             log.warning("could not silence the alert of decision %s: %s", run.decision_id, exc)
             return
-        await self._store.set_silence(run.decision_id, silence_id)
+        await self._store.silences.set(run.decision_id, silence_id)
 
     async def _lift_silences(self) -> None:
         if self._alertmanager is None:
             return
-        for silence in await self._store.silences_to_lift():
+        for silence in await self._store.silences.to_lift():
             try:
                 await self._alertmanager.lift(silence.silence_id)
             except httpx.HTTPError as exc:
                 log.warning("could not lift silence %s: %s", silence.silence_id, exc)
                 continue
-            await self._store.silence_lifted(silence.decision_id)
+            await self._store.silences.lifted(silence.decision_id)
 
     async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
-        """Tell Prefect why the run exists: its event feed then shows the decision."""
-        payload = {
-            "rule": run.rule,
-            "flow": run.flow,
-            "key": run.guard_key,
-            "incident": run.incident,
-            "alertname": run.alertname,
-        }
-        await self._emit("admitted", run.decision_id, run.rule, run.flow, flow_run_id, payload)
+        await self._events.admitted(run, flow_run_id)
 
     def announce_refused(self, refused: list[RefusedDecision]) -> None:
-        """Mirror refused decisions as `responder.decision.refused` events, in the background.
-
-        A refusal for a held key or mutex is related to the flow run holding it, so that
-        run's event feed shows the duplicates it absorbed.
-        """
-        if not refused or self._events is None:
-            return
-
-        async def emit_all() -> None:
-            for item in refused:
-                payload = {
-                    "rule": item.rule,
-                    "flow": item.flow,
-                    "key": item.key,
-                    "refusal": item.refusal,
-                    "reason": item.reason,
-                }
-                await self._emit(
-                    "refused", item.decision_id, item.rule, item.flow, item.held_by, payload
-                )
-
-        self._background(emit_all())
-
-    async def _emit(
-        self,
-        verdict: str,
-        decision_id: int,
-        rule: str,
-        flow: str,
-        flow_run_id: str | None,
-        payload: dict[str, Any],
-    ) -> None:
-        from prefect.events import Event, RelatedResource, Resource
-
-        related = []
-        if flow_run_id:
-            related.append(
-                RelatedResource(
-                    {
-                        "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
-                        "prefect.resource.role": "flow-run",
-                    }
-                )
-            )
-        event = Event(
-            event=f"responder.decision.{verdict}",
-            resource=Resource(
-                {
-                    "prefect.resource.id": f"responder.decision.{decision_id}",
-                    "prefect.resource.name": f"{rule} → {flow}",
-                    "responder.rule": rule,
-                }
-            ),
-            related=related,
-            payload=payload,
-        )
-        if time.monotonic() < self._events_resume_at:
-            metrics.EVENTS_SKIPPED.inc()
-            return
-        try:
-            await self._events.emit(event)
-        except Exception as exc:
-            # The decision is recorded in the store; the event only mirrors it. While
-            # Prefect is away, trying each event again would pile up connection attempts
-            # (a storm refuses thousands of decisions a second): skip them for a while.
-            self._events_resume_at = time.monotonic() + EVENTS_BACKOFF_SECONDS
-            metrics.EVENTS_SKIPPED.inc()
-            log.warning(
-                "could not emit the event of decision %s; skipping decision events for %.0f s: %s",
-                decision_id,
-                EVENTS_BACKOFF_SECONDS,
-                exc,
-            )
+        """Mirror refused decisions as Prefect events, in the background."""
+        self._events.refused(refused, self._background)
 
     async def _refused(self, run: ActiveRun, exc: Exception) -> None:
         detail = _refusal_detail(exc)
         log.error("Prefect refused the flow run of decision %s: %s", run.decision_id, detail)
-        await self._store.finish(run.decision_id, "REJECTED", detail=detail)
+        await leases.finish(self._store, run.decision_id, "REJECTED", detail=detail)
         metrics.FLOW_RUNS_FINISHED.labels(state="REJECTED").inc()
 
     async def _create(self, run: ActiveRun, key: str | None = None) -> str:
@@ -541,141 +432,29 @@ class Dispatcher:
     async def answer_approval(
         self, flow_run_id: str, approved: bool, by: str, comment: str
     ) -> dict[str, Any]:
-        """Approve or reject a run that waits, as operator `by`; what the log records.
-
-        `ApprovalError` when the run does not wait (anymore), `DispatchError` when Prefect
-        refuses the answer or cannot be reached (the run still waits then).
-        """
-        if not await self._store.set_approval(flow_run_id, ANSWERING, (AWAITING,)):
-            raise ApprovalError(f"flow run {flow_run_id} is not awaiting approval")
-        run_input = {"approved": approved, "approver": by, "comment": comment}
-        try:
-            async with self._prefect() as client:
-                result = await client.resume_flow_run(UUID(flow_run_id), run_input=run_input)
-            status = getattr(result.status, "value", str(result.status))
-            if status != "ACCEPT":
-                reason = getattr(result.details, "reason", None) or status
-                raise DispatchError(f"Prefect did not resume flow run {flow_run_id}: {reason}")
-        except Exception as exc:
-            await self._store.set_approval(flow_run_id, AWAITING, (ANSWERING,))
-            # Answered in the Prefect UI meanwhile? Then its answer is the one to record.
-            with contextlib.suppress(Exception):
-                await self._answered_elsewhere(flow_run_id, final=False)
-            if isinstance(exc, DispatchError):
-                raise
-            raise DispatchError(f"Prefect could not be asked to resume: {exc}") from exc
-        approval = {
-            "by": by,
-            "via": VIA_API,
-            "approved": approved,
-            "comment": comment,
-            "at": time.time(),
-        }
-        await self._store.set_approval(
-            flow_run_id, APPROVED if approved else REJECTED, (ANSWERING,), approval
-        )
-        self._awaiting.discard(flow_run_id)
-        log.warning(
-            "flow run %s %s by %s: %s",
-            flow_run_id,
-            "approved" if approved else "rejected",
-            by,
-            comment or "-",
-        )
-        return approval
-
-    async def _approval_seen(self, flow_run_id: str, state_type: str) -> None:
-        """Follow a run into and out of its wait for approval."""
-        paused = state_type == "PAUSED"
-        if paused == (flow_run_id in self._awaiting):
-            return  # nothing new
-        try:
-            if not paused:
-                await self._answered_elsewhere(flow_run_id, final=state_type in FINAL_STATES)
-            # Also after an earlier approval: a flow may ask more than once.
-            elif await self._store.set_approval(
-                flow_run_id, AWAITING, (None, APPROVED), {"since": time.time()}
-            ):
-                self._awaiting.add(flow_run_id)
-        except Exception as exc:  # the next state or poll tries again
-            log.warning("approval of flow run %s not followed: %s", flow_run_id, exc)
-
-    async def _answered_elsewhere(self, flow_run_id: str, *, final: bool) -> None:
-        """Record an answer given in the Prefect UI: the approver as typed there."""
-        async with self._prefect() as client:
-            inputs = await client.filter_flow_run_input(
-                UUID(flow_run_id), key_prefix="paused-", limit=100, exclude_keys=set()
-            )
-        responses = sorted(
-            (i for i in inputs if i.key.endswith("-response")), key=lambda i: i.created or 0
-        )
-        if not responses:
-            if final and await self._store.set_approval(flow_run_id, UNANSWERED, (AWAITING,)):
-                self._awaiting.discard(flow_run_id)
-            return
-        try:
-            answer = json.loads(responses[-1].value)
-            approved = answer.get("approved") is True
-        except (ValueError, AttributeError):
-            answer, approved = {}, False
-        approval = {
-            "by": str(answer.get("approver") or "-")[:200],
-            "via": VIA_PREFECT_UI,
-            "approved": approved,
-            "comment": str(answer.get("comment") or "")[:2000],
-            "at": time.time(),
-        }
-        state = APPROVED if approved else REJECTED
-        # Not over an answer this API is giving (`answering`): that one records itself.
-        if await self._store.set_approval(flow_run_id, state, (AWAITING,), approval):
-            log.warning(
-                "flow run %s %s in the Prefect UI by %r", flow_run_id, state, approval["by"]
-            )
-        self._awaiting.discard(flow_run_id)
+        """Approve or reject a run that waits, as operator `by` (see `Approvals.answer`)."""
+        return await self._approvals.answer(flow_run_id, approved, by, comment)
 
     async def _finish(self, flow_run_id: str, state_type: str, detail: str | None = None) -> None:
-        for run in await self._store.active_runs():
-            if run.flow_run_id == flow_run_id:
-                if await self._store.finish(run.decision_id, state_type, detail=detail):
-                    metrics.FLOW_RUNS_FINISHED.labels(state=state_type).inc()
-                    outcome = story.outcome_story(run.decision_id, state_type, detail)
-                    self._background(
-                        self._artifact(flow_run_id, story.OUTCOME_ARTIFACT, outcome, state_type)
-                    )
-                    log.info(
-                        "decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type
-                    )
+        """A flow run reached a final state: end the decisions it served (one, or a batch's)."""
+        for run in await runs_of(self._store, flow_run_id):
+            if await leases.finish(self._store, run.decision_id, state_type, detail=detail):
+                metrics.FLOW_RUNS_FINISHED.labels(state=state_type).inc()
+                outcome = story.outcome_story(run.decision_id, state_type, detail)
+                self._background(
+                    self._artifact(flow_run_id, story.OUTCOME_ARTIFACT, outcome, state_type)
+                )
+                log.info("decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type)
 
-    async def _expire_lost_runs(self) -> None:
-        """End decisions whose lease expired, once Prefect confirms their run is not going.
-
-        A run still going gets its lease renewed: expiring it would let a second run of the
-        same key start. Without an answer from Prefect nothing is ended.
-        """
+    async def _run_state(self, flow_run_id: str) -> str | None:
+        """What Prefect says of a run whose lease expired (see `leases.expire_lost`)."""
         from prefect.exceptions import ObjectNotFound
 
-        renew: list[int] = []
-        for decision_id, flow_run_id in await self._store.expired_decisions(time.time()):
-            if flow_run_id is None and decision_id in self._pending:
-                renew.append(decision_id)  # its run is being created: not lost
-                continue
-            state, detail = "EXPIRED", LEASE_EXPIRED
-            if flow_run_id is not None:
-                try:
-                    flow_run = await self._client.read_flow_run(UUID(flow_run_id))
-                except ObjectNotFound:
-                    detail = f"{LEASE_EXPIRED}; Prefect has no flow run {flow_run_id}"
-                else:
-                    run_state = flow_run.state.type.value if flow_run.state else None
-                    if run_state not in FINAL_STATES:
-                        renew.append(decision_id)
-                        continue
-                    state, detail = str(run_state), "final state found after the lease expired"
-            runless = flow_run_id is None
-            if await self._store.finish(decision_id, state, detail=detail, runless=runless):
-                metrics.FLOW_RUNS_FINISHED.labels(state=state).inc()
-                log.warning("decision %s: %s (%s)", decision_id, state, detail)
-        await self._store.renew(renew, time.time() + self._lease_seconds)
+        try:
+            flow_run = await self._client.read_flow_run(UUID(flow_run_id))
+        except ObjectNotFound:
+            return NO_SUCH_RUN
+        return flow_run.state.type.value if flow_run.state else None
 
     async def _follow_events(self) -> None:
         from prefect.events.clients import PrefectEventSubscriber
@@ -692,7 +471,7 @@ class Dispatcher:
                         state_type = event.resource.get("prefect.state-type")
                         flow_run_id = event.resource.id.removeprefix("prefect.flow-run.")
                         if state_type:
-                            await self._approval_seen(flow_run_id, state_type)
+                            await self._approvals.seen(flow_run_id, state_type)
                         if state_type in FINAL_STATES:
                             message = (event.payload.get("validated_state") or {}).get("message")
                             await self._finish(flow_run_id, state_type, message or None)
@@ -724,10 +503,12 @@ class Dispatcher:
                 self.prefect_reachable = await self._healthy()
                 if not self.prefect_reachable:
                     continue  # every step below needs Prefect's answers
-                await self._expire_lost_runs()
+                await leases.expire_lost(
+                    self._store, self._pending, self._run_state, self._lease_seconds
+                )
                 await self._lift_silences()
-                runs = [r for r in await self._store.active_runs() if r.flow_run_id]
-                metrics.ACTIVE_LEASES.set(await self._store.lease_count())
+                runs = [r for r in await active_runs(self._store) if r.flow_run_id]
+                metrics.ACTIVE_LEASES.set(await self._store.leases.count())
                 if not runs:
                     continue
                 ids = [UUID(r.flow_run_id) for r in runs if r.flow_run_id]
@@ -737,7 +518,7 @@ class Dispatcher:
                 going = []
                 for flow_run in flow_runs:
                     if flow_run.state is not None:
-                        await self._approval_seen(str(flow_run.id), flow_run.state.type.value)
+                        await self._approvals.seen(str(flow_run.id), flow_run.state.type.value)
                     if flow_run.state is not None and flow_run.state.type.value in FINAL_STATES:
                         await self._finish(
                             str(flow_run.id),
@@ -747,9 +528,10 @@ class Dispatcher:
                     else:
                         going.append(str(flow_run.id))
                 # Runs Prefect reports as going keep their keys.
-                await self._store.renew(
+                await leases.renew(
+                    self._store,
                     [r.decision_id for r in runs if r.flow_run_id in going],
-                    time.time() + self._lease_seconds,
+                    self._lease_seconds,
                 )
             except asyncio.CancelledError:
                 raise

@@ -19,8 +19,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from responder.control.runs import ActiveRun
 from responder.events.webhook import Alert
-from responder.storage.store import ActiveRun, run_status
+from responder.storage.decisions import run_status
 
 # Prefect's artifact keys: lower-case letters, digits and dashes.
 DISPATCH_ARTIFACT = "responder-dispatch"

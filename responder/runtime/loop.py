@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from responder import metrics
 from responder.control.guard import Guard
+from responder.control.runs import ActiveRun
 from responder.decision.decisions import Verdict
 from responder.decision.engine import Engine, EngineRejected
 from responder.decision.pipeline import ParameterCheck, Pipeline
@@ -31,10 +32,12 @@ from responder.events.facts import Fact
 from responder.events.manual_runs import RunRequest
 from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import StoreUnavailable
-from responder.orchestration.dispatch import Dispatcher, RefusedDecision
+from responder.orchestration.decision_events import RefusedDecision
+from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import reload_flows
 from responder.runtime.work import Work
-from responder.storage.store import ActiveRun, PendingMessage, Store
+from responder.storage.inbox import InboxSource, PendingMessage
+from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +151,8 @@ class EngineLoop:
 
     async def _rebuild(self, book: RuleBook, catalog: ServiceCatalog) -> None:
         # Read the store first: if it fails, the engine in use stays whole.
-        facts = await self._store.live_facts(self._clock())
-        firing = await self._store.firing()
+        facts = await self._store.facts.live(self._clock())
+        firing = await self._store.alerts.firing()
         # Compiled off the event loop (seconds for thousands of rules). durable_rules is used
         # by one thread at a time: steps, the only other users, wait for the lock we hold.
         engine = await asyncio.to_thread(self._build, book, catalog, facts, firing)
@@ -223,7 +226,7 @@ class EngineLoop:
         """
         async with self._lock:
             await self._tick()
-            messages = await self._store.pending(self._batch, self._batch_bytes)
+            messages = await self._store.inbox.pending(self._batch, self._batch_bytes)
             if messages:
                 await self._process(messages)
             return len(messages)
@@ -264,7 +267,7 @@ class EngineLoop:
         while due or expired:
             async with self._store.turn(), self._store.transaction() as conn:
                 work = Work(self._store, self._guard, conn, self._clock)
-                await self._store.delete_facts(conn, [f.id for f in expired])
+                await self._store.facts.remove(conn, [f.id for f in expired])
                 expired = []
                 deadline = time.monotonic() + self._transaction_seconds
                 handled = 0
@@ -275,7 +278,7 @@ class EngineLoop:
                     handled += 1
                     # A restart re-arms every firing_for timer: decide once per rule and
                     # incident. A retry is a new attempt on purpose; max_attempts bounds it.
-                    if match.retry or not await self._store.decided(
+                    if match.retry or not await self._store.decisions.decided(
                         conn, match.rule.name, match.alert.incident
                     ):
                         await self.pipeline.due(work, match)
@@ -317,9 +320,9 @@ class EngineLoop:
                     item += 1
                     handled += 1
                 await work.flush()
-                await self._store.mark_processed(conn, finished)
+                await self._store.inbox.mark_processed(conn, finished)
                 if row < len(rows) and item > rows[row][1]:
-                    await self._store.set_progress(conn, rows[row][0], item)
+                    await self._store.inbox.set_progress(conn, rows[row][0], item)
             self._announce(work)
             await self._submit(work.admitted)
         if self._on_truncated is not None:
@@ -329,11 +332,11 @@ class EngineLoop:
     def _items(self, message: PendingMessage) -> list[Alert | CloudEvent | Outcome | RunRequest]:
         """A row's items, each handled on its own: alerts, events, an outcome, a run request."""
         try:
-            if message.source == "cloudevents":
+            if message.source is InboxSource.CLOUDEVENTS:
                 return list(parse_events(message.body, is_batch(message.body)))
-            if message.source == "outcome":
-                return [Outcome.model_validate_json(message.body)]
-            if message.source == "run-request":
+            if message.source is InboxSource.OUTCOME:
+                return [Outcome.from_body(message.body)]
+            if message.source is InboxSource.RUN_REQUEST:
                 return [RunRequest.model_validate_json(message.body)]
             webhook = AlertmanagerWebhook.model_validate_json(message.body)
             if webhook.truncated_alerts:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from responder import metrics
 from responder.events.webhook import MAX_ALERTS, Alert
 from responder.orchestration.alertmanager import Alertmanager
+from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ async def resync(alertmanager: Alertmanager, receiver: str, store: Store) -> tup
     between is then missing from the held set (and at worst recommitted, a duplicate), never
     held but missing from an older list, which would resolve an alert that is firing.
     """
-    held = {alert.fingerprint: alert for alert in await store.firing()}
+    held = {alert.fingerprint: alert for alert in await store.alerts.firing()}
     listed = await alertmanager.alerts(receiver or None)
     firing, still_firing = await _missed(listed, held, store)
     now = datetime.now(UTC).isoformat()
@@ -69,7 +70,7 @@ async def recover_group(
     """Commit the firing alerts of one group that a truncated webhook left out (those
     Responder does not hold); how many. Nothing resolves: the group's list is not the whole
     truth about what Responder holds."""
-    held = {alert.fingerprint: alert for alert in await store.firing()}
+    held = {alert.fingerprint: alert for alert in await store.alerts.firing()}
     listed = await alertmanager.alerts(receiver or None, group)
     firing, _ = await _missed(listed, held, store)
     await _commit(store, alertmanager.url, receiver, firing, [])
@@ -115,7 +116,7 @@ async def _already_resolved(store: Store, alerts: list[Alert]) -> set[str]:
     if not alerts:
         return set()
     async with store.transaction() as conn:
-        seen = await store.known_identities(conn, alerts)
+        seen = await store.alerts.known_identities(conn, alerts)
     return {
         alert.incident
         for alert in alerts
@@ -145,6 +146,6 @@ async def _commit(
             "externalURL": url,
             "alerts": recovered[start : start + MAX_ALERTS],
         }
-        await store.add_to_inbox("alertmanager", json.dumps(body).encode())
+        await store.inbox.add(InboxSource.ALERTMANAGER, json.dumps(body).encode())
     metrics.RESYNCED.labels(status="firing").inc(len(firing))
     metrics.RESYNCED.labels(status="resolved").inc(len(resolved))

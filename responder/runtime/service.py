@@ -8,7 +8,9 @@ import logging
 from typing import Any
 
 from responder import metrics
-from responder.control.guard import PAUSE, Guard
+from responder.control import leases
+from responder.control import pause as remediation
+from responder.control.guard import Guard
 from responder.decision.rules import Rule, RuleBook, load_rules
 from responder.decision.services import ServiceCatalog, load_services
 from responder.events.webhook import Alert, AlertmanagerWebhook
@@ -19,6 +21,7 @@ from responder.runtime.leadership import Leadership
 from responder.runtime.loop import EngineLoop
 from responder.runtime.recovery import Recovery
 from responder.settings import Settings
+from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -234,13 +237,13 @@ class Service:
 
     async def accept(self, source: str, body: bytes) -> int:
         """Commit a body to the inbox and wake the engine; its inbox id (or StoreUnavailable)."""
-        inbox_id = await self.store.add_to_inbox(source, body)
+        inbox_id = await self.store.inbox.add(InboxSource(source), body)
         self.loop.wake.set()
         return inbox_id
 
     async def decisions(self, **filters: Any) -> list[dict[str, Any]]:
-        """Recorded decisions, newest first (`Store.decisions` takes the filters)."""
-        return await self.store.decisions(**filters)
+        """Recorded decisions, newest first (`Decisions.recent` takes the filters)."""
+        return await self.store.decisions.recent(**filters)
 
     def held_alerts(self, fingerprint: str) -> list[Alert]:
         """The firing alerts the engine holds with this fingerprint (one per incident)."""
@@ -250,21 +253,22 @@ class Service:
         """For each rule, None if it holds for `alert` now, else the first condition that fails."""
         return self.loop.engine.explain(alert)
 
-    async def pause(self, record: dict[str, Any]) -> None:
-        """Refuse every new remediation until `resume` (the record says who, when and why)."""
-        await self.store.set_control(PAUSE, record)
+    async def pause(self, reason: str, by: str, declared_by: str) -> remediation.Pause:
+        """Refuse every new remediation until `resume`: who (`by`, and `declared_by` if the
+        request named another), when and why."""
+        return await remediation.pause(self.store, reason, by, declared_by=declared_by)
 
     async def resume(self) -> None:
         """Lift the pause."""
-        await self.store.set_control(PAUSE, None)
+        await remediation.resume(self.store)
 
     async def guard_state(self) -> dict[str, Any]:
         """The pause switch, held keys and mutexes, and cooling keys."""
-        return await self.store.guard_state()
+        return await leases.guard_state(self.store)
 
     async def awaiting_approval(self) -> list[dict[str, Any]]:
         """The decisions whose flow run waits for an operator's answer."""
-        return await self.store.awaiting_approval()
+        return await self.store.approvals.awaiting()
 
     @property
     def answers_approvals(self) -> bool:
@@ -298,4 +302,4 @@ class Service:
 
     async def backlog(self) -> int:
         """Inbox bodies not yet decided."""
-        return await self.store.backlog()
+        return await self.store.inbox.backlog()

@@ -14,10 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from responder import metrics
 from responder.control.guard import Admission, Guard
 from responder.control.ledger import Ledger
+from responder.control.runs import ActiveRun
 from responder.decision.decisions import Decision, Verdict
 from responder.events.facts import Fact
 from responder.events.webhook import Alert
-from responder.storage.store import ActiveRun, Store
+from responder.storage.store import Store
 
 
 class Work:
@@ -44,7 +45,7 @@ class Work:
         self._firing: dict[str, Alert | None] = {}
 
     async def learn_identities(self, alerts: list[Alert]) -> None:
-        self._seen.update(await self._store.known_identities(self.conn, alerts))
+        self._seen.update(await self._store.alerts.known_identities(self.conn, alerts))
 
     def first_seen_in(self, alert: Alert) -> int | None:
         return self._seen.get(_identity(alert))
@@ -69,10 +70,10 @@ class Work:
         self._firing[alert.incident] = alert if firing else None
 
     async def save_fact(self, fact: Fact) -> None:
-        await self._store.save_fact(self.conn, fact)
+        await self._store.facts.save(self.conn, fact)
 
     async def delete_facts(self, facts: list[Fact]) -> None:
-        await self._store.delete_facts(self.conn, [f.id for f in facts])
+        await self._store.facts.remove(self.conn, [f.id for f in facts])
 
     def record(
         self,
@@ -102,35 +103,17 @@ class Work:
         if admission.verdict is Verdict.REFUSED and admission.refusal is not None:
             self.refused.append((admission, decision))
         if admission.admitted:
-            self.admitted.append(_run_of(admission, decision))
+            self.admitted.append(ActiveRun.admitted(admission.decision_id, decision))
         return admission.refusal
 
     async def flush(self) -> None:
         await self.ledger.flush()
         if self._identities:
-            await self._store.add_identities(self.conn, self._identities)
+            await self._store.alerts.add_identities(self.conn, self._identities)
             self._identities = []
         if self._firing:
-            await self._store.replace_firing(self.conn, self._firing)
+            await self._store.alerts.replace_firing(self.conn, self._firing)
             self._firing = {}
-
-
-def _run_of(admission: Admission, decision: Decision) -> ActiveRun:
-    alert = decision.alert
-    return ActiveRun(
-        decision_id=admission.decision_id,
-        flow_run_id=None,
-        flow=decision.flow,
-        rule=decision.rule,
-        guard_key=decision.key,
-        incident=alert.incident,
-        alertname=alert.alertname,
-        parameters=decision.parameters,
-        labels=dict(alert.labels),
-        silence=decision.policy.silence,
-        batch_over=decision.batch.over if decision.batch else None,
-        batch_window=decision.batch.window if decision.batch else 0.0,
-    )
 
 
 def _identity(alert: Alert) -> tuple[str, str, str]:

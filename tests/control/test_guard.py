@@ -12,8 +12,10 @@ from typing import Any
 
 from sqlalchemy import event
 
-from responder.control.guard import PAUSE, Admission, Guard
+from responder.control import leases, pause
+from responder.control.guard import Admission, Guard
 from responder.control.ledger import Ledger
+from responder.control.runs import active_runs
 from responder.decision.decisions import Decision, Verdict
 from responder.decision.rules import GuardSpec
 from responder.events.webhook import Alert
@@ -43,19 +45,19 @@ async def test_one_active_remediation_per_key(store: Store) -> None:
     assert first.admitted and other_key.admitted
     assert not second.admitted
     assert f"held by decision {first.decision_id}" in second.reason
-    rows = await store.decisions()
+    rows = await store.decisions.recent()
     assert {r["verdict"] for r in rows} == {"admitted", "refused"}
 
 
 async def test_final_state_releases_the_key(store: Store) -> None:
     guard = Guard(store, lease_seconds=60)
     first = await admit(store, guard, decision())
-    await store.set_flow_run(first.decision_id, "00000000-0000-0000-0000-000000000001")
-    [active] = await store.active_runs()
+    await store.decisions.set_flow_run(first.decision_id, "00000000-0000-0000-0000-000000000001")
+    [active] = await active_runs(store)
     assert active.flow_run_id == "00000000-0000-0000-0000-000000000001"
-    assert await store.finish(first.decision_id, "COMPLETED")
-    assert not await store.finish(first.decision_id, "COMPLETED")  # once only
-    assert await store.active_runs() == []
+    assert await leases.finish(store, first.decision_id, "COMPLETED")
+    assert not await leases.finish(store, first.decision_id, "COMPLETED")  # once only
+    assert await active_runs(store) == []
     assert (await admit(store, guard, decision(fp="bb"))).admitted
 
 
@@ -64,7 +66,7 @@ async def test_expired_lease_is_taken_over(store: Store) -> None:
     assert (await admit(store, short, decision())).admitted
     await asyncio.sleep(0.05)
     assert (await admit(store, short, decision(fp="bb"))).admitted
-    assert await store.lease_count() == 1
+    assert await store.leases.count() == 1
 
 
 async def test_200_concurrent_admissions_admit_exactly_one(store: Store) -> None:
@@ -73,7 +75,7 @@ async def test_200_concurrent_admissions_admit_exactly_one(store: Store) -> None
         *(admit(store, guard, decision(fp=f"{i:x}")) for i in range(200))
     )
     assert sum(r.admitted for r in results) == 1
-    assert await store.lease_count() == 1
+    assert await store.leases.count() == 1
 
 
 async def test_long_hostile_keys_are_stored_whole(store: Store) -> None:
@@ -81,7 +83,7 @@ async def test_long_hostile_keys_are_stored_whole(store: Store) -> None:
     key = "restart/" + "ü$(x)" * 2000
     assert (await admit(store, guard, decision(key=key))).admitted
     assert not (await admit(store, guard, decision(key=key, fp="bb"))).admitted
-    [row, _] = await store.decisions()
+    [row, _] = await store.decisions.recent()
     assert row["guard_key"] == key
 
 
@@ -97,7 +99,7 @@ async def test_mutex_names_are_taken_together_or_not_at_all(store: Store) -> Non
     # Nothing of the refused decision stays held: svc:checkout is still free.
     other = replace(decision(key="x", fp="cc"), mutex=("svc:checkout",))
     assert (await admit(store, guard, other)).admitted
-    assert await store.lease_count() == 4  # two keys, two mutexes
+    assert await store.leases.count() == 4  # two keys, two mutexes
 
 
 async def test_concurrent_mutex_sharing_decisions_never_both_admitted(store: Store) -> None:
@@ -116,14 +118,14 @@ async def test_cooldown_after_success_and_after_failure(store: Store) -> None:
     guard = Guard(store, lease_seconds=60)
     spec = GuardSpec(key="-", cooldown="1h", cooldown_failed=0)
     first = await admit(store, guard, replace(decision(), policy=spec))
-    assert await store.finish(first.decision_id, "COMPLETED")
+    assert await leases.finish(store, first.decision_id, "COMPLETED")
     cooling = await admit(store, guard, replace(decision(fp="bb"), policy=spec))
     assert cooling.refusal == "cooldown"
     assert "cools down until" in cooling.reason
     # A failed run with cooldown_failed=0 leaves its key free at once.
     other = replace(decision(key="restart/host-2", fp="cc"), policy=spec)
     failed = await admit(store, guard, other)
-    assert await store.finish(failed.decision_id, "FAILED")
+    assert await leases.finish(store, failed.decision_id, "FAILED")
     assert (await admit(store, guard, replace(other, alert=decision(fp="dd").alert))).admitted
 
 
@@ -155,7 +157,7 @@ async def test_max_active_caps_the_blast_radius(store: Store) -> None:
     ]
     assert [r.admitted for r in results] == [True, True, False]
     assert results[2].refusal == "max_active"
-    assert await store.finish(results[0].decision_id, "COMPLETED")
+    assert await leases.finish(store, results[0].decision_id, "COMPLETED")
     assert (await admit(store, guard, replace(decision(key="k9", fp="9"), policy=spec))).admitted
 
 
@@ -212,17 +214,17 @@ async def test_max_attempts_per_incident(store: Store) -> None:
         result = await admit(store, guard, replace(decision(), policy=spec))
         assert result.admitted is expected
         if result.admitted:
-            assert await store.finish(result.decision_id, "FAILED")
+            assert await leases.finish(store, result.decision_id, "FAILED")
     assert result.refusal == "max_attempts"
 
 
 async def test_pause_refuses_everything_until_resumed(store: Store) -> None:
     guard = Guard(store, lease_seconds=60)
-    await store.set_control(PAUSE, {"reason": "change freeze", "by": "oncall"})
+    await pause.pause(store, "change freeze", "oncall")
     paused = await admit(store, guard, decision())
     assert paused.refusal == "paused"
     assert "change freeze" in paused.reason
-    await store.set_control(PAUSE, None)
+    await pause.resume(store)
     assert (await admit(store, guard, decision(fp="bb"))).admitted
 
 
@@ -231,7 +233,7 @@ async def test_shadow_and_dry_run_record_without_taking_anything(store: Store) -
     shadow = await admit(store, guard, replace(decision(), shadow=True))
     assert shadow.verdict == Verdict.SHADOW
     assert shadow.reason == "would admit"
-    assert await store.lease_count() == 0
+    assert await store.leases.count() == 0
     real = await admit(store, guard, decision(fp="bb"))
     assert real.admitted
     dry = await admit(store, Guard(store, 60, dry_run=True), decision(fp="cc"))
@@ -245,37 +247,37 @@ async def test_decisions_whose_leases_expired_are_found_once(store: Store) -> No
     lost = await admit(store, guard, replace(decision(), mutex=("host:h",)))
     live = await admit(store, Guard(store, 60), decision(key="other", fp="bb"))
     await asyncio.sleep(0.05)
-    assert await store.expired_decisions(time.time()) == [(lost.decision_id, None)]
-    assert await store.finish(lost.decision_id, "EXPIRED", detail="lost")
-    assert await store.expired_decisions(time.time()) == []
+    assert await store.leases.expired(time.time()) == [(lost.decision_id, None)]
+    assert await leases.finish(store, lost.decision_id, "EXPIRED", detail="lost")
+    assert await store.leases.expired(time.time()) == []
     assert live.admitted
-    [row] = [d for d in await store.decisions() if d["id"] == lost.decision_id]
+    [row] = [d for d in await store.decisions.recent() if d["id"] == lost.decision_id]
     assert (row["flow_run_state"], row["detail"]) == ("EXPIRED", "lost")
 
 
 async def test_dispatch_waits_while_paused_and_skips_ended_decisions(store: Store) -> None:
     guard = Guard(store, lease_seconds=60)
     admitted = await admit(store, guard, decision())
-    assert await store.still_wanted(admitted.decision_id) == "yes"
-    await store.set_control(PAUSE, {"reason": "incident review"})
-    assert await store.still_wanted(admitted.decision_id) == "paused"
-    await store.set_control(PAUSE, None)
-    await store.finish(admitted.decision_id, "EXPIRED")
-    assert await store.still_wanted(admitted.decision_id) is None
+    assert await pause.wanted(store, admitted.decision_id) is pause.Wanted.YES
+    await pause.pause(store, "incident review", "oncall")
+    assert await pause.wanted(store, admitted.decision_id) is pause.Wanted.PAUSED
+    await pause.resume(store)
+    await leases.finish(store, admitted.decision_id, "EXPIRED")
+    assert await pause.wanted(store, admitted.decision_id) is pause.Wanted.NO
 
 
 async def test_an_expired_lease_with_a_flow_run_is_not_taken_over(store: Store) -> None:
     """Only the dispatcher, which asks Prefect, may end a decision whose run exists."""
     short = Guard(store, lease_seconds=0.01)
     running = await admit(store, short, decision())
-    await store.set_flow_run(running.decision_id, "00000000-0000-0000-0000-0000000000aa")
+    await store.decisions.set_flow_run(running.decision_id, "00000000-0000-0000-0000-0000000000aa")
     await asyncio.sleep(0.05)
     refused = await admit(store, short, decision(fp="bb"))
     assert refused.refusal == "key_active"
     assert "not confirmed ended" in refused.reason
     # Renewed because Prefect says the run goes on, the lease holds the key again.
-    await store.renew([running.decision_id], time.time() + 60)
-    assert await store.expired_decisions(time.time()) == []
+    await leases.renew(store, [running.decision_id], 60)
+    assert await store.leases.expired(time.time()) == []
 
 
 async def test_a_lost_looking_decision_whose_run_was_just_created_is_not_ended(
@@ -285,15 +287,15 @@ async def test_a_lost_looking_decision_whose_run_was_just_created_is_not_ended(
     then would free the key of a running remediation."""
     guard = Guard(store, lease_seconds=60)
     first = await admit(store, guard, decision())
-    await store.set_flow_run(first.decision_id, "00000000-0000-0000-0000-00000000000a")
-    assert not await store.finish(first.decision_id, "EXPIRED", runless=True)
-    assert await store.lease_count() == 1  # the key (no mutex in this decision)
-    [active] = await store.active_runs()
+    await store.decisions.set_flow_run(first.decision_id, "00000000-0000-0000-0000-00000000000a")
+    assert not await leases.finish(store, first.decision_id, "EXPIRED", runless=True)
+    assert await store.leases.count() == 1  # the key (no mutex in this decision)
+    [active] = await active_runs(store)
     assert active.decision_id == first.decision_id
     # Without a run, the same call ends it and frees its names.
     second = await admit(store, guard, decision(key="restart/host-2", fp="cc"))
-    assert await store.finish(second.decision_id, "EXPIRED", runless=True)
-    assert [r.decision_id for r in await store.active_runs()] == [first.decision_id]
+    assert await leases.finish(store, second.decision_id, "EXPIRED", runless=True)
+    assert [r.decision_id for r in await active_runs(store)] == [first.decision_id]
 
 
 @contextmanager
@@ -328,7 +330,7 @@ async def test_refusals_in_one_transaction_cost_no_statement_each(store: Store) 
     # Written in bulk, every refusal has its own id, in the order the decisions were made.
     ids = [a.decision_id for a in answers]
     assert ids == sorted(ids) and len(set(ids)) == 100 and ids[0] > first.decision_id
-    rows = {r["id"]: r for r in await store.decisions(limit=200)}
+    rows = {r["id"]: r for r in await store.decisions.recent(limit=200)}
     assert [rows[i]["incident"].split("@")[0] for i in ids] == [f"{i:016x}" for i in range(1, 101)]
     assert all(rows[i]["verdict"] == "refused" for i in ids)
 
@@ -350,7 +352,7 @@ async def test_a_name_taken_in_a_transaction_is_held_for_the_rest_of_it(store: S
     assert f"held by decision {taken.decision_id}" in same_key.reason
     assert taken.decision_id < same_key.decision_id < same_host.decision_id
     assert same_host.decision_id < elsewhere.decision_id
-    assert await store.lease_count() == 3
+    assert await store.leases.count() == 3
 
 
 async def test_a_name_taken_elsewhere_after_the_first_read_is_still_refused(

@@ -43,6 +43,7 @@ from flows import flow_names
 from flows.operations import OPERATIONS, all_operations
 from flows.operations.http import HttpRequest, http_request
 from responder.authoring.sandbox import fingerprint_of
+from responder.control.runs import active_runs
 from responder.decision.decisions import template_context
 from responder.decision.templates import path_segment, render, render_value
 from responder.events.webhook import Alert
@@ -360,8 +361,8 @@ async def test_typed_parameters_refuse_every_value_before_the_guard(
         assert response.status_code == 200, response.text
         await wait_for(lambda: settled(service), timeout=30)
         rows = await decisions(client)
-        assert await service.store.active_runs() == []
-        assert await service.store.lease_count() == 0
+        assert await active_runs(service.store) == []
+        assert await service.store.leases.count() == 0
 
     assert len(rows) == len(alerts)
     for row in rows:
@@ -453,7 +454,7 @@ async def test_a_rule_that_tries_an_escape_decides_error_and_runs_nothing(tmp_pa
         await client.post(URL, content=webhook([alert]), headers=JSON)
         await wait_for(lambda: settled(service))
         [decision] = await decisions(client)
-        assert await service.store.lease_count() == 0
+        assert await service.store.leases.count() == 0
     assert decision["verdict"] == "error"
     assert "unsafe" in decision["reason"]
     assert decision["guard_key"] is None
@@ -607,7 +608,7 @@ async def test_the_edge_answers_4xx_json_and_loses_nothing(tmp_path: Path, rules
                     f["field"].startswith(field) for f in response.json()["fields"]
                 )
             assert len(response.content) < 100_000, case  # the input is not echoed back
-        assert await service.store.backlog() == 0  # nothing refused was committed
+        assert await service.store.inbox.backlog() == 0  # nothing refused was committed
 
         # Valid, though unusual: a NUL and a lone combining mark are kept exactly.
         odd = "a\x00b\u0301"

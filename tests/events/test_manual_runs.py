@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from responder.control import leases
+from responder.control.runs import active_runs
 from tests.conftest import fixture_body, wait_for
 from tests.intake.test_app import JSON, URL, ClientFactory, backend, make_client, settled
 
@@ -119,8 +121,8 @@ async def test_bad_run_requests_are_refused_before_anything_is_recorded(
     missing = await start(client, "restart-service", no_reason)
     assert missing.status_code == 422
     assert missing.json()["fields"][0]["field"] == "reason"
-    assert await service.store.decisions() == []
-    assert await service.store.pending(100) == []
+    assert await service.store.decisions.recent() == []
+    assert await service.store.inbox.pending(100) == []
 
 
 async def test_a_manual_run_takes_the_policy_of_the_rules_that_run_its_flow(
@@ -138,8 +140,8 @@ async def test_a_manual_run_takes_the_policy_of_the_rules_that_run_its_flow(
     )
     assert webhook.status_code == 200, webhook.text
     await wait_for(lambda: settled(service))
-    [run] = await service.store.active_runs()
-    assert await service.store.finish(run.decision_id, "COMPLETED")
+    [run] = await active_runs(service.store)
+    assert await leases.finish(service.store, run.decision_id, "COMPLETED")
 
     def restart(host: str, service_name: str = "checkout", **overrides: Any) -> dict[str, Any]:
         parameters = {

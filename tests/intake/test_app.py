@@ -23,6 +23,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from responder.control import leases
 from responder.exceptions import ConfigError
 from responder.intake.app import create_app
 from responder.runtime.service import Service
@@ -93,7 +94,7 @@ async def decisions(
 
 
 async def settled(service: Service) -> bool:
-    return await service.store.backlog() == 0
+    return await service.store.inbox.backlog() == 0
 
 
 async def test_accepts_a_real_payload_and_records_the_decision(make_client: ClientFactory) -> None:
@@ -118,7 +119,7 @@ async def test_resends_are_duplicates(make_client: ClientFactory) -> None:
     await wait_for(lambda: settled(service))
     verdicts = [d["verdict"] for d in await decisions(client)]
     assert verdicts == ["admitted"] + ["duplicate"] * 10
-    held = (await service.store.guard_state())["leases"]
+    held = (await leases.guard_state(service.store))["leases"]
     assert {lease["name"] for lease in held} == {
         "key:restart-crashed-service:restart-service/host-1/checkout",
         "mutex:host:host-1",
@@ -278,7 +279,7 @@ async def test_hostile_label_values_are_refused_before_the_guard(
     assert decision["reason"].startswith("parameters do not fit flow 'restart-service': service:")
     assert "__class__" not in decision["reason"]  # the input is never echoed back
     assert decision["guard_key"] is None
-    assert await service.store.active_runs() == []
+    assert await service.store.decisions.active() == []
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -323,7 +324,7 @@ async def test_body_over_limit_is_413(make_client: ClientFactory) -> None:
     response = await client.post(URL, content=json.dumps(body), headers=JSON)
     assert response.status_code == 413
     assert "2048" in response.json()["error"]
-    assert await service.store.backlog() == 0
+    assert await service.store.inbox.backlog() == 0
 
 
 async def test_schema_error_is_422_with_field_paths(make_client: ClientFactory) -> None:
@@ -599,7 +600,7 @@ async def test_the_engine_loop_outlives_a_store_that_cannot_commit(
     service.loop._lock.release()
     try:
         await asyncio.sleep(1.0)  # the loop's batches fail to commit meanwhile
-        assert await service.store.lease_count() == 0
+        assert await service.store.leases.count() == 0
     finally:
         locker.execute("ROLLBACK")
         locker.close()
@@ -1012,8 +1013,8 @@ async def test_a_manual_run_with_approval_waits_for_a_second_person(
     decision = response.json()["decision"]
     assert decision["labels"]["requested_by"] == "admin-1"
     # No Prefect here: give the decision a run that waits, as the dispatcher would.
-    await service.store.set_flow_run(decision["id"], FLOW_RUN)
-    assert await service.store.set_approval(FLOW_RUN, "awaiting", (None,))
+    await service.store.decisions.set_flow_run(decision["id"], FLOW_RUN)
+    assert await service.store.approvals.set(FLOW_RUN, "awaiting", (None,))
     [waiting] = (await client.get("/api/v1/approvals", headers=approver)).json()["approvals"]
     assert (waiting["flow_run_id"], waiting["rule"]) == (FLOW_RUN, "manual")
     assert waiting["alert"]["labels"]["requested_by"] == "admin-1"

@@ -71,7 +71,7 @@ def inbox_rows(service: Service) -> int:
 
 
 async def settled(service: Service) -> bool:
-    return await service.store.backlog() == 0
+    return await service.store.inbox.backlog() == 0
 
 
 # --- the rate per client --------------------------------------------------------------
@@ -116,7 +116,7 @@ async def test_a_burst_beyond_the_limit_gets_429_and_loses_nothing_accepted(
     # Everything acknowledged is in the inbox and was decided; nothing refused is.
     await wait_for(lambda: settled(service))
     assert inbox_rows(service) == len(accepted)
-    rows = await service.store.decisions(limit=1000)
+    rows = await service.store.decisions.recent(limit=1000)
     assert sorted(r["inbox_id"] for r in rows) == sorted(r.json()["inbox_id"] for r in accepted)
 
 

@@ -90,7 +90,7 @@ async def test_decision_runs_a_flow_that_completes_and_releases_the_lease(
     assert decision["flow_run_state"] == "COMPLETED"
     assert demo_service.restarts == [("host-11", "checkout")]
     assert decision["flow_run_url"].endswith(f"/runs/flow-run/{decision['flow_run_id']}")
-    assert await service.store.lease_count() == 0
+    assert await service.store.leases.count() == 0
     dispatcher = service.dispatcher
     assert dispatcher is not None
     [run] = await flow_runs_tagged(
@@ -266,7 +266,7 @@ async def test_decisions_within_the_window_share_one_batched_flow_run(
     async with httpx.AsyncClient() as http:
         run = (await http.get(f"{dispatcher.api_url}/flow_runs/{rows[0]['flow_run_id']}")).json()
     assert run["parameters"]["hosts"] == hosts
-    assert await service.store.lease_count() == 0
+    assert await service.store.leases.count() == 0
 
 
 async def test_hostile_parameters_are_refused_before_any_action(
@@ -281,7 +281,7 @@ async def test_hostile_parameters_are_refused_before_any_action(
     assert "host:" in decision["reason"] and "service:" in decision["reason"]
     assert decision["flow_run_id"] is None
     assert demo_service.restarts == []
-    assert await service.store.lease_count() == 0
+    assert await service.store.leases.count() == 0
     assert not Path("/tmp/pwned").exists()
 
 
@@ -361,12 +361,12 @@ async def test_a_run_that_needs_approval_waits_for_a_person(
     await wait_for(awaiting, timeout=30)
     # Waiting for a person: nothing touched yet, and the key stays held.
     assert demo_service.restarts == []
-    assert await service.store.lease_count() == 2
+    assert await service.store.leases.count() == 2
     await answer(
         dispatcher.api_url, flow_run_id, approved=approved, approver="alice", comment="on call"
     )
     [decision] = await wait_for(lambda: final(client), timeout=60)
-    assert await service.store.lease_count() == 0
+    assert await service.store.leases.count() == 0
     if approved:
         assert decision["flow_run_state"] == "COMPLETED"
         assert demo_service.restarts == [(instance, "checkout")]
@@ -480,7 +480,7 @@ async def test_an_operator_approves_or_rejects_from_the_cli_and_the_log_says_who
         "responder API",
         approved,
     )
-    assert await service.store.lease_count() == 0
+    assert await service.store.leases.count() == 0
     assert decision["approval_state"] == ("approved" if approved else "rejected")
     if approved:
         assert decision["flow_run_state"] == "COMPLETED"
@@ -505,12 +505,12 @@ async def test_an_answer_prefect_refuses_leaves_the_run_awaiting(
     [decision] = await wait_for(lambda: final(client), timeout=45)
     flow_run_id = decision["flow_run_id"]
     # As if it waited: Prefect, which knows the run is over, does not resume it.
-    assert await service.store.set_approval(flow_run_id, "awaiting", (None,))
+    assert await service.store.approvals.set(flow_run_id, "awaiting", (None,))
     dispatcher = service.dispatcher
     assert dispatcher is not None
     with pytest.raises(DispatchError, match=f"did not resume flow run {flow_run_id}"):
         await dispatcher.answer_approval(flow_run_id, True, "alice", "")
-    [row] = await service.store.decisions(limit=1)
+    [row] = await service.store.decisions.recent(limit=1)
     assert (row["approval_state"], row["approval"]) == ("awaiting", None)
     with pytest.raises(ApprovalError):
         await dispatcher.answer_approval("00000000-0000-0000-0000-000000000002", True, "a", "")
@@ -565,7 +565,7 @@ async def test_a_flow_run_killed_mid_way_frees_its_key(
 
     flow_run_id = await wait_for(running_run, timeout=60, every=0.5)
     await wait_for(lambda: _posted(demo_service, "/start"), timeout=30)
-    assert await service.store.lease_count() == 1
+    assert await service.store.leases.count() == 1
     assert kill_flow_run_process(flow_run_id), "the flow run's process was not found"
 
     async def ended() -> dict[str, Any] | None:
@@ -574,7 +574,7 @@ async def test_a_flow_run_killed_mid_way_frees_its_key(
 
     row = await wait_for(ended, timeout=60, every=0.5)
     assert row["flow_run_state"] == "CRASHED"
-    assert await service.store.lease_count() == 0
+    assert await service.store.leases.count() == 0
 
 
 async def _posted(demo_service: DemoService, path: str) -> bool:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from responder.authoring.demo import DemoService
+from responder.control import leases
 from responder.intake.app import create_app
 from responder.runtime.service import Service
 from responder.runtime.supervisor import Supervisor
@@ -85,10 +86,10 @@ async def test_a_prefect_restart_leaves_no_lease_stuck(
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait(10)
         await asyncio.sleep(LEASE * 2)
-        assert (await service.store.guard_state())["leases"] == []  # expired, not freed
+        assert (await leases.guard_state(service.store))["leases"] == []  # expired, not freed
         [decision] = (await client.get("/api/v1/decisions")).json()["decisions"]
         assert decision["flow_run_state"] is None
-        assert await service.store.lease_count() == 2  # key and host mutex
+        assert await service.store.leases.count() == 2  # key and host mutex
 
         # Prefect comes back with its database: the run is still scheduled, so the lease is
         # renewed; the runner comes back and runs it; the key is free again.
@@ -105,7 +106,7 @@ async def test_a_prefect_restart_leaves_no_lease_stuck(
 
         row = await wait_for(finished, timeout=120, every=0.5)
         assert row["flow_run_state"] == "COMPLETED"
-        assert await service.store.lease_count() == 0
+        assert await service.store.leases.count() == 0
         assert demo_service.restarts == [("host-rc", "checkout")]
     finally:
         await client.aclose()
@@ -123,4 +124,4 @@ async def _deployed(api_url: str) -> bool:
 
 async def _lease_renewed(service: Service) -> bool:
     """Both names are live again (guard_state lists live leases only)."""
-    return len((await service.store.guard_state())["leases"]) == 2
+    return len((await leases.guard_state(service.store))["leases"]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from responder.control.runs import ActiveRun
 from responder.events.webhook import Alert
 from responder.orchestration.story import (
     dispatch_story,
@@ -13,7 +14,6 @@ from responder.orchestration.story import (
     run_tags,
     text,
 )
-from responder.storage.store import ActiveRun
 
 HOSTILE = {
     "alertname": "ServiceDown",

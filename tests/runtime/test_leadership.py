@@ -72,7 +72,7 @@ async def test_one_leader_and_a_takeover(replicas: Callable[[], Any]) -> None:
         await post(second_client, "host-7")
 
     async def decided(n: int) -> Any:
-        rows = await first.store.decisions()
+        rows = await first.store.decisions.recent()
         return rows if len(rows) == n else None
 
     rows = await wait_for(lambda: decided(3))

@@ -21,6 +21,7 @@ from responder.control.guard import Guard
 from responder.exceptions import StoreUnavailable
 from responder.runtime.loop import EngineLoop
 from responder.runtime.service import Service
+from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
 from tests import servers
 from tests.conftest import POSTGRES_URL, fixture_json, free_port, make_settings, reset_postgres
@@ -57,13 +58,13 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
 
 
 async def feed(service: Service, name: str) -> None:
-    await service.store.add_to_inbox("alertmanager", json.dumps(fixture_json(name)).encode())
+    await service.store.inbox.add("alertmanager", json.dumps(fixture_json(name)).encode())
     while await service.loop.step():
         pass
 
 
 async def verdicts(service: Service) -> list[tuple[Any, ...]]:
-    rows = reversed(await service.store.decisions(limit=1000))
+    rows = reversed(await service.store.decisions.recent(limit=1000))
     return [(r["labels"].get("instance"), r["rule"], r["verdict"]) for r in rows]
 
 
@@ -82,7 +83,7 @@ async def test_an_asserted_fact_stops_per_host_remediation_and_survives_restart(
         ("host-2", "restart-one-host", "unmatched"),
         ("host-3", "checkout-outage", "asserted"),
     ]
-    [fact] = await service.store.live_facts(0)
+    [fact] = await service.store.facts.live(0)
     assert (fact.name, dict(fact.fields)) == ("service-outage", {"service": "checkout"})
 
     # After a restart the fact is rebuilt from the store: still no per-host restarts.
@@ -97,7 +98,7 @@ async def test_an_asserted_fact_stops_per_host_remediation_and_survives_restart(
     # of host-1 retracts the outage.
     assert ("host-3", "restart-one-host", "admitted") in rows
     assert ("host-1", "outage-over", "asserted") in rows
-    assert await again.store.live_facts(0) == []
+    assert await again.store.facts.live(0) == []
     await again.store.close()
 
 
@@ -134,7 +135,7 @@ async def test_catalog_facts_gate_rules_and_fill_templates(tmp_path: Path) -> No
     await svc.loop.rebuild()
     await feed(svc, "firing_group_servicedown_3_hosts")  # checkout on host-1, 2, 3
     await feed(svc, "firing_group_with_stale_resolved_alert")  # payments on host-3 (tier 0)
-    rows = list(reversed(await svc.store.decisions(limit=100)))
+    rows = list(reversed(await svc.store.decisions.recent(limit=100)))
     got = [(r["labels"]["instance"], r["labels"]["service"], r["verdict"]) for r in rows]
     assert got == [
         ("host-1", "checkout", "admitted"),
@@ -260,7 +261,7 @@ async def test_a_5000_alert_webhook_does_not_block_intake(
             assert response.status_code == 200, response.text
             started = time.monotonic()
             n = BIG_WEBHOOK_ALERTS
-            while await service.store.backlog() and time.monotonic() - started < 300:
+            while await service.store.inbox.backlog() and time.monotonic() - started < 300:
                 n += 1
                 probe = webhook_of([alert_like_the_fixture(template, n, "firing")])
                 sent = time.monotonic()
@@ -272,7 +273,9 @@ async def test_a_5000_alert_webhook_does_not_block_intake(
                 peak_rss = max(peak_rss, rss_bytes())
                 await asyncio.sleep(0.02)
             decided = time.monotonic() - started
-        recorded = await service.store.decisions(limit=BIG_WEBHOOK_ALERTS + len(statuses) + 10)
+        recorded = await service.store.decisions.recent(
+            limit=BIG_WEBHOOK_ALERTS + len(statuses) + 10
+        )
     finally:
         server.should_exit = True
         await task
@@ -312,8 +315,8 @@ async def test_a_failure_mid_webhook_resumes_after_the_committed_alerts(
 
     template = fixture_json("firing_group_servicedown_3_hosts")["alerts"][0]
     alerts = [alert_like_the_fixture(template, n, "firing") for n in range(10)]
-    await store.add_to_inbox("alertmanager", webhook_of(alerts))
-    set_progress, calls = store.set_progress, []
+    await store.inbox.add("alertmanager", webhook_of(alerts))
+    set_progress, calls = store.inbox.set_progress, []
 
     async def fail_the_second(conn: Any, inbox_id: int, items: int) -> None:
         calls.append(items)
@@ -321,25 +324,25 @@ async def test_a_failure_mid_webhook_resumes_after_the_committed_alerts(
             raise StoreUnavailable("store error: the disk went away")
         await set_progress(conn, inbox_id, items)
 
-    monkeypatch.setattr(store, "set_progress", fail_the_second)
+    monkeypatch.setattr(store.inbox, "set_progress", fail_the_second)
     first = engine()
     await first.rebuild()
     with pytest.raises(StoreUnavailable):
         await first.step()
     assert calls == [4, 8]
-    assert len(await store.decisions(limit=100)) == 4  # the first transaction's alerts
+    assert len(await store.decisions.recent(limit=100)) == 4  # the first transaction's alerts
     monkeypatch.undo()
 
     again = engine()
     await again.rebuild()
     while await again.step():
         pass
-    rows = await store.decisions(limit=100)
+    rows = await store.decisions.recent(limit=100)
     assert sorted(r["incident"].split("@")[0] for r in rows) == sorted(
         a["fingerprint"] for a in alerts
     )
     assert {r["verdict"] for r in rows} == {"admitted"}  # ten hosts: ten keys, each once
-    assert await store.pending(10) == []
+    assert await store.inbox.pending(10) == []
 
 
 FIRING_FOR_RULES = """
@@ -372,21 +375,23 @@ async def test_timers_due_at_once_are_decided_in_short_transactions_each_once(
         clock=lambda: now[0],
     )
     await loop.rebuild()
-    await store.add_to_inbox("alertmanager", webhook_of(alerts))
+    await store.inbox.add("alertmanager", webhook_of(alerts))
     while await loop.step():
         pass
-    assert {r["verdict"] for r in await store.decisions(limit=100)} == {"unmatched"}  # not yet
+    assert {r["verdict"] for r in await store.decisions.recent(limit=100)} == {
+        "unmatched"
+    }  # not yet
     commits: list[object] = []
     event.listen(store.engine.sync_engine, "commit", commits.append)
     now[0] += 601
     await loop.step()
-    rows = await store.decisions(limit=100, verdict="admitted")
+    rows = await store.decisions.recent(limit=100, verdict="admitted")
     assert sorted(r["incident"].split("@")[0] for r in rows) == sorted(
         a["fingerprint"] for a in alerts
     )
     assert len(commits) >= 4  # 10 timers, at most 3 per transaction
     await loop.step()  # nothing is due again
-    assert len(await store.decisions(limit=100)) == 20
+    assert len(await store.decisions.recent(limit=100)) == 20
 
 
 async def test_an_events_batch_is_held_over_short_transactions(
@@ -401,12 +406,12 @@ async def test_an_events_batch_is_held_over_short_transactions(
         {"specversion": "1.0", "id": f"e-{n}", "source": "argo", "type": "deploy.finished"}
         for n in range(50)
     ]
-    await store.add_to_inbox("cloudevents", json.dumps(events).encode())
+    await store.inbox.add("cloudevents", json.dumps(events).encode())
     commits: list[object] = []
     event.listen(store.engine.sync_engine, "commit", commits.append)
     while await loop.step():
         pass
-    held = await store.live_facts(0)
+    held = await store.facts.live(0)
     assert sorted(f.fields["id"] for f in held) == sorted(e["id"] for e in events)
     assert len(commits) >= 8  # 50 events, at most 7 per transaction
 
@@ -454,19 +459,19 @@ async def test_a_reload_checks_parameters_against_the_flow_files_as_they_are_now
     template = fixture_json("firing_group_servicedown_3_hosts")["alerts"][0]
     try:
         await loop.rebuild()
-        await store.add_to_inbox(
-            "alertmanager", webhook_of([alert_like_the_fixture(template, 1, "firing")])
+        await store.inbox.add(
+            InboxSource.ALERTMANAGER, webhook_of([alert_like_the_fixture(template, 1, "firing")])
         )
         await loop.step()
         files["probe-flow"] = After  # the flow file changed: `port` is required now
         await loop.use(book, ServiceCatalog())
-        await store.add_to_inbox(
-            "alertmanager", webhook_of([alert_like_the_fixture(template, 2, "firing")])
+        await store.inbox.add(
+            InboxSource.ALERTMANAGER, webhook_of([alert_like_the_fixture(template, 2, "firing")])
         )
         await loop.step()
     finally:
         reload_flows()  # the next test reads the real flow files
-    rows = reversed(await store.decisions(limit=10))
+    rows = reversed(await store.decisions.recent(limit=10))
     assert [(r["labels"]["instance"], r["verdict"], r["reason"]) for r in rows] == [
         ("host-1", "admitted", "every check passed; names taken"),
         ("host-2", "error", "parameters do not fit flow 'probe-flow': port: Field required"),

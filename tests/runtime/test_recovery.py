@@ -59,7 +59,7 @@ def metric(name: str, **labels: str) -> float:
 
 async def verdicts(service: Service) -> dict[str, list[str]]:
     """instance → verdicts, oldest first."""
-    rows = await service.store.decisions(limit=1000)
+    rows = await service.store.decisions.recent(limit=1000)
     found: dict[str, list[str]] = {}
     for row in reversed(rows):
         found.setdefault(row["labels"]["instance"], []).append(row["verdict"])
@@ -201,7 +201,7 @@ async def test_the_leader_resyncs_periodically(
             return found if len(found["host-missed"]) == 2 else None
 
         assert await wait_for(resolved, timeout=15) == {"host-missed": ["admitted", "resolved"]}
-        assert await service.store.firing() == []
+        assert await service.store.alerts.firing() == []
         resyncs = service.recovery.resyncs
         await asyncio.sleep(2.5)
         assert service.recovery.resyncs >= resyncs + 1  # still resyncing, nothing new
@@ -273,7 +273,7 @@ async def test_an_alert_a_resync_resolved_while_firing_is_never_decided_again(
             return found if len(found.get("host-1", [])) == count else None
 
         assert await wait_for(lambda: decided(1)) == {"host-1": ["admitted"]}
-        leases = await service.store.lease_count()
+        leases = await service.store.leases.count()
 
         # The resync's list does not have it: resolved.
         nothing = Listing([])
@@ -294,7 +294,7 @@ async def test_an_alert_a_resync_resolved_while_firing_is_never_decided_again(
         await service.accept("alertmanager", json.dumps(body).encode())
         found = await wait_for(lambda: decided(4))
         assert found == {"host-1": ["admitted", "resolved", "duplicate", "duplicate"]}
-        rows = await service.store.decisions(limit=10)
+        rows = await service.store.decisions.recent(limit=10)
         # Its identity (fingerprint, start, status) was handled: never a new incident.
         assert [r["reason"] for r in rows] == [
             "firing alert already handled (inbox #1)",
@@ -303,7 +303,7 @@ async def test_an_alert_a_resync_resolved_while_firing_is_never_decided_again(
             "every check passed; names taken",
         ]
         assert len({r["incident"] for r in rows}) == 1
-        assert await service.store.lease_count() == leases
+        assert await service.store.leases.count() == leases
         await nothing.close()
         await listing.close()
     finally:

@@ -45,7 +45,7 @@ from sqlalchemy import select
 from responder.events.webhook import Alert
 from responder.intake.app import create_app
 from responder.runtime.service import Service
-from responder.storage.store import inbox
+from responder.storage.schema import inbox
 from tests import servers
 from tests.conftest import free_port, make_settings, wait_for
 
@@ -241,7 +241,7 @@ receivers:
         await self.proxy.idle()
 
         async def empty() -> bool:
-            return await self.service.store.backlog() == 0
+            return await self.service.store.inbox.backlog() == 0
 
         await wait_for(empty, timeout=20, every=0.05)
 
@@ -254,7 +254,7 @@ receivers:
     async def verdicts(self) -> dict[str, list[str]]:
         """Recorded verdicts per incident ("instance@startsAt"), oldest first."""
         found: dict[str, list[str]] = {}
-        for row in reversed(await self.service.store.decisions(limit=1000)):
+        for row in reversed(await self.service.store.decisions.recent(limit=1000)):
             name = f"{row['labels']['instance']}@{row['incident'].split('@', 1)[1]}"
             found.setdefault(name, []).append(row["verdict"])
         return found

@@ -91,7 +91,7 @@ async def listed(alertmanager: str) -> int:
 
 async def verdicts(service: Service) -> dict[str, list[str]]:
     """instance → verdicts, oldest first."""
-    rows = await service.store.decisions(limit=1000)
+    rows = await service.store.decisions.recent(limit=1000)
     found: dict[str, list[str]] = {}
     for row in reversed(rows):
         found.setdefault(row["labels"]["instance"], []).append(row["verdict"])
@@ -113,7 +113,7 @@ async def test_a_new_leader_recovers_what_fired_and_resolved_while_nobody_listen
     body = fixture_json("firing_single_servicedown")
     body["alerts"][0]["labels"].update(instance="host-held", service="checkout")
     body["alerts"].append(await push(alertmanager, "host-seen"))
-    await before.store.add_to_inbox("alertmanager", json.dumps(body).encode())
+    await before.store.inbox.add("alertmanager", json.dumps(body).encode())
     before.loop.wake.set()
 
     async def held() -> bool:
@@ -145,7 +145,7 @@ async def test_a_new_leader_recovers_what_fired_and_resolved_while_nobody_listen
         assert found["host-seen"] == ["admitted"]
         assert "host-silenced" not in found  # Alertmanager would not have sent it
         assert "host-other" not in found  # routed to another receiver
-        firing = {a.labels["instance"] for a in await after.store.firing()}
+        firing = {a.labels["instance"] for a in await after.store.alerts.firing()}
         assert firing == {"host-new", "host-seen"}
     finally:
         await after.stop()

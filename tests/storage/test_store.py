@@ -16,7 +16,9 @@ from sqlalchemy import text
 from responder.control.guard import Guard
 from responder.decision.decisions import Decision
 from responder.events.webhook import Alert
-from responder.storage.store import Store, alembic_config, metadata
+from responder.storage.database import alembic_config
+from responder.storage.schema import metadata
+from responder.storage.store import Store
 
 
 def _diff(connection: Any) -> list[Any]:
@@ -76,9 +78,9 @@ async def test_concurrent_intake_is_committed_in_groups_and_every_body_gets_its_
     import asyncio
 
     bodies = [f'{{"n": {i}}}'.encode() for i in range(200)]
-    ids = await asyncio.gather(*(store.add_to_inbox("alertmanager", body) for body in bodies))
+    ids = await asyncio.gather(*(store.inbox.add("alertmanager", body) for body in bodies))
     assert len(set(ids)) == 200
-    pending = await store.pending(1000)
+    pending = await store.inbox.pending(1000)
     by_id = {message.id: message.body for message in pending}
     assert [by_id[i] for i in ids] == bodies  # each sender got the id of its own body
 
@@ -101,7 +103,7 @@ async def test_replicas_starting_together_migrate_one_at_a_time(
     stores = [Store(url) for _ in range(4)]
     try:
         await asyncio.gather(*(s.migrate() for s in stores))  # a race without the lock
-        assert await stores[0].add_to_inbox("alertmanager", b"{}") > 0
+        assert await stores[0].inbox.add("alertmanager", b"{}") > 0
     finally:
         for s in stores:
             await s.close()
@@ -111,11 +113,11 @@ async def test_pending_reads_at_most_max_bytes_of_bodies_beyond_the_first_row(
     store: Store,
 ) -> None:
     for _ in range(3):
-        await store.add_to_inbox("alertmanager", b"x" * 3000)
-    assert [len(m.body) for m in await store.pending(10, max_bytes=1000)] == [3000]
-    assert len(await store.pending(10, max_bytes=6000)) == 2
-    assert len(await store.pending(2)) == 2
-    assert len(await store.pending(10)) == 3
+        await store.inbox.add("alertmanager", b"x" * 3000)
+    assert [len(m.body) for m in await store.inbox.pending(10, max_bytes=1000)] == [3000]
+    assert len(await store.inbox.pending(10, max_bytes=6000)) == 2
+    assert len(await store.inbox.pending(2)) == 2
+    assert len(await store.inbox.pending(10)) == 3
 
 
 def test_a_damaged_sqlite_file_stops_start_up_with_one_line_naming_it(
@@ -135,7 +137,7 @@ def test_a_damaged_sqlite_file_stops_start_up_with_one_line_naming_it(
         store = Store(settings.store_url)
         await store.migrate()
         for n in range(50):
-            await store.add_to_inbox("alertmanager", b'{"n": %d}' % n)
+            await store.inbox.add("alertmanager", b'{"n": %d}' % n)
         await store.close()
 
     asyncio.run(fill())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from responder.storage.store import metadata
+from responder.storage.schema import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

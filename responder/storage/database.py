@@ -1,0 +1,221 @@
+"""The database: engine, transactions, SQLite's write turn, migrations and health.
+
+SQLAlchemy 2 async Core. SQLite in WAL mode is the embedded default; PostgreSQL serves
+several replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, delete, event, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from responder.exceptions import StoreDamaged, StoreUnavailable
+from responder.storage.schema import control, metadata
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key serializing migrations ("responder" + 1; leadership uses + 0).
+MIGRATION_KEY = 0x726573706F6E6401
+
+
+class Database:
+    """The engine and its lifecycle: connections, transactions, migrations, health.
+
+    One instance per process; the table groups (`Store`) share it."""
+
+    def __init__(self, url: str, *, timeout_seconds: float = 5.0) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        self._database = parsed.database  # the SQLite file, if any
+        if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            kwargs = {
+                "pool_size": 10,
+                "max_overflow": 10,
+                "pool_pre_ping": True,
+                "pool_timeout": timeout_seconds,
+                "connect_args": {"timeout": timeout_seconds},
+            }
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # Store health for /readyz: a damaged file stays damaged; after a failed transaction
+        # the next readiness check commits for real before it says ready again.
+        self.damage: str | None = None
+        self._failed = False
+        self._turn: asyncio.Lock | None = None  # see `turn`
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
+        if self.dialect == "sqlite":
+            busy_ms = int(timeout_seconds * 1000)
+            event.listen(
+                self.engine.sync_engine,
+                "connect",
+                lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, busy_ms),
+            )
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest alembic revision.
+
+        Replicas starting together migrate one at a time: the first upgrades, the others
+        then find the schema at head. On PostgreSQL a transaction-level advisory lock
+        serializes them; on SQLite (replicas share one machine) an exclusive `flock`.
+        """
+        if self.dialect == "postgresql":
+            async with self.engine.begin() as conn:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_KEY})
+                await conn.run_sync(_upgrade_to_head)
+            return
+        database = self._database
+        lock = Path(f"{database}.migrate.lock") if database not in (None, "", ":memory:") else None
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600) if lock else None
+        try:
+            if fd is not None:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            async with self.engine.begin() as conn:
+                await conn.run_sync(_upgrade_to_head)
+        finally:
+            if fd is not None:
+                os.close(fd)  # closing the file drops the flock
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def drop_schema(self) -> None:
+        """Drop every Responder table (tests and benchmarks start from an empty store)."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+            await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One atomic unit of work; any database failure becomes `StoreUnavailable`."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            # OSError and TimeoutError: asyncpg failing to connect at all.
+            self._failed = True
+            if _is_damage(exc):
+                self.damage = f"store {self._database} is damaged: {getattr(exc, 'orig', exc)}"
+                raise StoreDamaged(self.damage) from exc
+            raise StoreUnavailable(f"store error: {exc.__class__.__name__}: {exc}") from exc
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """This process's turn at SQLite's single write lock, taken in arrival order.
+
+        The inbox's commits and the engine's transactions take turns here, so a webhook
+        waits for at most one (short) engine transaction, in this event loop, instead of
+        polling SQLite's busy handler while the engine takes the lock again and again.
+        PostgreSQL has no database-wide write lock: nothing to wait for.
+        """
+        if self.dialect != "sqlite":
+            yield
+            return
+        running = asyncio.get_running_loop()
+        if self._turn is None or self._turn_loop is not running:
+            self._turn, self._turn_loop = asyncio.Lock(), running
+        async with self._turn:
+            yield
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(select(1))
+            return True
+        except (SQLAlchemyError, OSError):
+            return False
+
+    def check_file(self) -> None:
+        """SQLite's `quick_check` of an existing database file, before anything else reads it.
+
+        Raises `StoreDamaged`, naming the file, when it cannot be read whole.
+        """
+        path = self._database
+        if self.dialect != "sqlite" or path in (None, "", ":memory:") or not Path(path).exists():
+            return
+        try:
+            with closing(sqlite3.connect(path)) as db:
+                problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            self.damage = (
+                f"store {path} is damaged ({'; '.join(problems)[:300]}); "
+                "restore it from a backup, or move it away to start empty"
+            )
+            raise StoreDamaged(self.damage)
+
+    async def problem(self) -> str | None:
+        """Why the store cannot take webhooks now (for /readyz), or None when it can.
+
+        After a failed transaction (a full disk, say) this commits a webhook-sized row, so
+        that readiness comes back once the store commits again, and not before.
+        """
+        if self.damage is not None:
+            return self.damage
+        if not await self.ping():
+            return "the store does not answer"
+        if self._failed:
+            self._failed = False
+            try:
+                async with self.transaction() as conn:
+                    await conn.execute(delete(control).where(control.c.name == "store-probe"))
+                    probe = {"name": "store-probe", "value": {"pad": "x" * 65536}}
+                    await conn.execute(control.insert().values(**probe, updated_at=time.time()))
+            except StoreUnavailable as exc:
+                # /readyz answers anyone: the driver's words (SQL, user, host) go to the log.
+                log.warning("readiness probe: the store cannot commit: %s", exc)
+                return "the store cannot commit (see Responder's log)"
+        return None
+
+    def insert(self, table: Table) -> Any:
+        """This dialect's INSERT, which knows ON CONFLICT."""
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        return dialect.insert(table)
+
+
+def alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return config
+
+
+def _upgrade_to_head(connection: Any) -> None:
+    from alembic import command
+
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """SQLite says the file is corrupt, or not a database at all."""
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit acknowledged to Alertmanager survives power loss, not only a crash.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+    cursor.close()

@@ -1,0 +1,161 @@
+"""The inbox: every received body, committed before its sender is acknowledged.
+
+The engine loop reads it in order; a big webhook is decided over several short transactions,
+and `inbox_progress` lets a crash resume after the items already handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from responder.storage.database import Database
+from responder.storage.schema import inbox, inbox_progress
+
+
+class InboxSource(StrEnum):
+    """What wrote an inbox row, and so how its body is read."""
+
+    ALERTMANAGER = "alertmanager"  # an Alertmanager webhook
+    CLOUDEVENTS = "cloudevents"  # CloudEvents, one or a batch
+    OUTCOME = "outcome"  # a remediation's final state (`events.cloudevents.Outcome`)
+    RUN_REQUEST = "run-request"  # a manual run (`events.manual_runs.RunRequest`)
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    """An inbox row the engine has not processed yet."""
+
+    id: int
+    source: InboxSource
+    body: bytes
+    progress: int = 0  # items already handled (see `inbox_progress`)
+
+
+class Inbox:
+    """The inbox table and its progress marks."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # Group commit: bodies waiting for the next commit, and its task.
+        self._intake: list[tuple[InboxSource, bytes, asyncio.Future[int]]] = []
+        self._committer: asyncio.Task[None] | None = None
+
+    async def add(self, source: InboxSource, body: bytes) -> int:
+        """Commit a received body durably; only then may the sender be acknowledged.
+
+        Group commit: bodies that arrive while a commit is under way are committed together
+        by the next one, so concurrent webhooks share a transaction (and its fsync) instead
+        of queueing for the write lock one by one. A lone body is committed at once.
+        """
+        running = asyncio.get_running_loop()
+        future: asyncio.Future[int] = running.create_future()
+        committer = self._committer
+        if committer is not None and committer.get_loop() is not running:
+            self._intake, committer = [], None  # left over from another event loop
+        self._intake.append((InboxSource(source), body, future))
+        if committer is None or committer.done():
+            self._committer = asyncio.create_task(self._commit_intake())
+        return await future
+
+    @staticmethod
+    async def add_in(conn: AsyncConnection, source: InboxSource, body: bytes, now: float) -> None:
+        """Add a row in the caller's transaction (an outcome, with the state it reports)."""
+        await conn.execute(inbox.insert().values(received_at=now, source=source, body=body))
+
+    async def _commit_intake(self) -> None:
+        while self._intake:
+            batch, self._intake = self._intake, []
+            now = time.time()
+            rows = [
+                {"received_at": now, "source": source, "body": body} for source, body, _ in batch
+            ]
+            try:
+                async with self._db.turn(), self._db.transaction() as conn:
+                    result = await conn.execute(
+                        inbox.insert().returning(inbox.c.id, sort_by_parameter_order=True), rows
+                    )
+                    ids = [int(row[0]) for row in result]
+            except Exception as exc:  # every waiting sender gets the error, and a 503
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), inbox_id in zip(batch, ids, strict=True):
+                if not future.done():  # a sender that went away is committed all the same
+                    future.set_result(inbox_id)
+
+    async def pending(self, limit: int, max_bytes: int | None = None) -> list[PendingMessage]:
+        """The oldest unprocessed rows: at most `limit`, and, beyond the first, no more than
+        `max_bytes` of bodies in all (the bodies are read only once the sizes fit)."""
+        async with self._db.transaction() as conn:
+            wanted: list[int] | None = None
+            if max_bytes is not None:
+                wanted = await _fitting(conn, limit, max_bytes)
+                if not wanted:
+                    return []
+            query = (
+                select(inbox.c.id, inbox.c.source, inbox.c.body, inbox_progress.c.handled)
+                .outerjoin(inbox_progress, inbox_progress.c.inbox_id == inbox.c.id)
+                .where(inbox.c.processed.is_(False))
+                .order_by(inbox.c.id)
+                .limit(limit)
+            )
+            if wanted is not None:
+                query = query.where(inbox.c.id.in_(wanted))
+            rows = await conn.execute(query)
+            return [
+                PendingMessage(r.id, InboxSource(r.source), bytes(r.body), r.handled or 0)
+                for r in rows
+            ]
+
+    async def backlog(self) -> int:
+        async with self._db.transaction() as conn:
+            count = await conn.scalar(
+                select(func.count()).select_from(inbox).where(inbox.c.processed.is_(False))
+            )
+            return int(count or 0)
+
+    @staticmethod
+    async def mark_processed(conn: AsyncConnection, inbox_ids: list[int]) -> None:
+        if inbox_ids:
+            await conn.execute(
+                update(inbox).where(inbox.c.id.in_(inbox_ids)).values(processed=True)
+            )
+            await conn.execute(
+                delete(inbox_progress).where(inbox_progress.c.inbox_id.in_(inbox_ids))
+            )
+
+    async def set_progress(self, conn: AsyncConnection, inbox_id: int, items: int) -> None:
+        """Record that the first `items` items of a row are handled (in the same transaction
+        as what handling them wrote)."""
+        upsert = self._db.insert(inbox_progress).values(inbox_id=inbox_id, handled=items)
+        await conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[inbox_progress.c.inbox_id], set_={"handled": items}
+            )
+        )
+
+
+async def _fitting(conn: AsyncConnection, limit: int, max_bytes: int) -> list[int]:
+    """The ids of the oldest unprocessed rows whose bodies fit in `max_bytes` (the first
+    always fits)."""
+    sizes = await conn.execute(
+        select(inbox.c.id, func.length(inbox.c.body).label("size"))
+        .where(inbox.c.processed.is_(False))
+        .order_by(inbox.c.id)
+        .limit(limit)
+    )
+    wanted: list[int] = []
+    total = 0
+    for r in sizes:
+        total += int(r.size or 0)
+        if wanted and total > max_bytes:
+            break
+        wanted.append(int(r.id))
+    return wanted

@@ -1,0 +1,163 @@
+"""Responder's tables: the one place the schema is declared (alembic's migrations follow it).
+
+Uniqueness in the schema, not application checks, makes admission atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", Float, nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("processed", Boolean, nullable=False, default=False),
+    Index("ix_inbox_pending", "processed", "id"),
+)
+
+# Items (alerts, events) of an unprocessed inbox row already handled by committed engine
+# transactions: a big webhook is decided over several short transactions, and a crash
+# resumes after them. A table of its own: updating the inbox row would rewrite its body.
+inbox_progress = Table(
+    "inbox_progress",
+    metadata,
+    Column("inbox_id", Integer, primary_key=True, autoincrement=False),
+    Column("handled", Integer, nullable=False),
+)
+
+# One row per (fingerprint, startsAt, status) ever handled: the alert-identity ledger.
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("starts_at", String(40), primary_key=True),
+    Column("status", String(10), primary_key=True),
+    Column("inbox_id", Integer, nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
+
+# Alerts currently firing, so the engine can rebuild its facts after a restart.
+firing_alerts = Table(
+    "firing_alerts",
+    metadata,
+    Column("incident", String(120), primary_key=True),
+    Column("alert", Text, nullable=False),
+)
+
+# The partial indexes' condition; queries say it literally (a bound parameter would not
+# let the planners use them).
+ADMITTED = text("verdict = 'admitted'")
+ADMITTED_ONLY: dict[str, Any] = {"sqlite_where": ADMITTED, "postgresql_where": ADMITTED}
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", Float, nullable=False),
+    Column("inbox_id", Integer, nullable=True),
+    Column("incident", String(120), nullable=False),
+    Column("alertname", Text, nullable=False),
+    Column("alert_status", String(10), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("rule", String(64), nullable=True),
+    Column("flow", String(128), nullable=True),
+    Column("parameters", JSON(none_as_null=True), nullable=True),
+    Column("guard_key", Text, nullable=True),
+    Column("verdict", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("flow_run_id", String(36), nullable=True),
+    Column("flow_run_state", String(24), nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("detail", Text, nullable=True),
+    # Which guard check refused (key_active, mutex_held, cooldown, budget, ...).
+    Column("refusal", String(24), nullable=True),
+    # The guard policy the decision was admitted under (cooldowns apply when it ends).
+    Column("policy", JSON(none_as_null=True), nullable=True),
+    # The Alertmanager silence set while the remediation runs, and whether it was lifted.
+    Column("silence_id", String(64), nullable=True),
+    Column("silence_lifted", Boolean, nullable=False, default=False),
+    # The alert's `service` label, for the per-service blast radius.
+    Column("service", String(256), nullable=True),
+    # A run that asks a person: `APPROVAL_STATES`; `approval` says who answered, how and when.
+    Column("approval_state", String(16), nullable=True),
+    Column("approval", JSON(none_as_null=True), nullable=True),
+    Index("ix_decisions_flow_run", "flow_run_id"),
+    Index("ix_decisions_approval_state", "approval_state"),
+    Index("ix_decisions_service", "service"),
+    Index("ix_decisions_rule", "rule", "id"),
+    Index("ix_decisions_flow_created", "flow", "created_at"),
+    Index("ix_decisions_incident", "incident"),
+    # The guard counts admitted decisions (attempts, budgets) once per decision: partial
+    # indexes of the admitted ones keep that from scanning every decision ever recorded.
+    Index("ix_decisions_admitted_incident", "incident", "rule", **ADMITTED_ONLY),
+    Index("ix_decisions_admitted_flow", "flow", "created_at", **ADMITTED_ONLY),
+    Index("ix_decisions_admitted_created", "created_at", **ADMITTED_ONLY),
+)
+
+# Names held by active remediations: `key:<guard key>` and `mutex:<lock name>`.
+leases = Table(
+    "leases",
+    metadata,
+    # Names are rendered from hostile labels and may be long: index their digest.
+    Column("key_digest", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("decision_id", Integer, nullable=False, index=True),
+    Column("flow_run_id", String(36), nullable=True),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+cooldowns = Table(
+    "cooldowns",
+    metadata,
+    Column("key_digest", String(64), primary_key=True),
+    Column("guard_key", Text, nullable=False),
+    Column("until", Float, nullable=False),
+    Column("decision_id", Integer, nullable=False),
+)
+
+# Facts asserted by rules, configuration or events, so the engine can rebuild them.
+facts = Table(
+    "facts",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("fields", JSON, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("source", String(128), nullable=False),
+)
+
+# Operator switches that every replica obeys, such as the global pause.
+control = Table(
+    "control",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+def key_digest(key: str) -> str:
+    """A guard name's digest: names are rendered from hostile labels and may be long."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
