@@ -51,7 +51,7 @@ from pydantic import (
 from pydantic_core import SchemaError
 
 from flows.types import Host, Hostname, HttpUrl
-from responder.decision.documents import line_of, load_document
+from responder.decision.documents import Spec, line_of, load_document
 from responder.decision.templates import compile_expression, valid_templates
 from responder.durations import Duration
 from responder.exceptions import FlowFileError, TemplateError
@@ -86,10 +86,6 @@ Template = Annotated[str, StringConstraints(pattern=r"\{\{"), BeforeValidator(va
 Expression = Annotated[str, StringConstraints(min_length=1), BeforeValidator(_expression)]
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 _SCALARS: dict[str, Any] = {
     "string": str,
     "integer": int,
@@ -102,7 +98,7 @@ _SCALARS: dict[str, Any] = {
 ParameterType = Literal["string", "integer", "number", "boolean", "hostname", "host", "url"]
 
 
-class ParameterSpec(_Spec):
+class ParameterSpec(Spec):
     """One input of the flow; the run is refused before any step if it does not fit."""
 
     type: ParameterType | Literal["list"] = "string"
@@ -153,7 +149,7 @@ class ParameterSpec(_Spec):
         return self.required if self.required is not None else self.default is None
 
 
-class _Step(_Spec):
+class _Step(Spec):
     """What every step has: a name (its task run's, and its result's in `steps`) and an
     optional condition."""
 
@@ -173,7 +169,7 @@ class OpStep(_Step):
     timeout: Duration | None = None
 
 
-class ApprovalSpec(_Spec):
+class ApprovalSpec(Spec):
     message: TemplatedText = Field(min_length=1, max_length=2000)
     timeout: Duration = 3600.0
 
@@ -184,7 +180,7 @@ class ApprovalStep(_Step):
     approval: ApprovalSpec
 
 
-class VerifySpec(_Spec):
+class VerifySpec(Spec):
     """A PromQL condition that must hold before the deadline (see prometheus.wait_until)."""
 
     prometheus: Templated = Field(description="The Prometheus base URL.")
@@ -208,7 +204,7 @@ class ParallelStep(_Step):
     parallel: list[OpStep] = Field(min_length=1)
 
 
-class BatchLimits(_Spec):
+class BatchLimits(Spec):
     """How a rollout proceeds; in a file each may be a template (`{{ params.batch_size }}`)."""
 
     size: BatchSize = Field("1", description="Elements per batch: a count or a percentage.")
@@ -216,7 +212,7 @@ class BatchLimits(_Spec):
     max_failures: int = Field(0, ge=0, description="Failed elements that stop the rollout.")
 
 
-class BatchSpec(_Spec):
+class BatchSpec(Spec):
     """Roll steps out over a list of hosts, a batch at a time."""
 
     over: Templated = Field(description="An expression giving the list, e.g. {{ params.hosts }}.")
@@ -242,7 +238,7 @@ class BatchStep(_Step):
 STEP_KINDS = ("op", "approval", "verify", "parallel", "batch")
 
 
-_STEP_MODELS: dict[str, type[_Spec]] = {}
+_STEP_MODELS: dict[str, type[Spec]] = {}
 
 
 def _step(value: Any) -> Any:
@@ -267,7 +263,7 @@ _STEP_MODELS.update(op=OpStep, approval=ApprovalStep, verify=VerifyStep)
 _STEP_MODELS.update(parallel=ParallelStep, batch=BatchStep)
 
 
-class FlowFile(_Spec):
+class FlowFile(Spec):
     """One YAML flow file."""
 
     flow: FlowName

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from tests import servers
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 TOKEN = "e2e-secret-token"
 

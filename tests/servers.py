@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from flows.operations.ssh import SshRun
-from tests.conftest import free_port, wait_for
+from tests.helpers import free_port, wait_for
 
 
 class QuietHandler(BaseHTTPRequestHandler):

@@ -3,6 +3,7 @@
 - Each package is a stage of the pipeline with a rank; a module imports only its own stage and
   lower ranks. `flows/` is reached through the orchestration port alone (the CLI aside).
 - No import cycle among modules (imports at module level, as Python runs them).
+- No two classes share a name, so that a name in a traceback or a review means one thing.
 - No module over 600 lines (the store's over 400), no function over 60 (tests and migrations
   aside).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # Lower ranks never import higher ones. Top-level modules of `responder/` are the base.
 RANKS = {
@@ -144,6 +145,15 @@ def test_no_import_cycle() -> None:
         if module not in state:
             walk(module, [module])
     assert cycles == []
+
+
+def test_no_two_classes_share_a_name() -> None:
+    where: dict[str, list[str]] = {}
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(module)
+    assert {name: modules for name, modules in where.items() if len(modules) > 1} == {}
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def bench(name: str = "decision_path") -> ModuleType:

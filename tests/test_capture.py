@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.capture import SCENARIOS, TOKEN, capture, write
-from tests.conftest import FIXTURES, fixture_json
+from tests.helpers import FIXTURES, fixture_json
 
 pytestmark = pytest.mark.alertmanager
 

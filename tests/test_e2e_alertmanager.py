@@ -22,7 +22,7 @@ from responder.authoring.demo import DemoService
 from responder.intake.app import create_app
 from responder.runtime.service import Service
 from tests import servers
-from tests.conftest import free_port, make_settings, wait_for
+from tests.helpers import free_port, make_settings, wait_for
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.prefect]
 

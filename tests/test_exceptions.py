@@ -16,7 +16,7 @@ import pytest
 
 import responder.exceptions
 from flows.errors import OperationFailed, is_transient, retry_if_transient
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # One line of the drawing: the tree's guides (4 characters a level), then the class name.
 LINE = re.compile(

@@ -28,7 +28,7 @@ from flows import flow_names
 from responder.runtime.supervisor import Supervisor
 from responder.storage.schema import decisions
 from responder.storage.store import Store
-from tests.conftest import POSTGRES_URL, free_port, reset_postgres, wait_for
+from tests.helpers import POSTGRES_URL, free_port, reset_postgres, wait_for
 from tests.test_bench import bench
 
 load = bench("load")

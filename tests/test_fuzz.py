@@ -44,7 +44,7 @@ from responder.events.webhook import AlertmanagerWebhook
 from responder.exceptions import DocumentError, FlowFileError, MatcherError, RuleError
 from responder.intake.app import create_app
 from responder.runtime.service import Service
-from tests.conftest import FIXTURES, ROOT, all_fixture_names, fixture_json, free_port, make_settings
+from tests.helpers import FIXTURES, ROOT, all_fixture_names, fixture_json, free_port, make_settings
 
 # Examples per test (per API operation for schemathesis). The 2-core CI machine runs the
 # whole file in about a minute; raise these locally for a longer hunt.

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import responder.metrics
 from responder.intake.app import create_app  # importing the app registers every metric
 from responder.runtime.service import Service
-from tests.conftest import ROOT, make_settings
+from tests.helpers import ROOT, make_settings
 
 RULES = ROOT / "config" / "prometheus" / "responder-alerts.yaml"
 

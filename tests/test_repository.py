@@ -14,7 +14,7 @@ import tomllib
 import asyncpg
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def tracked_files() -> list[str]:

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from responder.exceptions import ConfigError
 from responder.intake.auth import Credentials, Operator
 from responder.settings import Settings, load_settings
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.fixture

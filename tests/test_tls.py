@@ -29,7 +29,7 @@ from responder.exceptions import ConfigError
 from responder.runtime.service import Service
 from responder.settings import Settings, load_settings
 from tests import servers
-from tests.conftest import ROOT, fixture_body, free_port, make_settings, wait_for
+from tests.helpers import ROOT, fixture_body, free_port, make_settings, wait_for
 
 TOKEN = "tls-test-token"
 JSON = {"content-type": "application/json"}

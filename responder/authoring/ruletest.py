@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from responder.authoring.sandbox import Sandbox
-from responder.decision.documents import load_document
+from responder.decision.documents import Spec, load_document
 from responder.decision.rules import load_rules
 from responder.decision.services import ServiceCatalog, load_services
 from responder.durations import Duration
@@ -41,36 +41,32 @@ from responder.events.webhook import AlertStatus, LabelName
 from responder.exceptions import RuleError
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TestAlert(_Spec):
+class TestAlert(Spec):
     labels: dict[LabelName, str] = Field(min_length=1)
     annotations: dict[str, str] = Field(default_factory=dict)
     status: AlertStatus = "firing"
 
 
-class TestEvent(_Spec):
+class TestEvent(Spec):
     type: str = Field(min_length=1)
     source: str = "rule-test"
     subject: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class TestFinish(_Spec):
+class TestFinish(Spec):
     key: str
     state: Literal["COMPLETED", "FAILED", "CRASHED", "CANCELLED"] = "COMPLETED"
 
 
-class TestStep(_Spec):
+class TestStep(Spec):
     at: Duration = 0.0
     alerts: list[TestAlert] = Field(default_factory=list)
     events: list[TestEvent] = Field(default_factory=list)
     finish: list[TestFinish] = Field(default_factory=list)
 
 
-class ExpectedDecision(_Spec):
+class ExpectedDecision(Spec):
     rule: str
     verdict: str | None = None
     refusal: str | None = None
@@ -79,18 +75,18 @@ class ExpectedDecision(_Spec):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class Expectation(_Spec):
+class Expectation(Spec):
     decisions: list[ExpectedDecision] = Field(default_factory=list)
     facts: list[dict[str, str]] | None = None
 
 
-class RuleTest(_Spec):
+class RuleTest(Spec):
     name: str = Field(min_length=1)
     steps: list[TestStep] = Field(min_length=1)
     expect: Expectation
 
 
-class RuleTestFile(_Spec):
+class RuleTestFile(Spec):
     rules: list[str] = Field(min_length=1, description="Rule files, relative to this file.")
     services: str | None = None
     vars: dict[str, str] = Field(default_factory=dict)
@@ -98,7 +94,7 @@ class RuleTestFile(_Spec):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class TestResult:
     """One test's result; `diff` explains a failure."""
 
     file: str
@@ -107,7 +103,7 @@ class Outcome:
     diff: str = ""
 
 
-async def run_test_file(path: Path, known_flows: list[str]) -> list[Outcome]:
+async def run_test_file(path: Path, known_flows: list[str]) -> list[TestResult]:
     """Run every test in one file on its own sandbox."""
     text = path.read_text(encoding="utf-8")
     spec, _ = load_document(text, str(path), RuleTestFile, RuleError)
@@ -122,7 +118,7 @@ async def run_test_file(path: Path, known_flows: list[str]) -> list[Outcome]:
         expected = _expected(test.expect)
         projected = _project(expected, actual)
         diff = "" if projected == expected else _diff(expected, projected)
-        outcomes.append(Outcome(str(path), test.name, not diff, diff))
+        outcomes.append(TestResult(str(path), test.name, not diff, diff))
     return outcomes
 
 

@@ -9,9 +9,17 @@ from collections.abc import Sequence
 from typing import Any, TypeVar, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from responder.exceptions import DocumentError
+
+
+class Spec(BaseModel):
+    """A part of a document users edit: frozen, and a key it does not know is an error
+    (the base of rule files, the service catalog, rule tests and YAML flows)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -15,14 +15,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     model_validator,
 )
 
-from responder.decision.documents import line_of, load_document
+from responder.decision.documents import Spec, line_of, load_document
 from responder.decision.matchers import Matcher, parse_matcher
 from responder.decision.templates import compile_template, valid_templates
 from responder.durations import Duration
@@ -61,10 +60,6 @@ MatcherText = Annotated[str, AfterValidator(_valid_matcher)]
 TemplateText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_valid_template)]
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 def _constant_secret_names(parameters: dict[str, Any]) -> dict[str, Any]:
     names = parameters.get("headers_from_env") or {}
     if any("{" in str(value) for value in (names.values() if isinstance(names, dict) else [])):
@@ -74,7 +69,7 @@ def _constant_secret_names(parameters: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
-class RunBatch(_Spec):
+class RunBatch(Spec):
     """Merge this rule's admitted decisions into one flow run over all their hosts."""
 
     window: Duration = Field(
@@ -86,7 +81,7 @@ class RunBatch(_Spec):
     )
 
 
-class RunSpec(_Spec):
+class RunSpec(Spec):
     """Which flow a rule runs, and its parameters (templates over `alert` and `vars`)."""
 
     flow: str = Field(description="Name of a remediation flow in flows/.")
@@ -110,7 +105,7 @@ class RunSpec(_Spec):
 Percentage = Annotated[str, StringConstraints(pattern=r"^(100|[1-9][0-9]?)%$")]
 
 
-class BudgetSpec(_Spec):
+class BudgetSpec(Spec):
     """At most `max_starts` admitted remediations per `per` window, for the flow or for all."""
 
     max_starts: int = Field(ge=1, description="Starts allowed in one window.")
@@ -118,7 +113,7 @@ class BudgetSpec(_Spec):
     scope: Literal["flow", "global"] = Field("flow", description="Count this flow, or all.")
 
 
-class GuardSpec(_Spec):
+class GuardSpec(Spec):
     """The guard policy a rule's decisions carry."""
 
     key: TemplateText = Field(description="At most one active remediation per rendered key.")
@@ -195,7 +190,7 @@ _valid_where = _parses_with(_parsed_where)
 WhereText = Annotated[str, AfterValidator(_valid_where)]
 
 
-class FactCondition(_Spec):
+class FactCondition(Spec):
     """A fact that must exist (`when`) or must not (`unless`) for the rule to hold."""
 
     fact: FactName
@@ -206,7 +201,7 @@ class FactCondition(_Spec):
         return tuple(_parsed_where(w) for w in self.where)
 
 
-class AssertSpec(_Spec):
+class AssertSpec(Spec):
     """A fact the rule asserts when it holds; other rules can require or exclude it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -216,7 +211,7 @@ class AssertSpec(_Spec):
     ttl: Duration = Field(3600.0, gt=0, description="The fact expires after this long.")
 
 
-class CountSpec(_Spec):
+class CountSpec(Spec):
     """At least `at_least` matching alerts within `within`, grouped by the `same` labels."""
 
     at_least: int = Field(ge=2)
@@ -224,7 +219,7 @@ class CountSpec(_Spec):
     same: list[LabelName] = Field(default_factory=list)
 
 
-class SequenceSpec(_Spec):
+class SequenceSpec(Spec):
     """A sequence: an alert matching `match`, with the same `same` labels, started before
     this one, at most `within` earlier (and arrived before it)."""
 
@@ -237,7 +232,7 @@ class SequenceSpec(_Spec):
         return tuple(_parsed_matcher(m) for m in self.match)
 
 
-class Rule(_Spec):
+class Rule(Spec):
     """One rule: when its conditions hold for an alert, decide, assert or retract."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -284,7 +279,7 @@ class Rule(_Spec):
         return tuple(_parsed_matcher(m) for m in self.match_annotations)
 
 
-class RuleFile(_Spec):
+class RuleFile(Spec):
     """The top level of a rule file."""
 
     rules: list[Rule] = Field(default_factory=list)

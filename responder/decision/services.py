@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
-from responder.decision.documents import load_document
+from responder.decision.documents import Spec, load_document
 from responder.events.facts import Fact
 from responder.events.webhook import LabelName
 from responder.exceptions import CatalogError
@@ -30,11 +30,7 @@ ServiceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_
 BatchSize = Annotated[str, StringConstraints(pattern=r"^(100|[1-9][0-9]?)%$|^[1-9][0-9]{0,4}$")]
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class BatchPolicy(_Spec):
+class BatchPolicy(Spec):
     """How a remediation over many hosts of this service is rolled out."""
 
     size: BatchSize = Field("1", description="Hosts per batch: a count or a percentage.")
@@ -42,7 +38,7 @@ class BatchPolicy(_Spec):
     max_failures: int = Field(0, ge=0, description="Failed hosts that stop the rollout.")
 
 
-class ServiceSpec(_Spec):
+class ServiceSpec(Spec):
     """One service: its business tier, who owns it, and how it may be remediated."""
 
     tier: int = Field(ge=0, le=9, description="0 is the most critical.")
@@ -57,7 +53,7 @@ class ServiceSpec(_Spec):
     )
 
 
-class MaintenanceWindow(_Spec):
+class MaintenanceWindow(Spec):
     """No automatic remediation for matching labels until `until`."""
 
     labels: dict[LabelName, str] = Field(min_length=1, description="e.g. {instance: host-9}")
@@ -65,7 +61,7 @@ class MaintenanceWindow(_Spec):
     reason: str = Field(min_length=1, max_length=1000)
 
 
-class ServiceCatalog(_Spec):
+class ServiceCatalog(Spec):
     """The whole `services.yaml`."""
 
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)

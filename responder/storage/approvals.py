@@ -20,7 +20,7 @@ UNANSWERED = "unanswered"  # the run ended while it waited (timed out, cancelled
 APPROVAL_STATES = frozenset({AWAITING, ANSWERING, APPROVED, REJECTED, UNANSWERED})
 
 
-class Approvals:
+class ApprovalRecords:
     """The approval columns of `decisions`."""
 
     def __init__(self, db: Database) -> None:

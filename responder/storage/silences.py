@@ -11,7 +11,7 @@ from responder.storage.schema import decisions
 
 
 @dataclass(frozen=True)
-class Silence:
+class LiftableSilence:
     """A silence Responder set in Alertmanager for a remediation that has since ended."""
 
     decision_id: int
@@ -30,7 +30,7 @@ class Silences:
                 update(decisions).where(decisions.c.id == decision_id).values(silence_id=silence_id)
             )
 
-    async def to_lift(self) -> list[Silence]:
+    async def to_lift(self) -> list[LiftableSilence]:
         """Silences of remediations that ended, not yet lifted."""
         async with self._db.transaction() as conn:
             rows = await conn.execute(
@@ -40,7 +40,7 @@ class Silences:
                     decisions.c.silence_lifted.is_(False),
                 )
             )
-            return [Silence(r.id, r.silence_id) for r in rows]
+            return [LiftableSilence(r.id, r.silence_id) for r in rows]
 
     async def lifted(self, decision_id: int) -> None:
         async with self._db.transaction() as conn:

@@ -9,7 +9,7 @@ nothing: admission, release, cooldowns, lease expiry and the pause are `responde
 from __future__ import annotations
 
 from responder.storage.alerts import Alerts
-from responder.storage.approvals import Approvals
+from responder.storage.approvals import ApprovalRecords
 from responder.storage.database import Database
 from responder.storage.decisions import Decisions
 from responder.storage.facts import Facts
@@ -28,7 +28,7 @@ class Store(Database):
         self.alerts = Alerts(self)
         self.facts = Facts(self)
         self.decisions = Decisions(self)
-        self.approvals = Approvals(self)
+        self.approvals = ApprovalRecords(self)
         self.silences = Silences(self)
         self.leases = Leases(self)
         self.switches = Switches(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from responder.authoring.reference import PAGES, page
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("name", sorted(PAGES))

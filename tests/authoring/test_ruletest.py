@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from responder.cli import app
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_the_rule_library_passes_its_tests() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from responder.cli import app
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 
 def test_simulate_explains_decisions_and_non_matches(tmp_path: Path) -> None:

@@ -50,8 +50,8 @@ from responder.events.webhook import Alert
 from responder.exceptions import TemplateError
 from responder.intake.app import create_app
 from responder.runtime.service import Service
-from tests.conftest import ROOT, fixture_json, make_settings, wait_for
 from tests.flows.operations.test_kubernetes import NODE, KubeReplay, write_kubeconfig
+from tests.helpers import ROOT, fixture_json, make_settings, wait_for
 from tests.intake.test_app import JSON, URL, decisions, settled
 from tests.servers import QuietHandler, http_server
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from responder.cli import app
 from responder.decision.rules import load_rule_text, load_rules
 from responder.exceptions import RuleError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 FLOWS = ["restart-service", "http-call"]
 

@@ -7,7 +7,7 @@ import pytest
 
 from responder.decision.services import load_services
 from responder.exceptions import CatalogError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_shipped_catalog_loads() -> None:

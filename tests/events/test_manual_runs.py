@@ -13,7 +13,7 @@ import httpx
 
 from responder.control import leases
 from responder.control.runs import active_runs
-from tests.conftest import fixture_body, wait_for
+from tests.helpers import fixture_body, wait_for
 from tests.intake.test_app import JSON, URL, ClientFactory, backend, make_client, settled
 
 __all__ = ["backend", "make_client"]

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from responder.events.webhook import AlertmanagerWebhook
-from tests.conftest import all_fixture_names, fixture_body, fixture_json
+from tests.helpers import all_fixture_names, fixture_body, fixture_json
 
 
 @pytest.mark.parametrize("name", all_fixture_names())

@@ -13,7 +13,7 @@ from flows import load_flow
 from flows.remediations import http_call
 from flows.secrets import MissingSecret
 from responder.authoring.demo import DemoService
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.servers import prometheus
 
 pytestmark = pytest.mark.prefect

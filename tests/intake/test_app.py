@@ -28,7 +28,7 @@ from responder.exceptions import ConfigError
 from responder.intake.app import create_app
 from responder.runtime.service import Service
 from responder.settings import load_settings
-from tests.conftest import (
+from tests.helpers import (
     POSTGRES_URL,
     damage_tables,
     fixture_body,

@@ -16,7 +16,7 @@ import pytest
 from responder.intake import http_limits
 from responder.runtime.service import Service
 from tests import servers
-from tests.conftest import free_port, make_settings
+from tests.helpers import free_port, make_settings
 
 
 @pytest.fixture

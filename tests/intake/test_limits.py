@@ -24,7 +24,7 @@ from responder.intake.ratelimit import RateLimit, client_of
 from responder.runtime.service import Service
 from responder.settings import load_settings
 from tests import servers
-from tests.conftest import fixture_body, fixture_json, free_port, make_settings, wait_for
+from tests.helpers import fixture_body, fixture_json, free_port, make_settings, wait_for
 
 URL = "/webhook/alertmanager"
 JSON = {"content-type": "application/json"}

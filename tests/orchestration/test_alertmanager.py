@@ -12,7 +12,7 @@ import pytest
 
 from responder.orchestration.alertmanager import Alertmanager, equality_filter, exact_matchers
 from tests import servers
-from tests.conftest import free_port, wait_for
+from tests.helpers import free_port, wait_for
 
 
 @pytest.fixture

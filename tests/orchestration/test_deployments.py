@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from flows import flow_names
 from responder.cli import app
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.prefect
 

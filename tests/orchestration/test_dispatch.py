@@ -19,7 +19,7 @@ from responder.exceptions import ApprovalError, DispatchError
 from responder.intake.app import create_app
 from responder.runtime.service import Service
 from tests import servers
-from tests.conftest import ROOT, fixture_json, free_port, make_settings, wait_for
+from tests.helpers import ROOT, fixture_json, free_port, make_settings, wait_for
 
 pytestmark = pytest.mark.prefect
 

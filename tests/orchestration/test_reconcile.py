@@ -24,7 +24,7 @@ from responder.control import leases
 from responder.intake.app import create_app
 from responder.runtime.service import Service
 from responder.runtime.supervisor import Supervisor
-from tests.conftest import fixture_json, free_port, make_settings, wait_for
+from tests.helpers import fixture_json, free_port, make_settings, wait_for
 
 pytestmark = pytest.mark.prefect
 

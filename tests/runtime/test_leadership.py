@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from responder.intake.app import create_app
 from responder.runtime.service import Service
-from tests.conftest import POSTGRES_URL, fixture_json, make_settings, reset_postgres, wait_for
+from tests.helpers import POSTGRES_URL, fixture_json, make_settings, reset_postgres, wait_for
 
 Replica = tuple[Service, httpx.AsyncClient]
 

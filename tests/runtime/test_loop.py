@@ -24,7 +24,7 @@ from responder.runtime.service import Service
 from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
 from tests import servers
-from tests.conftest import POSTGRES_URL, fixture_json, free_port, make_settings, reset_postgres
+from tests.helpers import POSTGRES_URL, fixture_json, free_port, make_settings, reset_postgres
 
 RULES = """
 rules:

@@ -27,7 +27,7 @@ from responder.runtime.resync import resync
 from responder.runtime.service import Service
 from responder.storage.store import Store
 from tests import servers
-from tests.conftest import (
+from tests.helpers import (
     POSTGRES_URL,
     fixture_json,
     free_port,

@@ -47,7 +47,7 @@ from responder.intake.app import create_app
 from responder.runtime.service import Service
 from responder.storage.schema import inbox
 from tests import servers
-from tests.conftest import free_port, make_settings, wait_for
+from tests.helpers import free_port, make_settings, wait_for
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.timeout(120)]
 

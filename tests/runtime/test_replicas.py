@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from responder.authoring.demo import DemoService
-from tests.conftest import (
+from tests.helpers import (
     POSTGRES_URL,
     ROOT,
     fixture_json,

@@ -19,7 +19,7 @@ import pytest
 
 from responder.runtime.service import Service
 from tests import servers
-from tests.conftest import fixture_json, free_port, make_settings, wait_for
+from tests.helpers import fixture_json, free_port, make_settings, wait_for
 
 pytestmark = pytest.mark.alertmanager
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from responder.authoring.demo import DemoService
-from tests.conftest import ROOT, fixture_body, free_port
+from tests.helpers import ROOT, fixture_body, free_port
 
 pytestmark = pytest.mark.prefect
 

@@ -93,7 +93,7 @@ async def test_replicas_starting_together_migrate_one_at_a_time(
 ) -> None:
     import asyncio
 
-    from tests.conftest import POSTGRES_URL, reset_postgres
+    from tests.helpers import POSTGRES_URL, reset_postgres
 
     if backend == "postgresql":
         await reset_postgres()
@@ -128,7 +128,7 @@ def test_a_damaged_sqlite_file_stops_start_up_with_one_line_naming_it(
     import subprocess
     import sys
 
-    from tests.conftest import damage_tables, free_port, make_settings
+    from tests.helpers import damage_tables, free_port, make_settings
 
     settings = make_settings(tmp_path, rules_dir)
     database = settings.data_dir / "responder.db"

@@ -26,7 +26,7 @@ from flows.operations.alertmanager import (
     alertmanager_silence,
 )
 from tests import servers
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.prefect]
 

@@ -48,7 +48,7 @@ from flows.operations.kubernetes import (
     scale,
     uncordon,
 )
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 pytestmark = pytest.mark.prefect
 

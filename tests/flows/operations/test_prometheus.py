@@ -24,7 +24,7 @@ from flows.operations.prometheus import (
     prometheus_query,
     prometheus_wait_until,
 )
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.servers import QuietHandler, http_server, prometheus
 
 pytestmark = pytest.mark.prefect

@@ -1,0 +1,98 @@
+"""Helpers the tests share: paths, the captured Alertmanager payloads, settings, ports, waiting.
+
+Fixtures stay in conftest.py; plain functions and constants live here, so that a test imports
+what it uses from a module and pytest's conftest stays about fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from responder.settings import Settings
+from responder.storage.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
+POSTGRES_URL = os.environ.get(
+    "RESPONDER_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+def fixture_body(name: str) -> bytes:
+    """The exact bytes Alertmanager 0.25 sent, from tests/fixtures/alertmanager."""
+    return (FIXTURES / f"{name}.json").read_bytes()
+
+
+def fixture_json(name: str) -> dict[str, Any]:
+    return json.loads(fixture_body(name))  # type: ignore[no-any-return]
+
+
+def all_fixture_names() -> list[str]:
+    index = json.loads((FIXTURES / "index.json").read_text())
+    return sorted(index)
+
+
+def make_settings(tmp_path: Path, rules_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "rules_dir": rules_dir,
+        "rule_vars": {"service_control_url": "http://127.0.0.1:9"},
+        "engine_idle_seconds": 0.01,
+        "poll_seconds": 0.5,
+        "services_file": tmp_path / "services.yaml",  # absent unless a test writes it
+        "reload_check_seconds": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def reset_postgres() -> None:
+    """Drop Responder's tables in the test database so each test starts empty."""
+    store = Store(POSTGRES_URL)
+    try:
+        await store.drop_schema()
+    finally:
+        await store.close()
+
+
+async def wait_for(predicate: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
+    """Await an async predicate until it returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(every)
+
+
+def damage_tables(database: Path, tables: list[str]) -> None:
+    """Write garbage over the root pages of these tables in a real SQLite file, after a
+    checkpoint has moved every committed page from the write-ahead log into it."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        roots = [
+            int(db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (t,)).fetchone()[0])
+            for t in tables
+        ]
+    with database.open("r+b") as file:
+        for root in roots:
+            file.seek((root - 1) * page_size)
+            file.write(b"\xde\xad\xbe\xef" * (page_size // 4))
