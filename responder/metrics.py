@@ -74,8 +74,26 @@ INCIDENTS = Gauge(
 LEADER = Gauge("responder_leader", "1 while this replica leads (runs the engine), else 0.")
 RESYNCED = Counter(
     "responder_resynced_alerts_total",
-    "Alerts recovered from Alertmanager's API on taking the lead, missed by the webhook.",
+    "Alerts recovered from Alertmanager's API (on taking the lead, periodically, or left out "
+    "of a truncated webhook), missed by the webhook.",
     ["status"],
+)
+RESYNC_FAILURES = Counter(
+    "responder_resync_failures_total",
+    "Resyncs with Alertmanager that failed (tried again later), by kind: takeover, periodic, "
+    "truncated (a truncated group's fetch).",
+    ["kind"],
+)
+RESYNC_SECONDS = Histogram(
+    "responder_resync_seconds",
+    "Time one whole resync with Alertmanager took (listing, comparing, committing).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+TRUNCATED_ALERTS = Counter(
+    "responder_truncated_alerts_total",
+    "Alerts Alertmanager left out of webhooks (truncatedAlerts, over the receiver's max_alerts), "
+    "by whether their group is fetched from its API (false: no alertmanager_url).",
+    ["fetched"],
 )
 EVENTS_SKIPPED = Counter(
     "responder_decision_events_skipped_total",

@@ -261,6 +261,14 @@ class Settings(BaseSettings):
         description="The Alertmanager receiver that sends to Responder; a resync takes only "
         "the alerts routed to it (empty: every alert).",
     )
+    resync_interval: float = Field(
+        300.0,
+        ge=0,
+        le=DAY,
+        description="Seconds between the leader's resyncs with Alertmanager (needs "
+        "alertmanager_url): firing alerts whose webhook never arrived are decided, held ones "
+        "it no longer has resolve. 0: only on taking the lead.",
+    )
     prefect_api_url: str | None = Field(
         None, description="Use this Prefect server instead of starting one (PREFECT_API_URL)."
     )

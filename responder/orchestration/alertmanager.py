@@ -26,6 +26,24 @@ def silence_not_found(response: httpx.Response) -> bool:
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")  # needs no quoting in a filter
 
 
+def quote_value(value: str) -> str:
+    r"""A label value as a double-quoted matcher value Alertmanager reads back unchanged.
+
+    Its matcher parsers (the classic one of 0.25 and the UTF-8 one of 0.27+) both take `\\`,
+    `\"` and `\n` inside quotes; a value is alert data, so anything else is left as is and
+    nothing in it can end the quotes or add a matcher.
+    """
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def equality_filter(name: str, value: str) -> str:
+    """`name="value"`, one `filter` of `GET /api/v2/alerts` (name: a Prometheus label name)."""
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+        raise ValueError(f"not a label name: {name!r}")
+    return f"{name}={quote_value(value)}"
+
+
 def _equal(name: str, value: str) -> dict[str, Any]:
     return {"name": name, "value": value, "isRegex": False, "isEqual": True}
 
@@ -89,12 +107,20 @@ class Alertmanager:
         if not silence_not_found(response):
             response.raise_for_status()
 
-    async def alerts(self, receiver: str | None) -> list[dict[str, Any]]:
+    async def alerts(
+        self, receiver: str | None, labels: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         """Every alert Alertmanager holds as firing (suppressed ones too), routed to
-        `receiver` if given: `GET /api/v2/alerts`, each with `status.state`."""
-        params = {"active": "true", "silenced": "true", "inhibited": "true"}
+        `receiver` if given and carrying each of `labels` exactly (an empty value: without
+        that label): `GET /api/v2/alerts`, each with `status.state`."""
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("active", "true"),
+            ("silenced", "true"),
+            ("inhibited", "true"),
+        ]
         if receiver:
-            params["receiver"] = re.escape(receiver)  # Alertmanager anchors the regex
+            params.append(("receiver", re.escape(receiver)))  # Alertmanager anchors the regex
+        params.extend(("filter", equality_filter(n, v)) for n, v in sorted((labels or {}).items()))
         response = await self._http.get("/api/v2/alerts", params=params)
         response.raise_for_status()
         alerts = response.json()

@@ -96,6 +96,7 @@ class EngineLoop:
         check_parameters: ParameterCheck | None = None,
         clock: Callable[[], float] = time.time,
         recheck_seconds: float = RECHECK_SECONDS,
+        on_truncated: Callable[[AlertmanagerWebhook], None] | None = None,
     ) -> None:
         self._store = store
         self._guard = guard
@@ -113,6 +114,9 @@ class EngineLoop:
         self._recheck_seconds = recheck_seconds
         self._next_recheck = 0.0  # time.monotonic() of the next convergence pass
         self._next_gauge = 0.0
+        # Told of each processed webhook that Alertmanager truncated (`runtime/recovery.py`).
+        self._on_truncated = on_truncated
+        self._truncated: list[AlertmanagerWebhook] = []
         self.pipeline = self._pipeline(Engine(book, partitions, clock), book, catalog)
         self.running = False
         self.wake = asyncio.Event()
@@ -332,6 +336,7 @@ class EngineLoop:
         Each transaction commits what its items wrote together with the rows' progress, so
         after a failure or a crash the next step resumes at the first uncommitted item.
         """
+        self._truncated = []
         rows = [(message.id, message.progress, self._items(message)) for message in messages]
         row, item = 0, rows[0][1] if rows else 0
         while row < len(rows):
@@ -364,6 +369,9 @@ class EngineLoop:
                     await self._store.inbox.set_progress(conn, rows[row][0], item)
             self._announce(work)
             await self._submit(work.admitted)
+        if self._on_truncated is not None:
+            for webhook in self._truncated:
+                self._on_truncated(webhook)
 
     def _items(self, message: PendingMessage) -> list[Alert | CloudEvent | Outcome | RunRequest]:
         """A row's items, each handled on its own: alerts, events, an outcome, a run request."""
@@ -374,7 +382,10 @@ class EngineLoop:
                 return [Outcome.from_body(message.body)]
             if message.source is InboxSource.RUN_REQUEST:
                 return [RunRequest.model_validate_json(message.body)]
-            return list(AlertmanagerWebhook.model_validate_json(message.body).alerts)
+            webhook = AlertmanagerWebhook.model_validate_json(message.body)
+            if webhook.truncated_alerts:
+                self._truncated.append(webhook)
+            return list(webhook.alerts)
         except ValidationError as exc:
             # Intake validated it; this only happens if the schema changed underneath.
             metrics.ENGINE_ERRORS.labels(kind="bad_message").inc()

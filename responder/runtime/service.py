@@ -13,14 +13,13 @@ from responder.control import pause as remediation
 from responder.control.guard import Guard
 from responder.decision.rules import Rule, RuleBook, load_rules
 from responder.decision.services import ServiceCatalog, load_services
-from responder.events.webhook import Alert
+from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import DispatchError, DocumentError, StoreUnavailable
-from responder.orchestration.alertmanager import Alertmanager
 from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import parameter_errors
 from responder.runtime.leadership import Leadership
 from responder.runtime.loop import EngineLoop
-from responder.runtime.resync import resync
+from responder.runtime.recovery import Recovery
 from responder.settings import Settings
 from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
@@ -74,11 +73,18 @@ class Service:
             partitions=settings.engine_partitions,
             event_ttl=settings.event_ttl,
             check_parameters=parameter_errors,
+            on_truncated=self._truncated,
+        )
+        self.recovery = Recovery(
+            self.store,
+            settings.alertmanager_url,
+            settings.alertmanager_receiver,
+            interval=settings.resync_interval,
+            wake=self.loop.wake.set,
         )
         self.leadership = Leadership(self.store, settings.data_dir / "leader.lock")
         self._task: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
-        self._resync: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._campaign: asyncio.Task[None] | None = None
         self._stamp = self._files_stamp()
@@ -163,46 +169,21 @@ class Service:
                 await self.dispatcher.stop()
             raise
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
-        if self.settings.alertmanager_url:
-            self._resync = asyncio.create_task(
-                self._resync_from(self.settings.alertmanager_url), name="resync"
-            )
+        self.recovery.start()
         metrics.LEADER.set(1)
         log.info("leading: %d rules loaded, engine loop started", len(self.book.rules))
 
-    async def _resync_from(self, url: str, attempts: int = 6, every: float = 10.0) -> None:
-        """Recover from Alertmanager what no replica heard; retried while it is unreachable."""
-        alertmanager = Alertmanager(url)
-        try:
-            for attempt in range(1, attempts + 1):
-                try:
-                    firing, resolved = await resync(
-                        alertmanager, self.settings.alertmanager_receiver, self.store
-                    )
-                except Exception as exc:  # Alertmanager or the store: try again later
-                    log.warning(
-                        "resync from Alertmanager failed (%d/%d): %s", attempt, attempts, exc
-                    )
-                    await asyncio.sleep(every)
-                    continue
-                log.info("resynced from Alertmanager: %d firing, %d resolved", firing, resolved)
-                self.loop.wake.set()
-                return
-        finally:
-            await alertmanager.close()
+    def _truncated(self, webhook: AlertmanagerWebhook) -> None:
+        self.recovery.truncated(webhook)
 
     async def _step_down(self) -> None:
         metrics.LEADER.set(0)
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync
-            self._resync = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.recovery.stop()  # after the loop, which hands it truncated webhooks
         if self.dispatcher is not None:
             await self.dispatcher.stop()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from responder.orchestration.alertmanager import Alertmanager, exact_matchers
+from responder.orchestration.alertmanager import Alertmanager, equality_filter, exact_matchers
 from tests import servers
 from tests.helpers import free_port, wait_for
 
@@ -71,3 +71,43 @@ async def test_silencing_one_alert_leaves_the_others_alone(alertmanager: str) ->
             return found if found and found["-"] == "suppressed" else None
 
         assert await wait_for(settled) == {"-": "suppressed", "api": "active", "web": "active"}
+
+
+def test_a_filter_quotes_what_would_end_the_quotes() -> None:
+    assert equality_filter("team", 'a"b\\c\nd') == 'team="a\\"b\\\\c\\nd"'
+    with pytest.raises(ValueError, match="label name"):
+        equality_filter('team="x",job', "y")
+
+
+# Label values are alert data: quotes, backslashes, a newline, and an attempt to add a matcher.
+HOSTILE_VALUES = ['a"b\\c', 'a"b', "a\\", 'a\\"b\\c', "x\ny", 'z",instance=~".*', "plain"]
+
+
+@pytest.mark.alertmanager
+async def test_listing_by_labels_matches_each_hostile_value_exactly(alertmanager: str) -> None:
+    now = datetime.now(UTC).isoformat()
+    sent = [
+        {"alertname": "Odd", "instance": f"h{i}", "team": v} for i, v in enumerate(HOSTILE_VALUES)
+    ]
+    sent.append({"alertname": "Odd", "instance": "no-team"})
+    async with httpx.AsyncClient(base_url=alertmanager) as http:
+        response = await http.post(
+            "/api/v2/alerts", json=[{"labels": labels, "startsAt": now} for labels in sent]
+        )
+        assert response.status_code == 200, response.text
+
+        async def all_listed() -> bool:
+            return len((await http.get("/api/v2/alerts")).json()) == len(sent)
+
+        await wait_for(all_listed)
+    client = Alertmanager(alertmanager)
+    try:
+        for i, value in enumerate(HOSTILE_VALUES):
+            found = await client.alerts("null", {"alertname": "Odd", "team": value})
+            assert [a["labels"]["instance"] for a in found] == [f"h{i}"], value
+        # An empty value: without that label, as in a silence's matchers.
+        found = await client.alerts(None, {"team": ""})
+        assert [a["labels"]["instance"] for a in found] == ["no-team"]
+        assert await client.alerts("another", {"alertname": "Odd"}) == []
+    finally:
+        await client.close()

@@ -154,9 +154,11 @@ async def test_a_new_leader_recovers_what_fired_and_resolved_while_nobody_listen
     again = Service(settings)
     await again.start()
     try:
-        task = again._resync
-        assert task is not None
-        await asyncio.wait_for(task, 30)
+
+        async def resynced() -> bool:
+            return again.recovery.resyncs >= 1
+
+        await wait_for(resynced, timeout=30)
         await asyncio.sleep(1)  # the engine would have decided anything committed by now
         assert await verdicts(again) == found
     finally:
