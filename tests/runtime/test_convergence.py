@@ -352,3 +352,17 @@ async def test_a_budget_window_that_moves_on_admits_the_incident(
     await r.settle()
     [_, second] = await r.admitted("Down")
     assert second["reason"].startswith("re-examined: the budget window moved on; ")
+
+
+async def test_a_reload_asks_again_even_if_the_leader_stops_before_its_next_tick(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, CLEAN)
+    await r.send(r.alert("Down", "h1"))
+    r.book = r.rules(CLEAN + RESTART)
+    await r.loop.use(r.book, ServiceCatalog())  # marks the unmatched incident due ...
+    r.restart()  # ... and the leader stops before deciding it; the next one has the rules
+    await r.start()
+    await r.settle()
+    [run] = await r.admitted("Down")
+    assert run["reason"].startswith("re-examined: the rules changed; ")
