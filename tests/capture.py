@@ -51,12 +51,27 @@ class Receiver:
     notifications: list[Notification] = field(default_factory=list)
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
-    def next(self, after: int, timeout: float = 30) -> Notification:
-        """The notification numbered `after` (0-based), waiting for it to arrive."""
+    def next(self, after: int, alerts: list[dict[str, Any]], timeout: float = 30) -> Notification:
+        """The first notification numbered `after` (0-based) or later that is about exactly
+        these alerts, in the state they were posted in, waiting for it. On a loaded machine
+        Alertmanager may flush a group before all its alerts are in, or a previous scenario's
+        flush may come late; the right one follows within a group_interval."""
+        status = "resolved" if all("endsAt" in alert for alert in alerts) else "firing"
+        wanted = sorted((a["labels"]["alertname"], a["labels"]["instance"]) for a in alerts)
+
+        def about(n: Notification) -> bool:
+            got = [(a["labels"]["alertname"], a["labels"]["instance"]) for a in n.payload["alerts"]]
+            return sorted(got) == wanted and n.payload["status"] == status
+
+        def found() -> Notification | None:
+            return next((n for n in self.notifications[after:] if about(n)), None)
+
         with self.arrived:
-            if not self.arrived.wait_for(lambda: len(self.notifications) > after, timeout):
-                raise TimeoutError(f"Alertmanager sent no notification #{after + 1}")
-            return self.notifications[after]
+            if not self.arrived.wait_for(lambda: found() is not None, timeout):
+                raise TimeoutError(f"Alertmanager sent no {status} notification of {wanted}")
+            notification = found()
+            assert notification is not None
+            return notification
 
 
 @contextmanager
@@ -179,11 +194,10 @@ def capture(workdir: Path) -> dict[str, Notification]:
         with servers.alertmanager(workdir, port, _config(url)) as alertmanager:
             for scenario in SCENARIOS:
                 seen = len(receiver.notifications)
-                response = httpx.post(
-                    f"{alertmanager}/api/v2/alerts", json=scenario.alerts(), timeout=10
-                )
+                alerts = scenario.alerts()
+                response = httpx.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10)
                 response.raise_for_status()
-                captured[scenario.name] = receiver.next(seen)
+                captured[scenario.name] = receiver.next(seen, alerts)
                 time.sleep(0.5)  # let a group settle before the next scenario changes it
     return captured
 

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection, MetaData
+
 from responder.settings import Settings
 from responder.storage.store import Store
 
@@ -62,12 +64,21 @@ def free_port() -> int:
 
 
 async def reset_postgres() -> None:
-    """Drop Responder's tables in the test database so each test starts empty."""
+    """Drop every table in the test database so each test starts empty: Responder's, and
+    any a branch with another schema left there (a test database is shared by whoever
+    points at it)."""
     store = Store(POSTGRES_URL)
     try:
-        await store.drop_schema()
+        async with store.engine.begin() as conn:
+            await conn.run_sync(_drop_every_table)
     finally:
         await store.close()
+
+
+def _drop_every_table(conn: Connection) -> None:
+    tables = MetaData()
+    tables.reflect(conn)
+    tables.drop_all(conn)
 
 
 async def wait_for(predicate: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
