@@ -109,8 +109,11 @@ async def test_a_leader_that_loses_its_connection_steps_down(
         async with follower.store.engine.connect() as conn:
             await conn.execute(
                 text(
+                    # This database's lock holders only: the server may be shared.
                     "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+                    "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() "
+                    "AND database = (SELECT oid FROM pg_database "
+                    "WHERE datname = current_database())"
                 )
             )
 
