@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, cast
 
-from sqlalchemy import Row, func, select, text, update
+from sqlalchemy import ColumnElement, Row, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.storage.approvals import ANSWERING, AWAITING
@@ -152,28 +152,12 @@ class Decisions:
     @staticmethod
     async def active_of_flow(conn: AsyncConnection, flow: str, now: float) -> int:
         """Decisions of `flow` that hold a live lease."""
-        holders = select(leases.c.decision_id).where(leases.c.expires_at > now)
-        return int(
-            await conn.scalar(
-                select(func.count())
-                .select_from(decisions)
-                .where(decisions.c.flow == flow, decisions.c.id.in_(holders))
-            )
-            or 0
-        )
+        return await _holding(conn, decisions.c.flow == flow, now)
 
     @staticmethod
     async def active_of_service(conn: AsyncConnection, service: str, now: float) -> int:
         """Decisions about `service` (any flow) that hold a live lease."""
-        holders = select(leases.c.decision_id).where(leases.c.expires_at > now)
-        return int(
-            await conn.scalar(
-                select(func.count())
-                .select_from(decisions)
-                .where(decisions.c.service == service, decisions.c.id.in_(holders))
-            )
-            or 0
-        )
+        return await _holding(conn, decisions.c.service == service, now)
 
     @staticmethod
     async def set_verdict(
@@ -269,6 +253,13 @@ class Decisions:
             )
         )
         return found is not None
+
+
+async def _holding(conn: AsyncConnection, which: ColumnElement[bool], now: float) -> int:
+    """How many decisions `which` selects hold a live lease."""
+    holders = select(leases.c.decision_id).where(leases.c.expires_at > now)
+    query = select(func.count()).select_from(decisions).where(which, decisions.c.id.in_(holders))
+    return int(await conn.scalar(query) or 0)
 
 
 def run_status(row: dict[str, Any]) -> str | None:
