@@ -24,7 +24,7 @@ from responder.control.guard import Guard
 from responder.control.runs import ActiveRun
 from responder.decision.decisions import Verdict
 from responder.decision.engine import Engine, EngineRejected
-from responder.decision.pipeline import ParameterCheck, Pipeline
+from responder.decision.pipeline import MAX_CHAIN, ParameterCheck, Pipeline
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
 from responder.events.cloudevents import CloudEvent, Outcome, is_batch, parse_events
@@ -295,7 +295,7 @@ class EngineLoop:
         while due or expired:
             async with self._store.turn(), self._store.transaction() as conn:
                 work = Work(self._store, self._guard, conn, self._clock)
-                await self._store.facts.remove(conn, [f.id for f in expired])
+                await work.delete_facts(expired)
                 expired = []
                 deadline = time.monotonic() + self._transaction_seconds
                 handled = 0
@@ -310,10 +310,21 @@ class EngineLoop:
                         conn, match.rule.name, match.alert.incident
                     ):
                         await self.pipeline.due(work, match)
-                await work.flush()
+                await self._finish(work)
             self._announce(work)
             await self._submit(work.admitted)
         await self._converge()
+
+    async def _finish(self, work: Work) -> None:
+        """End a transaction's work: incidents that facts gone in it (expired, retracted)
+        kept from matching are decided (as far as forward chaining goes), then it is all
+        written."""
+        for _ in range(MAX_CHAIN):
+            gone = work.take_removed_facts()
+            if not gone:
+                break
+            await convergence.unblock(self._store, work, self.pipeline, gone)
+        await work.flush()
 
     async def _converge(self) -> None:
         """Decide again the incidents whose block cleared (`runtime.convergence`), at most
@@ -335,7 +346,7 @@ class EngineLoop:
                 handled = await convergence.reexamine(
                     self._store, work, self.pipeline, rows, self._clock(), deadline
                 )
-                await work.flush()
+                await self._finish(work)
             self._announce(work)
             await self._submit(work.admitted)
             if fired == len(timers) < CONVERGE_BATCH and handled == len(rows) < CONVERGE_BATCH:
@@ -377,7 +388,7 @@ class EngineLoop:
                     await self._handle(work, inbox_id, items[item])
                     item += 1
                     handled += 1
-                await work.flush()
+                await self._finish(work)
                 await self._store.inbox.mark_processed(conn, finished)
                 if row < len(rows) and item > rows[row][1]:
                     await self._store.inbox.set_progress(conn, rows[row][0], item)
