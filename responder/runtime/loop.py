@@ -61,6 +61,8 @@ LEARN_FIRST = 32  # alert identities read ahead first in a transaction (then 64,
 REJUDGED = [IncidentState.UNMATCHED, IncidentState.WAITING, IncidentState.DONE]
 CONVERGE_BATCH = 200
 RECHECK_SECONDS = 1.0
+# How long the record of a resolved incident is kept (its decisions stay in the log).
+INCIDENT_RETENTION_SECONDS = 7 * 86400.0
 GAUGE_SECONDS = 15.0  # how often `responder_incidents` is counted again
 
 
@@ -354,6 +356,7 @@ class EngineLoop:
         if time.monotonic() >= self._next_gauge:
             self._next_gauge = time.monotonic() + GAUGE_SECONDS
             metrics.set_incidents(await self._store.incidents.counts())
+            await self._store.incidents.forget_resolved(self._clock() - INCIDENT_RETENTION_SECONDS)
 
     async def _process(self, messages: list[PendingMessage]) -> None:
         """Handle the rows' items in order, over as many short transactions as they need.

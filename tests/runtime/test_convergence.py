@@ -427,3 +427,23 @@ async def test_a_maintenance_a_rule_retracts_lets_the_rule_act_at_once(
     await r.send(r.alert("MaintenanceOver", "h1"))
     [run] = await r.admitted("Down")
     assert run["reason"].startswith("re-examined: event{")
+
+
+async def test_a_resolved_incidents_record_is_forgotten_after_a_week(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART)
+    await r.send(r.alert("Down", "h1"))
+    await r.finish("restart")
+    await r.send(r.alert("Down", "h1", "resolved"))
+    r.clock.now += 6 * 86400
+    r.restart()
+    await r.start()
+    await r.settle()
+    assert (await store.incidents.counts())["resolved"] == 1
+    r.clock.now += 2 * 86400
+    r.restart()
+    await r.start()
+    await r.settle()
+    assert (await store.incidents.counts())["resolved"] == 0
+    assert len(await r.admitted("Down")) == 1  # the decision log keeps it
