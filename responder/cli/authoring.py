@@ -17,28 +17,59 @@ from responder.exceptions import ResponderError
 def check(
     paths: Annotated[list[Path] | None, typer.Argument(help="Rule files or directories.")] = None,
     config: ConfigOption = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Warnings are errors too (for CI).")
+    ] = False,
 ) -> None:
-    """Validate rule files and YAML flows; name the file, line and problem of the first error."""
-    from flows.dsl import load_flow_files
-    from flows.operations import all_operations
-    from responder.decision.rules import load_rules
-    from responder.runtime.service import known_flows
+    """Compile rule files and YAML flows: every error and warning of every file, each at its
+    file, line and column; exit 1 on an error (or, with --strict, a warning)."""
+    import yaml
 
+    from responder.authoring.check import Finding, check_rules, finding
+    from responder.decision.services import load_services
+    from responder.exceptions import DocumentError
+    from responder.orchestration.flow_catalog import REMEDIATIONS, flow_names, load_flow_files
+
+    findings: list[Finding] = []
+    flows: dict[str, Any] = {}
     try:
-        flows = load_flow_files(operations=set(all_operations()))
-        targets = paths or [settings_from(config).rules_dir]
-        book = load_rules(targets, known_flows())
+        settings = settings_from(config)
+        catalog = load_services(settings.services_file)
     except ResponderError as exc:
         raise fail(exc) from None
+    try:
+        flows = load_flow_files()
+    except DocumentError as exc:
+        findings.append(finding(exc))
+    try:
+        known = flow_names()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a flow file reported above
+        known = sorted({*REMEDIATIONS, *flows})
+    report = check_rules(paths or [settings.rules_dir], known, settings.rule_vars, catalog)
+    findings.extend(report.findings)
     for name, flow_source in flows.items():
         console.print(f"ok  flow {name:<27} {flow_source.file}", highlight=False, soft_wrap=True)
-    for rule, source in zip(book.rules, book.sources, strict=True):
-        console.print(
-            f"ok  {rule.name:<32} {source.file}:{source.line}  → {_does(rule)}",
-            highlight=False,
-            soft_wrap=True,
+    for rule, source in zip(report.book.rules, report.book.sources, strict=True):
+        if not any(
+            f.file == source.file and f.message.startswith(f"rule {rule.name!r}") for f in findings
+        ):
+            console.print(
+                f"ok  {rule.name:<32} {source.file}:{source.line}  → {_does(rule)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    for found in findings:
+        (err_console if found.severity == "error" else console).print(
+            str(found), highlight=False, soft_wrap=True, markup=False
         )
-    console.print(f"{len(book.rules)} rules and {len(flows)} YAML flows valid")
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
+    console.print(
+        f"{len(report.book.rules)} rules and {len(flows)} YAML flows: {errors} error(s), "
+        f"{warnings} warning(s)" + (" (--strict: warnings fail)" if strict else "")
+    )
+    if errors or (strict and warnings):
+        raise typer.Exit(1)
 
 
 def _does(rule: Any) -> str:
