@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from responder.control.runs import active_runs
 from responder.decision.engine import Engine
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
+from responder.events.facts import Fact
 from responder.orchestration.flow_catalog import parameter_errors
 from responder.runtime.loop import EngineLoop
 from responder.storage.inbox import InboxSource
@@ -52,6 +54,7 @@ class Sandbox:
         rule_vars: dict[str, str],
         *,
         dry_run: bool = False,
+        facts: Sequence[Fact] = (),
     ) -> None:
         self.clock = Clock()
         self._dir = tempfile.TemporaryDirectory(prefix="responder-sandbox-")
@@ -68,6 +71,7 @@ class Sandbox:
             recheck_seconds=0.0,  # refused incidents are looked at each step: on its clock
         )
         self._started: dict[str, float] = {}
+        self._facts = facts  # held from the start: fixtures of rule tests
 
     @property
     def engine(self) -> Engine:
@@ -75,6 +79,9 @@ class Sandbox:
 
     async def __aenter__(self) -> Sandbox:
         await self.store.migrate()
+        async with self.store.turn(), self.store.transaction() as conn:
+            for fact in self._facts:
+                await self.store.facts.save(conn, fact)
         await self.loop.rebuild()
         return self
 
@@ -124,6 +131,19 @@ class Sandbox:
         """Run the engine loop until the inbox is empty and due timers have fired."""
         while await self.loop.step():
             pass
+
+    async def run_until(self, end: float) -> None:
+        """Move the clock on to `end`, stopping at each timer due by then so that each
+        fires at its own time (and the timers it sets, if due by `end`, too)."""
+        while (due := self.engine.next_timer()) is not None and self.clock.now < due <= end:
+            self.clock.now = due
+            await self.settle()
+        self.clock.now = max(self.clock.now, end)
+        await self.settle()
+
+    async def held_keys(self) -> list[str]:
+        """The guard keys the active flow runs hold."""
+        return sorted(run.guard_key for run in await active_runs(self.store))
 
     async def finish(self, key: str, state: str) -> bool:
         """Report the flow run holding `key` as final; False if no run holds it."""

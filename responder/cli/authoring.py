@@ -106,7 +106,11 @@ def test_rules(
         list[Path] | None, typer.Argument(help="Test files or directories (default rules/tests).")
     ] = None,
 ) -> None:
-    """Run rule test files: alerts and events over time in, expected decisions and facts out."""
+    """Run rule test files: alerts and events over time in, expected decisions and facts out.
+
+    A directory's `*.yaml` files are tests; fixtures (catalogs, facts) go in a subdirectory
+    (rules/tests/fixtures/). A file that cannot be run is an error; the others still run.
+    """
     from responder.authoring.ruletest import run_test_file
     from responder.runtime.service import known_flows
 
@@ -121,7 +125,9 @@ def test_rules(
         try:
             outcomes = asyncio.run(run_test_file(file, known_flows()))
         except ResponderError as exc:
-            raise fail(exc) from None
+            failed += 1
+            err_console.print(f"ERROR {exc}", highlight=False, soft_wrap=True, markup=False)
+            continue
         for outcome in outcomes:
             if outcome.passed:
                 console.print(f"ok    {file}: {outcome.name}", highlight=False, soft_wrap=True)

@@ -284,6 +284,12 @@ class Engine:
                 due.append(Match(rule, alert, self._joined(rule, alert), retry))
         return self._ordered(due), expired
 
+    def next_timer(self) -> float | None:
+        """When `tick` has something to do next (a `firing_for` rule or a retry due, a fact
+        expiring); None when nothing waits."""
+        times = [heap[0][0] for heap in (self._due, self._fact_expiry) if heap]
+        return min(times) if times else None
+
     def retry_after(self, rule_name: str, incident: str, when: float) -> None:
         """Decide again at `when` if the alert still fires and the rule still holds then."""
         if rule_name in self._rules and incident in self._alerts:
