@@ -98,7 +98,11 @@ def check_rules(
         compiler = _RuleCompiler(rule, source, rule_vars, catalog, asserted)
         found.extend(compiler.templates())
         if rule.run is not None and rule.run.flow in known_flows:
-            found.extend(compiler.parameters(check_parameters, fields_of(rule.run.flow)))
+            try:
+                fields = fields_of(rule.run.flow)
+            except DocumentError:
+                continue  # a broken flow file: reported as such, its rules unchecked
+            found.extend(compiler.parameters(check_parameters, fields))
     return CheckReport(book, tuple(sorted(found)))
 
 

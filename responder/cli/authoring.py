@@ -25,8 +25,9 @@ def check(
     file, line and column; exit 1 on an error (or, with --strict, a warning)."""
     import yaml
 
+    from flows.operations import all_operations
     from responder.authoring.check import Finding, check_rules, finding
-    from responder.decision.services import load_services
+    from responder.decision.services import ServiceCatalog, load_services
     from responder.exceptions import DocumentError
     from responder.orchestration.flow_catalog import REMEDIATIONS, flow_names, load_flow_files
 
@@ -34,11 +35,15 @@ def check(
     flows: dict[str, Any] = {}
     try:
         settings = settings_from(config)
-        catalog = load_services(settings.services_file)
     except ResponderError as exc:
         raise fail(exc) from None
     try:
-        flows = load_flow_files()
+        catalog = load_services(settings.services_file)
+    except DocumentError as exc:
+        findings.append(finding(exc))
+        catalog = ServiceCatalog()
+    try:
+        flows = load_flow_files(operations=set(all_operations()))
     except DocumentError as exc:
         findings.append(finding(exc))
     try:

@@ -237,3 +237,36 @@ def test_the_shipped_rules_pass_strict(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "0 error(s), 0 warning(s)" in result.output
+
+
+def test_a_broken_flow_file_leaves_its_rules_parameters_unchecked_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    from responder.authoring.check import check_rules
+    from responder.decision.services import ServiceCatalog
+    from responder.exceptions import FlowFileError
+
+    def broken(flow: str) -> dict[str, tuple[bool, str]]:
+        raise FlowFileError("not valid YAML", file="flows/broken.yaml", line=3)
+
+    (tmp_path / "r.yaml").write_text(PAGES)
+    report = check_rules(
+        [tmp_path / "r.yaml"],
+        ["http-call"],
+        {"pager_url": "http://p"},
+        ServiceCatalog(),
+        fields_of=broken,
+    )
+    assert [(f.line, f.column) for f in report.errors] == [(11, 20), (12, 17)]  # templates only
+
+
+def test_a_broken_catalog_is_one_more_error_and_the_rules_are_still_checked(
+    tmp_path: Path,
+) -> None:
+    settings = config(tmp_path)
+    (tmp_path / "services.yaml").write_text("services:\n  web: {tier: high}\n")
+    (tmp_path / "r.yaml").write_text(PAGES)
+    result = CliRunner().invoke(app, ["check", "--config", str(settings), str(tmp_path / "r.yaml")])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'services.yaml'}:2:15: error: services.web.tier:" in result.output
+    assert "7 error(s)" in result.output  # the catalog's, and the 6 of PAGES
