@@ -22,7 +22,12 @@ from typing import Any, Protocol
 from responder import metrics
 from responder.decision.decisions import Decision, Verdict, decide, fact_for
 from responder.decision.engine import Engine, EngineRejected, Match
-from responder.decision.escalation import TOP_OF_THE_LADDER, climb_ladder, exhausted_fact
+from responder.decision.escalation import (
+    TOP_OF_THE_LADDER,
+    NextAttempt,
+    exhausted_fact,
+    next_attempt,
+)
 from responder.decision.manual import decision_for, rule_policy
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
@@ -65,6 +70,10 @@ class Transaction(Protocol):
 
     def set_firing(self, alert: Alert, *, firing: bool) -> None:
         """Keep (or let go of) an alert the engine holds as firing."""
+
+    def try_again(self, attempt: NextAttempt) -> None:
+        """Have the incident decided again by the rule at the attempt's time (a durable
+        timer: the incident's record waits on `retry`)."""
 
 
 def _show(fact: Fact) -> str:
@@ -117,7 +126,7 @@ class Pipeline:
         await self._apply(work, matches, inbox_id, 0)
 
     async def due(self, work: Transaction, match: Match) -> None:
-        """A `firing_for` rule, or a retry up the ladder, that came due."""
+        """A `firing_for` rule that came due."""
         await self._apply(work, [match], None, 0)
 
     async def again(self, work: Transaction, matches: list[Match]) -> None:
@@ -130,7 +139,9 @@ class Pipeline:
 
     async def outcome(self, work: Transaction, outcome: Outcome, inbox_id: int) -> None:
         """A run's final state: an `outcome` fact, and maybe the next rung of the ladder."""
-        climb_ladder(self.book, self.engine, outcome, self._clock())
+        attempt = next_attempt(self.book, outcome, self._clock())
+        if attempt is not None and self.engine.held(outcome.incident) is not None:
+            work.try_again(attempt)
         await self._assert(work, outcome.fact(self._fact_expiry()), inbox_id, 0)
 
     async def manual_run(self, work: Transaction, request: RunRequest, inbox_id: int) -> None:

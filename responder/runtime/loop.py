@@ -57,6 +57,8 @@ BATCH_BYTES = 4 * 1_048_576
 LEARN_FIRST = 32  # alert identities read ahead first in a transaction (then 64, 128, ...)
 # Incidents decided again per transaction once their block cleared, and how often the store
 # is asked which blocks cleared (seconds; a reload asks at once).
+# Incident states judged again after a reload.
+REJUDGED = [IncidentState.UNMATCHED, IncidentState.WAITING, IncidentState.DONE]
 CONVERGE_BATCH = 200
 RECHECK_SECONDS = 1.0
 GAUGE_SECONDS = 15.0  # how often `responder_incidents` is counted again
@@ -132,10 +134,12 @@ class EngineLoop:
         async with self._lock:
             reload_flows()
             await self._rebuild(book, catalog)
-            # Incidents no rule acted on are asked again under the new rules, durably: a
-            # leader that stops before its next tick leaves them due for the next one.
+            # Firing incidents are judged again under the new rules, durably (a leader that
+            # stops before its next tick leaves them due for the next one): a rule added
+            # acts, one removed stops waiting. Running ones wait for their run's end;
+            # exhausted ones stay so.
             async with self._store.transaction() as conn:
-                await self._store.incidents.ask_again(conn, [IncidentState.UNMATCHED])
+                await self._store.incidents.ask_again(conn, REJUDGED)
             self._next_recheck = 0.0
 
     async def rebuild(self) -> None:
@@ -190,6 +194,12 @@ class EngineLoop:
             except EngineRejected:
                 log.error("engine rejected held alert %s during rebuild", alert.incident)
         return engine
+
+    def recheck_now(self) -> None:
+        """Look at waiting incidents at the next step, not at the next interval (the
+        pause was lifted here)."""
+        self._next_recheck = 0.0
+        self.wake.set()
 
     async def run(self) -> None:
         """Process the inbox until cancelled; a store failure rebuilds and retries.
@@ -293,8 +303,8 @@ class EngineLoop:
                     match = due.pop()
                     handled += 1
                     # A restart re-arms every firing_for timer: decide once per rule and
-                    # incident. A retry is a new attempt on purpose; max_attempts bounds it.
-                    if match.retry or not await self._store.decisions.decided(
+                    # incident (retries up the ladder are convergence's).
+                    if not await self._store.decisions.decided(
                         conn, match.rule.name, match.alert.incident
                     ):
                         await self.pipeline.due(work, match)
@@ -313,18 +323,20 @@ class EngineLoop:
         while True:
             async with self._store.turn(), self._store.transaction() as conn:
                 work = Work(self._store, self._guard, conn, self._clock)
+                deadline = time.monotonic() + self._transaction_seconds
+                timers = await self._store.timers.due(conn, self._clock(), CONVERGE_BATCH)
+                fired = await convergence.fire(self._store, work, self.pipeline, timers, deadline)
                 paused = await self._guard.pause(conn) is not None
                 rows = await self._store.incidents.due(
                     conn, self._clock(), paused=paused, limit=CONVERGE_BATCH
                 )
-                deadline = time.monotonic() + self._transaction_seconds
                 handled = await convergence.reexamine(
                     self._store, work, self.pipeline, rows, self._clock(), deadline
                 )
                 await work.flush()
             self._announce(work)
             await self._submit(work.admitted)
-            if handled == len(rows) < CONVERGE_BATCH:
+            if fired == len(timers) < CONVERGE_BATCH and handled == len(rows) < CONVERGE_BATCH:
                 break
         if time.monotonic() >= self._next_gauge:
             self._next_gauge = time.monotonic() + GAUGE_SECONDS
@@ -379,6 +391,7 @@ class EngineLoop:
             if message.source is InboxSource.CLOUDEVENTS:
                 return list(parse_events(message.body, is_batch(message.body)))
             if message.source is InboxSource.OUTCOME:
+                self._next_recheck = 0.0  # a run ended: its names are free now
                 return [Outcome.from_body(message.body)]
             if message.source is InboxSource.RUN_REQUEST:
                 return [RunRequest.model_validate_json(message.body)]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, or_, select, true, update
+from sqlalchemy import and_, case, exists, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.storage.database import Database
@@ -53,6 +53,7 @@ class DueIncident:
     block: str | None
     holder: int | None
     until: float | None
+    due: bool = False  # asked again whatever its block (the rules changed)
 
 
 COLUMNS = (
@@ -168,6 +169,7 @@ class Incidents:
                 incidents.c.block,
                 incidents.c.holder,
                 incidents.c.until,
+                incidents.c.due,
             )
             .where(incidents.c.firing == true(), or_(incidents.c.due == true(), waiting))
             .order_by(incidents.c.updated_at, incidents.c.decision_id, incidents.c.incident)
@@ -193,13 +195,15 @@ class Incidents:
 
     @staticmethod
     async def settle(conn: AsyncConnection, names: list[str], now: float) -> None:
-        """These were decided again and nothing took their place: none needed for now."""
+        """These are being decided again: until new decisions take their place, waiting
+        ones need none for now (others keep their state: done stays done)."""
+        waiting = incidents.c.state == IncidentState.WAITING.value
         for start in range(0, len(names), 500):
             await conn.execute(
                 update(incidents)
                 .where(incidents.c.incident.in_(names[start : start + 500]))
                 .values(
-                    state=IncidentState.UNMATCHED.value,
+                    state=case((waiting, IncidentState.UNMATCHED.value), else_=incidents.c.state),
                     due=False,
                     waiting_on=None,
                     block=None,

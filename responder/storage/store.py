@@ -1,8 +1,8 @@
 """The store: Responder's persistence, one object per process, grouped by tables.
 
 `store.inbox`, `store.alerts`, `store.facts`, `store.decisions`, `store.approvals`,
-`store.silences`, `store.leases`, `store.switches` and `store.incidents` each own a group of
-tables; the store itself is the database they share (engine, transactions, migrations,
+`store.silences`, `store.leases`, `store.switches`, `store.incidents` and `store.timers` each own a
+group of tables; the store itself is the database they share (engine, transactions, migrations,
 health). It decides nothing: admission, release, cooldowns, lease expiry and the pause are
 `responder.control`'s.
 """
@@ -19,6 +19,7 @@ from responder.storage.incidents import Incidents
 from responder.storage.leases import Leases
 from responder.storage.silences import Silences
 from responder.storage.switches import Switches
+from responder.storage.timers import Timers
 
 
 class Store(Database):
@@ -35,3 +36,4 @@ class Store(Database):
         self.leases = Leases(self)
         self.switches = Switches(self)
         self.incidents = Incidents(self)
+        self.timers = Timers(self)
