@@ -22,9 +22,10 @@
 Expected decisions are compared in order with the decisions that name a rule; each expected
 entry checks only the keys it gives (`labels` and `parameters` check only the entries they
 give; `reason` is text the decision's reason contains). `facts`, when given, is the exact set
-of facts held at the end (catalog facts aside). A `finish` on a key no flow run holds fails
-the test. Fixtures (catalogs, fact files) live in `rules/tests/fixtures/`, where `responder
-test` does not take them for tests.
+of facts held at the end (catalog facts aside). Time runs between steps and on to `until`:
+each timer fires at its own time. A `finish` on a key no flow run holds fails the test.
+Fixtures (catalogs, fact files) live in `rules/tests/fixtures/`, where `responder test` does
+not take them for tests.
 """
 
 from __future__ import annotations
@@ -170,8 +171,7 @@ async def _run(sandbox: Sandbox, test: RuleTest) -> tuple[dict[str, Any], list[s
     start = sandbox.clock.now
     problems: list[str] = []
     for step in sorted(test.steps, key=lambda s: s.at):
-        sandbox.clock.now = start + step.at
-        await sandbox.settle()  # timers due by now fire first
+        await sandbox.run_until(start + step.at)  # timers due by then fire at their time
         if step.alerts:
             await sandbox.send_alerts(
                 [sandbox.alert(a.labels, a.annotations, a.status) for a in step.alerts]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -135,11 +136,22 @@ class Sandbox:
     async def run_until(self, end: float) -> None:
         """Move the clock on to `end`, stopping at each timer due by then so that each
         fires at its own time (and the timers it sets, if due by `end`, too)."""
-        while (due := self.engine.next_timer()) is not None and self.clock.now < due <= end:
+        while (due := await self._next_timer()) is not None and due <= end:
             self.clock.now = due
             await self.settle()
         self.clock.now = max(self.clock.now, end)
         await self.settle()
+
+    async def _next_timer(self) -> float | None:
+        """The next time after now something comes due: a `firing_for` rule or a fact's
+        expiry (the engine), the ladder's next attempt (a durable timer), the end of a
+        waiting incident's cooldown or budget window (due once past: the next instant)."""
+        async with self.store.transaction() as conn:
+            timer = await self.store.timers.next_due(conn)
+            until = await self.store.incidents.next_until(conn)
+        times = [self.engine.next_timer(), timer]
+        times.append(None if until is None else math.nextafter(until, math.inf))
+        return min((t for t in times if t is not None and t > self.clock.now), default=None)
 
     async def held_keys(self) -> list[str]:
         """The guard keys the active flow runs hold."""

@@ -189,3 +189,35 @@ tests:
     assert f"ERROR {tests / 'broken.yaml'}:2" in result.output
     assert f"ok    {tests / 'rollback.yaml'}: a crash-loop after a deploy" in result.output
     assert str(tests / "fixtures") not in result.output
+
+
+LADDER = f"""
+rules: [restart-service.yaml, escalation.yaml]
+vars: {{service_control_url: "http://ctl", pager_url: "http://pager/events"}}
+tests:
+  - name: restarted again after the cooldown (a durable timer), then refused and paged
+    steps:
+      - alerts: [{DOWN}]
+      - at: 1m
+        finish: [{{key: "restart-crashed-service:restart-service/h1/s"}}]
+UNTIL
+    expect:
+      decisions:
+        - {{rule: restart-crashed-service, verdict: admitted}}
+        - {{rule: page-still-down, verdict: admitted}}
+        - {{rule: restart-crashed-service, verdict: admitted}}
+"""
+
+
+@pytest.mark.parametrize(("until", "passes"), [("", False), ("    until: 16m1s", True)])
+def test_the_ladders_next_attempt_fires_within_until(
+    tmp_path: Path, until: str, passes: bool
+) -> None:
+    # The cooldown (15m) ends at 16m: the ladder's timer; page-still-down's is at 15m.
+    code, output = run_tests(
+        tmp_path,
+        LADDER.replace("UNTIL\n", until + "\n" if until else ""),
+        "restart-service.yaml",
+        "escalation.yaml",
+    )
+    assert (code == 0) is passes, output
