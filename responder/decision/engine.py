@@ -179,6 +179,10 @@ class Engine:
     def holds_alert(self, incident: str) -> bool:
         return incident in self._alerts
 
+    def all_held(self) -> list[Alert]:
+        """Every firing alert the engine holds."""
+        return list(self._alerts.values())
+
     def held_alerts(self, fingerprint: str) -> list[Alert]:
         """Firing alerts held with this fingerprint (one per incident)."""
         return [a for a in self._alerts.values() if a.fingerprint == fingerprint]

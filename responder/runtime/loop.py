@@ -138,7 +138,9 @@ class EngineLoop:
             # stops before its next tick leaves them due for the next one): a rule added
             # acts, one removed stops waiting. Running ones wait for their run's end;
             # exhausted ones stay so.
+            held = [(a.incident, a.alertname) for a in self.engine.all_held()]
             async with self._store.transaction() as conn:
+                await self._store.incidents.record_unmatched(conn, held, self._clock())
                 await self._store.incidents.ask_again(conn, REJUDGED)
             self._next_recheck = 0.0
 

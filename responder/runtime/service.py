@@ -277,6 +277,12 @@ class Service:
         """The remediation state of each incident of one alert, newest first, with the next
         attempt of its ladder if one is set (`next_attempt`: rule and time)."""
         records = await self.store.incidents.like(fingerprint)
+        recorded = {r["incident"] for r in records}
+        records += [  # firing, and no rule acted on it: no record of its own
+            {"incident": a.incident, "alertname": a.alertname, "firing": True, "state": "unmatched"}
+            for a in self.held_alerts(fingerprint)
+            if a.incident not in recorded
+        ]
         timers = await self.store.timers.of(f"{fingerprint}@%")
         for record in records:
             record["next_attempt"] = next(

@@ -80,10 +80,10 @@ class Work:
         )
 
     def set_firing(self, alert: Alert, *, firing: bool) -> None:
+        # A firing incident no rule acts on has no record of its own (most alerts in a
+        # storm): the firing alert is its record until a rule decides on it.
         self._firing[alert.incident] = alert if firing else None
-        if firing:
-            self._track(alert, IncidentState.UNMATCHED)
-        else:
+        if not firing:
             self._incidents.pop(alert.incident, None)
             self._resolved.append(alert.incident)
 

@@ -15,7 +15,7 @@ from sqlalchemy import and_, case, exists, false, func, or_, select, true, updat
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.storage.database import Database
-from responder.storage.schema import incidents, leases
+from responder.storage.schema import firing_alerts, incidents, leases
 
 
 class IncidentState(StrEnum):
@@ -132,6 +132,29 @@ class Incidents:
             .values(due=True)
         )
 
+    async def record_unmatched(
+        self, conn: AsyncConnection, firing: list[tuple[str, str]], now: float
+    ) -> None:
+        """Give these firing incidents (incident, alertname) a record, `unmatched`, unless
+        they have one: an incident no rule acted on has none until it is to be asked again."""
+        upsert = self._db.insert(incidents)
+        rows = [
+            {
+                "incident": incident,
+                "alertname": alertname,
+                "firing": True,
+                "state": IncidentState.UNMATCHED.value,
+                "due": False,
+                "updated_at": now,
+            }
+            for incident, alertname in firing
+        ]
+        for start in range(0, len(rows), 500):
+            await conn.execute(
+                upsert.on_conflict_do_nothing(index_elements=[incidents.c.incident]),
+                rows[start : start + 500],
+            )
+
     @staticmethod
     async def ask_again(conn: AsyncConnection, states: list[IncidentState]) -> int:
         """Mark every firing incident in `states` due (the rules changed); how many."""
@@ -230,17 +253,21 @@ class Incidents:
             )
 
     async def counts(self) -> dict[str, int]:
-        """Firing incidents by state, and how many resolved."""
+        """Firing incidents by state, and how many resolved. Unmatched ones are the firing
+        alerts without a record in another state (most have no record at all)."""
         async with self._db.transaction() as conn:
             rows = await conn.execute(
                 select(incidents.c.firing, incidents.c.state, func.count()).group_by(
                     incidents.c.firing, incidents.c.state
                 )
             )
+            firing = await conn.execute(select(func.count()).select_from(firing_alerts))
             counts = {state.value: 0 for state in IncidentState} | {"resolved": 0}
-            for firing, state, count in rows:
-                key = state if firing else "resolved"
+            for is_firing, state, count in rows:
+                key = state if is_firing else "resolved"
                 counts[key] = counts.get(key, 0) + int(count)
+            recorded = sum(counts[s.value] for s in IncidentState if s != IncidentState.UNMATCHED)
+            counts[IncidentState.UNMATCHED.value] = max(0, int(firing.scalar_one()) - recorded)
             return counts
 
     async def waiting(self, limit: int = WAITING_SHOWN) -> list[dict[str, Any]]:
