@@ -98,10 +98,20 @@ def validation_errors(
         path = ".".join(str(p) for p in (*at, *loc)) or "(top level)"
         message = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"]
         line, column = location_of(node, (*at, *loc), key=err["type"] == "extra_forbidden")
-        found.append(
-            error(f"{path}: {message}{_accepted(model, loc)}", file=file, line=line, column=column)
-        )
+        problem = f"{path}: {message}{_given(err, message)}{_accepted(model, loc)}"
+        found.append(error(problem, file=file, line=line, column=column))
     return found
+
+
+def _given(err: Any, message: str) -> str:
+    """The bad value, when it is a short scalar the message does not already quote."""
+    value = err.get("input")
+    if err["type"] in ("missing", "extra_forbidden") or isinstance(value, (dict, list)):
+        return ""
+    shown = repr(value)
+    if len(shown) > 80 or shown in message or str(value) in message:
+        return ""
+    return f" (given: {shown})"
 
 
 def node_at(node: yaml.Node, loc: Sequence[Any], *, key: bool = False) -> yaml.Node:

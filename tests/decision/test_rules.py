@@ -66,6 +66,12 @@ def test_good_file_loads_with_source_lines(tmp_path: Path) -> None:
             "unexpected end",
         ),
         (GOOD.replace("name: first", "name: First Rule"), 2, "should match pattern"),
+        (
+            GOOD.replace("name: first", "name: first\n    priority: high"),
+            3,
+            "rules.0.priority: Input should be a valid integer, unable to parse string as an "
+            "integer (given: 'high')",
+        ),
         (GOOD.replace("flow: restart-service", "flow: nope"), 4, "unknown flow 'nope'"),
         (GOOD + "  - name: first\n    match: []\n", 7, "at least 1 item"),
         (GOOD.replace("    match:", "    name: again\n    match:"), 3, "appears twice"),
