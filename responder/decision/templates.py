@@ -112,20 +112,21 @@ def _environment(undefined: type[jinja2.Undefined], *, name: bool) -> ImmutableS
 
 
 _ENV = _environment(jinja2.StrictUndefined, name=False)
-_NAME_ENV = _environment(jinja2.StrictUndefined, name=True)
-_PROBE_ENV = _environment(_Unvouched, name=False)
-_PROBE_NAME_ENV = _environment(_Unvouched, name=True)
+# By (name, probe): guard names' and `probe`'s environments.
+_ENVIRONMENTS = {
+    (False, False): _ENV,
+    (True, False): _environment(jinja2.StrictUndefined, name=True),
+    (False, True): _environment(_Unvouched, name=False),
+    (True, True): _environment(_Unvouched, name=True),
+}
 
 
 @lru_cache(maxsize=4096)
 def compile_template(source: str, *, name: bool = False, probe: bool = False) -> jinja2.Template:
     """Compile once (for a guard name with `name`; for `probe` with `probe`); raise
     `TemplateError` naming the problem."""
-    env = {(False, False): _ENV, (True, False): _NAME_ENV, (False, True): _PROBE_ENV}.get(
-        (name, probe), _PROBE_NAME_ENV
-    )
     try:
-        return env.from_string(source)
+        return _ENVIRONMENTS[name, probe].from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(
             f"template {source!r}: {exc.message} (template line {exc.lineno})"
