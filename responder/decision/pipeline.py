@@ -76,11 +76,6 @@ class Transaction(Protocol):
         timer: the incident's record waits on `retry`)."""
 
 
-def _show(fact: Fact) -> str:
-    fields = ",".join(f"{k}={v}" for k, v in sorted(fact.fields.items()))
-    return f"{fact.name}{{{fields}}}"
-
-
 class Pipeline:
     """Decides with one engine, rule book and service catalog (a reload makes a new one)."""
 
@@ -186,12 +181,12 @@ class Pipeline:
         for condition in rule.retract:
             gone = self.engine.retract_facts(condition, alert)
             await work.delete_facts(gone)
-            notes.extend(f"retracted {_show(f)}" for f in gone)
+            notes.extend(f"retracted {f.shown()}" for f in gone)
         fact, chained = None, []
         if rule.assert_ is not None:
             fact = fact_for(match, self._rule_vars, self.catalog, self._clock())
             chained = await self._hold(work, fact)
-            notes.append(f"asserted {_show(fact)}")
+            notes.append(f"asserted {fact.shown()}")
         if rule.run is None:
             reason = "; ".join(notes) or "nothing to change"
             work.record(alert, inbox_id, Verdict.ASSERTED, reason, rule=rule.name)

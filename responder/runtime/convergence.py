@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import time
 
+from responder.decision.conditions import fact_meets
 from responder.decision.decisions import Verdict
-from responder.decision.engine import Match
+from responder.decision.engine import Engine, Match
 from responder.decision.pipeline import Pipeline
+from responder.events.facts import Fact
+from responder.events.webhook import Alert
 from responder.runtime.work import Work
 from responder.storage.incidents import HELD, DueIncident
 from responder.storage.store import Store
@@ -141,6 +144,45 @@ async def fire(
             work.because(None)
     await store.timers.take(work.conn, taken)
     return len(taken)
+
+
+def unblocked(engine: Engine, gone: list[Fact]) -> list[tuple[Alert, set[str]]]:
+    """The held alerts that a fact in `gone` kept from matching (an `unless` of a rule
+    whose label matchers they meet was met by it), each with those rules' names."""
+    names = {fact.name for fact in gone}
+    rules = [r for r in engine.book.rules if any(c.fact in names for c in r.unless)]
+    found: list[tuple[Alert, set[str]]] = []
+    if not rules:
+        return found
+    for alert in engine.all_held():
+        blocked = {
+            rule.name
+            for rule in rules
+            if all(m.matches(alert.labels) for m in rule.matchers)
+            and any(fact_meets(f, c, alert) for c in rule.unless for f in gone)
+        }
+        if blocked:
+            found.append((alert, blocked))
+    return found
+
+
+async def unblock(store: Store, work: Work, pipeline: Pipeline, gone: list[Fact]) -> None:
+    """Decide, in `work`'s transaction, the rules that facts now gone (expired, retracted)
+    kept from acting on held alerts, where they hold now and were not decided since."""
+    shown = ", ".join(sorted({f.shown() for f in gone}))
+    for alert, rules in unblocked(pipeline.engine, gone):
+        last = await store.decisions.last_verdicts(work.conn, alert.incident)
+        matches = [
+            m
+            for m in pipeline.engine.holding(alert)
+            if m.rule.name in rules and asked_again(last.get(m.rule.name))
+        ]
+        if matches:
+            work.because(f"re-examined: {shown} went away")
+            try:
+                await pipeline.again(work, matches)
+            finally:
+                work.because(None)
 
 
 async def _still_blocked(store: Store, work: Work, row: DueIncident, now: float) -> bool:

@@ -24,7 +24,7 @@ from responder.control.guard import Guard
 from responder.control.runs import ActiveRun
 from responder.decision.decisions import Verdict
 from responder.decision.engine import Engine, EngineRejected
-from responder.decision.pipeline import ParameterCheck, Pipeline
+from responder.decision.pipeline import MAX_CHAIN, ParameterCheck, Pipeline
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
 from responder.events.cloudevents import CloudEvent, Outcome, is_batch, parse_events
@@ -61,6 +61,8 @@ LEARN_FIRST = 32  # alert identities read ahead first in a transaction (then 64,
 REJUDGED = [IncidentState.UNMATCHED, IncidentState.WAITING, IncidentState.DONE]
 CONVERGE_BATCH = 200
 RECHECK_SECONDS = 1.0
+# How long the record of a resolved incident is kept (its decisions stay in the log).
+INCIDENT_RETENTION_SECONDS = 7 * 86400.0
 GAUGE_SECONDS = 15.0  # how often `responder_incidents` is counted again
 
 
@@ -295,7 +297,7 @@ class EngineLoop:
         while due or expired:
             async with self._store.turn(), self._store.transaction() as conn:
                 work = Work(self._store, self._guard, conn, self._clock)
-                await self._store.facts.remove(conn, [f.id for f in expired])
+                await work.delete_facts(expired)
                 expired = []
                 deadline = time.monotonic() + self._transaction_seconds
                 handled = 0
@@ -310,10 +312,21 @@ class EngineLoop:
                         conn, match.rule.name, match.alert.incident
                     ):
                         await self.pipeline.due(work, match)
-                await work.flush()
+                await self._finish(work)
             self._announce(work)
             await self._submit(work.admitted)
         await self._converge()
+
+    async def _finish(self, work: Work) -> None:
+        """End a transaction's work: incidents that facts gone in it (expired, retracted)
+        kept from matching are decided (as far as forward chaining goes), then it is all
+        written."""
+        for _ in range(MAX_CHAIN):
+            gone = work.take_removed_facts()
+            if not gone:
+                break
+            await convergence.unblock(self._store, work, self.pipeline, gone)
+        await work.flush()
 
     async def _converge(self) -> None:
         """Decide again the incidents whose block cleared (`runtime.convergence`), at most
@@ -335,7 +348,7 @@ class EngineLoop:
                 handled = await convergence.reexamine(
                     self._store, work, self.pipeline, rows, self._clock(), deadline
                 )
-                await work.flush()
+                await self._finish(work)
             self._announce(work)
             await self._submit(work.admitted)
             if fired == len(timers) < CONVERGE_BATCH and handled == len(rows) < CONVERGE_BATCH:
@@ -343,6 +356,7 @@ class EngineLoop:
         if time.monotonic() >= self._next_gauge:
             self._next_gauge = time.monotonic() + GAUGE_SECONDS
             metrics.set_incidents(await self._store.incidents.counts())
+            await self._store.incidents.forget_resolved(self._clock() - INCIDENT_RETENTION_SECONDS)
 
     async def _process(self, messages: list[PendingMessage]) -> None:
         """Handle the rows' items in order, over as many short transactions as they need.
@@ -377,7 +391,7 @@ class EngineLoop:
                     await self._handle(work, inbox_id, items[item])
                     item += 1
                     handled += 1
-                await work.flush()
+                await self._finish(work)
                 await self._store.inbox.mark_processed(conn, finished)
                 if row < len(rows) and item > rows[row][1]:
                     await self._store.inbox.set_progress(conn, rows[row][0], item)

@@ -52,6 +52,7 @@ class Work:
         self._incidents: dict[str, dict[str, Any]] = {}
         self._resolved: list[str] = []
         self._timers: list[dict[str, Any]] = []
+        self._removed_facts: list[Fact] = []
 
     def because(self, why: str | None) -> None:
         """Decisions recorded from now on were made again, for this reason (None: ends)."""
@@ -148,6 +149,12 @@ class Work:
 
     async def delete_facts(self, facts: list[Fact]) -> None:
         await self._store.facts.remove(self.conn, [f.id for f in facts])
+        self._removed_facts.extend(facts)
+
+    def take_removed_facts(self) -> list[Fact]:
+        """The facts deleted since the last call (expired or retracted)."""
+        removed, self._removed_facts = self._removed_facts, []
+        return removed
 
     def record(
         self,

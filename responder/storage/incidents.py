@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, case, exists, false, func, or_, select, true, update
+from sqlalchemy import and_, case, delete, exists, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.storage.database import Database
@@ -251,6 +251,17 @@ class Incidents:
                     updated_at=now,
                 )
             )
+
+    async def forget_resolved(self, before: float) -> int:
+        """Delete the records of incidents that resolved before `before`; how many (their
+        decisions stay in the decision log)."""
+        async with self._db.transaction() as conn:
+            result = await conn.execute(
+                delete(incidents).where(
+                    incidents.c.firing == false(), incidents.c.updated_at < before
+                )
+            )
+            return int(result.rowcount or 0)
 
     async def counts(self) -> dict[str, int]:
         """Firing incidents by state, and how many resolved. Unmatched ones are the firing
