@@ -7,7 +7,7 @@ template source, so a label holding `{{ ... }}` renders as that literal text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -207,33 +207,33 @@ def render_value(value: Any, context: Mapping[str, Any], *, native: bool = False
 def valid_templates(value: Any) -> Any:
     """A pydantic validator: every string in a JSON-like value compiles as a template. Each
     one that does not is an error at its own place (`json_body.summary`), not the value's."""
-    problems = [
-        InitErrorDetails(
-            type=PydanticCustomError("template", "{error}", {"error": problem}),
-            loc=loc,
-            input=text,
-        )
-        for loc, text, problem in _template_problems(value, ())
-    ]
+    problems: list[InitErrorDetails] = []
+    _template_problems(value, (), problems)
     if problems:
         raise ValidationError.from_exception_data("templates", problems)
     return value
 
 
 def _template_problems(
-    value: Any, loc: tuple[str | int, ...]
-) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    value: Any, loc: tuple[str | int, ...], problems: list[InitErrorDetails]
+) -> None:
     if isinstance(value, str):
         try:
             compile_template(value)
         except TemplateError as exc:
-            yield loc, value, str(exc)
+            problems.append(
+                InitErrorDetails(
+                    type=PydanticCustomError("template", "{error}", {"error": str(exc)}),
+                    loc=loc,
+                    input=value,
+                )
+            )
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _template_problems(item, (*loc, str(key)))
+            _template_problems(item, (*loc, str(key)), problems)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            yield from _template_problems(item, (*loc, i))
+            _template_problems(item, (*loc, i), problems)
 
 
 @lru_cache(maxsize=1024)
