@@ -58,13 +58,21 @@ class ConfigError(ResponderError):
 class DocumentError(ResponderError):
     """A YAML file is invalid; the message names the file, the line and what is accepted."""
 
-    def __init__(self, problem: str, *, file: str | None = None, line: int | None = None) -> None:
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
         self.problem = problem
         self.file = file
         self.line = line
+        self.column = column
         where = file or "<input>"
         if line is not None:
-            where = f"{where}:{line}"
+            where = f"{where}:{line}" if column is None else f"{where}:{line}:{column}"
         super().__init__(f"{where}: {problem}")
 
 

@@ -527,7 +527,8 @@ def assert_names_file_and_line(exc: DocumentError, file: str) -> None:
     assert exc.file == file
     assert isinstance(exc.line, int)
     assert exc.line >= 1
-    assert str(exc).startswith(f"{file}:{exc.line}: ")
+    where = f"{file}:{exc.line}" if exc.column is None else f"{file}:{exc.line}:{exc.column}"
+    assert str(exc).startswith(f"{where}: ")
 
 
 @fuzz(RULE_TEXT_EXAMPLES)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from responder.control.runs import active_runs
 from responder.decision.engine import Engine
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
+from responder.events.facts import Fact
 from responder.orchestration.flow_catalog import parameter_errors
 from responder.runtime.loop import EngineLoop
 from responder.storage.inbox import InboxSource
@@ -52,6 +55,7 @@ class Sandbox:
         rule_vars: dict[str, str],
         *,
         dry_run: bool = False,
+        facts: Sequence[Fact] = (),
     ) -> None:
         self.clock = Clock()
         self._dir = tempfile.TemporaryDirectory(prefix="responder-sandbox-")
@@ -68,6 +72,7 @@ class Sandbox:
             recheck_seconds=0.0,  # refused incidents are looked at each step: on its clock
         )
         self._started: dict[str, float] = {}
+        self._facts = facts  # held from the start: fixtures of rule tests
 
     @property
     def engine(self) -> Engine:
@@ -75,6 +80,9 @@ class Sandbox:
 
     async def __aenter__(self) -> Sandbox:
         await self.store.migrate()
+        async with self.store.turn(), self.store.transaction() as conn:
+            for fact in self._facts:
+                await self.store.facts.save(conn, fact)
         await self.loop.rebuild()
         return self
 
@@ -124,6 +132,30 @@ class Sandbox:
         """Run the engine loop until the inbox is empty and due timers have fired."""
         while await self.loop.step():
             pass
+
+    async def run_until(self, end: float) -> None:
+        """Move the clock on to `end`, stopping at each timer due by then so that each
+        fires at its own time (and the timers it sets, if due by `end`, too)."""
+        while (due := await self._next_timer()) is not None and due <= end:
+            self.clock.now = due
+            await self.settle()
+        self.clock.now = max(self.clock.now, end)
+        await self.settle()
+
+    async def _next_timer(self) -> float | None:
+        """The next time after now something comes due: a `firing_for` rule or a fact's
+        expiry (the engine), the ladder's next attempt (a durable timer), the end of a
+        waiting incident's cooldown or budget window (due once past: the next instant)."""
+        async with self.store.transaction() as conn:
+            timer = await self.store.timers.next_due(conn)
+            until = await self.store.incidents.next_until(conn)
+        times = [self.engine.next_timer(), timer]
+        times.append(None if until is None else math.nextafter(until, math.inf))
+        return min((t for t in times if t is not None and t > self.clock.now), default=None)
+
+    async def held_keys(self) -> list[str]:
+        """The guard keys the active flow runs hold."""
+        return sorted(run.guard_key for run in await active_runs(self.store))
 
     async def finish(self, key: str, state: str) -> bool:
         """Report the flow run holding `key` as final; False if no run holds it."""

@@ -17,28 +17,73 @@ from responder.exceptions import ResponderError
 def check(
     paths: Annotated[list[Path] | None, typer.Argument(help="Rule files or directories.")] = None,
     config: ConfigOption = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Warnings are errors too (for CI).")
+    ] = False,
 ) -> None:
-    """Validate rule files and YAML flows; name the file, line and problem of the first error."""
-    from flows.dsl import load_flow_files
-    from flows.operations import all_operations
-    from responder.decision.rules import load_rules
-    from responder.runtime.service import known_flows
+    """Compile rule files and YAML flows: every error and warning of every file, each at its
+    file, line and column; exit 1 on an error (or, with --strict, a warning)."""
+    from responder.authoring.check import check_rules
 
     try:
-        flows = load_flow_files(operations=set(all_operations()))
-        targets = paths or [settings_from(config).rules_dir]
-        book = load_rules(targets, known_flows())
+        settings = settings_from(config)
     except ResponderError as exc:
         raise fail(exc) from None
+    catalog, flows, known, findings = _catalog_and_flows(settings)
+    report = check_rules(paths or [settings.rules_dir], known, settings.rule_vars, catalog)
+    findings.extend(report.findings)
     for name, flow_source in flows.items():
         console.print(f"ok  flow {name:<27} {flow_source.file}", highlight=False, soft_wrap=True)
-    for rule, source in zip(book.rules, book.sources, strict=True):
-        console.print(
-            f"ok  {rule.name:<32} {source.file}:{source.line}  → {_does(rule)}",
-            highlight=False,
-            soft_wrap=True,
+    for rule, source in zip(report.book.rules, report.book.sources, strict=True):
+        if not any(
+            f.file == source.file and f.message.startswith(f"rule {rule.name!r}") for f in findings
+        ):
+            console.print(
+                f"ok  {rule.name:<32} {source.file}:{source.line}  → {_does(rule)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    for found in findings:
+        (err_console if found.severity == "error" else console).print(
+            str(found), highlight=False, soft_wrap=True, markup=False
         )
-    console.print(f"{len(book.rules)} rules and {len(flows)} YAML flows valid")
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
+    console.print(
+        f"{len(report.book.rules)} rules and {len(flows)} YAML flows: {errors} error(s), "
+        f"{warnings} warning(s)" + (" (--strict: warnings fail)" if strict else "")
+    )
+    if errors or (strict and warnings):
+        raise typer.Exit(1)
+
+
+def _catalog_and_flows(settings: Any) -> tuple[Any, dict[str, Any], list[str], list[Any]]:
+    """The service catalog, the YAML flows, every flow name, and the problems of their files
+    (each is one more finding: the rules are checked all the same)."""
+    import yaml
+
+    from flows.operations import all_operations
+    from responder.authoring.check import finding
+    from responder.decision.services import ServiceCatalog, load_services
+    from responder.exceptions import DocumentError
+    from responder.orchestration.flow_catalog import REMEDIATIONS, flow_names, load_flow_files
+
+    findings = []
+    flows: dict[str, Any] = {}
+    try:
+        catalog = load_services(settings.services_file)
+    except DocumentError as exc:
+        findings.append(finding(exc))
+        catalog = ServiceCatalog()
+    try:
+        flows = load_flow_files(operations=set(all_operations()))
+    except DocumentError as exc:
+        findings.append(finding(exc))
+    try:
+        known = flow_names()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a flow file reported above
+        known = sorted({*REMEDIATIONS, *flows})
+    return catalog, flows, known, findings
 
 
 def _does(rule: Any) -> str:
@@ -75,7 +120,11 @@ def test_rules(
         list[Path] | None, typer.Argument(help="Test files or directories (default rules/tests).")
     ] = None,
 ) -> None:
-    """Run rule test files: alerts and events over time in, expected decisions and facts out."""
+    """Run rule test files: alerts and events over time in, expected decisions and facts out.
+
+    A directory's `*.yaml` files are tests; fixtures (catalogs, facts) go in a subdirectory
+    (rules/tests/fixtures/). A file that cannot be run is an error; the others still run.
+    """
     from responder.authoring.ruletest import run_test_file
     from responder.runtime.service import known_flows
 
@@ -90,7 +139,9 @@ def test_rules(
         try:
             outcomes = asyncio.run(run_test_file(file, known_flows()))
         except ResponderError as exc:
-            raise fail(exc) from None
+            failed += 1
+            err_console.print(f"ERROR {exc}", highlight=False, soft_wrap=True, markup=False)
+            continue
         for outcome in outcomes:
             if outcome.passed:
                 console.print(f"ok    {file}: {outcome.name}", highlight=False, soft_wrap=True)

@@ -22,6 +22,7 @@ class Spec(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E", bound=DocumentError)
 
 
 class _Loader(yaml.SafeLoader):
@@ -46,7 +47,18 @@ class _Loader(yaml.SafeLoader):
 def load_document(
     text: str, file: str, model: type[M], error: type[DocumentError]
 ) -> tuple[M | None, yaml.Node | None]:
-    """Parse and validate; (None, None) for an empty document."""
+    """Parse and validate; (None, None) for an empty document. Raises the first error."""
+    data, node = read_document(text, file, error)
+    if node is None:
+        return None, None
+    try:
+        return model.model_validate(data), node
+    except ValidationError as exc:
+        raise validation_errors(exc, node, file, model, error)[0] from None
+
+
+def read_document(text: str, file: str, error: type[DocumentError]) -> tuple[Any, yaml.Node | None]:
+    """Parse YAML safely: the data and its node tree, (None, None) for an empty document."""
     try:
         loader = _Loader(text)
     except yaml.reader.ReaderError as exc:
@@ -58,7 +70,7 @@ def load_document(
         if node is None:
             return None, None
         _reject_duplicate_keys(node, file, error)
-        data = loader.construct_document(node)
+        return loader.construct_document(node), node
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else loader.line + 1
         raise error(f"not valid YAML: {exc.problem}", file=file, line=line) from None
@@ -67,26 +79,50 @@ def load_document(
         raise error(problem, file=file, line=loader.line + 1) from None
     finally:
         loader.dispose()
-    try:
-        return model.model_validate(data), node
-    except ValidationError as exc:
-        # An unknown key usually explains a missing one (a typo): report it first.
-        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+
+
+def validation_errors(
+    exc: ValidationError,
+    node: yaml.Node,
+    file: str,
+    model: type[BaseModel],
+    error: type[E],
+    at: Sequence[Any] = (),
+) -> list[E]:
+    """Every problem pydantic found, each at the line and column of its key or value, and
+    saying what is accepted. An unknown key usually explains a missing one (a typo): unknown
+    keys come first. `at` is where in the document `model`'s part is."""
+    found: list[E] = []
+    for err in sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden"):
         loc = tuple(err["loc"])
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        path = ".".join(str(p) for p in (*at, *loc)) or "(top level)"
         message = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"]
-        raise error(
-            f"{path}: {message}{_accepted(model, loc)}", file=file, line=line_of(node, loc)
-        ) from None
+        line, column = location_of(node, (*at, *loc), key=err["type"] == "extra_forbidden")
+        problem = f"{path}: {message}{_given(err, message)}{_accepted(model, loc)}"
+        found.append(error(problem, file=file, line=line, column=column))
+    return found
 
 
-def line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
-    """The line of the deepest YAML node that `loc` (a pydantic error path) reaches."""
-    for part in loc:
+def _given(err: Any, message: str) -> str:
+    """The bad value, when it is a short scalar the message does not already quote."""
+    value = err.get("input")
+    if err["type"] in ("missing", "extra_forbidden") or isinstance(value, (dict, list)):
+        return ""
+    shown = repr(value)
+    if len(shown) > 80 or shown in message or str(value) in message:
+        return ""
+    return f" (given: {shown})"
+
+
+def node_at(node: yaml.Node, loc: Sequence[Any], *, key: bool = False) -> yaml.Node:
+    """The deepest YAML node that `loc` (a pydantic error path) reaches; with `key`, the
+    key node of its last part when the path reaches it whole."""
+    for i, part in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if key_node.value == part:
-                    node = value_node
+                    last = i == len(loc) - 1
+                    node = key_node if key and last else value_node
                     break
             else:
                 break
@@ -96,7 +132,18 @@ def line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
             node = node.value[part]
         else:
             break
-    return int(node.start_mark.line) + 1
+    return node
+
+
+def location_of(node: yaml.Node, loc: Sequence[Any], *, key: bool = False) -> tuple[int, int]:
+    """The line and column (both from 1) of `node_at(node, loc, key=key)`."""
+    found = node_at(node, loc, key=key)
+    return int(found.start_mark.line) + 1, int(found.start_mark.column) + 1
+
+
+def line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
+    """The line of the deepest YAML node that `loc` (a pydantic error path) reaches."""
+    return location_of(node, loc)[0]
 
 
 # An alias repeats a node where it is used: a few, nested, make a document that expands to

@@ -287,6 +287,12 @@ class Engine:
                 due.append(Match(rule, alert, self._joined(rule, alert)))
         return self._ordered(due), expired
 
+    def next_timer(self) -> float | None:
+        """When `tick` has something to do next (a `firing_for` rule due, a fact expiring);
+        None when nothing waits."""
+        times = [heap[0][0] for heap in (self._due, self._fact_expiry) if heap]
+        return min(times) if times else None
+
     # --- internals -----------------------------------------------------------------------
 
     def _drop_fact(self, fid: str) -> None:

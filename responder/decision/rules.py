@@ -8,20 +8,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 
-from responder.decision.documents import Spec, line_of, load_document
+from responder.decision.documents import (
+    Spec,
+    location_of,
+    node_at,
+    read_document,
+    validation_errors,
+)
 from responder.decision.matchers import Matcher, parse_matcher
 from responder.decision.templates import compile_template, valid_templates
 from responder.durations import Duration
@@ -287,10 +295,21 @@ class RuleFile(Spec):
 
 @dataclass(frozen=True)
 class RuleSource:
-    """Where a rule was defined, for error messages and explanations."""
+    """Where a rule was defined, for error messages and explanations; `node` is the rule's
+    YAML, for the line and column of each of its keys."""
 
     file: str
     line: int
+    node: yaml.Node | None = field(default=None, compare=False, repr=False)
+
+    def location(self, *loc: str | int, key: bool = False) -> tuple[int, int]:
+        """The line and column of a key of the rule (its value, or with `key` the key)."""
+        return location_of(self.node, loc, key=key) if self.node is not None else (self.line, 1)
+
+    def error(self, problem: str, *loc: str | int, key: bool = False) -> RuleError:
+        """A `RuleError` at a key of this rule."""
+        line, column = self.location(*loc, key=key)
+        return RuleError(problem, file=self.file, line=line, column=column)
 
 
 @dataclass(frozen=True)
@@ -315,55 +334,102 @@ def rule_file_schema() -> dict[str, Any]:
     return schema
 
 
+def read_rule_text(text: str, file: str) -> tuple[list[Rule], list[RuleSource], list[RuleError]]:
+    """The valid rules of one file's text, where each is, and every problem of the others."""
+    try:
+        data, node = read_document(text, file, RuleError)
+    except RuleError as exc:
+        return [], [], [exc]
+    if node is None:
+        return [], [], []
+    try:
+        parsed = RuleFile.model_validate(data)
+    except ValidationError as exc:
+        errors = validation_errors(exc, node, file, RuleFile, RuleError)
+    else:
+        return parsed.rules, [_source(file, node, i) for i in range(len(parsed.rules))], []
+    # The rules without an error are loaded all the same, for `check` to look further.
+    rules, sources = [], []
+    items = data.get("rules") if isinstance(data, dict) else None
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        try:
+            rules.append(Rule.model_validate(item))
+        except ValidationError:
+            continue
+        sources.append(_source(file, node, i))
+    return rules, sources, errors
+
+
+def _source(file: str, node: yaml.Node, index: int) -> RuleSource:
+    rule_node = node_at(node, ("rules", index))
+    return RuleSource(file, int(rule_node.start_mark.line) + 1, rule_node)
+
+
 def load_rule_text(text: str, file: str) -> tuple[list[Rule], list[RuleSource]]:
-    """Load one rule file's text; raise `RuleError` naming file and line."""
-    parsed, node = load_document(text, file, RuleFile, RuleError)
-    if parsed is None or node is None:
-        return [], []
-    sources = [RuleSource(file, line_of(node, ("rules", i))) for i in range(len(parsed.rules))]
-    return parsed.rules, sources
+    """Load one rule file's text; raise the first `RuleError` (file, line and column)."""
+    rules, sources, errors = read_rule_text(text, file)
+    if errors:
+        raise errors[0]
+    return rules, sources
 
 
-def load_rules(paths: Iterable[Path], known_flows: Collection[str] | None = None) -> RuleBook:
-    """Load rule files (or directories of `*.yaml`/`*.yml`) into one `RuleBook`."""
+def read_rules(
+    paths: Iterable[Path], known_flows: Collection[str] | None = None
+) -> tuple[RuleBook, list[RuleError]]:
+    """Every valid rule of the files (or directories of `*.yaml`/`*.yml`), and every problem
+    of every file: `load_rules` raises the first, `responder check` reports them all."""
     rules: list[Rule] = []
     sources: list[RuleSource] = []
     seen: dict[str, RuleSource] = {}
-    for file in _rule_files(paths):
+    files, errors = _rule_files(paths)
+    for file in files:
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise RuleError(f"cannot read: {exc}", file=str(file)) from None
-        file_rules, file_sources = load_rule_text(text, str(file))
+            errors.append(RuleError(f"cannot read: {exc}", file=str(file)))
+            continue
+        file_rules, file_sources, file_errors = read_rule_text(text, str(file))
+        errors.extend(file_errors)
         for rule, source in zip(file_rules, file_sources, strict=True):
             if rule.name in seen:
                 first = seen[rule.name]
-                raise RuleError(
+                problem = (
                     f"rule name {rule.name!r} is already used at {first.file}:{first.line}; "
-                    "rule names must be unique",
-                    file=source.file,
-                    line=source.line,
+                    "rule names must be unique"
                 )
+                errors.append(source.error(problem, "name"))
+                continue
             if known_flows is not None and rule.run and rule.run.flow not in known_flows:
-                raise RuleError(
+                problem = (
                     f"rule {rule.name!r}: unknown flow {rule.run.flow!r}; "
-                    f"known flows: {', '.join(sorted(known_flows))}",
-                    file=source.file,
-                    line=source.line,
+                    f"known flows: {', '.join(sorted(known_flows))}"
                 )
+                errors.append(source.error(problem, "run", "flow"))
             seen[rule.name] = source
             rules.append(rule)
             sources.append(source)
-    return RuleBook(tuple(rules), tuple(sources))
+    return RuleBook(tuple(rules), tuple(sources)), errors
 
 
-def _rule_files(paths: Iterable[Path]) -> list[Path]:
+def load_rules(paths: Iterable[Path], known_flows: Collection[str] | None = None) -> RuleBook:
+    """Load rule files (or directories of `*.yaml`/`*.yml`) into one `RuleBook`; raise the
+    first problem as a `RuleError` naming file, line and column."""
+    book, errors = read_rules(paths, known_flows)
+    if errors:
+        raise errors[0]
+    # The YAML nodes (and through their marks, the files' text) are for `check`; a rule book
+    # in force keeps only where each rule is.
+    return RuleBook(book.rules, tuple(RuleSource(s.file, s.line) for s in book.sources))
+
+
+def _rule_files(paths: Iterable[Path]) -> tuple[list[Path], list[RuleError]]:
     files: list[Path] = []
+    errors: list[RuleError] = []
     for path in paths:
         if path.is_dir():
             files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
         elif path.exists():
             files.append(path)
         else:
-            raise RuleError("no such file or directory", file=str(path))
-    return files
+            errors.append(RuleError("no such file or directory", file=str(path)))
+    return files, errors

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 from flows import REMEDIATIONS, PythonFlow, flow_names, load_flow
 
@@ -31,6 +32,7 @@ __all__ = [
     "load_flow",
     "load_flow_files",
     "parameter_errors",
+    "parameter_fields",
     "python_name",
     "reload_flows",
 ]
@@ -44,6 +46,35 @@ def parameter_errors(flow: str, parameters: dict[str, Any]) -> list[dict[str, st
     from flows.catalog import parameter_errors as check
 
     return check(flow, parameters)
+
+
+def parameter_fields(flow: str) -> dict[str, tuple[bool, str]]:
+    """Each parameter the flow takes: whether it is required, and its type as written.
+
+    Imports the flow, and Prefect with it, on first use.
+    """
+    from flows.catalog import parameters_model
+
+    return {
+        name: (info.is_required(), _type_name(info.annotation))
+        for name, info in parameters_model(flow).model_fields.items()
+    }
+
+
+def _type_name(annotation: Any) -> str:
+    """A parameter's type as a person writes it: `list[str]`, `int | None`, `'GET' | 'POST'`."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    name = getattr(origin or annotation, "__name__", None) or str(annotation)
+    name = name.replace("typing.", "")
+    return f"{name}[{', '.join(_type_name(a) for a in args)}]" if args else name
 
 
 def catalog() -> list[CatalogEntry]:

@@ -169,6 +169,21 @@ class Incidents:
         return int(result.rowcount or 0)
 
     @staticmethod
+    async def next_until(conn: AsyncConnection) -> float | None:
+        """When the earliest timed block (a cooldown, a budget window) of a waiting incident
+        ends; None when no incident waits on time. It is due once the time is past."""
+        until = (
+            await conn.execute(
+                select(func.min(incidents.c.until)).where(
+                    incidents.c.firing == true(),
+                    incidents.c.state == IncidentState.WAITING.value,
+                    incidents.c.waiting_on.in_(TIMED),
+                )
+            )
+        ).scalar_one()
+        return None if until is None else float(until)
+
+    @staticmethod
     async def due(
         conn: AsyncConnection, now: float, *, paused: bool, limit: int
     ) -> list[DueIncident]:

@@ -78,6 +78,12 @@ class Timers:
         return [Timer(**r._mapping) for r in rows]
 
     @staticmethod
+    async def next_due(conn: AsyncConnection) -> float | None:
+        """When the earliest timer is due; None when none is set."""
+        due = (await conn.execute(select(func.min(timers.c.due_at)))).scalar_one()
+        return None if due is None else float(due)
+
+    @staticmethod
     async def take(conn: AsyncConnection, ids: list[int]) -> None:
         """These timers fired (or no longer apply)."""
         for start in range(0, len(ids), 500):

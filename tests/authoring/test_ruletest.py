@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from responder.cli import app
@@ -63,3 +64,160 @@ def test_a_malformed_test_file_names_file_and_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"{tmp_path / 't.yaml'}:4" in result.output
     assert "stpes" in result.output
+
+
+def run_tests(tmp_path: Path, text: str, *rules: str) -> tuple[int, str]:
+    """`responder test` on one test file next to copies of the shipped `rules`."""
+    for rule in rules:
+        shutil.copy(ROOT / "rules" / rule, tmp_path)
+    (tmp_path / "t.yaml").write_text(text)
+    result = CliRunner().invoke(app, ["test", str(tmp_path / "t.yaml")])
+    return result.exit_code, result.output
+
+
+DOWN = "{labels: {alertname: ServiceDown, instance: h1, service: s, severity: page}}"
+
+
+def test_a_finish_on_a_key_no_run_holds_fails_the_test(tmp_path: Path) -> None:
+    code, output = run_tests(
+        tmp_path,
+        f"""
+rules: [restart-service.yaml]
+vars: {{service_control_url: "http://ctl"}}
+tests:
+  - name: finishes a key with a typo
+    steps:
+      - alerts: [{DOWN}]
+      - at: 1m
+        finish: [{{key: "restart-crashed-service:restart-service/h1/S"}}]
+    expect:
+      decisions: [{{rule: restart-crashed-service, verdict: admitted}}]
+""",
+        "restart-service.yaml",
+    )
+    assert code == 1
+    assert (
+        "error: step at 60s: finish: no flow run holds key "
+        "'restart-crashed-service:restart-service/h1/S'; runs hold: "
+        "'restart-crashed-service:restart-service/h1/s'"
+    ) in output
+
+
+ESCALATION = f"""
+rules: [restart-service.yaml, escalation.yaml]
+vars: {{service_control_url: "http://ctl", pager_url: "http://pager/events"}}
+tests:
+  - name: still down after 15 minutes
+    steps:
+      - alerts: [{DOWN}]
+UNTIL
+    expect:
+      decisions:
+        - {{rule: restart-crashed-service, verdict: admitted}}
+        - {{rule: page-still-down, verdict: admitted}}
+"""
+
+
+@pytest.mark.parametrize(("until", "passes"), [("", False), ("    until: 15m", True)])
+def test_time_runs_on_until_every_timer_due_has_fired(
+    tmp_path: Path, until: str, passes: bool
+) -> None:
+    # No step at 15m: without `until`, the test ends at its last step, before the timer.
+    code, output = run_tests(
+        tmp_path,
+        ESCALATION.replace("UNTIL\n", until + "\n" if until else ""),
+        "restart-service.yaml",
+        "escalation.yaml",
+    )
+    assert (code == 0) is passes, output
+
+
+@pytest.mark.parametrize(
+    ("reason", "passes"),
+    [("does not fit", False), ("parameters do not fit flow 'restart-service': host:", True)],
+)
+def test_an_expectation_names_the_error_reason(tmp_path: Path, reason: str, passes: bool) -> None:
+    code, output = run_tests(
+        tmp_path,
+        f"""
+rules: [restart-service.yaml]
+vars: {{service_control_url: "http://ctl"}}
+tests:
+  - name: a host label that is no host name
+    steps:
+      - alerts:
+          - {{labels: {{alertname: ServiceDown, instance: "h1;rm", service: s, severity: page}}}}
+    expect:
+      decisions: [{{rule: restart-crashed-service, verdict: error, reason: "{reason}"}}]
+""",
+        "restart-service.yaml",
+    )
+    assert (code == 0) is passes, output
+    if not passes:
+        assert '+      "reason": "parameters do not fit flow' in output
+
+
+def test_fixtures_have_their_place_and_a_broken_file_does_not_stop_the_others(
+    tmp_path: Path,
+) -> None:
+    shutil.copy(ROOT / "rules" / "rollback.yaml", tmp_path)
+    tests = tmp_path / "tests"
+    (tests / "fixtures").mkdir(parents=True)
+    # A catalog and a fact fixture where `responder test` does not take them for tests.
+    (tests / "fixtures" / "services.yaml").write_text("services: {shop: {tier: 0}}\n")
+    (tests / "fixtures" / "deploys.yaml").write_text(
+        "facts:\n  - {fact: event, with: {type: deploy.finished, namespace: shop, "
+        "workload: web, previous_revision: '3'}, ttl: 1h}\n"
+    )
+    (tests / "rollback.yaml").write_text(
+        """
+rules: [../rollback.yaml]
+services: fixtures/services.yaml
+facts: fixtures/deploys.yaml
+vars: {deploy_api: "http://deploys"}
+tests:
+  - name: a crash-loop after a deploy held as a fixture is rolled back
+    steps:
+      - alerts: [{labels: {alertname: KubePodCrashLooping, namespace: shop, deployment: web}}]
+    expect:
+      decisions: [{rule: rollback-crashloop-after-deploy, verdict: admitted}]
+"""
+    )
+    (tests / "broken.yaml").write_text("rules: [../rollback.yaml]\ntests: []\n")
+    result = CliRunner().invoke(app, ["test", str(tests)])
+    assert result.exit_code == 1
+    assert f"ERROR {tests / 'broken.yaml'}:2" in result.output
+    assert f"ok    {tests / 'rollback.yaml'}: a crash-loop after a deploy" in result.output
+    assert str(tests / "fixtures") not in result.output
+
+
+LADDER = f"""
+rules: [restart-service.yaml, escalation.yaml]
+vars: {{service_control_url: "http://ctl", pager_url: "http://pager/events"}}
+tests:
+  - name: restarted again after the cooldown (a durable timer), then refused and paged
+    steps:
+      - alerts: [{DOWN}]
+      - at: 1m
+        finish: [{{key: "restart-crashed-service:restart-service/h1/s"}}]
+UNTIL
+    expect:
+      decisions:
+        - {{rule: restart-crashed-service, verdict: admitted}}
+        - {{rule: page-still-down, verdict: admitted}}
+        - {{rule: restart-crashed-service, verdict: admitted}}
+"""
+
+
+@pytest.mark.parametrize(("until", "passes"), [("", False), ("    until: 16m1s", True)])
+def test_the_ladders_next_attempt_fires_within_until(
+    tmp_path: Path, until: str, passes: bool
+) -> None:
+    # The cooldown (15m) ends at 16m: the ladder's timer; page-still-down's is at 15m.
+    code, output = run_tests(
+        tmp_path,
+        LADDER.replace("UNTIL\n", until + "\n" if until else ""),
+        "restart-service.yaml",
+        "escalation.yaml",
+    )
+    assert (code == 0) is passes, output

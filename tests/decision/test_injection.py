@@ -368,6 +368,9 @@ async def test_typed_parameters_refuse_every_value_before_the_guard(
     for row in rows:
         _, flow, labels, field = TYPED[row["labels"]["alertname"]]
         value = row["labels"][labels[0]]
+        if value == "":  # the shipped rules match only alerts with the labels they use
+            assert row["verdict"] == "unmatched", row
+            continue
         assert row["verdict"] == "error", (value, row)
         assert row["guard_key"] is None and row["flow_run_id"] is None
         if flow == "restart-service" and value in NOT_A_SEGMENT:
@@ -516,6 +519,9 @@ async def test_a_label_in_an_http_path_stays_one_segment_on_the_wire(
     assert sorted(rows) == sorted(CORPUS)
     expected: list[str] = []
     for value, row in rows.items():
+        if value == "":  # the rule matches only alerts with the labels it uses
+            assert row["verdict"] == "unmatched", row
+            continue
         if value in NOT_A_SEGMENT:
             assert row["verdict"] == "error"
             assert "cannot be a URL path segment" in row["reason"]

@@ -66,7 +66,13 @@ def test_good_file_loads_with_source_lines(tmp_path: Path) -> None:
             "unexpected end",
         ),
         (GOOD.replace("name: first", "name: First Rule"), 2, "should match pattern"),
-        (GOOD.replace("flow: restart-service", "flow: nope"), 2, "unknown flow 'nope'"),
+        (
+            GOOD.replace("name: first", "name: first\n    priority: high"),
+            3,
+            "rules.0.priority: Input should be a valid integer, unable to parse string as an "
+            "integer (given: 'high')",
+        ),
+        (GOOD.replace("flow: restart-service", "flow: nope"), 4, "unknown flow 'nope'"),
         (GOOD + "  - name: first\n    match: []\n", 7, "at least 1 item"),
         (GOOD.replace("    match:", "    name: again\n    match:"), 3, "appears twice"),
         ("rules:\n  - name: [unclosed\n", 3, "not valid YAML"),
@@ -117,14 +123,19 @@ def test_duplicate_rule_names_across_files(tmp_path: Path) -> None:
 
 
 def test_check_command_reports_file_and_line(tmp_path: Path) -> None:
+    # The whole compiler is tested in tests/authoring/test_check.py.
+    good = GOOD.replace(
+        'run: {flow: restart-service, parameters: {host: "{{ alert.labels.instance }}"}}',
+        'run: {flow: http-call, parameters: {url: "http://x/{{ alert.host }}"}}',
+    )
     runner = CliRunner()
-    ok = runner.invoke(app, ["check", str(write(tmp_path, GOOD))])
+    ok = runner.invoke(app, ["check", str(write(tmp_path, good))])
     assert ok.exit_code == 0, ok.output
     assert "1 rules and" in ok.output
-    bad = write(tmp_path, GOOD.replace("guard:", "gaurd:"), "bad.yaml")
+    bad = write(tmp_path, good.replace("guard:", "gaurd:"), "bad.yaml")
     result = runner.invoke(app, ["check", str(bad)])
     assert result.exit_code == 1
-    assert f"{bad}:5" in result.output.replace("\n", "")
+    assert f"{bad}:5:5: error: rules.0.gaurd: Extra inputs" in result.output.replace("\n", "")
 
 
 def test_guard_policy_fields_and_durations(tmp_path: Path) -> None:

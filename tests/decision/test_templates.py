@@ -59,3 +59,32 @@ def test_a_template_past_pythons_limits_is_a_template_error(template: str) -> No
     # Found by tests/test_fuzz.py: ValueError, RecursionError and SyntaxError escaped.
     with pytest.raises(TemplateError):
         compile_template(template)
+
+
+def test_probe_notes_every_name_that_would_fail_and_renders_on() -> None:
+    from jinja2.utils import missing
+
+    from responder.decision.templates import probe
+
+    labels: dict[str, str] = {"a": "1"}
+    variables = {"x": "y"}
+    context = {"alert": {"labels": labels}, "vars": variables}
+    found = probe("{{ vars.nope }}/{{ alert.labels.b }}/{{ alert.labels.a }}/{{ z }}", context)
+    assert [(owner, name) for owner, name, _ in found.unvouched] == [
+        (variables, "nope"),
+        (labels, "b"),
+        (missing, "z"),
+    ]
+    assert found.output == "nope/b/1/z" and found.failure is None
+    # What cannot fail is not noted: a default, a test; a sandbox escape is.
+    safe = probe(
+        "{{ alert.labels.b | default('-') }}{% if z is defined %}{{ z }}{% endif %}", context
+    )
+    assert (safe.unvouched, safe.output) == ((), "-")
+    unsafe = probe("{{ alert.labels.a.__class__ }}", context)
+    assert [why for _, _, why in unsafe.unvouched] == [
+        "access to attribute '__class__' of 'str' object is unsafe."
+    ]
+    # The runtime renderer is unchanged: StrictUndefined still fails.
+    with pytest.raises(TemplateError):
+        render("{{ alert.labels.b }}", context)

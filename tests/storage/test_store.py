@@ -165,3 +165,43 @@ def test_a_damaged_sqlite_file_stops_start_up_with_one_line_naming_it(
     assert len(errors) == 1, output
     assert f"store {database} is damaged" in errors[0]
     assert "restore it from a backup" in output
+
+
+async def test_the_next_timer_and_the_next_end_of_a_timed_wait(store: Store) -> None:
+    # What a rule test's clock stops at (authoring.sandbox.run_until), on both backends.
+    async with store.transaction() as conn:
+        assert await store.timers.next_due(conn) is None
+        assert await store.incidents.next_until(conn) is None
+        timer = {"kind": "retry", "rule": "r", "decision_id": None, "reason": "", "created_at": 0}
+        await store.timers.set(
+            conn,
+            [
+                {**timer, "incident": "a", "due_at": 50.0},
+                {**timer, "incident": "b", "due_at": 20.5},
+            ],
+        )
+        incident = {
+            "alertname": "A",
+            "firing": True,
+            "state": "waiting",
+            "due": False,
+            "updated_at": 0,
+        }
+        await store.incidents.save(
+            conn,
+            [
+                {**incident, "incident": "x", "waiting_on": "cooldown", "until": 90.0},
+                {**incident, "incident": "y", "waiting_on": "budget", "until": 70.0},
+                {**incident, "incident": "z", "waiting_on": "key_active", "until": 10.0},
+                {
+                    **incident,
+                    "incident": "w",
+                    "firing": False,
+                    "waiting_on": "cooldown",
+                    "until": 5.0,
+                },
+            ],
+        )
+    async with store.transaction() as conn:
+        assert await store.timers.next_due(conn) == 20.5
+        assert await store.incidents.next_until(conn) == 70.0
