@@ -24,6 +24,7 @@ class Verdict(StrEnum):
     SHADOW = "shadow"  # a shadow rule: recorded what the guard would do, nothing dispatched
     DRY_RUN = "dry_run"  # Responder runs in dry-run mode: recorded, nothing dispatched
     ASSERTED = "asserted"  # a rule without `run` held and asserted or retracted facts
+    DEFERRED = "deferred"  # the rule held; it decides once its `settle` time is over
     DUPLICATE = "duplicate"  # this (fingerprint, startsAt, status) was already handled
     UNMATCHED = "unmatched"  # a new firing alert no rule matched
     RESOLVED = "resolved"  # a resolved alert; its fact was retracted

@@ -71,6 +71,10 @@ class Transaction(Protocol):
     def set_firing(self, alert: Alert, *, firing: bool) -> None:
         """Keep (or let go of) an alert the engine holds as firing."""
 
+    def settle(self, match: Match, inbox_id: int | None, seconds: float) -> None:
+        """Record that the match's rule waits `seconds` before acting (a durable timer:
+        convergence decides it then, if it still holds)."""
+
     def try_again(self, attempt: NextAttempt) -> None:
         """Have the incident decided again by the rule at the attempt's time (a durable
         timer: the incident's record waits on `retry`)."""
@@ -107,7 +111,7 @@ class Pipeline:
             matches = self.engine.retract_alert(alert)
             work.set_firing(alert, firing=False)
             work.record(alert, inbox_id, Verdict.RESOLVED, "fact retracted")
-            await self._apply(work, matches, inbox_id, 0)
+            await self._apply(work, matches, inbox_id, 0, settled=True)
             return
         try:
             matches = self.engine.assert_alert(alert)
@@ -121,12 +125,13 @@ class Pipeline:
         await self._apply(work, matches, inbox_id, 0)
 
     async def due(self, work: Transaction, match: Match) -> None:
-        """A `firing_for` rule that came due."""
-        await self._apply(work, [match], None, 0)
+        """A `firing_for` rule that came due (it has waited already: no `settle`)."""
+        await self._apply(work, [match], None, 0, settled=True)
 
     async def again(self, work: Transaction, matches: list[Match]) -> None:
-        """Rules that hold for an incident whose refusal cleared (or whose rules changed)."""
-        await self._apply(work, matches, None, 0)
+        """Rules that hold for an incident whose refusal cleared, whose rules changed, or
+        whose `settle` time is over: decided now."""
+        await self._apply(work, matches, None, 0, settled=True)
 
     async def event(self, work: Transaction, event: CloudEvent, inbox_id: int) -> None:
         metrics.EVENTS_RECEIVED.inc()
@@ -152,15 +157,24 @@ class Pipeline:
     # --- acting on matches ---------------------------------------------------------------
 
     async def _apply(
-        self, work: Transaction, matches: list[Match], inbox_id: int | None, depth: int
+        self,
+        work: Transaction,
+        matches: list[Match],
+        inbox_id: int | None,
+        depth: int,
+        *,
+        settled: bool = False,
     ) -> None:
         """Act on matches (of chaining depth `depth`) in priority order: retract and
-        assert facts, then decide."""
+        assert facts, then decide. A rule with `settle` that has not waited yet waits."""
         for match in matches:
             rule, alert = match.rule, match.alert
             if not self.engine.still_holds(match):
                 reason = "held, then a fact it requires or excludes changed"
                 work.record(alert, inbox_id, Verdict.UNMATCHED, reason, rule=rule.name)
+                continue
+            if rule.settle is not None and not settled:
+                work.settle(match, inbox_id, rule.settle)
                 continue
             try:
                 await self._change_facts(work, match, inbox_id, depth)

@@ -240,6 +240,10 @@ class SequenceSpec(Spec):
         return tuple(_parsed_matcher(m) for m in self.match)
 
 
+# The longest a rule may wait before acting (`settle`): a correlation window, not a delay.
+MAX_SETTLE_SECONDS = 600
+
+
 class Rule(Spec):
     """One rule: when its conditions hold for an alert, decide, assert or retract."""
 
@@ -261,6 +265,13 @@ class Rule(Spec):
     firing_for: Duration | None = Field(
         None, gt=0, description="Hold only once the alert has fired this long unresolved."
     )
+    settle: Duration | None = Field(
+        None,
+        gt=0,
+        le=MAX_SETTLE_SECONDS,
+        description="Once the rule holds, wait this long (at most 10m) before acting, so "
+        "that correlated alerts and facts can land first; then act if it still holds.",
+    )
     assert_: AssertSpec | None = Field(None, alias="assert")
     retract: list[FactCondition] = Field(default_factory=list)
     run: RunSpec | None = None
@@ -273,7 +284,7 @@ class Rule(Spec):
         if self.run is None and self.assert_ is None and not self.retract:
             raise ValueError("a rule needs at least one of run, assert or retract")
         if self.status == "resolved" and (
-            self.when or self.unless or self.count or self.after or self.firing_for
+            self.when or self.unless or self.count or self.after or self.firing_for or self.settle
         ):
             raise ValueError("a rule on resolved alerts accepts match and match_annotations only")
         return self

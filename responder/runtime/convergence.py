@@ -27,7 +27,7 @@ from responder.events.webhook import Alert
 from responder.runtime.work import Work
 from responder.storage.incidents import HELD, DueIncident
 from responder.storage.store import Store
-from responder.storage.timers import Timer
+from responder.storage.timers import SETTLE, Timer
 
 # Verdicts of a rule for an incident after which it is asked again.
 ASKED_AGAIN = {Verdict.UNMATCHED.value}
@@ -117,14 +117,15 @@ async def reexamine(
 
 
 async def fire(
-    store: Store, work: Work, pipeline: Pipeline, due: list[Timer], deadline: float
+    store: Store, work: Work, pipeline: Pipeline, due: list[Timer], now: float, deadline: float
 ) -> int:
     """Act on due timers in `work`'s transaction, until `deadline` (a monotonic time; at
     least one); return how many were handled (taken), the rest stay due.
 
-    A retry decides its rule again for its incident, if the alert still fires and the rule
-    still holds (a reload may have removed or changed it); the guard decides as ever
-    (`max_attempts` ends the ladder).
+    A timer decides its rule for its incident (a retry: again; a `settle`: at last), if the
+    alert still fires and the rule still holds (a fact may have landed meanwhile, a reload
+    may have removed or changed the rule); the guard decides as ever (`max_attempts` ends
+    the ladder). A settled rule that no longer holds says why in the log.
     """
     taken: list[int] = []
     for timer in due:
@@ -134,8 +135,15 @@ async def fire(
         alert = pipeline.engine.held(timer.incident)
         if alert is None:
             continue  # resolved meanwhile: nothing to do
+        await store.incidents.settle(work.conn, [timer.incident], now)
         matches = [m for m in pipeline.engine.holding(alert) if m.rule.name == timer.rule]
         if not matches:
+            if timer.kind == SETTLE:
+                why = {r.name: f for r, f in pipeline.engine.explain(alert)}.get(
+                    timer.rule, "the rule is gone"
+                )
+                reason = f"settled; then it no longer held: {why}"
+                work.record(alert, None, Verdict.UNMATCHED, reason, rule=timer.rule)
             continue
         work.because(timer.reason)
         try:

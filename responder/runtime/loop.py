@@ -340,7 +340,9 @@ class EngineLoop:
                 work = Work(self._store, self._guard, conn, self._clock)
                 deadline = time.monotonic() + self._transaction_seconds
                 timers = await self._store.timers.due(conn, self._clock(), CONVERGE_BATCH)
-                fired = await convergence.fire(self._store, work, self.pipeline, timers, deadline)
+                fired = await convergence.fire(
+                    self._store, work, self.pipeline, timers, self._clock(), deadline
+                )
                 paused = await self._guard.pause(conn) is not None
                 rows = await self._store.incidents.due(
                     conn, self._clock(), paused=paused, limit=CONVERGE_BATCH

@@ -17,6 +17,7 @@ from responder.control.guard import Admission, Guard
 from responder.control.ledger import DecisionRecord, Ledger
 from responder.control.runs import ActiveRun
 from responder.decision.decisions import Decision, Verdict
+from responder.decision.engine import Match
 from responder.decision.escalation import NextAttempt
 from responder.events.facts import Fact
 from responder.events.manual_runs import MANUAL_RULE
@@ -24,7 +25,7 @@ from responder.events.webhook import Alert
 from responder.storage.incidents import IncidentState
 from responder.storage.schema import key_digest
 from responder.storage.store import Store
-from responder.storage.timers import RETRY
+from responder.storage.timers import RETRY, SETTLE
 
 
 class Work:
@@ -130,6 +131,24 @@ class Work:
                 holder=admission.holder,
                 until=admission.until,
             )
+
+    def settle(self, match: Match, inbox_id: int | None, seconds: float) -> None:
+        alert, rule = match.alert, match.rule.name
+        until = self._clock() + seconds
+        reason = f"the rule holds; it settles {seconds:g}s before deciding"
+        self.record(alert, inbox_id, Verdict.DEFERRED, reason, rule=rule)
+        self._track(alert, IncidentState.WAITING, rule=rule, waiting_on=SETTLE, until=until)
+        self._timers.append(
+            {
+                "kind": SETTLE,
+                "incident": alert.incident,
+                "rule": rule,
+                "due_at": until,
+                "decision_id": None,
+                "reason": f"re-examined: settled {seconds:g}s",
+                "created_at": self._clock(),
+            }
+        )
 
     def try_again(self, attempt: NextAttempt) -> None:
         self._timers.append(

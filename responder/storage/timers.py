@@ -20,6 +20,8 @@ from responder.storage.schema import timers
 
 # The next attempt of a rule for an incident, after a run ended.
 RETRY = "retry"
+# The end of a rule's `settle` wait for an incident: it decides then, if it still holds.
+SETTLE = "settle"
 
 
 @dataclass(frozen=True)
