@@ -123,7 +123,7 @@ EXPECTED = [
     "syntax.yaml:9:5: error: rules.1.match: Field required",
     "syntax.yaml:10:5: error: rules.1.mtach: Extra inputs are not permitted; accepted keys: "
     "name, description, priority, shadow, status, match, match_annotations, when, unless, "
-    "count, after, firing_for, assert, retract, run, guard",
+    "count, after, firing_for, settle, assert, retract, run, guard",
     "syntax.yaml:12:18: error: rules.1.guard.key: template 'k/{{ alert.labels.instance }': "
     "unexpected '}' (template line 1)",
     "syntax.yaml:15:17: error: rule 'unknown-flow': unknown flow 'no-such-flow'; known flows: "
