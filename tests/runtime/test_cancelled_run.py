@@ -60,7 +60,9 @@ async def decisions(client: httpx.AsyncClient) -> list[dict[str, Any]]:
     return [d for d in reversed(response.json()["decisions"]) if d["rule"] == "restart-stuck"]
 
 
-async def cancel_when_running(client: httpx.AsyncClient, api_url: str, attempt: int) -> str:
+async def cancel_when_running(
+    client: httpx.AsyncClient, api_url: str, demo_service: DemoService, attempt: int
+) -> str:
     """Wait for the attempt's run to call its target, then cancel it as the UI would."""
 
     async def running_run() -> str | None:
@@ -73,6 +75,11 @@ async def cancel_when_running(client: httpx.AsyncClient, api_url: str, attempt: 
         return flow_run_id if (run.get("state") or {}).get("type") == "RUNNING" else None
 
     flow_run_id = await wait_for(running_run, timeout=90, every=0.5)
+
+    async def called() -> bool:  # RUNNING comes before the run's first step
+        return len(demo_service.posts) >= attempt
+
+    await wait_for(called, timeout=60, every=0.2)
     async with httpx.AsyncClient() as http:
         response = await http.post(
             f"{api_url}/flow_runs/{flow_run_id}/set_state",
@@ -93,14 +100,14 @@ async def test_a_run_cancelled_in_prefect_is_decided_again_until_max_attempts(
     response = await client.post("/webhook/alertmanager", json=body)
     assert response.status_code == 200
 
-    await cancel_when_running(client, api_url, 1)
+    await cancel_when_running(client, api_url, demo_service, 1)
 
     async def refused_at_the_top() -> list[dict[str, Any]] | None:
         rows = [d for d in await decisions(client) if d["verdict"] != "duplicate"]
         return rows if rows and rows[-1]["refusal"] == "max_attempts" else None
 
     # The cancelled run's incident is decided again: a second run, which is cancelled too.
-    second = await cancel_when_running(client, api_url, 2)
+    second = await cancel_when_running(client, api_url, demo_service, 2)
     rows = await wait_for(refused_at_the_top, timeout=90, every=0.5)
 
     assert [(d["verdict"], d["flow_run_state"]) for d in rows] == [
