@@ -62,14 +62,18 @@ def _log_to_stderr() -> None:
 def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = None) -> None:
     """Start a local Prefect server, serve the flows and receive Alertmanager webhooks."""
     from responder.runtime.service import Service
-    from responder.runtime.supervisor import Supervisor
+    from responder.runtime.supervisor import Supervisor, worker_environment
 
     _log_to_stderr()
     try:
         settings = settings_from(config, host=host, port=port)
         external = settings.prefect_api_url or os.environ.get("PREFECT_API_URL")
         supervisor = Supervisor(
-            settings.data_dir, settings.prefect_port, external, settings.runner_limit
+            settings.data_dir,
+            settings.prefect_port,
+            external,
+            settings.runner_limit,
+            worker_env=worker_environment(settings),
         )
         service = Service(settings, prefect_api_url=supervisor.api_url)
     except ResponderError as exc:

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from responder import metrics
-from responder.control import leases
+from responder.control import fencing, leases
 from responder.control import pause as remediation
 from responder.control.guard import Guard
 from responder.decision.rules import Rule, RuleBook, load_rules
@@ -275,6 +275,10 @@ class Service:
     async def incidents_of(self, fingerprint: str) -> list[dict[str, Any]]:
         """The remediation state of each incident of one alert, newest first."""
         return await self.store.incidents.like(fingerprint)
+
+    async def fencing_check(self, decision_id: int, flow_run_id: str) -> fencing.Answer:
+        """May this flow run, carrying this decision's token, act now (`control.fencing`)?"""
+        return await fencing.check(self.store, decision_id, flow_run_id)
 
     async def awaiting_approval(self) -> list[dict[str, Any]]:
         """The decisions whose flow run waits for an operator's answer."""
