@@ -19,10 +19,11 @@ When Responder cannot answer, the step does not act: it asks again with backoff
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, get_type_hints
 
 import httpx
 
@@ -143,6 +144,10 @@ def fenced(flow_function: Callable[P, R]) -> Callable[P, R | Any]:
         except Fenced as refusal:
             return Cancelled(message=str(refusal))
 
+    # Prefect validates a run's parameters against the signature, resolving annotations in
+    # the function's module: give it them resolved, as the flow's module knows them.
+    run.__signature__ = inspect.signature(flow_function, eval_str=True)  # type: ignore[attr-defined]
+    run.__annotations__ = get_type_hints(flow_function, include_extras=True)
     return run
 
 

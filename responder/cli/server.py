@@ -75,6 +75,9 @@ def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = 
             settings.runner_limit,
             worker_env=worker_environment(settings),
         )
+        # Prefect's own code in this process (its event worker) finds its server here;
+        # without it, Prefect starts an ephemeral server, blocking the event loop meanwhile.
+        os.environ["PREFECT_API_URL"] = supervisor.api_url
         service = Service(settings, prefect_api_url=supervisor.api_url)
     except ResponderError as exc:
         raise fail(exc) from None

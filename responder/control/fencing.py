@@ -10,8 +10,8 @@ this module answers:
 - the token names an admitted decision whose flow run is this run (not started by Responder
   otherwise: a run from Prefect's UI or API, a schedule, or a copied tag);
 - the decision has not ended (a Retry of a finished run ends here);
-- the decision still holds its key (lease lost otherwise: its lease expired and another
-  decision took the key, or Responder ended it as lost);
+- the decision still holds its key (lease lost otherwise: Responder ended it as lost, its
+  lease expired, and the key was freed; or another decision holds the key now);
 - its incident still fires, unless its policy lets it act after the resolution
   (`act_when_resolved`: the rule says so, the decision answers a resolution, or it was
   started by hand).
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 ADMITTED = "admitted"
 RUN_COMMAND = "start it through the guard with `responder run`"
+# Final states Responder gives a decision whose run it lost track of: its key was freed
+# while the run may still be going.
+LOST_STATES = frozenset({"EXPIRED"})
 
 
 class Refusal(StrEnum):
@@ -79,6 +82,12 @@ async def check(store: Store, decision_id: int, flow_run_id: str) -> Answer:
             Refusal.NOT_STARTED,
             f"decision {decision_id} runs as flow run {standing.flow_run_id}, not as "
             f"{flow_run_id}; {RUN_COMMAND}",
+        )
+    if standing.finished_at is not None and standing.flow_run_state in LOST_STATES:
+        return _refuse(
+            Refusal.LEASE_LOST,
+            f"decision {decision_id} was ended as lost ({standing.flow_run_state}) and its "
+            "key freed",
         )
     if standing.finished_at is not None:
         state = standing.flow_run_state or "ended"

@@ -163,3 +163,14 @@ async def test_not_json_is_422_and_credentials_come_first(make_client: ClientFac
     )
     assert response.status_code == 422
     assert response.json()["error"] == "body is not a fencing check"
+
+
+async def test_a_run_responder_ended_as_lost_has_lost_its_lease(
+    make_client: ClientFactory,
+) -> None:
+    client, service = await make_client()
+    decision = await admitted(client, service)
+    await leases.finish(service.store, decision, "EXPIRED", detail="lost")
+    answer = (await ask(client, {"decision_id": decision, "flow_run_id": RUN})).json()
+    assert answer["refusal"] == "lease lost"
+    assert "ended as lost (EXPIRED)" in answer["message"]
