@@ -122,6 +122,9 @@ class Dispatcher:
         self._prefect_reachable = False
         self._back = asyncio.Event()  # set when Prefect is reachable again
         self._approvals = Approvals(store, self._prefect)
+        # When each running decision's silence ends, as last set (its lease's length, renewed
+        # with the lease when less than half of it is left).
+        self._silenced_until: dict[int, float] = {}
 
     @property
     def prefect_reachable(self) -> bool:
@@ -368,7 +371,8 @@ class Dispatcher:
         self._background(requeue())
 
     async def _silence(self, run: ActiveRun, flow_run_id: str) -> None:
-        """Silence the alert while its remediation runs; the poll lifts it when it ends."""
+        """Silence the alert while its remediation runs: for `lease_seconds`, extended as its
+        lease is renewed (`_extend_silences`), lifted once it has ended."""
         if self._alertmanager is None:
             log.warning("rule %s asks for a silence, but alertmanager_url is not set", run.rule)
             return
@@ -379,6 +383,30 @@ class Dispatcher:
             log.warning("could not silence the alert of decision %s: %s", run.decision_id, exc)
             return
         await self._store.silences.set(run.decision_id, silence_id)
+        self._silenced_until[run.decision_id] = time.time() + self._lease_seconds
+
+    async def _extend_silences(self, decision_ids: list[int]) -> None:
+        """The silences of runs still going follow their leases: extended to another
+        `lease_seconds` once less than half of that is left. One lifted by someone else
+        stays lifted."""
+        if self._alertmanager is None:
+            return
+        now = time.time()
+        for silence in await self._store.silences.of_running(decision_ids):
+            if self._silenced_until.get(silence.decision_id, 0.0) - now > self._lease_seconds / 2:
+                continue
+            try:
+                found = await self._alertmanager.extend(silence.silence_id, self._lease_seconds)
+            except httpx.HTTPError as exc:
+                log.warning("could not extend silence %s: %s", silence.silence_id, exc)
+                continue
+            if found is None:
+                await self._store.silences.lifted(silence.decision_id)
+                self._silenced_until.pop(silence.decision_id, None)
+                continue
+            if found != silence.silence_id:
+                await self._store.silences.set(silence.decision_id, found)
+            self._silenced_until[silence.decision_id] = now + self._lease_seconds
 
     async def _lift_silences(self) -> None:
         if self._alertmanager is None:
@@ -390,6 +418,7 @@ class Dispatcher:
                 log.warning("could not lift silence %s: %s", silence.silence_id, exc)
                 continue
             await self._store.silences.lifted(silence.decision_id)
+            self._silenced_until.pop(silence.decision_id, None)
 
     async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
         await self._events.admitted(run, flow_run_id)
@@ -445,6 +474,8 @@ class Dispatcher:
                     self._artifact(flow_run_id, story.OUTCOME_ARTIFACT, outcome, state_type)
                 )
                 log.info("decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type)
+                if run.silence:
+                    self._background(self._lift_silences())  # now, not at the next poll
 
     async def _run_state(self, flow_run_id: str) -> str | None:
         """What Prefect says of a run whose lease expired (see `leases.expire_lost`)."""
@@ -527,12 +558,10 @@ class Dispatcher:
                         )
                     else:
                         going.append(str(flow_run.id))
-                # Runs Prefect reports as going keep their keys.
-                await leases.renew(
-                    self._store,
-                    [r.decision_id for r in runs if r.flow_run_id in going],
-                    self._lease_seconds,
-                )
+                # Runs Prefect reports as going keep their keys, and their silences.
+                renewed = [r.decision_id for r in runs if r.flow_run_id in going]
+                await leases.renew(self._store, renewed, self._lease_seconds)
+                await self._extend_silences(renewed)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
