@@ -57,6 +57,7 @@ class Service:
                 poll_seconds=settings.poll_seconds,
                 alertmanager_url=settings.alertmanager_url,
                 lease_seconds=settings.lease_seconds,
+                lost_run_seconds=settings.lost_run_seconds,
             )
             if api_url
             else None
