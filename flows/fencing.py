@@ -104,32 +104,36 @@ def check_before_acting(what: str) -> None:
 
 def ask(url: str, decision_id: int, flow_run_id: str, what: str) -> None:
     """One fencing check, asked again with backoff while Responder cannot answer."""
-    headers = {}
-    if secret := os.environ.get(TOKEN_VARIABLE):
-        headers["Authorization"] = f"Bearer {secret}"
-    verify: str | bool = os.environ.get(CA_VARIABLE) or True
+    # One client per process: building its TLS context costs more than the check itself.
+    client = _client(os.environ.get(TOKEN_VARIABLE) or "", os.environ.get(CA_VARIABLE) or "")
     body = {"decision_id": decision_id, "flow_run_id": flow_run_id}
     problem = ""
-    with httpx.Client(timeout=TIMEOUT_SECONDS, headers=headers, verify=verify) as client:
-        for delay in (0.0, *ATTEMPT_DELAYS):
-            time.sleep(delay)
-            try:
-                response = client.post(f"{url.rstrip('/')}/api/v1/fencing", json=body)
-            except httpx.HTTPError as exc:
-                problem = f"Responder at {url} unreachable: {exc}"
-                continue
-            if response.status_code != 200:
-                problem = f"Responder answered {response.status_code}: {response.text[:300]}"
-                if response.status_code in (401, 403, 422):
-                    break  # asking again will not change that
-                continue
-            answer = response.json()
-            if answer.get("act") is True:
-                return
-            problem = str(answer.get("message") or "no reason given")
-            if not answer.get("again"):
-                raise Fenced(problem)
+    for delay in (0.0, *ATTEMPT_DELAYS):
+        time.sleep(delay)
+        try:
+            response = client.post(f"{url.rstrip('/')}/api/v1/fencing", json=body)
+        except httpx.HTTPError as exc:
+            problem = f"Responder at {url} unreachable: {exc}"
+            continue
+        if response.status_code != 200:
+            problem = f"Responder answered {response.status_code}: {response.text[:300]}"
+            if response.status_code in (401, 403, 422):
+                break  # asking again will not change that
+            continue
+        answer = response.json()
+        if answer.get("act") is True:
+            return
+        problem = str(answer.get("message") or "no reason given")
+        if not answer.get("again"):
+            raise Fenced(problem)
     raise FencingUnavailable(f"{what} did not act: {problem}")
+
+
+@functools.cache
+def _client(token: str, ca_file: str) -> httpx.Client:
+    """The HTTP client of this process's checks (thread-safe: tasks run in threads)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(timeout=TIMEOUT_SECONDS, headers=headers, verify=ca_file or True)
 
 
 def fenced(flow_function: Callable[P, R]) -> Callable[P, R | Any]:

@@ -234,6 +234,8 @@ def test_a_retry_of_a_completed_run_does_not_act_again(up: Up) -> None:
     decision = wait(lambda: decision_of(up, "fence-plain", ended=True), 90, up.log, "no end")
     assert decision["flow_run_state"] == "COMPLETED"
     assert up.target.restarts() == ["/restart/plain-1/checkout"]
+    took = flow_run(up, decision["flow_run_id"])["total_run_time"]
+    print(f"an ordinary restart-service run, one fenced step: {took:.2f}s")
     # What the Prefect UI's Retry does: the finished run is scheduled again, same id, tags.
     retried = httpx.post(
         f"{up.prefect}/flow_runs/{decision['flow_run_id']}/set_state",
