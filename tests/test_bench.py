@@ -42,3 +42,12 @@ async def test_the_load_test_accounts_for_every_alert(tmp_path: Path) -> None:
     assert result["all_decided"] is True
     assert result["keys_admitted_twice"] == 0
     assert result["admitted"] > 0
+
+
+async def test_the_convergence_bench_admits_every_waiting_incident(tmp_path: Path) -> None:
+    convergence = bench("convergence")
+    url = f"sqlite+aiosqlite:///{tmp_path}/c.db"
+    for block in ("resume", "released"):
+        result = await convergence.clearing(url, 20, block)  # asserts all 20 are admitted
+        assert result["incidents"] == 20
+        assert 0 <= result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]

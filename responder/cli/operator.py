@@ -109,7 +109,16 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 def incident_state(incident: dict[str, Any]) -> str:
-    """An incident's remediation state in words: what it waits for, what runs, how it ended."""
+    """An incident's remediation state in words: what it waits for, what runs, how it ended,
+    and when its ladder tries again."""
+    words = _state_words(incident)
+    attempt = incident.get("next_attempt")
+    if attempt and incident.get("firing", True):
+        words += f"; next attempt of {attempt['rule']} at {utc(attempt['at'])}"
+    return words
+
+
+def _state_words(incident: dict[str, Any]) -> str:
     state = incident["state"] if incident.get("firing", True) else "resolved"
     if state == "waiting":
         on = incident["waiting_on"]

@@ -99,7 +99,8 @@ async def finish_in(
     await store.leases.release(conn, decision_id)
     if ending is Ending.ALREADY_FINAL:
         return False
-    run = ActiveRun.of_row(await store.decisions.ended(conn, decision_id))
+    row = await store.decisions.ended(conn, decision_id)
+    run = ActiveRun.of_row(row)
     outcome = Outcome(
         decision_id=decision_id,
         state=state,
@@ -108,6 +109,7 @@ async def finish_in(
         key=run.guard_key,
         incident=run.incident,
         labels=run.labels,
+        approval=row.approval_state,
     )
     await store.inbox.add_in(conn, InboxSource.OUTCOME, outcome.body(), now)
     # Its incident is done; incidents waiting for its names see them free (level-triggered).

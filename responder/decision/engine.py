@@ -73,7 +73,6 @@ class Match:
     rule: Rule
     alert: Alert
     facts: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    retry: bool = False  # a new attempt for an incident still firing after a remediation
 
 
 class EngineRejected(ResponderError):
@@ -123,8 +122,8 @@ class Engine:
         self._arrived = 0
         self._facts: dict[str, Fact] = {}
         self._fact_expiry: list[tuple[float, str]] = []
-        # (when, rule, incident, retry): firing_for rules coming due, and retries
-        self._due: list[tuple[float, str, str, bool]] = []
+        # (when, rule, incident): firing_for rules coming due
+        self._due: list[tuple[float, str, str]] = []
         self._windows: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
         # Sequences: for each rule with `after`, the starts of the alerts that may precede,
         # by their `same` labels; pruned by `tick` once out of every window.
@@ -180,6 +179,10 @@ class Engine:
     def holds_alert(self, incident: str) -> bool:
         return incident in self._alerts
 
+    def all_held(self) -> list[Alert]:
+        """Every firing alert the engine holds."""
+        return list(self._alerts.values())
+
     def held_alerts(self, fingerprint: str) -> list[Alert]:
         """Firing alerts held with this fingerprint (one per incident)."""
         return [a for a in self._alerts.values() if a.fingerprint == fingerprint]
@@ -198,7 +201,7 @@ class Engine:
         for rule in self._waiting_rules:
             assert rule.firing_for is not None
             due = alert.starts_at.timestamp() + rule.firing_for
-            heapq.heappush(self._due, (due, rule.name, incident, False))
+            heapq.heappush(self._due, (due, rule.name, incident))
         groups = self._groups_of(alert)
         if not groups:
             return []
@@ -277,17 +280,12 @@ class Engine:
             self._predecessors_pruned = now
         due: list[Match] = []
         while self._due and self._due[0][0] <= now:
-            _, rule_name, incident, retry = heapq.heappop(self._due)
+            _, rule_name, incident = heapq.heappop(self._due)
             alert = self._alerts.get(incident)
             rule = self._rules.get(rule_name)
             if alert is not None and rule is not None and self._holds_now(rule, alert):
-                due.append(Match(rule, alert, self._joined(rule, alert), retry))
+                due.append(Match(rule, alert, self._joined(rule, alert)))
         return self._ordered(due), expired
-
-    def retry_after(self, rule_name: str, incident: str, when: float) -> None:
-        """Decide again at `when` if the alert still fires and the rule still holds then."""
-        if rule_name in self._rules and incident in self._alerts:
-            heapq.heappush(self._due, (when, rule_name, incident, True))
 
     # --- internals -----------------------------------------------------------------------
 

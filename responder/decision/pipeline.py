@@ -22,7 +22,12 @@ from typing import Any, Protocol
 from responder import metrics
 from responder.decision.decisions import Decision, Verdict, decide, fact_for
 from responder.decision.engine import Engine, EngineRejected, Match
-from responder.decision.escalation import TOP_OF_THE_LADDER, climb_ladder, exhausted_fact
+from responder.decision.escalation import (
+    TOP_OF_THE_LADDER,
+    NextAttempt,
+    exhausted_fact,
+    next_attempt,
+)
 from responder.decision.manual import decision_for, rule_policy
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
@@ -66,10 +71,9 @@ class Transaction(Protocol):
     def set_firing(self, alert: Alert, *, firing: bool) -> None:
         """Keep (or let go of) an alert the engine holds as firing."""
 
-
-def _show(fact: Fact) -> str:
-    fields = ",".join(f"{k}={v}" for k, v in sorted(fact.fields.items()))
-    return f"{fact.name}{{{fields}}}"
+    def try_again(self, attempt: NextAttempt) -> None:
+        """Have the incident decided again by the rule at the attempt's time (a durable
+        timer: the incident's record waits on `retry`)."""
 
 
 class Pipeline:
@@ -117,7 +121,7 @@ class Pipeline:
         await self._apply(work, matches, inbox_id, 0)
 
     async def due(self, work: Transaction, match: Match) -> None:
-        """A `firing_for` rule, or a retry up the ladder, that came due."""
+        """A `firing_for` rule that came due."""
         await self._apply(work, [match], None, 0)
 
     async def again(self, work: Transaction, matches: list[Match]) -> None:
@@ -130,7 +134,9 @@ class Pipeline:
 
     async def outcome(self, work: Transaction, outcome: Outcome, inbox_id: int) -> None:
         """A run's final state: an `outcome` fact, and maybe the next rung of the ladder."""
-        climb_ladder(self.book, self.engine, outcome, self._clock())
+        attempt = next_attempt(self.book, outcome, self._clock())
+        if attempt is not None and self.engine.held(outcome.incident) is not None:
+            work.try_again(attempt)
         await self._assert(work, outcome.fact(self._fact_expiry()), inbox_id, 0)
 
     async def manual_run(self, work: Transaction, request: RunRequest, inbox_id: int) -> None:
@@ -175,12 +181,12 @@ class Pipeline:
         for condition in rule.retract:
             gone = self.engine.retract_facts(condition, alert)
             await work.delete_facts(gone)
-            notes.extend(f"retracted {_show(f)}" for f in gone)
+            notes.extend(f"retracted {f.shown()}" for f in gone)
         fact, chained = None, []
         if rule.assert_ is not None:
             fact = fact_for(match, self._rule_vars, self.catalog, self._clock())
             chained = await self._hold(work, fact)
-            notes.append(f"asserted {_show(fact)}")
+            notes.append(f"asserted {fact.shown()}")
         if rule.run is None:
             reason = "; ".join(notes) or "nothing to change"
             work.record(alert, inbox_id, Verdict.ASSERTED, reason, rule=rule.name)

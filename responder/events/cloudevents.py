@@ -82,6 +82,8 @@ class Outcome(BaseModel):
     key: str | None
     incident: str
     labels: dict[str, str]
+    # The run's approval, if it asked for one: `rejected` or `unanswered` end the ladder.
+    approval: str | None = None
 
     def body(self) -> bytes:
         """The outcome's inbox row (`control.leases.finish` writes it)."""

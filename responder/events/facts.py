@@ -25,6 +25,11 @@ class Fact:
     def id(self) -> str:
         return fact_id(self.name, self.fields)
 
+    def shown(self) -> str:
+        """The fact as the decision log shows it: `name{field=value,...}`."""
+        fields = ",".join(f"{k}={v}" for k, v in sorted(self.fields.items()))
+        return f"{self.name}{{{fields}}}"
+
 
 def fact_id(name: str, fields: Mapping[str, str]) -> str:
     """A fact's identity: its name and fields, whatever their order."""

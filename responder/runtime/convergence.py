@@ -4,8 +4,10 @@ Level-triggered, from the store: the `incidents` table says what each firing inc
 for (`storage.incidents`), and the engine loop's tick asks it which blocks have cleared — a
 guard name no longer held (its run ended: `control.leases.finish`, or its lease expired), a
 cooldown or budget window now past, the pause lifted — or which incidents a reload or a
-run's end (blast radius) marked `due`. Nothing is remembered only in memory, so a block that
-clears while no leader runs is found by the next leader's first tick.
+run's end (blast radius) marked `due`; and which durable timers (`storage.timers`: the
+escalation ladder's next attempts) came due. Nothing is remembered only in memory, so a block
+that clears, or a timer that comes due, while no leader runs is found by the next leader's
+first tick.
 
 Deciding again goes through the same pipeline and guard as the first decision: the guard's
 key still keeps a second run from starting, a rule refused by `max_attempts` is not asked
@@ -16,12 +18,16 @@ from __future__ import annotations
 
 import time
 
+from responder.decision.conditions import fact_meets
 from responder.decision.decisions import Verdict
-from responder.decision.engine import Match
+from responder.decision.engine import Engine, Match
 from responder.decision.pipeline import Pipeline
+from responder.events.facts import Fact
+from responder.events.webhook import Alert
 from responder.runtime.work import Work
 from responder.storage.incidents import HELD, DueIncident
 from responder.storage.store import Store
+from responder.storage.timers import Timer
 
 # Verdicts of a rule for an incident after which it is asked again.
 ASKED_AGAIN = {Verdict.UNMATCHED.value}
@@ -31,6 +37,8 @@ FINAL_REFUSALS = {"max_attempts"}
 
 def why(row: DueIncident) -> str:
     """The reason a re-examined incident's new decisions are recorded with."""
+    if row.due and row.waiting_on != "max_active":  # a run's end marks those due too
+        return "re-examined: the rules changed"
     if row.waiting_on in HELD and row.block is not None:
         kind, _, name = row.block.partition(":")
         by = f" by decision {row.holder}" if row.holder else ""
@@ -90,7 +98,8 @@ async def reexamine(
             break
         handled += 1
         if (
-            row.waiting_on in HELD
+            not row.due
+            and row.waiting_on in HELD
             and row.block is not None
             and await _still_blocked(store, work, row, now)
         ):
@@ -105,6 +114,75 @@ async def reexamine(
         finally:
             work.because(None)
     return handled
+
+
+async def fire(
+    store: Store, work: Work, pipeline: Pipeline, due: list[Timer], deadline: float
+) -> int:
+    """Act on due timers in `work`'s transaction, until `deadline` (a monotonic time; at
+    least one); return how many were handled (taken), the rest stay due.
+
+    A retry decides its rule again for its incident, if the alert still fires and the rule
+    still holds (a reload may have removed or changed it); the guard decides as ever
+    (`max_attempts` ends the ladder).
+    """
+    taken: list[int] = []
+    for timer in due:
+        if taken and time.monotonic() >= deadline:
+            break
+        taken.append(timer.id)
+        alert = pipeline.engine.held(timer.incident)
+        if alert is None:
+            continue  # resolved meanwhile: nothing to do
+        matches = [m for m in pipeline.engine.holding(alert) if m.rule.name == timer.rule]
+        if not matches:
+            continue
+        work.because(timer.reason)
+        try:
+            await pipeline.again(work, matches)
+        finally:
+            work.because(None)
+    await store.timers.take(work.conn, taken)
+    return len(taken)
+
+
+def unblocked(engine: Engine, gone: list[Fact]) -> list[tuple[Alert, set[str]]]:
+    """The held alerts that a fact in `gone` kept from matching (an `unless` of a rule
+    whose label matchers they meet was met by it), each with those rules' names."""
+    names = {fact.name for fact in gone}
+    rules = [r for r in engine.book.rules if any(c.fact in names for c in r.unless)]
+    found: list[tuple[Alert, set[str]]] = []
+    if not rules:
+        return found
+    for alert in engine.all_held():
+        blocked = {
+            rule.name
+            for rule in rules
+            if all(m.matches(alert.labels) for m in rule.matchers)
+            and any(fact_meets(f, c, alert) for c in rule.unless for f in gone)
+        }
+        if blocked:
+            found.append((alert, blocked))
+    return found
+
+
+async def unblock(store: Store, work: Work, pipeline: Pipeline, gone: list[Fact]) -> None:
+    """Decide, in `work`'s transaction, the rules that facts now gone (expired, retracted)
+    kept from acting on held alerts, where they hold now and were not decided since."""
+    shown = ", ".join(sorted({f.shown() for f in gone}))
+    for alert, rules in unblocked(pipeline.engine, gone):
+        last = await store.decisions.last_verdicts(work.conn, alert.incident)
+        matches = [
+            m
+            for m in pipeline.engine.holding(alert)
+            if m.rule.name in rules and asked_again(last.get(m.rule.name))
+        ]
+        if matches:
+            work.because(f"re-examined: {shown} went away")
+            try:
+                await pipeline.again(work, matches)
+            finally:
+                work.because(None)
 
 
 async def _still_blocked(store: Store, work: Work, row: DueIncident, now: float) -> bool:

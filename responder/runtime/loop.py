@@ -24,7 +24,7 @@ from responder.control.guard import Guard
 from responder.control.runs import ActiveRun
 from responder.decision.decisions import Verdict
 from responder.decision.engine import Engine, EngineRejected
-from responder.decision.pipeline import ParameterCheck, Pipeline
+from responder.decision.pipeline import MAX_CHAIN, ParameterCheck, Pipeline
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
 from responder.events.cloudevents import CloudEvent, Outcome, is_batch, parse_events
@@ -57,8 +57,12 @@ BATCH_BYTES = 4 * 1_048_576
 LEARN_FIRST = 32  # alert identities read ahead first in a transaction (then 64, 128, ...)
 # Incidents decided again per transaction once their block cleared, and how often the store
 # is asked which blocks cleared (seconds; a reload asks at once).
+# Incident states judged again after a reload.
+REJUDGED = [IncidentState.UNMATCHED, IncidentState.WAITING, IncidentState.DONE]
 CONVERGE_BATCH = 200
 RECHECK_SECONDS = 1.0
+# How long the record of a resolved incident is kept (its decisions stay in the log).
+INCIDENT_RETENTION_SECONDS = 7 * 86400.0
 GAUGE_SECONDS = 15.0  # how often `responder_incidents` is counted again
 
 
@@ -132,10 +136,14 @@ class EngineLoop:
         async with self._lock:
             reload_flows()
             await self._rebuild(book, catalog)
-            # Incidents no rule acted on are asked again under the new rules, durably: a
-            # leader that stops before its next tick leaves them due for the next one.
+            # Firing incidents are judged again under the new rules, durably (a leader that
+            # stops before its next tick leaves them due for the next one): a rule added
+            # acts, one removed stops waiting. Running ones wait for their run's end;
+            # exhausted ones stay so.
+            held = [(a.incident, a.alertname) for a in self.engine.all_held()]
             async with self._store.transaction() as conn:
-                await self._store.incidents.ask_again(conn, [IncidentState.UNMATCHED])
+                await self._store.incidents.record_unmatched(conn, held, self._clock())
+                await self._store.incidents.ask_again(conn, REJUDGED)
             self._next_recheck = 0.0
 
     async def rebuild(self) -> None:
@@ -190,6 +198,12 @@ class EngineLoop:
             except EngineRejected:
                 log.error("engine rejected held alert %s during rebuild", alert.incident)
         return engine
+
+    def recheck_now(self) -> None:
+        """Look at waiting incidents at the next step, not at the next interval (the
+        pause was lifted here)."""
+        self._next_recheck = 0.0
+        self.wake.set()
 
     async def run(self) -> None:
         """Process the inbox until cancelled; a store failure rebuilds and retries.
@@ -283,7 +297,7 @@ class EngineLoop:
         while due or expired:
             async with self._store.turn(), self._store.transaction() as conn:
                 work = Work(self._store, self._guard, conn, self._clock)
-                await self._store.facts.remove(conn, [f.id for f in expired])
+                await work.delete_facts(expired)
                 expired = []
                 deadline = time.monotonic() + self._transaction_seconds
                 handled = 0
@@ -293,15 +307,26 @@ class EngineLoop:
                     match = due.pop()
                     handled += 1
                     # A restart re-arms every firing_for timer: decide once per rule and
-                    # incident. A retry is a new attempt on purpose; max_attempts bounds it.
-                    if match.retry or not await self._store.decisions.decided(
+                    # incident (retries up the ladder are convergence's).
+                    if not await self._store.decisions.decided(
                         conn, match.rule.name, match.alert.incident
                     ):
                         await self.pipeline.due(work, match)
-                await work.flush()
+                await self._finish(work)
             self._announce(work)
             await self._submit(work.admitted)
         await self._converge()
+
+    async def _finish(self, work: Work) -> None:
+        """End a transaction's work: incidents that facts gone in it (expired, retracted)
+        kept from matching are decided (as far as forward chaining goes), then it is all
+        written."""
+        for _ in range(MAX_CHAIN):
+            gone = work.take_removed_facts()
+            if not gone:
+                break
+            await convergence.unblock(self._store, work, self.pipeline, gone)
+        await work.flush()
 
     async def _converge(self) -> None:
         """Decide again the incidents whose block cleared (`runtime.convergence`), at most
@@ -313,22 +338,25 @@ class EngineLoop:
         while True:
             async with self._store.turn(), self._store.transaction() as conn:
                 work = Work(self._store, self._guard, conn, self._clock)
+                deadline = time.monotonic() + self._transaction_seconds
+                timers = await self._store.timers.due(conn, self._clock(), CONVERGE_BATCH)
+                fired = await convergence.fire(self._store, work, self.pipeline, timers, deadline)
                 paused = await self._guard.pause(conn) is not None
                 rows = await self._store.incidents.due(
                     conn, self._clock(), paused=paused, limit=CONVERGE_BATCH
                 )
-                deadline = time.monotonic() + self._transaction_seconds
                 handled = await convergence.reexamine(
                     self._store, work, self.pipeline, rows, self._clock(), deadline
                 )
-                await work.flush()
+                await self._finish(work)
             self._announce(work)
             await self._submit(work.admitted)
-            if handled == len(rows) < CONVERGE_BATCH:
+            if fired == len(timers) < CONVERGE_BATCH and handled == len(rows) < CONVERGE_BATCH:
                 break
         if time.monotonic() >= self._next_gauge:
             self._next_gauge = time.monotonic() + GAUGE_SECONDS
             metrics.set_incidents(await self._store.incidents.counts())
+            await self._store.incidents.forget_resolved(self._clock() - INCIDENT_RETENTION_SECONDS)
 
     async def _process(self, messages: list[PendingMessage]) -> None:
         """Handle the rows' items in order, over as many short transactions as they need.
@@ -363,7 +391,7 @@ class EngineLoop:
                     await self._handle(work, inbox_id, items[item])
                     item += 1
                     handled += 1
-                await work.flush()
+                await self._finish(work)
                 await self._store.inbox.mark_processed(conn, finished)
                 if row < len(rows) and item > rows[row][1]:
                     await self._store.inbox.set_progress(conn, rows[row][0], item)
@@ -379,6 +407,7 @@ class EngineLoop:
             if message.source is InboxSource.CLOUDEVENTS:
                 return list(parse_events(message.body, is_batch(message.body)))
             if message.source is InboxSource.OUTCOME:
+                self._next_recheck = 0.0  # a run ended: its names are free now
                 return [Outcome.from_body(message.body)]
             if message.source is InboxSource.RUN_REQUEST:
                 return [RunRequest.model_validate_json(message.body)]

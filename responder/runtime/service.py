@@ -260,8 +260,9 @@ class Service:
         return await remediation.pause(self.store, reason, by, declared_by=declared_by)
 
     async def resume(self) -> None:
-        """Lift the pause."""
+        """Lift the pause; if this replica leads, its waiting incidents are asked at once."""
         await remediation.resume(self.store)
+        self.loop.recheck_now()
 
     async def guard_state(self) -> dict[str, Any]:
         """The pause switch, held keys and mutexes, and cooling keys."""
@@ -274,8 +275,26 @@ class Service:
         return {"counts": counts, "waiting": await self.store.incidents.waiting()}
 
     async def incidents_of(self, fingerprint: str) -> list[dict[str, Any]]:
-        """The remediation state of each incident of one alert, newest first."""
-        return await self.store.incidents.like(fingerprint)
+        """The remediation state of each incident of one alert, newest first, with the next
+        attempt of its ladder if one is set (`next_attempt`: rule and time)."""
+        records = await self.store.incidents.like(fingerprint)
+        recorded = {r["incident"] for r in records}
+        records += [  # firing, and no rule acted on it: no record of its own
+            {"incident": a.incident, "alertname": a.alertname, "firing": True, "state": "unmatched"}
+            for a in self.held_alerts(fingerprint)
+            if a.incident not in recorded
+        ]
+        timers = await self.store.timers.of(f"{fingerprint}@%")
+        for record in records:
+            record["next_attempt"] = next(
+                (
+                    {"rule": t["rule"], "at": t["due_at"], "reason": t["reason"]}
+                    for t in timers
+                    if t["incident"] == record["incident"]
+                ),
+                None,
+            )
+        return records
 
     async def fencing_check(self, decision_id: int, flow_run_id: str) -> fencing.Answer:
         """May this flow run, carrying this decision's token, act now (`control.fencing`)?"""

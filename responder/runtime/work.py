@@ -17,12 +17,14 @@ from responder.control.guard import Admission, Guard
 from responder.control.ledger import DecisionRecord, Ledger
 from responder.control.runs import ActiveRun
 from responder.decision.decisions import Decision, Verdict
+from responder.decision.escalation import NextAttempt
 from responder.events.facts import Fact
 from responder.events.manual_runs import MANUAL_RULE
 from responder.events.webhook import Alert
 from responder.storage.incidents import IncidentState
 from responder.storage.schema import key_digest
 from responder.storage.store import Store
+from responder.storage.timers import RETRY
 
 
 class Work:
@@ -49,6 +51,8 @@ class Work:
         self._firing: dict[str, Alert | None] = {}
         self._incidents: dict[str, dict[str, Any]] = {}
         self._resolved: list[str] = []
+        self._timers: list[dict[str, Any]] = []
+        self._removed_facts: list[Fact] = []
 
     def because(self, why: str | None) -> None:
         """Decisions recorded from now on were made again, for this reason (None: ends)."""
@@ -77,10 +81,10 @@ class Work:
         )
 
     def set_firing(self, alert: Alert, *, firing: bool) -> None:
+        # A firing incident no rule acts on has no record of its own (most alerts in a
+        # storm): the firing alert is its record until a rule decides on it.
         self._firing[alert.incident] = alert if firing else None
-        if firing:
-            self._track(alert, IncidentState.UNMATCHED)
-        else:
+        if not firing:
             self._incidents.pop(alert.incident, None)
             self._resolved.append(alert.incident)
 
@@ -127,11 +131,30 @@ class Work:
                 until=admission.until,
             )
 
+    def try_again(self, attempt: NextAttempt) -> None:
+        self._timers.append(
+            {
+                "kind": RETRY,
+                "incident": attempt.incident,
+                "rule": attempt.rule,
+                "due_at": attempt.at,
+                "decision_id": attempt.after,
+                "reason": attempt.reason,
+                "created_at": self._clock(),
+            }
+        )
+
     async def save_fact(self, fact: Fact) -> None:
         await self._store.facts.save(self.conn, fact)
 
     async def delete_facts(self, facts: list[Fact]) -> None:
         await self._store.facts.remove(self.conn, [f.id for f in facts])
+        self._removed_facts.extend(facts)
+
+    def take_removed_facts(self) -> list[Fact]:
+        """The facts deleted since the last call (expired or retracted)."""
+        removed, self._removed_facts = self._removed_facts, []
+        return removed
 
     def record(
         self,
@@ -180,6 +203,9 @@ class Work:
                     row["decision_id"] = row["decision_id"].id
             await self._store.incidents.save(self.conn, rows)
             self._incidents = {}
+        if self._timers:
+            await self._store.timers.set(self.conn, self._timers)
+            self._timers = []
         if self._resolved:
             await self._store.incidents.resolve(self.conn, self._resolved, self._clock())
             self._resolved = []

@@ -215,8 +215,11 @@ class Decisions:
 
     @staticmethod
     async def ended(conn: AsyncConnection, decision_id: int) -> Row[Any]:
-        """The run of a decision that has just ended, as it was admitted (a run row)."""
-        query = select(*_RUN_COLUMNS).where(decisions.c.id == decision_id)
+        """The run of a decision that has just ended, as it was admitted (a run row), and
+        its approval's state."""
+        query = select(*_RUN_COLUMNS, decisions.c.approval_state).where(
+            decisions.c.id == decision_id
+        )
         return cast("Row[Any]", (await conn.execute(query)).one())
 
     async def active(self) -> list[Row[Any]]:

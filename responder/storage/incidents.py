@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, or_, select, true, update
+from sqlalchemy import and_, case, delete, exists, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.storage.database import Database
-from responder.storage.schema import incidents, leases
+from responder.storage.schema import firing_alerts, incidents, leases
 
 
 class IncidentState(StrEnum):
@@ -53,6 +53,7 @@ class DueIncident:
     block: str | None
     holder: int | None
     until: float | None
+    due: bool = False  # asked again whatever its block (the rules changed)
 
 
 COLUMNS = (
@@ -131,6 +132,29 @@ class Incidents:
             .values(due=True)
         )
 
+    async def record_unmatched(
+        self, conn: AsyncConnection, firing: list[tuple[str, str]], now: float
+    ) -> None:
+        """Give these firing incidents (incident, alertname) a record, `unmatched`, unless
+        they have one: an incident no rule acted on has none until it is to be asked again."""
+        upsert = self._db.insert(incidents)
+        rows = [
+            {
+                "incident": incident,
+                "alertname": alertname,
+                "firing": True,
+                "state": IncidentState.UNMATCHED.value,
+                "due": False,
+                "updated_at": now,
+            }
+            for incident, alertname in firing
+        ]
+        for start in range(0, len(rows), 500):
+            await conn.execute(
+                upsert.on_conflict_do_nothing(index_elements=[incidents.c.incident]),
+                rows[start : start + 500],
+            )
+
     @staticmethod
     async def ask_again(conn: AsyncConnection, states: list[IncidentState]) -> int:
         """Mark every firing incident in `states` due (the rules changed); how many."""
@@ -168,6 +192,7 @@ class Incidents:
                 incidents.c.block,
                 incidents.c.holder,
                 incidents.c.until,
+                incidents.c.due,
             )
             .where(incidents.c.firing == true(), or_(incidents.c.due == true(), waiting))
             .order_by(incidents.c.updated_at, incidents.c.decision_id, incidents.c.incident)
@@ -193,13 +218,15 @@ class Incidents:
 
     @staticmethod
     async def settle(conn: AsyncConnection, names: list[str], now: float) -> None:
-        """These were decided again and nothing took their place: none needed for now."""
+        """These are being decided again: until new decisions take their place, waiting
+        ones need none for now (others keep their state: done stays done)."""
+        waiting = incidents.c.state == IncidentState.WAITING.value
         for start in range(0, len(names), 500):
             await conn.execute(
                 update(incidents)
                 .where(incidents.c.incident.in_(names[start : start + 500]))
                 .values(
-                    state=IncidentState.UNMATCHED.value,
+                    state=case((waiting, IncidentState.UNMATCHED.value), else_=incidents.c.state),
                     due=False,
                     waiting_on=None,
                     block=None,
@@ -210,18 +237,33 @@ class Incidents:
                 )
             )
 
+    async def forget_resolved(self, before: float) -> int:
+        """Delete the records of incidents that resolved before `before`; how many (their
+        decisions stay in the decision log)."""
+        async with self._db.transaction() as conn:
+            result = await conn.execute(
+                delete(incidents).where(
+                    incidents.c.firing == false(), incidents.c.updated_at < before
+                )
+            )
+            return int(result.rowcount or 0)
+
     async def counts(self) -> dict[str, int]:
-        """Firing incidents by state, and how many resolved."""
+        """Firing incidents by state, and how many resolved. Unmatched ones are the firing
+        alerts without a record in another state (most have no record at all)."""
         async with self._db.transaction() as conn:
             rows = await conn.execute(
                 select(incidents.c.firing, incidents.c.state, func.count()).group_by(
                     incidents.c.firing, incidents.c.state
                 )
             )
+            firing = await conn.execute(select(func.count()).select_from(firing_alerts))
             counts = {state.value: 0 for state in IncidentState} | {"resolved": 0}
-            for firing, state, count in rows:
-                key = state if firing else "resolved"
+            for is_firing, state, count in rows:
+                key = state if is_firing else "resolved"
                 counts[key] = counts.get(key, 0) + int(count)
+            recorded = sum(counts[s.value] for s in IncidentState if s != IncidentState.UNMATCHED)
+            counts[IncidentState.UNMATCHED.value] = max(0, int(firing.scalar_one()) - recorded)
             return counts
 
     async def waiting(self, limit: int = WAITING_SHOWN) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -182,6 +183,23 @@ incidents = Table(
     Column("updated_at", Float, nullable=False),
     Index("ix_incidents_state", "state", "firing"),
     Index("ix_incidents_decision", "decision_id"),
+)
+
+# Durable timers: what is to happen at a time, kept in the store so that a restart, a reload
+# or a new leader fires it still. `kind` says what: `retry`, the next attempt of `rule` for
+# `incident` after decision `decision_id`'s run ended (`decision.escalation`).
+timers = Table(
+    "timers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("incident", String(120), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("due_at", Float, nullable=False, index=True),
+    Column("decision_id", Integer, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("kind", "incident", "rule", name="uq_timers_what"),
 )
 
 

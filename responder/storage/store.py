@@ -1,9 +1,9 @@
 """The store: Responder's persistence, one object per process, grouped by tables.
 
 `store.inbox`, `store.alerts`, `store.facts`, `store.decisions`, `store.approvals`,
-`store.silences`, `store.leases`, `store.switches` and `store.incidents` each own a group of
-tables (`store.fencing` reads across three of them); the store itself is the database they
-share (engine, transactions, migrations, health). It decides nothing: admission, release,
+`store.silences`, `store.leases`, `store.switches`, `store.incidents` and `store.timers` each own a
+group of tables (`store.fencing` reads across three of them); the store itself is the database
+they share (engine, transactions, migrations, health). It decides nothing: admission, release,
 cooldowns, lease expiry and the pause are `responder.control`'s.
 """
 
@@ -20,6 +20,7 @@ from responder.storage.incidents import Incidents
 from responder.storage.leases import Leases
 from responder.storage.silences import Silences
 from responder.storage.switches import Switches
+from responder.storage.timers import Timers
 
 
 class Store(Database):
@@ -36,4 +37,5 @@ class Store(Database):
         self.leases = Leases(self)
         self.switches = Switches(self)
         self.incidents = Incidents(self)
+        self.timers = Timers(self)
         self.fencing = Fencing(self)

@@ -23,6 +23,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from responder.cli.operator import incident_state
 from responder.control import leases
 from responder.exceptions import ConfigError
 from responder.intake.app import create_app
@@ -458,6 +459,15 @@ async def test_pause_status_and_resume(make_client: ClientFactory) -> None:
     [waiting] = status["incidents"]["waiting"]
     assert (waiting["waiting_on"], waiting["rule"]) == ("paused", "restart-crashed-service")
     assert (await client.post("/api/v1/resume", headers=auth)).status_code == 200
+
+    async def resumed() -> list[dict[str, Any]]:
+        rows = await decisions(client, headers=auth)
+        return [d for d in rows if d["reason"].startswith("re-examined: remediation resumed")]
+
+    # The incident refused while paused is decided again at once (this replica leads).
+    [again] = await wait_for(resumed)
+    assert (again["verdict"], again["refusal"]) == ("admitted", None)
+    assert again["labels"]["instance"] == "host-1"
     await post(client, "firing_group_servicedown_3_hosts", **auth)
     await wait_for(lambda: settled(service))
     rows = await decisions(client, headers=auth)
@@ -477,19 +487,9 @@ async def test_pause_status_and_resume(make_client: ClientFactory) -> None:
     }
     text = (await client.get("/metrics")).text
     assert 'responder_decisions_total{refusal="paused",verdict="refused"}' in text
-
-    async def resumed() -> list[dict[str, Any]]:
-        rows = await decisions(client, headers=auth)
-        return [d for d in rows if d["reason"].startswith("re-examined: remediation resumed")]
-
-    # The incident refused while paused is decided again: host-1's key is held meanwhile by
-    # the group's incident of host-1, so it now waits for that run instead.
-    [again] = await wait_for(resumed)
-    assert (again["verdict"], again["refusal"]) == ("refused", "key_active")
-    assert again["labels"]["instance"] == "host-1"
-    status = (await client.get("/api/v1/status", headers=auth)).json()
+    # The group's incident of host-1 waits for the resumed incident's run, which holds the key.
     [waiting] = status["incidents"]["waiting"]
-    assert waiting["waiting_on"] == "key_active"
+    assert (waiting["waiting_on"], waiting["holder"]) == ("key_active", again["id"])
     assert 'responder_incidents{state="running"} 3.0' in (await client.get("/metrics")).text
 
 
@@ -604,6 +604,24 @@ async def test_explain_tells_an_alerts_story(make_client: ClientFactory) -> None
     assert (incident["incident"], incident["state"]) == (held["incident"], "running")
     assert (await client.get("/api/v1/explain/abcdef")).status_code == 404
     assert (await client.get("/api/v1/explain/not-hex")).status_code == 422
+
+
+async def test_explain_shows_when_the_ladder_tries_again(make_client: ClientFactory) -> None:
+    client, service = await make_client()
+    await post(client, "firing_single_servicedown")
+    await wait_for(lambda: settled(service))
+    [decision] = await decisions(client)
+    # The restart completed and the alert still fires: a second attempt after the cooldown.
+    assert await leases.finish(service.store, decision["id"], "COMPLETED")
+    await wait_for(lambda: settled(service))
+    story = (await client.get("/api/v1/explain/4c49c27c50dac262")).json()
+    [incident] = story["incidents"]
+    assert (incident["state"], incident["outcome"]) == ("done", "COMPLETED")
+    attempt = incident["next_attempt"]
+    assert attempt["rule"] == "restart-crashed-service"
+    assert attempt["at"] == pytest.approx(decision["created_at"] + 15 * 60 + 1, abs=30)
+    words = incident_state(incident)
+    assert words.startswith("done (COMPLETED); next attempt of restart-crashed-service at ")
 
 
 async def test_the_engine_loop_outlives_a_store_that_cannot_commit(

@@ -366,3 +366,84 @@ async def test_a_reload_asks_again_even_if_the_leader_stops_before_its_next_tick
     await r.settle()
     [run] = await r.admitted("Down")
     assert run["reason"].startswith("re-examined: the rules changed; ")
+
+
+GUARDED = """
+  - name: restart
+    match: ['alertname="Down"']
+    unless: [{fact: event, where: ['type="maintenance.started"', 'instance="{{ alert.labels.instance }}"']}]
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
+    guard: {key: "restart/{{ alert.labels.instance }}"}
+"""
+# Maintenance ends by rule: a maintenance.finished event retracts the started one.
+ENDS = """
+  - name: maintenance-over
+    match: ['alertname="MaintenanceOver"']
+    retract: [{fact: event, where: ['type="maintenance.started"', 'instance="{{ alert.labels.instance }}"']}]
+"""
+
+
+async def maintenance(r: Responder, instance: str) -> None:
+    event = {
+        "specversion": "1.0",
+        "id": f"m-{instance}",
+        "source": "ops",
+        "type": "maintenance.started",
+        "data": {"instance": instance},
+    }
+    await r.store.inbox.add(InboxSource.CLOUDEVENTS, json.dumps(event).encode())
+    await r.settle()
+
+
+async def test_a_maintenance_that_expires_lets_the_rule_act_on_the_alert_still_firing(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, GUARDED)
+    await maintenance(r, "h1")
+    await r.send(r.alert("Down", "h1"), r.alert("Down", "h2"))
+    assert [d["labels"]["instance"] for d in await r.admitted("Down")] == ["h2"]
+
+    r.clock.now += 3601  # the event fact's TTL (the loop's event_ttl) is over
+    await r.settle()
+
+    [_, h1] = await r.admitted("Down")
+    assert h1["labels"]["instance"] == "h1"
+    assert h1["reason"].startswith(
+        "re-examined: event{id=m-h1,instance=h1,source=ops,subject=,type=maintenance.started} "
+        "went away; "
+    )
+    r.clock.now += 3600
+    await r.settle()
+    assert len(await r.admitted("Down")) == 2  # h2 ran already: not asked again
+
+
+async def test_a_maintenance_a_rule_retracts_lets_the_rule_act_at_once(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, GUARDED + ENDS)
+    await maintenance(r, "h1")
+    await r.send(r.alert("Down", "h1"))
+    assert await r.admitted("Down") == []
+    await r.send(r.alert("MaintenanceOver", "h1"))
+    [run] = await r.admitted("Down")
+    assert run["reason"].startswith("re-examined: event{")
+
+
+async def test_a_resolved_incidents_record_is_forgotten_after_a_week(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART)
+    await r.send(r.alert("Down", "h1"))
+    await r.finish("restart")
+    await r.send(r.alert("Down", "h1", "resolved"))
+    r.clock.now += 6 * 86400
+    r.restart()
+    await r.start()
+    await r.settle()
+    assert (await store.incidents.counts())["resolved"] == 1
+    r.clock.now += 2 * 86400
+    r.restart()
+    await r.start()
+    await r.settle()
+    assert (await store.incidents.counts())["resolved"] == 0
+    assert len(await r.admitted("Down")) == 1  # the decision log keeps it
