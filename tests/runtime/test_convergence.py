@@ -371,7 +371,9 @@ async def test_a_reload_asks_again_even_if_the_leader_stops_before_its_next_tick
 GUARDED = """
   - name: restart
     match: ['alertname="Down"']
-    unless: [{fact: event, where: ['type="maintenance.started"', 'instance="{{ alert.labels.instance }}"']}]
+    unless:
+      - fact: event
+        where: ['type="maintenance.started"', 'instance="{{ alert.labels.instance }}"']
     run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
     guard: {key: "restart/{{ alert.labels.instance }}"}
 """
@@ -379,7 +381,9 @@ GUARDED = """
 ENDS = """
   - name: maintenance-over
     match: ['alertname="MaintenanceOver"']
-    retract: [{fact: event, where: ['type="maintenance.started"', 'instance="{{ alert.labels.instance }}"']}]
+    retract:
+      - fact: event
+        where: ['type="maintenance.started"', 'instance="{{ alert.labels.instance }}"']
 """
 
 
