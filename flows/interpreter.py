@@ -27,6 +27,7 @@ from flows.dsl import (
     VerifyStep,
 )
 from flows.errors import FlowError
+from flows.fencing import Fenced, fenced, not_fenced
 from flows.operations import Operation, all_operations
 from flows.operations.approval import rejected, require_approval
 from responder.decision.templates import evaluate, render_value
@@ -49,9 +50,13 @@ def build_flow(source: FlowSource) -> Flow[..., Any]:
     """A Prefect flow that runs the YAML file's steps."""
     spec = source.spec
 
+    @fenced
+    def interpret(parameters: dict[str, Any]) -> Any:
+        return Interpreter(source).run(parameters)
+
     def run(*args: Any, **kwargs: Any) -> Any:
         parameters = run.__signature__.bind(*args, **kwargs).arguments  # type: ignore[attr-defined]
-        return Interpreter(source).run(dict(parameters))
+        return interpret(dict(parameters))
 
     run.__name__ = run.__qualname__ = python_name(spec.flow)
     run.__module__ = "flows.yaml_flows"
@@ -121,6 +126,8 @@ class Interpreter:
             for name, future in running.items():
                 try:
                     self.results[name] = future.result()
+                except Fenced:
+                    raise  # the run may not act: it ends, cancelled
                 except Exception as exc:
                     failed.append(f"{name}: {exc}")
             self.results[step.name] = {name: self.results[name] for name in running}
@@ -147,6 +154,8 @@ class Interpreter:
         options: dict[str, Any] = {"task_run_name": f"{step.name}{label}"}
         if step.retries is not None:
             options["retries"] = step.retries
+            if operation.task.retry_condition_fn is None:  # any failure but a refusal
+                options["retry_condition_fn"] = not_fenced
         if step.retry_delay is not None:
             options["retry_delay_seconds"] = step.retry_delay
         if step.timeout is not None:
@@ -207,6 +216,8 @@ class Interpreter:
                         if future is not None:
                             future.result()
                         alive.append(element)
+                    except Fenced:
+                        raise  # the run may not act: it ends, cancelled
                     except Exception as exc:
                         self.logger.warning("%s failed on %r: %s", nested.name, element, exc)
                         failed.append(element)

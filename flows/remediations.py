@@ -9,6 +9,7 @@ from prefect import State, flow, get_run_logger
 from pydantic import AnyHttpUrl, Field
 
 from flows.errors import FlowError
+from flows.fencing import fenced
 from flows.operations.approval import rejected, require_approval
 from flows.operations.http import HeaderName, HttpFailed, HttpRequest, http_request
 from flows.secrets import SecretName, check_secrets
@@ -22,6 +23,7 @@ class NotRecovered(FlowError):
 # Runs are named by the dispatcher when it creates them (responder/story.py); a
 # flow_run_name here would rename them once they start.
 @flow(name="restart-service", log_prints=False)
+@fenced
 def restart_service(
     host: Host,
     service: ServiceName,
@@ -65,6 +67,7 @@ def _verify_healthy(url: AnyHttpUrl, within: float, every: float, what: str) -> 
 
 
 @flow(name="http-call")
+@fenced
 def http_call(
     url: AnyHttpUrl,
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST",

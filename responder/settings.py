@@ -220,6 +220,14 @@ class Settings(BaseSettings):
         le=7 * DAY,
         description="A guard lease expires after this long if no final state came.",
     )
+    lost_run_seconds: float = Field(
+        90.0,
+        ge=0,
+        le=DAY,
+        description="A flow run PENDING or RUNNING with no heartbeat (or state change) this "
+        "long is lost: marked CRASHED and its key freed. Workers must send heartbeats more "
+        "often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30; `responder up` does). 0: never.",
+    )
     dry_run: bool = Field(
         False, description="Decide and record every decision, but never dispatch a flow run."
     )

@@ -19,6 +19,11 @@ from responder.authoring.demo import DemoService
 from responder.storage.store import Store
 from tests.helpers import POSTGRES_URL, ROOT, reset_postgres
 
+# Flows run by these tests (in-process, or by the session's flow runner) have no Responder
+# to ask before they act: fencing off (flows.fencing). tests/test_fencing.py runs
+# `responder up`, whose runner fences whatever this says.
+os.environ["RESPONDER_FENCING"] = "off"
+
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:

@@ -8,12 +8,17 @@ it and YAML flows can call it by name:
     @operation("command.run", risk="high", tags=["host"], run_name="{params.program}")
     def command_run(params: CommandRun) -> CommandResult: ...
 
+Every operation whose risk is not `read` asks Responder before it acts (`flows.fencing`):
+a run that lost its key, whose alert resolved, or that Responder did not start, does not
+act. `reads` names the calls of such an operation that only read (an HTTP GET).
+
 Operations never see secrets in their parameters: they take the *name* of a secret (see
 `flows.secrets`) and read it when they run, so it never appears in the UI or in logs.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
@@ -25,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from flows.errors import retry_if_transient
+from flows.fencing import check_before_acting
 
 # read: observes only. low: reversible, one target. medium: changes one target's state.
 # high: can take capacity away or touch many targets.
@@ -78,6 +84,7 @@ def operation(
     retries: int = 0,
     retry_delays: Sequence[float] = (),
     run_name: str | None = None,
+    reads: Callable[[Any], bool] | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function an atomic operation: a Prefect task named `name`, registered.
 
@@ -86,6 +93,8 @@ def operation(
     failure (`flows.errors.is_transient`). An operation declaring none is not retried on its
     own (an action that must not repeat); a YAML step's `retries` then retries any failure,
     as the flow's author asked. `run_name` names each task run (a Prefect template).
+    Unless `risk` is `read`, each call is fenced first, except those `reads(parameters)`
+    calls read-only.
     """
     if retries < 0 or (retry_delays and not retries):
         raise ValueError(f"operation {name}: retry delays need retries >= 1")
@@ -100,15 +109,30 @@ def operation(
 
     def register(fn: Callable[P, R]) -> Task[P, R]:
         parameters, result = _models(name, fn)
-        if name in OPERATIONS and OPERATIONS[name].task.fn is not fn:
+        known = OPERATIONS.get(name)
+        if known is not None and getattr(known.task.fn, "__wrapped__", known.task.fn) is not fn:
             raise ValueError(f"operation {name} is registered twice")
         # Operations act: a cached result would skip the action (or a verification poll)
         # whenever the same parameters come again within a run.
-        made: Task[P, R] = task(name=name, cache_policy=NO_CACHE, **options)(fn)
+        body = fn if risk == "read" else _fenced(name, fn, reads)
+        made: Task[P, R] = task(name=name, cache_policy=NO_CACHE, **options)(body)
         OPERATIONS[name] = Operation(name, made, parameters, result, risk, tuple(tags))
         return made
 
     return register
+
+
+def _fenced(name: str, fn: Callable[P, R], reads: Callable[[Any], bool] | None) -> Callable[P, R]:
+    """`fn`, asking Responder first whether the run may act (`flows.fencing`)."""
+
+    @functools.wraps(fn)
+    def fenced(*args: P.args, **kwargs: P.kwargs) -> R:
+        (parameters,) = [*args, *kwargs.values()]  # type: ignore[misc]
+        if reads is None or not reads(parameters):
+            check_before_acting(name)
+        return fn(*args, **kwargs)
+
+    return fenced
 
 
 def _models(name: str, fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel] | None]:

@@ -88,6 +88,7 @@ class OutcomeUnknown(HttpFailed):
     retries=2,
     retry_delays=(1, 3),
     run_name="{request.method} {request.url}",
+    reads=lambda request: request.method in READ_METHODS,
 )
 def http_request(request: HttpRequest) -> HttpResponse:
     """Send one HTTP request; fail unless the status is expected.

@@ -62,15 +62,22 @@ def _log_to_stderr() -> None:
 def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = None) -> None:
     """Start a local Prefect server, serve the flows and receive Alertmanager webhooks."""
     from responder.runtime.service import Service
-    from responder.runtime.supervisor import Supervisor
+    from responder.runtime.supervisor import Supervisor, worker_environment
 
     _log_to_stderr()
     try:
         settings = settings_from(config, host=host, port=port)
         external = settings.prefect_api_url or os.environ.get("PREFECT_API_URL")
         supervisor = Supervisor(
-            settings.data_dir, settings.prefect_port, external, settings.runner_limit
+            settings.data_dir,
+            settings.prefect_port,
+            external,
+            settings.runner_limit,
+            worker_env=worker_environment(settings),
         )
+        # Prefect's own code in this process (its event worker) finds its server here;
+        # without it, Prefect starts an ephemeral server, blocking the event loop meanwhile.
+        os.environ["PREFECT_API_URL"] = supervisor.api_url
         service = Service(settings, prefect_api_url=supervisor.api_url)
     except ResponderError as exc:
         raise fail(exc) from None

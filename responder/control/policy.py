@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from responder.events.manual_runs import MANUAL_RULE
+
 if TYPE_CHECKING:
     from responder.decision.decisions import Decision
 
@@ -33,6 +35,9 @@ class RunPolicy:
     cooldown_failed: float | None = None  # None: `cooldown` after any final state
     silence: bool = False
     batch: Batch | None = None
+    # The run may act after its alert resolved (fencing): the rule says so, the decision
+    # answers a resolution, or it was started by hand (no alert to resolve).
+    act_when_resolved: bool = False
 
     @classmethod
     def of(cls, decision: Decision) -> RunPolicy:
@@ -45,6 +50,11 @@ class RunPolicy:
             cooldown_failed=spec.cooldown_failed,
             silence=spec.silence,
             batch=Batch(batch.window, batch.over) if batch else None,
+            act_when_resolved=(
+                spec.act_when_resolved
+                or decision.alert.status == "resolved"
+                or decision.rule == MANUAL_RULE
+            ),
         )
 
     def cooldown_after(self, state: str) -> float:
@@ -61,6 +71,7 @@ class RunPolicy:
             "cooldown": self.cooldown,
             "cooldown_failed": self.cooldown_failed,
             "silence": self.silence,
+            "act_when_resolved": self.act_when_resolved,
         }
         if self.batch is not None:
             value["batch"] = {"window": self.batch.window, "over": self.batch.over}
@@ -78,6 +89,7 @@ class RunPolicy:
                 None if value.get("cooldown_failed") is None else float(value["cooldown_failed"])
             ),
             silence=bool(value.get("silence")),
+            act_when_resolved=bool(value.get("act_when_resolved")),
             batch=Batch(float(batch.get("window") or 0.0), batch["over"])
             if batch.get("over") is not None
             else None,

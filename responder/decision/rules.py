@@ -162,6 +162,12 @@ class GuardSpec(Spec):
         description="Silence the alert in Alertmanager while the remediation runs "
         "(needs alertmanager_url); lifted when the run ends.",
     )
+    act_when_resolved: bool = Field(
+        False,
+        description="Let the run act after its alert resolved. By default each step that "
+        "changes something first asks Responder, and the run is cancelled ('alert resolved "
+        "before acting') once the alert has resolved.",
+    )
 
 
 FactName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$", strict=True)]

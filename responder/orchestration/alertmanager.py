@@ -101,6 +101,23 @@ class Alertmanager:
         response.raise_for_status()
         return str(response.json()["silenceID"])
 
+    async def extend(self, silence_id: str, lasting: float) -> str | None:
+        """Make a silence last `lasting` seconds from now; the id it has then (Alertmanager
+        may give the updated silence a new one). None when it is gone or expired: someone
+        lifted it, and it is not set again."""
+        response = await self._http.get(f"/api/v2/silence/{silence_id}")
+        if silence_not_found(response):
+            return None
+        response.raise_for_status()
+        silence = response.json()
+        if silence.get("status", {}).get("state") == "expired":
+            return None
+        body = {key: silence[key] for key in ("id", "matchers", "startsAt", "createdBy", "comment")}
+        body["endsAt"] = (datetime.now(UTC) + timedelta(seconds=lasting)).isoformat()
+        response = await self._http.post("/api/v2/silences", json=body)
+        response.raise_for_status()
+        return str(response.json()["silenceID"])
+
     async def lift(self, silence_id: str) -> None:
         """Expire a silence; one already gone counts as lifted."""
         response = await self._http.delete(f"/api/v2/silence/{silence_id}")

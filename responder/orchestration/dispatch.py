@@ -32,6 +32,8 @@ from responder.orchestration import story
 from responder.orchestration.alertmanager import Alertmanager
 from responder.orchestration.approvals import Approvals
 from responder.orchestration.decision_events import DecisionEvents, RefusedDecision
+from responder.orchestration.lost_runs import LostRun, LostRuns
+from responder.orchestration.silencing import Silencer
 from responder.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # Flow runs being created at once.
 CREATORS = 4
+READ_LIMIT = 200  # Prefect's server answers at most this many runs per read by default
+FORGOTTEN = "Prefect no longer knows this flow run (its database lost?); the key is free again"
 
 
 def deployment_name(flow: str) -> str:
@@ -98,6 +102,7 @@ class Dispatcher:
         retry_seconds: float = 1.0,
         alertmanager_url: str | None = None,
         lease_seconds: float = 3600.0,
+        lost_run_seconds: float = 90.0,
     ) -> None:
         self._store = store
         self.api_url = api_url
@@ -105,7 +110,7 @@ class Dispatcher:
         self._poll_seconds = poll_seconds
         self._retry_seconds = retry_seconds
         self._alertmanager_url = alertmanager_url
-        self._alertmanager: Alertmanager | None = None
+        self._silences = Silencer(store, lease_seconds)
         self._lease_seconds = lease_seconds
         self._queue: asyncio.Queue[tuple[ActiveRun, float]] = asyncio.Queue(queue_size)
         self._deployments: dict[str, UUID] = {}
@@ -122,6 +127,7 @@ class Dispatcher:
         self._prefect_reachable = False
         self._back = asyncio.Event()  # set when Prefect is reachable again
         self._approvals = Approvals(store, self._prefect)
+        self._lost = LostRuns(lost_run_seconds)
 
     @property
     def prefect_reachable(self) -> bool:
@@ -148,7 +154,7 @@ class Dispatcher:
         self._client = PrefectClient(self.api_url)
         await self._client.__aenter__()
         if self._alertmanager_url:
-            self._alertmanager = Alertmanager(self._alertmanager_url)
+            self._silences.open(Alertmanager(self._alertmanager_url))
         await self._events.open()
         for run in await active_runs(self._store):
             if run.flow_run_id is None:
@@ -178,9 +184,7 @@ class Dispatcher:
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
             self._client = None
-        if self._alertmanager is not None:
-            await self._alertmanager.close()
-            self._alertmanager = None
+        await self._silences.close()
 
     async def submit(self, run: ActiveRun) -> None:
         """Queue an admitted decision; waits only when the queue is full (backpressure)."""
@@ -237,7 +241,7 @@ class Dispatcher:
         self._background(self._tell_story(run, flow_run_id))
         await self._emit_decision(run, flow_run_id)
         if run.silence:
-            await self._silence(run, flow_run_id)
+            await self._silences.silence(run, self.flow_run_url(flow_run_id))
         log.info(
             "decision %s: flow run %s (%s)",
             run.decision_id,
@@ -302,7 +306,7 @@ class Dispatcher:
             self._pending.discard(run.decision_id)
             await self._emit_decision(run, flow_run_id)
             if run.silence:
-                await self._silence(run, flow_run_id)
+                await self._silences.silence(run, self.flow_run_url(flow_run_id))
             metrics.DISPATCH_SECONDS.observe(time.monotonic() - admitted_at)
         items = merged.parameters[merged.batch_over or ""]
         log.info("decisions %s: one batched flow run %s over %d", ids, flow_run_id, len(items))
@@ -332,19 +336,24 @@ class Dispatcher:
 
     async def _artifact(self, flow_run_id: str, key: str, markdown: str, description: str) -> None:
         from prefect.client.schemas.actions import ArtifactCreate
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         if self._client is None:
             return
         try:
-            await self._client.create_artifact(
-                ArtifactCreate(
-                    key=key,
-                    type="markdown",
-                    data=markdown,
-                    description=description,
-                    flow_run_id=UUID(flow_run_id),
+            # Prefect's client announces the artifact as an event through its global events
+            # worker, which finds its server in the settings: without this, it would start
+            # an ephemeral server, blocking this loop, when PREFECT_API_URL is not set.
+            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+                await self._client.create_artifact(
+                    ArtifactCreate(
+                        key=key,
+                        type="markdown",
+                        data=markdown,
+                        description=description,
+                        flow_run_id=UUID(flow_run_id),
+                    )
                 )
-            )
         except Exception as exc:
             log.warning("artifact %s of flow run %s not written: %s", key, flow_run_id, exc)
 
@@ -366,30 +375,6 @@ class Dispatcher:
             await self._queue.put((run, admitted_at))
 
         self._background(requeue())
-
-    async def _silence(self, run: ActiveRun, flow_run_id: str) -> None:
-        """Silence the alert while its remediation runs; the poll lifts it when it ends."""
-        if self._alertmanager is None:
-            log.warning("rule %s asks for a silence, but alertmanager_url is not set", run.rule)
-            return
-        comment = f"Responder is remediating ({run.rule}): {self.flow_run_url(flow_run_id)}"
-        try:
-            silence_id = await self._alertmanager.silence(run.labels, self._lease_seconds, comment)
-        except (httpx.HTTPError, ValueError) as exc:  # ValueError: no exact silence possible
-            log.warning("could not silence the alert of decision %s: %s", run.decision_id, exc)
-            return
-        await self._store.silences.set(run.decision_id, silence_id)
-
-    async def _lift_silences(self) -> None:
-        if self._alertmanager is None:
-            return
-        for silence in await self._store.silences.to_lift():
-            try:
-                await self._alertmanager.lift(silence.silence_id)
-            except httpx.HTTPError as exc:
-                log.warning("could not lift silence %s: %s", silence.silence_id, exc)
-                continue
-            await self._store.silences.lifted(silence.decision_id)
 
     async def _emit_decision(self, run: ActiveRun, flow_run_id: str) -> None:
         await self._events.admitted(run, flow_run_id)
@@ -445,6 +430,33 @@ class Dispatcher:
                     self._artifact(flow_run_id, story.OUTCOME_ARTIFACT, outcome, state_type)
                 )
                 log.info("decision %s: flow run %s is %s", run.decision_id, flow_run_id, state_type)
+                if run.silence:
+                    self._background(self._silences.lift())  # now, not at the next poll
+
+    async def _read_runs(self, ids: list[UUID]) -> list[Any]:
+        """Prefect's flow runs of these ids (it answers at most `READ_LIMIT` at a time)."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        found: list[Any] = []
+        for start in range(0, len(ids), READ_LIMIT):
+            chunk = FlowRunFilterId(any_=ids[start : start + READ_LIMIT])
+            found += await self._client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=chunk), limit=READ_LIMIT
+            )
+        return found
+
+    async def _crash(self, lost: LostRun) -> str:
+        """A lost run (`lost_runs`): CRASHED in Prefect, so that no runner starts it later
+        and the UI says so, and its decisions ended with that state (keys freed)."""
+        from prefect.states import Crashed
+
+        log.warning("flow run %s is %s", lost.flow_run_id, lost.message)
+        await self._client.set_flow_run_state(
+            UUID(lost.flow_run_id), Crashed(message=lost.message), force=True
+        )
+        await self._finish(lost.flow_run_id, "CRASHED", lost.message)
+        self._lost.forget(lost.flow_run_id)
+        return lost.flow_run_id
 
     async def _run_state(self, flow_run_id: str) -> str | None:
         """What Prefect says of a run whose lease expired (see `leases.expire_lost`)."""
@@ -467,9 +479,11 @@ class Dispatcher:
                     api_url=self.api_url, filter=event_filter, reconnection_attempts=0
                 ) as subscriber:
                     self.events_connected = True
+                    self._lost.listening()
                     async for event in subscriber:
                         state_type = event.resource.get("prefect.state-type")
                         flow_run_id = event.resource.id.removeprefix("prefect.flow-run.")
+                        self._lost.heard(flow_run_id)  # a heartbeat, a state change: alive
                         if state_type:
                             await self._approvals.seen(flow_run_id, state_type)
                         if state_type in FINAL_STATES:
@@ -480,6 +494,7 @@ class Dispatcher:
             except Exception as exc:
                 log.debug("event stream lost (%s); polling covers it", exc)
             self.events_connected = False
+            self._lost.deaf()
             await asyncio.sleep(self._poll_seconds)
 
     async def _healthy(self) -> bool:
@@ -495,8 +510,6 @@ class Dispatcher:
         return response.status_code == 200
 
     async def _poll_states(self) -> None:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
         while True:
             await asyncio.sleep(self._poll_seconds)
             try:
@@ -506,17 +519,20 @@ class Dispatcher:
                 await leases.expire_lost(
                     self._store, self._pending, self._run_state, self._lease_seconds
                 )
-                await self._lift_silences()
+                await self._silences.lift()
                 runs = [r for r in await active_runs(self._store) if r.flow_run_id]
                 metrics.ACTIVE_LEASES.set(await self._store.leases.count())
                 if not runs:
                     continue
                 ids = [UUID(r.flow_run_id) for r in runs if r.flow_run_id]
-                flow_runs = await self._client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))
-                )
+                flow_runs = await self._read_runs(ids)
                 going = []
+                crashed = [await self._crash(lost) for lost in self._lost.lost(flow_runs)]
+                for gone in self._lost.forgotten(map(str, ids), {str(f.id) for f in flow_runs}):
+                    await self._finish(gone, "EXPIRED", FORGOTTEN)
                 for flow_run in flow_runs:
+                    if str(flow_run.id) in crashed:
+                        continue
                     if flow_run.state is not None:
                         await self._approvals.seen(str(flow_run.id), flow_run.state.type.value)
                     if flow_run.state is not None and flow_run.state.type.value in FINAL_STATES:
@@ -527,12 +543,10 @@ class Dispatcher:
                         )
                     else:
                         going.append(str(flow_run.id))
-                # Runs Prefect reports as going keep their keys.
-                await leases.renew(
-                    self._store,
-                    [r.decision_id for r in runs if r.flow_run_id in going],
-                    self._lease_seconds,
-                )
+                # Runs Prefect reports as going keep their keys, and their silences.
+                renewed = [r.decision_id for r in runs if r.flow_run_id in going]
+                await leases.renew(self._store, renewed, self._lease_seconds)
+                await self._silences.extend(renewed)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

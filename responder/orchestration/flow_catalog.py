@@ -112,9 +112,12 @@ def reload_flows() -> None:
     """Forget the flows' parameter models and the catalog: the next check, or the next look
     at the catalog, reads the flow files as they are now.
 
-    Nothing was read if `flows.catalog` was never imported; it is not imported for this.
+    Nothing was read if `flows.catalog` was never imported, or is being imported; it is not
+    imported for this.
     """
     read = sys.modules.get("flows.catalog")
-    if read is not None:
-        read.parameters_model.cache_clear()
-        read.catalog.cache_clear()
+    # Still being imported (the leader's warm-up does that in a thread): nothing read yet.
+    for cached in ("parameters_model", "catalog"):
+        function = getattr(read, cached, None)
+        if function is not None:
+            function.cache_clear()

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from responder import metrics
-from responder.control import leases
+from responder.control import fencing, leases
 from responder.control import pause as remediation
 from responder.control.guard import Guard
 from responder.decision.rules import Rule, RuleBook, load_rules
@@ -57,6 +57,7 @@ class Service:
                 poll_seconds=settings.poll_seconds,
                 alertmanager_url=settings.alertmanager_url,
                 lease_seconds=settings.lease_seconds,
+                lost_run_seconds=settings.lost_run_seconds,
             )
             if api_url
             else None
@@ -294,6 +295,10 @@ class Service:
                 None,
             )
         return records
+
+    async def fencing_check(self, decision_id: int, flow_run_id: str) -> fencing.Answer:
+        """May this flow run, carrying this decision's token, act now (`control.fencing`)?"""
+        return await fencing.check(self.store, decision_id, flow_run_id)
 
     async def awaiting_approval(self) -> list[dict[str, Any]]:
         """The decisions whose flow run waits for an operator's answer."""

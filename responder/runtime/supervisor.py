@@ -1,5 +1,9 @@
 """Child processes of `responder up`: a local Prefect server and the flow runner.
 
+The runner's environment tells its flow runs where Responder is and how to call it
+(`worker_environment`): they ask it before each step that changes something (fencing), and
+send Prefect heartbeats, by which Responder notices a runner that was lost.
+
 Each child runs in its own process group, so stopping it stops everything it started, and
 asks the kernel to end it should Responder die without cleaning up.
 """
@@ -14,16 +18,52 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from responder.exceptions import ResponderError
 
+if TYPE_CHECKING:
+    from responder.settings import Settings
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# Seconds between a flow run's heartbeats (Prefect's minimum is 30).
+HEARTBEAT_SECONDS = 30
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """What a flow runner needs to fence its runs (`flows.fencing`) and to be noticed when
+    lost: Responder's URL, a token of the operator API, heartbeats.
+
+    The token: `RESPONDER_TOKEN` when set here, else `operator_token`, else the first named
+    operator's, else the webhook's bearer token (which the operator API takes when it has no
+    tokens of its own). A receiver bound to every address is reached on loopback.
+    """
+    url = settings.base_url
+    if settings.public_url is None:
+        url = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    env = {
+        "RESPONDER_URL": url,
+        "RESPONDER_FENCING": "on",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+    }
+    token = os.environ.get("RESPONDER_TOKEN")
+    if not token:
+        secret = settings.operator_token or (
+            settings.operators[0].token if settings.operators else settings.bearer_token
+        )
+        token = None if secret is None else secret.get_secret_value()
+    if token:
+        env["RESPONDER_TOKEN"] = token
+    if settings.tls_enabled:  # a self-signed certificate verifies itself
+        env["RESPONDER_CA_FILE"] = os.environ.get("RESPONDER_CA_FILE") or str(settings.tls_certfile)
+    return env
 
 
 def _die_with_parent() -> None:
@@ -87,12 +127,14 @@ class Supervisor:
         prefect_port: int,
         prefect_api_url: str | None,
         runner_limit: int = 5,
+        worker_env: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.external_prefect = prefect_api_url is not None
         self.api_url = prefect_api_url or f"http://127.0.0.1:{prefect_port}/api"
         self._prefect_port = prefect_port
         self._runner_limit = runner_limit
+        self._worker_env = dict(worker_env or {})
         self.children: list[Child] = []
 
     def _env(self) -> dict[str, str]:
@@ -132,7 +174,7 @@ class Supervisor:
         runner = Child(
             "flow-runner",
             [sys.executable, "-m", "responder", "serve-flows", "--limit", str(self._runner_limit)],
-            env,
+            {**env, **self._worker_env},
             self.data_dir / "logs" / "flow-runner.log",
         )
         runner.start()

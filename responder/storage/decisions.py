@@ -233,13 +233,12 @@ class Decisions:
             return list(await conn.execute(query))
 
     async def of_flow_run(self, flow_run_id: str) -> list[Row[Any]]:
-        """The active decisions a flow run serves, several for a batched run (run rows)."""
+        """The unfinished decisions a flow run serves, several for a batched run (run rows);
+        one whose key was taken from it (fencing: lease lost) among them, so that the run's
+        end still ends it."""
         query = (
             select(*_RUN_COLUMNS)
-            .where(
-                decisions.c.flow_run_id == flow_run_id,
-                decisions.c.id.in_(select(leases.c.decision_id)),
-            )
+            .where(decisions.c.flow_run_id == flow_run_id, decisions.c.finished_at.is_(None))
             .order_by(decisions.c.id)
         )
         async with self._db.transaction() as conn:

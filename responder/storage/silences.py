@@ -12,7 +12,8 @@ from responder.storage.schema import decisions
 
 @dataclass(frozen=True)
 class LiftableSilence:
-    """A silence Responder set in Alertmanager for a remediation that has since ended."""
+    """A silence Responder set in Alertmanager for a remediation (to extend while it runs,
+    to lift once it has ended)."""
 
     decision_id: int
     silence_id: str
@@ -29,6 +30,21 @@ class Silences:
             await conn.execute(
                 update(decisions).where(decisions.c.id == decision_id).values(silence_id=silence_id)
             )
+
+    async def of_running(self, decision_ids: list[int]) -> list[LiftableSilence]:
+        """The silences of these decisions that are set and not lifted, while they run."""
+        if not decision_ids:
+            return []
+        async with self._db.transaction() as conn:
+            rows = await conn.execute(
+                select(decisions.c.id, decisions.c.silence_id).where(
+                    decisions.c.id.in_(decision_ids),
+                    decisions.c.silence_id.is_not(None),
+                    decisions.c.finished_at.is_(None),
+                    decisions.c.silence_lifted.is_(False),
+                )
+            )
+            return [LiftableSilence(r.id, r.silence_id) for r in rows]
 
     async def to_lift(self) -> list[LiftableSilence]:
         """Silences of remediations that ended, not yet lifted."""

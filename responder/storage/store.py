@@ -2,9 +2,9 @@
 
 `store.inbox`, `store.alerts`, `store.facts`, `store.decisions`, `store.approvals`,
 `store.silences`, `store.leases`, `store.switches`, `store.incidents` and `store.timers` each own a
-group of tables; the store itself is the database they share (engine, transactions, migrations,
-health). It decides nothing: admission, release, cooldowns, lease expiry and the pause are
-`responder.control`'s.
+group of tables (`store.fencing` reads across three of them); the store itself is the database
+they share (engine, transactions, migrations, health). It decides nothing: admission, release,
+cooldowns, lease expiry and the pause are `responder.control`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from responder.storage.approvals import ApprovalRecords
 from responder.storage.database import Database
 from responder.storage.decisions import Decisions
 from responder.storage.facts import Facts
+from responder.storage.fencing import Fencing
 from responder.storage.inbox import Inbox
 from responder.storage.incidents import Incidents
 from responder.storage.leases import Leases
@@ -37,3 +38,4 @@ class Store(Database):
         self.switches = Switches(self)
         self.incidents = Incidents(self)
         self.timers = Timers(self)
+        self.fencing = Fencing(self)

@@ -111,3 +111,27 @@ async def test_listing_by_labels_matches_each_hostile_value_exactly(alertmanager
         assert await client.alerts("another", {"alertname": "Odd"}) == []
     finally:
         await client.close()
+
+
+@pytest.mark.alertmanager
+async def test_a_silence_is_extended_and_one_lifted_by_hand_stays_lifted(
+    alertmanager: str,
+) -> None:
+    client = Alertmanager(alertmanager)
+    try:
+        labels = {"alertname": "ServiceDown", "instance": "h9"}
+        first = await client.silence(labels, 60, "remediating")
+        extended = await client.extend(first, 3600)
+        assert extended is not None
+        async with httpx.AsyncClient(base_url=alertmanager) as http:
+            silence = (await http.get(f"/api/v2/silence/{extended}")).json()
+            ends = datetime.fromisoformat(silence["endsAt"].replace("Z", "+00:00"))
+            assert (ends - datetime.now(UTC)).total_seconds() > 3000
+            assert silence["status"]["state"] == "active"
+            assert silence["comment"] == "remediating"
+            assert [m["value"] for m in silence["matchers"]] == ["ServiceDown", "h9"]
+            await client.lift(extended)
+        assert await client.extend(extended, 3600) is None
+        assert await client.extend("00000000-0000-4000-8000-000000000000", 60) is None
+    finally:
+        await client.close()

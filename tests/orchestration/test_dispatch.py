@@ -579,3 +579,63 @@ async def test_a_flow_run_killed_mid_way_frees_its_key(
 
 async def _posted(demo_service: DemoService, path: str) -> bool:
     return any(p == path for p, _ in demo_service.posts)
+
+
+@pytest.mark.alertmanager
+async def test_a_run_longer_than_its_lease_keeps_its_silence_until_it_ends(
+    flow_runner: str, tmp_path: Path, approval_rules: Path, demo_service: DemoService
+) -> None:
+    """The run waits for approval for three times `lease_seconds`: its lease is renewed, and
+    its silence with it; rejected, the run ends and the silence is lifted at once."""
+    rule = approval_rules / "restart-service.yaml"
+    rule.write_text(rule.read_text().replace("    guard:\n", "    guard:\n      silence: true\n"))
+    with servers.alertmanager(tmp_path, free_port(), servers.ROUTES_NOWHERE) as alertmanager:
+        settings = make_settings(
+            tmp_path,
+            approval_rules,
+            rule_vars={"service_control_url": demo_service.url},
+            alertmanager_url=alertmanager,
+            lease_seconds=3,
+            poll_seconds=0.5,
+        )
+        service = Service(settings, prefect_api_url=flow_runner)
+        await service.start()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
+        )
+        try:
+            await client.post(URL, content=payload("host-silenced"), headers=JSON)
+
+            async def created() -> str | None:
+                rows = [d for d in await decisions(client) if d["flow_run_id"]]
+                return rows[0]["flow_run_id"] if rows else None
+
+            flow_run_id = await wait_for(created, timeout=30)
+
+            async def silences() -> list[dict[str, Any]]:
+                async with httpx.AsyncClient() as http:
+                    found = (await http.get(f"{alertmanager}/api/v2/silences")).json()
+                return [s for s in found if flow_run_id in s["comment"]]
+
+            async def active() -> list[dict[str, Any]]:
+                return [s for s in await silences() if s["status"]["state"] == "active"]
+
+            assert await wait_for(active, timeout=30)
+            assert service.dispatcher is not None
+            await wait_for(lambda: paused_run(flow_runner, flow_run_id), timeout=60)
+            await asyncio.sleep(3 * settings.lease_seconds)
+            # Without renewal it would have expired twice over by now.
+            assert [s["status"]["state"] for s in await active()] == ["active"]
+            assert await service.store.leases.count() == 2
+            await answer(flow_runner, flow_run_id, approved=False, approver="bob", comment="no")
+            [decision] = await wait_for(lambda: final(client), timeout=60)
+            assert decision["flow_run_state"] == "CANCELLED"
+
+            async def lifted() -> bool:
+                return await active() == [] and bool(await silences())
+
+            await wait_for(lifted, timeout=10)
+            assert demo_service.restarts == []
+        finally:
+            await client.aclose()
+            await service.stop()
