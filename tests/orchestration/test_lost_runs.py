@@ -117,6 +117,21 @@ async def decision_of(service: Service, instance: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
+async def decided_again(service: Service, decision: dict[str, Any]) -> None:
+    """The lost run's incident is decided again once the failure cooldown is over (the
+    shipped rule's `cooldown_failed`, 5m): a durable timer for the next attempt is set."""
+    fingerprint = decision["incident"].partition("@")[0]
+
+    async def timer() -> dict[str, Any] | None:
+        timers = await service.store.timers.of(f"{fingerprint}@%")
+        return timers[0] if timers else None
+
+    attempt = await wait_for(timer, timeout=30)
+    assert (attempt["kind"], attempt["rule"]) == ("retry", decision["rule"])
+    assert attempt["reason"] == f"re-examined: decision {decision['id']}'s run ended CRASHED"
+    assert attempt["due_at"] == pytest.approx(decision["finished_at"] + 301, abs=5)
+
+
 @pytest.mark.prefect
 @pytest.mark.timeout(600)
 async def test_a_killed_runner_s_runs_are_crashed_and_their_keys_freed(
@@ -176,6 +191,7 @@ async def test_a_killed_runner_s_runs_are_crashed_and_their_keys_freed(
         assert all(lease["decision_id"] != decision["id"] for lease in held)
         [incident] = await service.store.incidents.like(decision["incident"].partition("@")[0])
         assert incident["state"] != "running"
+        await decided_again(service, decision)
         assert released < LOST_AFTER + 15
         print(f"runner killed → key released in {released:.1f}s (lost_run_seconds {LOST_AFTER})")
 
@@ -197,6 +213,7 @@ async def test_a_killed_runner_s_runs_are_crashed_and_their_keys_freed(
         assert decision["flow_run_state"] == "CRASHED"
         assert decision["detail"].startswith("lost: PENDING with no heartbeat for ")
         await _crashed_in_prefect(prefect.api_url, flow_run_id)
+        await decided_again(service, decision)
         assert calls.restarts == ["/restart/host-running/checkout"]  # one fix call in all
     finally:
         if service is not None:
