@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import Connection, MetaData
 
+from responder.intake.app import create_app
+from responder.runtime.service import Service
 from responder.settings import Settings
 from responder.storage.store import Store
 
@@ -107,3 +110,10 @@ def damage_tables(database: Path, tables: list[str]) -> None:
         for root in roots:
             file.seek((root - 1) * page_size)
             file.write(b"\xde\xad\xbe\xef" * (page_size // 4))
+
+
+def app_client(service: Service, base_url: str = "http://test") -> httpx.AsyncClient:
+    """A client of the service's real HTTP app, called in process (no socket)."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url=base_url
+    )

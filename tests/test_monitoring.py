@@ -11,16 +11,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 import responder.metrics
-from responder.intake.app import create_app  # importing the app registers every metric
 from responder.runtime.service import Service
-from tests.helpers import ROOT, make_settings
+from tests.helpers import ROOT, app_client, make_settings
 
 RULES = ROOT / "config" / "prometheus" / "responder-alerts.yaml"
 
@@ -204,8 +202,7 @@ async def scrape(tmp_path: Path, rules_dir: Path) -> str:
     service = Service(make_settings(tmp_path, rules_dir), prefect_api_url=None)
     await service.start()
     try:
-        transport = httpx.ASGITransport(app=create_app(service))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with app_client(service) as client:
             response = await client.get("/metrics")
     finally:
         await service.stop()

@@ -48,10 +48,9 @@ from responder.decision.decisions import template_context
 from responder.decision.templates import path_segment, render, render_value
 from responder.events.webhook import Alert
 from responder.exceptions import TemplateError
-from responder.intake.app import create_app
 from responder.runtime.service import Service
 from tests.flows.operations.test_kubernetes import NODE, KubeReplay, write_kubeconfig
-from tests.helpers import ROOT, fixture_json, make_settings, wait_for
+from tests.helpers import ROOT, app_client, fixture_json, make_settings, wait_for
 from tests.intake.test_app import JSON, URL, decisions, settled
 from tests.servers import QuietHandler, http_server
 
@@ -154,9 +153,7 @@ async def responder(
     """A running service on SQLite and a client of its HTTP app."""
     service = Service(make_settings(tmp_path, rules, **overrides), prefect_api_url=prefect_api_url)
     await service.start()
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
-    )
+    client = app_client(service)
     try:
         yield client, service
     finally:

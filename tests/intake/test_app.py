@@ -26,11 +26,11 @@ from fastapi.routing import APIRoute
 from responder.cli.operator import incident_state
 from responder.control import leases
 from responder.exceptions import ConfigError
-from responder.intake.app import create_app
 from responder.runtime.service import Service
 from responder.settings import load_settings
 from tests.helpers import (
     POSTGRES_URL,
+    app_client,
     damage_tables,
     fixture_body,
     fixture_json,
@@ -67,9 +67,7 @@ async def make_client(
         service = Service(settings, prefect_api_url=None)
         await service.start()
         services.append(service)
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
-        )
+        client = app_client(service)
         clients.append(client)
         return client, service
 

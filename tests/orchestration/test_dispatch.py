@@ -16,10 +16,9 @@ import pytest
 
 from responder.authoring.demo import DemoService
 from responder.exceptions import ApprovalError, DispatchError
-from responder.intake.app import create_app
 from responder.runtime.service import Service
 from tests import servers
-from tests.helpers import ROOT, fixture_json, free_port, make_settings, wait_for
+from tests.helpers import ROOT, app_client, fixture_json, free_port, make_settings, wait_for
 
 pytestmark = pytest.mark.prefect
 
@@ -41,9 +40,7 @@ async def running(
     )
     service = Service(settings, prefect_api_url=flow_runner)
     await service.start()
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
-    )
+    client = app_client(service)
     yield client, service
     await client.aclose()
     await service.stop()
@@ -600,9 +597,7 @@ async def test_a_run_longer_than_its_lease_keeps_its_silence_until_it_ends(
         )
         service = Service(settings, prefect_api_url=flow_runner)
         await service.start()
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
-        )
+        client = app_client(service)
         try:
             await client.post(URL, content=payload("host-silenced"), headers=JSON)
 

@@ -21,10 +21,9 @@ import pytest
 
 from responder.authoring.demo import DemoService
 from responder.control import leases
-from responder.intake.app import create_app
 from responder.runtime.service import Service
 from responder.runtime.supervisor import Supervisor
-from tests.helpers import fixture_json, free_port, make_settings, wait_for
+from tests.helpers import app_client, fixture_json, free_port, make_settings, wait_for
 
 pytestmark = pytest.mark.prefect
 
@@ -66,9 +65,7 @@ async def test_a_prefect_restart_leaves_no_lease_stuck(
 
     service = Service(settings, prefect_api_url=own_prefect.api_url)
     await service.start()
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
-    )
+    client = app_client(service)
     try:
         body = fixture_json("firing_single_servicedown")
         body["alerts"][0]["labels"].update(instance="host-rc", service="checkout")

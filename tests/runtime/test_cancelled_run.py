@@ -12,9 +12,8 @@ import httpx
 import pytest
 
 from responder.authoring.demo import DemoService
-from responder.intake.app import create_app
 from responder.runtime.service import Service
-from tests.helpers import fixture_json, make_settings, wait_for
+from tests.helpers import app_client, fixture_json, make_settings, wait_for
 
 pytestmark = pytest.mark.prefect
 
@@ -47,9 +46,7 @@ async def running(
     settings = make_settings(tmp_path, rules, rule_vars={"service_control_url": demo_service.url})
     service = Service(settings, prefect_api_url=flow_runner)
     await service.start()
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
-    )
+    client = app_client(service)
     yield client, service
     await client.aclose()
     await service.stop()

@@ -83,6 +83,11 @@ class Responder:
         await self.loop.rebuild()
         return self
 
+    async def new_leader(self) -> None:
+        """The leader stops; a new one starts on the same store."""
+        self.restart()
+        await self.start()
+
     def alert(self, name: str, instance: str, status: str = "firing") -> dict[str, Any]:
         labels = {"alertname": name, "instance": instance}
         fingerprint = fingerprint_of(labels)
@@ -241,8 +246,7 @@ async def test_a_block_that_cleared_while_no_leader_ran_is_decided_again_after_r
 
     # The leader stops; meanwhile the run holding h2's mutex ends.
     await r.finish("restart", settle=False)
-    r.restart()
-    await r.start()
+    await r.new_leader()
     await r.settle()
 
     [run] = await r.admitted("DiskFull")
@@ -361,8 +365,7 @@ async def test_a_reload_asks_again_even_if_the_leader_stops_before_its_next_tick
     await r.send(r.alert("Down", "h1"))
     r.book = r.rules(CLEAN + RESTART)
     await r.loop.use(r.book, ServiceCatalog())  # marks the unmatched incident due ...
-    r.restart()  # ... and the leader stops before deciding it; the next one has the rules
-    await r.start()
+    await r.new_leader()  # ... and the leader stops before deciding it; the next one has the rules
     await r.settle()
     [run] = await r.admitted("Down")
     assert run["reason"].startswith("re-examined: the rules changed; ")
@@ -441,13 +444,11 @@ async def test_a_resolved_incidents_record_is_forgotten_after_a_week(
     await r.finish("restart")
     await r.send(r.alert("Down", "h1", "resolved"))
     r.clock.now += 6 * 86400
-    r.restart()
-    await r.start()
+    await r.new_leader()
     await r.settle()
     assert (await store.incidents.counts())["resolved"] == 1
     r.clock.now += 2 * 86400
-    r.restart()
-    await r.start()
+    await r.new_leader()
     await r.settle()
     assert (await store.incidents.counts())["resolved"] == 0
     assert len(await r.admitted("Down")) == 1  # the decision log keeps it

@@ -42,8 +42,7 @@ async def test_the_next_attempt_survives_a_restart_between_the_run_and_the_retry
     await r.finish("restart")  # completed, and the alert still fires
     assert await store.timers.count() == 1
 
-    r.restart()  # the leader stops before the retry; a new one starts
-    await r.start()
+    await r.new_leader()  # the leader stops before the retry; a new one starts
     r.clock.now += 599
     await r.settle()
     assert len(await r.admitted("Down")) == 1  # the cooldown is not over

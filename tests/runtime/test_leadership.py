@@ -11,9 +11,15 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from responder.intake.app import create_app
 from responder.runtime.service import Service
-from tests.helpers import POSTGRES_URL, fixture_json, make_settings, reset_postgres, wait_for
+from tests.helpers import (
+    POSTGRES_URL,
+    app_client,
+    fixture_json,
+    make_settings,
+    reset_postgres,
+    wait_for,
+)
 
 Replica = tuple[Service, httpx.AsyncClient]
 
@@ -32,9 +38,7 @@ async def replicas(
         settings = make_settings(tmp_path, rules_dir, leader_check_seconds=0.1, **extra)
         service = Service(settings, prefect_api_url=None)
         await service.start()
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(service)), base_url="http://r"
-        )
+        client = app_client(service, "http://r")
         started.append((service, client))
         return service, client
 

@@ -57,8 +57,7 @@ async def test_a_rule_that_still_holds_after_settling_acts_once(
     r.clock.now += 29
     await r.settle()
     assert await r.admitted("Down") == []
-    r.restart()  # the wait is a row: a new leader keeps it
-    await r.start()
+    await r.new_leader()  # the wait is a row: a new leader keeps it
     r.clock.now += 2
     await r.settle()
     [run] = await r.admitted("Down")
