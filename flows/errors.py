@@ -30,6 +30,14 @@ class FlowError(ResponderError):
     """A remediation flow, or one of its operations, could not do its job."""
 
 
+class Fenced(FlowError):
+    """Responder says this run may not act (the message says why): the run is cancelled."""
+
+
+class FencingUnavailable(FlowError):
+    """Responder could not be asked whether this run may act: the step did not act."""
+
+
 class OperationFailed(FlowError):
     """An operation could not do its job; `transient` says whether a retry could help."""
 
@@ -58,3 +66,16 @@ def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
     """Prefect retry condition of every operation that retries: `is_transient`."""
     error = state.data if isinstance(state.data, BaseException) else None
     return is_transient(error)
+
+
+def step_retries(task: Task[..., Any], retries: int) -> dict[str, Any]:
+    """The task options of a YAML step's `retries`: the operation's own retry condition if
+    it declares one, else any failure but a fencing refusal (asking again would not help)."""
+    options: dict[str, Any] = {"retries": retries}
+    if task.retry_condition_fn is None:
+        options["retry_condition_fn"] = _not_fenced
+    return options
+
+
+def _not_fenced(_task: Task[..., Any], _task_run: TaskRun, state: State[Any]) -> bool:
+    return not isinstance(state.data, Fenced | FencingUnavailable)

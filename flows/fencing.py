@@ -27,7 +27,7 @@ from typing import Any, ParamSpec, TypeVar, get_type_hints
 
 import httpx
 
-from flows.errors import FlowError
+from flows.errors import Fenced, FencingUnavailable
 
 URL_VARIABLE = "RESPONDER_URL"
 TOKEN_VARIABLE = "RESPONDER_TOKEN"
@@ -45,14 +45,6 @@ NOT_STARTED = (
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class Fenced(FlowError):
-    """Responder says this run may not act (the message says why): the run is cancelled."""
-
-
-class FencingUnavailable(FlowError):
-    """Responder could not be asked whether this run may act: the step did not act."""
 
 
 def enabled() -> bool:
@@ -159,8 +151,3 @@ def fenced(flow_function: Callable[P, R]) -> Callable[P, R | Any]:
     run.__signature__ = inspect.signature(flow_function, eval_str=True)  # type: ignore[attr-defined]
     run.__annotations__ = get_type_hints(flow_function, include_extras=True)
     return run
-
-
-def not_fenced(_task: Any, _task_run: Any, state: Any) -> bool:
-    """Retry condition for steps that retry any failure: never a fencing refusal."""
-    return not isinstance(state.data, Fenced | FencingUnavailable)

@@ -26,8 +26,8 @@ from flows.dsl import (
     VerifySpec,
     VerifyStep,
 )
-from flows.errors import FlowError
-from flows.fencing import Fenced, fenced, not_fenced
+from flows.errors import Fenced, FlowError, step_retries
+from flows.fencing import fenced
 from flows.operations import Operation, all_operations
 from flows.operations.approval import rejected, require_approval
 from responder.decision.templates import evaluate, render_value
@@ -153,9 +153,7 @@ class Interpreter:
         )
         options: dict[str, Any] = {"task_run_name": f"{step.name}{label}"}
         if step.retries is not None:
-            options["retries"] = step.retries
-            if operation.task.retry_condition_fn is None:  # any failure but a refusal
-                options["retry_condition_fn"] = not_fenced
+            options |= step_retries(operation.task, step.retries)
         if step.retry_delay is not None:
             options["retry_delay_seconds"] = step.retry_delay
         if step.timeout is not None:

@@ -17,6 +17,8 @@
     ├── ApprovalError          an answer to a run that does not wait for one
     ├── Refused                an HTTP request answered with an error status and JSON body
     └── FlowError              a flow or an operation could not do its job (flows.errors)
+        ├── Fenced             Responder says the run may not act now (flows.fencing asks)
+        ├── FencingUnavailable Responder could not be asked: the step did not act
         ├── MissingSecret      a secret a step names is not set where it runs
         ├── StepFailed         a step of a YAML flow failed
         ├── RolloutStopped     a batch rollout stopped: too many failures, or a check

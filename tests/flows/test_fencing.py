@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from flows import fencing
-from flows.fencing import Fenced, FencingUnavailable, ask, token
+from flows.errors import Fenced, FencingUnavailable
+from flows.fencing import ask, token
 from tests.helpers import free_port
 from tests.servers import QuietHandler, http_server
 
