@@ -71,13 +71,13 @@ class Transaction(Protocol):
     def set_firing(self, alert: Alert, *, firing: bool) -> None:
         """Keep (or let go of) an alert the engine holds as firing."""
 
-    def settle(self, match: Match, inbox_id: int | None, seconds: float) -> None:
+    def defer(self, match: Match, inbox_id: int | None, seconds: float) -> None:
         """Record that the match's rule waits `seconds` before acting (a durable timer:
         convergence decides it then, if it still holds)."""
 
     def try_again(self, attempt: NextAttempt) -> None:
         """Have the incident decided again by the rule at the attempt's time (a durable
-        timer: the incident's record waits on `retry`)."""
+        timer, `storage.timers`)."""
 
 
 class Pipeline:
@@ -174,7 +174,7 @@ class Pipeline:
                 work.record(alert, inbox_id, Verdict.UNMATCHED, reason, rule=rule.name)
                 continue
             if rule.settle is not None and not settled:
-                work.settle(match, inbox_id, rule.settle)
+                work.defer(match, inbox_id, rule.settle)
                 continue
             try:
                 await self._change_facts(work, match, inbox_id, depth)

@@ -132,7 +132,7 @@ class Work:
                 until=admission.until,
             )
 
-    def settle(self, match: Match, inbox_id: int | None, seconds: float) -> None:
+    def defer(self, match: Match, inbox_id: int | None, seconds: float) -> None:
         alert, rule = match.alert, match.rule.name
         until = self._clock() + seconds
         reason = f"the rule holds; it settles {seconds:g}s before deciding"
