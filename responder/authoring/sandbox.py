@@ -56,7 +56,11 @@ class Sandbox:
         *,
         dry_run: bool = False,
         facts: Sequence[Fact] = (),
+        run_seconds: float | None = None,
+        run_state: str = "COMPLETED",
     ) -> None:
+        """`run_seconds`: each admitted run ends this long after its admission, `run_state`
+        (a replay's stand-in for Prefect); None: runs end only when `finish` says so."""
         self.clock = Clock()
         self._dir = tempfile.TemporaryDirectory(prefix="responder-sandbox-")
         self.store = Store(f"sqlite+aiosqlite:///{Path(self._dir.name) / 'sandbox.db'}")
@@ -73,6 +77,9 @@ class Sandbox:
         )
         self._started: dict[str, float] = {}
         self._facts = facts  # held from the start: fixtures of rule tests
+        self._run_seconds = run_seconds
+        self._run_state = run_state
+        self._run_ends: dict[int, float] = {}  # decision id → when its run ends
 
     @property
     def engine(self) -> Engine:
@@ -132,24 +139,39 @@ class Sandbox:
         """Run the engine loop until the inbox is empty and due timers have fired."""
         while await self.loop.step():
             pass
+        if self._run_seconds is not None:  # the runs admitted meanwhile: when they end
+            for run in await active_runs(self.store):
+                self._run_ends.setdefault(run.decision_id, self.clock.now + self._run_seconds)
 
     async def run_until(self, end: float) -> None:
         """Move the clock on to `end`, stopping at each timer due by then so that each
-        fires at its own time (and the timers it sets, if due by `end`, too)."""
+        fires at its own time (and the timers it sets, if due by `end`, too); with
+        `run_seconds`, runs end at their time too."""
+        await self._end_runs()
         while (due := await self._next_timer()) is not None and due <= end:
             self.clock.now = due
             await self.settle()
+            await self._end_runs()
         self.clock.now = max(self.clock.now, end)
         await self.settle()
+        await self._end_runs()
+
+    async def _end_runs(self) -> None:
+        """End the runs whose time is up (`run_seconds`), in the order they end."""
+        for decision_id, at in sorted(self._run_ends.items(), key=lambda item: item[1]):
+            if at <= self.clock.now and self._run_ends.pop(decision_id, None) is not None:
+                await leases.finish(self.store, decision_id, self._run_state, now=self.clock.now)
+                await self.settle()  # the engine hears the outcome
 
     async def _next_timer(self) -> float | None:
         """The next time after now something comes due: a `firing_for` rule or a fact's
         expiry (the engine), the ladder's next attempt (a durable timer), the end of a
-        waiting incident's cooldown or budget window (due once past: the next instant)."""
+        waiting incident's cooldown or budget window (due once past: the next instant),
+        the end of a run (`run_seconds`)."""
         async with self.store.transaction() as conn:
             timer = await self.store.timers.next_due(conn)
             until = await self.store.incidents.next_until(conn)
-        times = [self.engine.next_timer(), timer]
+        times = [self.engine.next_timer(), timer, *self._run_ends.values()]
         times.append(None if until is None else math.nextafter(until, math.inf))
         return min((t for t in times if t is not None and t > self.clock.now), default=None)
 

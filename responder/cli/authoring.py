@@ -172,6 +172,150 @@ def simulate(
         console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
+def replay(
+    rules: Annotated[Path, typer.Option("--rules", help="Today's rules (file or dir).")],
+    proposed: Annotated[Path, typer.Option("--proposed", help="The proposed rules.")],
+    from_inbox: Annotated[
+        str | None, typer.Option("--from-inbox", help="A store URL: replay its inbox.")
+    ] = None,
+    prometheus: Annotated[
+        str | None, typer.Option("--prometheus", help="A Prometheus URL: replay ALERTS.")
+    ] = None,
+    webhooks: Annotated[
+        Path | None, typer.Option("--webhooks", help="A directory of webhook JSON bodies.")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", "--start", help="RFC 3339 time or epoch seconds.")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", "--end", help="RFC 3339 time or epoch seconds.")
+    ] = None,
+    step: Annotated[str, typer.Option(help="--prometheus: the query's resolution.")] = "15s",
+    webhook_time: Annotated[
+        str, typer.Option(help="--webhooks: a body's time, from its `alerts` or file `mtime`.")
+    ] = "alerts",
+    run_seconds: Annotated[str, typer.Option(help="How long each admitted run lasts.")] = "1m",
+    run_state: Annotated[str, typer.Option(help="How each run ends.")] = "COMPLETED",
+    page_rules: Annotated[str, typer.Option(help="Rules whose runs page (a glob).")] = "page-*",
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-on",
+            help="Exit 1 if the difference has such a change: CHANGE-KIND[:FIELD=VALUE,...]"
+            "[>N], e.g. new-remediation:tier=0, lost-remediation, budget (rules/README.md).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Replay a history of alerts through today's rules and proposed ones, and show the
+    difference: remediations, refusals (budget, blast radius) and pages. Nothing is
+    dispatched; each admitted run ends after --run-seconds on the replay's clock."""
+    from responder.authoring.replay import parse_fail_on, replay_both, report, table
+    from responder.cli.display import printable
+    from responder.decision.rules import load_rules
+    from responder.decision.services import load_services
+    from responder.durations import parse_duration
+    from responder.runtime.service import known_flows
+
+    try:
+        settings = settings_from(config)
+        lines = [parse_fail_on(spec) for spec in fail_on or []]
+        history = _history(from_inbox, prometheus, webhooks, start, end, step, webhook_time)
+        flows = known_flows()
+        comparison = asyncio.run(
+            replay_both(
+                history,
+                load_rules([rules], flows),
+                load_rules([proposed], flows),
+                load_services(settings.services_file),
+                settings.rule_vars,
+                run_seconds=parse_duration(run_seconds),
+                run_state=_run_state(run_state),
+                page_rules=page_rules,
+            )
+        )
+    except ResponderError as exc:
+        raise fail(exc) from None
+    document, crossed = report(comparison, history, lines)
+    if as_json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        for line in table(document):
+            console.print(printable(line), highlight=False, soft_wrap=True, markup=False)
+    if crossed:
+        raise typer.Exit(1)
+
+
+def _run_state(state: str) -> str:
+    from responder.exceptions import PayloadError
+
+    if state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        raise PayloadError(
+            f"--run-state {state!r}: accepted: COMPLETED, FAILED, CRASHED, CANCELLED"
+        )
+    return state
+
+
+def _history(
+    from_inbox: str | None,
+    prometheus: str | None,
+    webhooks: Path | None,
+    start: str | None,
+    end: str | None,
+    step: str,
+    webhook_time: str,
+) -> Any:
+    """The history from the one source given, within --from and --to."""
+    import time
+
+    from responder.authoring import history
+    from responder.durations import parse_duration
+    from responder.exceptions import PayloadError
+
+    given = [s for s in (from_inbox, prometheus, webhooks) if s is not None]
+    if len(given) != 1:
+        raise PayloadError("give one history: --from-inbox URL, --prometheus URL or --webhooks DIR")
+    begin, until = _moment("--from", start), _moment("--to", end)
+    if prometheus is not None:
+        if begin is None:
+            raise PayloadError("--prometheus needs --from (and --to, default now)")
+        try:
+            resolution = parse_duration(step)
+        except ValueError as exc:
+            raise PayloadError(f"--step: {exc}") from None
+        return history.from_prometheus(prometheus, begin, until or time.time(), resolution)
+    if from_inbox is not None:
+        return asyncio.run(history.from_inbox(from_inbox, begin, until))
+    if webhook_time not in ("alerts", "mtime"):
+        raise PayloadError(f"--webhook-time {webhook_time!r}: accepted: alerts, mtime")
+    assert webhooks is not None
+    found = history.from_webhooks(webhooks, "mtime" if webhook_time == "mtime" else "alerts")
+    kept = history.in_range(found.deliveries, begin, until)
+    return history.History(kept.deliveries, found.skipped)
+
+
+def _moment(flag: str, text: str | None) -> float | None:
+    """Epoch seconds from an RFC 3339 time (UTC unless it says) or a number."""
+    from datetime import UTC, datetime
+
+    from responder.exceptions import PayloadError
+
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise PayloadError(
+            f"{flag} {text!r}: accepted: an RFC 3339 time (2026-12-01T10:00:00Z) or epoch seconds"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 catalog_app = typer.Typer(
     invoke_without_command=True, help="What Responder can do: operations and flows."
 )

@@ -114,6 +114,24 @@ class Inbox:
                 for r in rows
             ]
 
+    async def received(
+        self, sources: tuple[InboxSource, ...], start: float | None, end: float | None
+    ) -> list[tuple[float, InboxSource, bytes]]:
+        """Every row of these sources received in [start, end] (arrival time, source, body),
+        processed or not, in arrival order: the history `responder replay` reads."""
+        query = (
+            select(inbox.c.received_at, inbox.c.source, inbox.c.body)
+            .where(inbox.c.source.in_([s.value for s in sources]))
+            .order_by(inbox.c.id)
+        )
+        if start is not None:
+            query = query.where(inbox.c.received_at >= start)
+        if end is not None:
+            query = query.where(inbox.c.received_at <= end)
+        async with self._db.transaction() as conn:
+            rows = await conn.execute(query)
+            return [(float(r.received_at), InboxSource(r.source), bytes(r.body)) for r in rows]
+
     async def backlog(self) -> int:
         async with self._db.transaction() as conn:
             count = await conn.scalar(
