@@ -9,7 +9,7 @@
     │   ├── FlowFileError      ...a YAML flow file
     │   └── CatalogError       ...the service catalog (config/services.yaml)
     ├── TemplateError          a template that cannot render for this alert
-    ├── PayloadError           what `responder simulate` was given is not a webhook
+    ├── PayloadError           what `simulate` or `replay` was given cannot be read
     ├── EngineRejected         durable_rules refused a message as already observed
     ├── StoreUnavailable       the store could not commit; callers answer 503
     │   └── StoreDamaged       the store's file is damaged (names the file)

@@ -145,10 +145,16 @@ def alertmanager(workdir: Path, port: int, config: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def prometheus(
-    workdir: Path, port: int, targets: list[str], *, honor_labels: bool = False
+    workdir: Path,
+    port: int,
+    targets: list[str],
+    *,
+    honor_labels: bool = False,
+    alerting_rules: str | None = None,
 ) -> Iterator[str]:
     """A real Prometheus on 127.0.0.1:`port` scraping `targets` (host:port) every second,
-    as job "demo"; yields its URL.
+    as job "demo", evaluating `alerting_rules` (a rule file's YAML) every second if given;
+    yields its URL.
 
     Skips the test if Prometheus is not installed (`make system-deps` installs it).
     """
@@ -156,11 +162,16 @@ def prometheus(
     if binary is None:
         pytest.skip("the prometheus binary is not installed; run `make system-deps`")
     quoted = ", ".join(f"'{target}'" for target in targets)
+    rule_files = ""
+    if alerting_rules is not None:
+        (workdir / "alerting-rules.yml").write_text(alerting_rules)
+        rule_files = f"rule_files: ['{workdir / 'alerting-rules.yml'}']"
     (workdir / "prometheus.yml").write_text(
         f"""
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
+{rule_files}
 scrape_configs:
   - job_name: demo
     honor_labels: {"true" if honor_labels else "false"}

@@ -100,7 +100,7 @@ class Change:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Replayed:
     """What one rule set did with the history: its items, and totals by verdict."""
 
     items: Counter[Item]
@@ -119,8 +119,8 @@ class Outcome:
 class Comparison:
     """Today's and the proposed rules' outcomes, and what changed, in a stable order."""
 
-    current: Outcome
-    proposed: Outcome
+    current: Replayed
+    proposed: Replayed
     changes: list[Change] = field(default_factory=list)
 
 
@@ -200,7 +200,7 @@ async def replay(
 
 def outcome_of(
     decisions: list[dict[str, Any]], catalog: ServiceCatalog, page_rules: str = "page-*"
-) -> Outcome:
+) -> Replayed:
     """A decision log as items: remediations, refusals and pages per incident."""
     items = Counter[Item]()
     verdicts = Counter[str]()
@@ -216,7 +216,7 @@ def outcome_of(
             items[_item(d, catalog, "refusal", d["refusal"] or "")] += 1
             if d["refusal"] == TOP_OF_THE_LADDER:
                 items[_item(d, catalog, "page", TOP_OF_THE_LADDER)] += 1
-    return Outcome(items, verdicts)
+    return Replayed(items, verdicts)
 
 
 def _item(d: dict[str, Any], catalog: ServiceCatalog, kind: str, refusal: str = "") -> Item:
@@ -236,7 +236,7 @@ def _item(d: dict[str, Any], catalog: ServiceCatalog, kind: str, refusal: str = 
     )
 
 
-def compare(current: Outcome, proposed: Outcome) -> Comparison:
+def compare(current: Replayed, proposed: Replayed) -> Comparison:
     """What changed from today's rules to the proposed ones, item by item."""
     changes: list[Change] = []
     for item in sorted({*current.items, *proposed.items}, key=_order):

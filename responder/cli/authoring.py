@@ -211,29 +211,15 @@ def replay(
     """Replay a history of alerts through today's rules and proposed ones, and show the
     difference: remediations, refusals (budget, blast radius) and pages. Nothing is
     dispatched; each admitted run ends after --run-seconds on the replay's clock."""
-    from responder.authoring.replay import parse_fail_on, replay_both, report, table
+    from responder.authoring.replay import parse_fail_on, report, table
     from responder.cli.display import printable
-    from responder.decision.rules import load_rules
-    from responder.decision.services import load_services
-    from responder.durations import parse_duration
-    from responder.runtime.service import known_flows
 
     try:
         settings = settings_from(config)
         lines = [parse_fail_on(spec) for spec in fail_on or []]
         history = _history(from_inbox, prometheus, webhooks, start, end, step, webhook_time)
-        flows = known_flows()
-        comparison = asyncio.run(
-            replay_both(
-                history,
-                load_rules([rules], flows),
-                load_rules([proposed], flows),
-                load_services(settings.services_file),
-                settings.rule_vars,
-                run_seconds=parse_duration(run_seconds),
-                run_state=_run_state(run_state),
-                page_rules=page_rules,
-            )
+        comparison = _compare(
+            settings, history, rules, proposed, run_seconds, run_state, page_rules
         )
     except ResponderError as exc:
         raise fail(exc) from None
@@ -245,6 +231,42 @@ def replay(
             console.print(printable(line), highlight=False, soft_wrap=True, markup=False)
     if crossed:
         raise typer.Exit(1)
+
+
+def _compare(
+    settings: Any,
+    history: Any,
+    rules: Path,
+    proposed: Path,
+    run_seconds: str,
+    run_state: str,
+    page_rules: str,
+) -> Any:
+    """The history through both rule sets, compared."""
+    from responder.authoring.replay import replay_both
+    from responder.decision.rules import load_rules
+    from responder.decision.services import load_services
+    from responder.durations import parse_duration
+    from responder.exceptions import PayloadError
+    from responder.runtime.service import known_flows
+
+    try:
+        seconds = parse_duration(run_seconds)
+    except ValueError as exc:
+        raise PayloadError(f"--run-seconds: {exc}") from None
+    flows = known_flows()
+    return asyncio.run(
+        replay_both(
+            history,
+            load_rules([rules], flows),
+            load_rules([proposed], flows),
+            load_services(settings.services_file),
+            settings.rule_vars,
+            run_seconds=seconds,
+            run_state=_run_state(run_state),
+            page_rules=page_rules,
+        )
+    )
 
 
 def _run_state(state: str) -> str:
