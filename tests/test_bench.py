@@ -51,3 +51,9 @@ async def test_the_convergence_bench_admits_every_waiting_incident(tmp_path: Pat
         result = await convergence.clearing(url, 20, block)  # asserts all 20 are admitted
         assert result["incidents"] == 20
         assert 0 <= result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+
+
+async def test_the_replay_bench_decides_every_alert_in_both_replays() -> None:
+    result = await bench("replay").replayed_per_second(40)  # asserts every alert is decided
+    assert result["alerts"] == 40
+    assert result["alerts_per_s"] > 0
