@@ -7,6 +7,8 @@ created) and the store's record of a decision that still holds its names (read b
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +84,25 @@ class ActiveRun:
             row.labels or {},
             RunPolicy.from_json(row.policy),
         )
+
+
+def batch_group(run: ActiveRun) -> tuple[str, str, str] | None:
+    """Which batch a run joins: the runs of one rule and flow whose parameters other than
+    the batched list are equal (None: the run is not batched)."""
+    if run.batch_over is None:
+        return None
+    common = {k: v for k, v in run.parameters.items() if k != run.batch_over}
+    return (run.rule, run.flow, json.dumps(common, sort_keys=True, default=str))
+
+
+def merge_batch(members: list[ActiveRun]) -> ActiveRun:
+    """A batch's one run: the first member's, over the union of every member's list."""
+    lead = members[0]
+    over = lead.batch_over or ""
+    items: list[Any] = []
+    for run in members:
+        items.extend(i for i in run.parameters.get(over, []) if i not in items)
+    return dataclasses.replace(lead, parameters={**lead.parameters, over: items})
 
 
 async def active_runs(store: Store) -> list[ActiveRun]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -27,7 +25,7 @@ import httpx
 from responder import metrics
 from responder.control import leases, pause
 from responder.control.leases import FINAL_STATES, NO_SUCH_RUN
-from responder.control.runs import ActiveRun, active_runs, runs_of
+from responder.control.runs import ActiveRun, active_runs, batch_group, merge_batch, runs_of
 from responder.orchestration import story
 from responder.orchestration.alertmanager import Alertmanager
 from responder.orchestration.approvals import Approvals
@@ -78,15 +76,9 @@ def _refusal_detail(exc: Exception) -> str:
 
 
 def _merged(members: list[tuple[ActiveRun, float]]) -> tuple[ActiveRun, str]:
-    """The batch's run: the first member's, over the union of every member's list; and the
-    members' decision ids."""
-    lead = members[0][0]
-    over = lead.batch_over or ""
-    items: list[Any] = []
-    for run, _ in members:
-        items.extend(i for i in run.parameters.get(over, []) if i not in items)
+    """The batch's run (`merge_batch`), and the members' decision ids."""
     ids = ",".join(str(run.decision_id) for run, _ in members)
-    return dataclasses.replace(lead, parameters={**lead.parameters, over: items}), ids
+    return merge_batch([run for run, _ in members]), ids
 
 
 class Dispatcher:
@@ -253,8 +245,8 @@ class Dispatcher:
     def _join_batch(self, run: ActiveRun, admitted_at: float) -> None:
         """Machine batching: hold a batched decision until its window closes, together with
         the decisions of the same rule and flow whose other parameters are equal."""
-        common = {k: v for k, v in run.parameters.items() if k != run.batch_over}
-        key = (run.rule, run.flow, json.dumps(common, sort_keys=True, default=str))
+        key = batch_group(run)
+        assert key is not None  # only batched runs join
         group = self._batches.setdefault(key, [])
         group.append((run, admitted_at))
         if len(group) == 1:
