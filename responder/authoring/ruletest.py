@@ -73,9 +73,28 @@ class TestStep(Spec):
     finish: list[TestFinish] = Field(default_factory=list)
 
 
+class ExpectedRun(Spec):
+    """The flow run an admitted decision is part of: its own, or its batch's."""
+
+    flow: str | None = None
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="The run's parameters (a batch's merged list)."
+    )
+    members: list[str] | None = Field(
+        None, description="The guard keys of the decisions the run serves, in order."
+    )
+
+
 class ExpectedDecision(Spec):
     rule: str
     verdict: str | None = None
+    flow: str | None = None
+    state: str | None = Field(
+        None,
+        description="Its run's final state (COMPLETED, FAILED, CRASHED, CANCELLED), or "
+        "`running` while it holds its key.",
+    )
+    run: ExpectedRun | None = None
     refusal: str | None = None
     reason: str | None = Field(
         None, description="Text the decision's reason contains (an error's, a refusal's)."
@@ -85,9 +104,27 @@ class ExpectedDecision(Spec):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+class ExpectedIncident(Spec):
+    """An incident (an alert, from its start) as the store holds it at the end."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    state: Literal["unmatched", "waiting", "running", "done", "exhausted"] | None = None
+    waiting_on: str | None = Field(
+        None, description="What a waiting incident waits on (key_active, cooldown, settle...)."
+    )
+    rule: str | None = None
+    firing: bool | None = None
+    outcome: str | None = None
+
+
 class Expectation(Spec):
     decisions: list[ExpectedDecision] = Field(default_factory=list)
     facts: list[dict[str, str]] | None = None
+    incidents: list[ExpectedIncident] | None = Field(
+        None,
+        description="Every incident, in the order its alert first arrived; each entry "
+        "checks only the keys it gives.",
+    )
 
 
 class RuleTest(Spec):
@@ -191,21 +228,78 @@ async def _run(sandbox: Sandbox, test: RuleTest) -> tuple[dict[str, Any], list[s
                 )
     if test.until is not None:
         await sandbox.run_until(start + test.until)
+    every = await sandbox.decisions()
+    runs = {i: run for run in _runs(sandbox) for i in run["ids"]}
     decisions = [
         {
             "rule": d["rule"],
             "verdict": d["verdict"],
+            "flow": d["flow"],
+            "state": d["flow_run_state"] or ("running" if d["id"] in runs else None),
+            "run": {k: v for k, v in runs[d["id"]].items() if k != "ids"}
+            if d["id"] in runs
+            else None,
             "refusal": d["refusal"],
             "reason": d["reason"],
             "key": d["guard_key"],
             "labels": d["labels"],
             "parameters": d["parameters"] or {},
         }
-        for d in await sandbox.decisions()
+        for d in every
         if d["rule"] is not None
     ]
     facts = [{"fact": f.name, **f.fields} for f in sandbox.engine.facts() if f.source != "catalog"]
-    return {"decisions": decisions, "facts": sorted(facts, key=json.dumps)}, problems
+    return {
+        "decisions": decisions,
+        "facts": sorted(facts, key=json.dumps),
+        "incidents": _incidents(every, await sandbox.store.incidents.every()),
+    }, problems
+
+
+def _runs(sandbox: Sandbox) -> list[dict[str, Any]]:
+    """The flow runs dispatch would create: each one's flow, parameters, the guard keys of
+    the decisions it serves, and their ids."""
+    return [
+        {
+            "flow": run.flow,
+            "parameters": run.parameters,
+            "members": [sandbox_run.guard_key for sandbox_run in members],
+            "ids": [m.decision_id for m in members],
+        }
+        for run, members in _with_members(sandbox)
+    ]
+
+
+def _with_members(sandbox: Sandbox) -> list[tuple[Any, list[Any]]]:
+    admitted = {run.decision_id: run for run, _ in sandbox.admitted()}
+    return [(run, [admitted[i] for i in ids]) for run, ids in sandbox.runs()]
+
+
+def _incidents(decisions: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[Any]:
+    """Every incident, in the order its alert first arrived: its labels and the state the
+    store holds (an incident no rule acted on has no record: unmatched)."""
+    held = {r["incident"]: r for r in records}
+    first: dict[str, dict[str, Any]] = {}
+    last: dict[str, dict[str, Any]] = {}
+    for d in decisions:
+        first.setdefault(d["incident"], d)
+        last[d["incident"]] = d
+    found = []
+    for incident, d in first.items():
+        record = held.get(incident) or {}
+        found.append(
+            {
+                "labels": d["labels"],
+                "state": record.get("state", "unmatched"),
+                "waiting_on": record.get("waiting_on"),
+                "rule": record.get("rule"),
+                "firing": bool(record["firing"])
+                if record
+                else last[incident]["alert_status"] == "firing",
+                "outcome": record.get("outcome"),
+            }
+        )
+    return found
 
 
 def _expected(expect: Expectation) -> dict[str, Any]:
@@ -213,27 +307,39 @@ def _expected(expect: Expectation) -> dict[str, Any]:
         "decisions": [d.model_dump(exclude_defaults=True) for d in expect.decisions]
     }
     found["facts"] = sorted(expect.facts, key=json.dumps) if expect.facts is not None else None
+    found["incidents"] = (
+        None
+        if expect.incidents is None
+        else [i.model_dump(exclude_defaults=True) for i in expect.incidents]
+    )
     return found
 
 
 def _project(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
     """The actual results cut down to what each expected entry looks at; extras stay whole."""
-    decisions = []
-    for i, have in enumerate(actual["decisions"]):
-        if i >= len(expected["decisions"]):
-            decisions.append(have)
-            continue
-        want = expected["decisions"][i]
-        decisions.append({key: _seen(key, value, have[key]) for key, value in want.items()})
     facts = actual["facts"] if expected["facts"] is not None else None
-    return {"decisions": decisions, "facts": facts}
+    incidents = None
+    if expected["incidents"] is not None:
+        incidents = _entries(expected["incidents"], actual["incidents"])
+    return {
+        "decisions": _entries(expected["decisions"], actual["decisions"]),
+        "facts": facts,
+        "incidents": incidents,
+    }
+
+
+def _entries(wanted: list[dict[str, Any]], have: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each actual entry as its expected one sees it, in order; the extra ones whole."""
+    return [
+        _seen("", wanted[i], entry) if i < len(wanted) else entry for i, entry in enumerate(have)
+    ]
 
 
 def _seen(key: str, wanted: Any, have: Any) -> Any:
-    """What an expected entry sees of an actual value: the keys it names of a mapping; a
-    reason as the expected text when it contains it."""
-    if isinstance(wanted, dict):
-        return {k: have.get(k) for k in wanted}
+    """What an expected value sees of an actual one: of a mapping, the keys it names (at
+    every depth); a reason as the expected text when it contains it."""
+    if isinstance(wanted, dict) and isinstance(have, dict):
+        return {k: _seen(k, v, have.get(k)) for k, v in wanted.items()}
     if key == "reason" and isinstance(have, str) and wanted in have:
         return wanted
     return have

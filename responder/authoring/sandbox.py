@@ -17,7 +17,7 @@ from typing import Any
 
 from responder.control import leases
 from responder.control.guard import Guard
-from responder.control.runs import active_runs
+from responder.control.runs import ActiveRun, active_runs, batch_group, merge_batch
 from responder.decision.engine import Engine
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
@@ -80,6 +80,7 @@ class Sandbox:
         self._run_seconds = run_seconds
         self._run_state = run_state
         self._run_ends: dict[int, float] = {}  # decision id → when its run ends
+        self._admitted: dict[int, tuple[ActiveRun, float]] = {}  # decision id → run, when
 
     @property
     def engine(self) -> Engine:
@@ -139,9 +140,11 @@ class Sandbox:
         """Run the engine loop until the inbox is empty and due timers have fired."""
         while await self.loop.step():
             pass
-        if self._run_seconds is not None:  # the runs admitted meanwhile: when they end
-            for run in await active_runs(self.store):
-                self._run_ends.setdefault(run.decision_id, self.clock.now + self._run_seconds)
+        for run in await active_runs(self.store):  # the runs admitted meanwhile, and when
+            if run.decision_id not in self._admitted:
+                self._admitted[run.decision_id] = (run, self.clock.now)
+                if self._run_seconds is not None:
+                    self._run_ends[run.decision_id] = self.clock.now + self._run_seconds
 
     async def run_until(self, end: float) -> None:
         """Move the clock on to `end`, stopping at each timer due by then so that each
@@ -182,12 +185,37 @@ class Sandbox:
         """Report the flow run holding `key` as final; False if no run holds it."""
         for run in await active_runs(self.store):
             if run.guard_key == key:
+                self._run_ends.pop(run.decision_id, None)
                 finished = await leases.finish(
                     self.store, run.decision_id, state, now=self.clock.now
                 )
                 await self.settle()  # the engine hears the outcome
                 return finished
         return False
+
+    def admitted(self) -> list[tuple[ActiveRun, float]]:
+        """Every run admitted so far (ended ones too), and when, in order."""
+        return sorted(self._admitted.values(), key=lambda member: member[0].decision_id)
+
+    def runs(self) -> list[tuple[ActiveRun, list[int]]]:
+        """The flow runs dispatch would create, in order: one per admitted decision, and one
+        per batch (a batched rule's decisions admitted within its window of the first
+        one's, `control.runs.batch_group`), each with its members' decision ids."""
+        groups: list[list[tuple[ActiveRun, float]]] = []
+        batching: dict[tuple[str, str, str], list[tuple[ActiveRun, float]]] = {}
+        for run, at in self.admitted():
+            key = batch_group(run)
+            group = None if key is None else batching.get(key)
+            if group is None or at > group[0][1] + run.batch_window:
+                group = []
+                groups.append(group)
+                if key is not None:
+                    batching[key] = group
+            group.append((run, at))
+        return [
+            (merge_batch([run for run, _ in group]), [run.decision_id for run, _ in group])
+            for group in groups
+        ]
 
     async def decisions(self) -> list[dict[str, Any]]:
         return list(reversed(await self.store.decisions.recent(limit=100_000)))

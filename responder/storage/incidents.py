@@ -304,6 +304,12 @@ class Incidents:
             )
             return [dict(r._mapping) for r in rows]
 
+    async def every(self, limit: int = 100_000) -> list[dict[str, Any]]:
+        """Every incident's record, resolved ones too (a sandbox's, for rule tests)."""
+        async with self._db.transaction() as conn:
+            rows = await conn.execute(select(incidents).order_by(incidents.c.incident).limit(limit))
+            return [dict(r._mapping) for r in rows]
+
     async def like(self, fingerprint: str) -> list[dict[str, Any]]:
         """The records of every incident of one fingerprint, newest first."""
         async with self._db.transaction() as conn:

@@ -221,3 +221,156 @@ def test_the_ladders_next_attempt_fires_within_until(
         "escalation.yaml",
     )
     assert (code == 0) is passes, output
+
+
+# A rule that restarts a service on many hosts in one batched run.
+BATCHED = """
+rules:
+  - name: restart-batch
+    match: ['alertname="ServiceDown"', 'instance!=""']
+    run:
+      flow: restart-in-batches
+      parameters:
+        service: shop
+        hosts: ["{{ alert.labels.instance }}"]
+        control_url: http://ctl
+      batch: {window: 30s, over: hosts}
+    guard: {key: "restart/{{ alert.labels.instance }}", cooldown: 10m}
+"""
+
+
+def batch_test(expect: str) -> str:
+    """h1 and h2 fail within the batch's window, h3 after it; h1's batch run completes,
+    h3's run fails."""
+    return f"""
+rules: [batched.yaml]
+tests:
+  - name: two hosts in one run, the third in its own
+    steps:
+      - alerts: [{{labels: {{alertname: ServiceDown, instance: h1}}}}]
+      - at: 10s
+        alerts: [{{labels: {{alertname: ServiceDown, instance: h2}}}}]
+      - at: 1m
+        alerts: [{{labels: {{alertname: ServiceDown, instance: h3}}}}]
+      - at: 2m
+        finish:
+          - {{key: "restart-batch:restart/h1"}}
+          - {{key: "restart-batch:restart/h2"}}
+          - {{key: "restart-batch:restart/h3", state: FAILED}}
+    expect:
+{expect}
+"""
+
+
+RUNS_RIGHT = """
+      decisions:
+        - rule: restart-batch
+          flow: restart-in-batches
+          state: COMPLETED
+          run:
+            parameters: {hosts: [h1, h2]}
+            members: ["restart-batch:restart/h1", "restart-batch:restart/h2"]
+        - {rule: restart-batch, state: COMPLETED, run: {members: ["restart-batch:restart/h1", "restart-batch:restart/h2"]}}
+        - rule: restart-batch
+          state: FAILED
+          run: {flow: restart-in-batches, parameters: {hosts: [h3]}, members: ["restart-batch:restart/h3"]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("expect", "passes", "shown"),
+    [
+        (RUNS_RIGHT, True, ""),
+        # h3 is not in the first batch: its window had closed.
+        (
+            RUNS_RIGHT.replace("{hosts: [h1, h2]}", "{hosts: [h1, h2, h3]}"),
+            False,
+            '-            "h3"',
+        ),
+        (
+            RUNS_RIGHT.replace("state: FAILED", "state: COMPLETED"),
+            False,
+            '+      "state": "FAILED"',
+        ),
+        (
+            RUNS_RIGHT.replace("flow: restart-in-batches\n", "flow: restart-service\n", 1),
+            False,
+            '+      "flow": "restart-in-batches"',
+        ),
+    ],
+)
+def test_expectations_name_the_flow_run_its_batch_and_final_state(
+    tmp_path: Path, expect: str, passes: bool, shown: str
+) -> None:
+    (tmp_path / "batched.yaml").write_text(BATCHED)
+    code, output = run_tests(tmp_path, batch_test(expect))
+
+    assert (code == 0) is passes, output
+    assert shown in output
+
+
+INCIDENTS = f"""
+rules: [restart-service.yaml]
+vars: {{service_control_url: "http://ctl"}}
+tests:
+  - name: a restart, a second alert waiting for its key, one no rule acts on
+    steps:
+      - alerts: [{DOWN}]
+      - at: 1m
+        alerts: [{{labels: {{alertname: ServiceDown, instance: h1, service: s, severity: page, pod: b}}}}]
+      - at: 2m
+        alerts: [{{labels: {{alertname: Noise, instance: h1}}}}]
+    expect:
+      decisions:
+        - {{rule: restart-crashed-service, verdict: admitted, state: running}}
+        - {{rule: restart-crashed-service, verdict: refused, refusal: key_active}}
+      incidents:
+        - {{state: running, rule: restart-crashed-service, firing: true}}
+        - {{labels: {{pod: b}}, state: waiting, waiting_on: key_active}}
+        - {{labels: {{alertname: Noise}}, state: unmatched, firing: true}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "passes", "shown"),
+    [
+        ("", True, ""),
+        ("waiting_on: key_active", False, '+      "waiting_on": "key_active"'),
+        ("state: running, rule", False, '+      "state": "running"'),
+        ("state: unmatched", False, '+      "state": "unmatched"'),
+    ],
+)
+def test_expectations_name_the_incident_state(
+    tmp_path: Path, change: str, passes: bool, shown: str
+) -> None:
+    wrong = {
+        "waiting_on: key_active": "waiting_on: cooldown",
+        "state: running, rule": "state: done, rule",
+        "state: unmatched": "state: waiting",
+    }
+    text = INCIDENTS.replace(change, wrong[change]) if change else INCIDENTS
+    code, output = run_tests(tmp_path, text, "restart-service.yaml")
+
+    assert (code == 0) is passes, output
+    assert shown in output
+
+
+def test_an_unknown_key_in_a_finish_step_is_an_error(tmp_path: Path) -> None:
+    code, output = run_tests(
+        tmp_path,
+        f"""
+rules: [restart-service.yaml]
+vars: {{service_control_url: "http://ctl"}}
+tests:
+  - name: finishes with a typo
+    steps:
+      - alerts: [{DOWN}]
+      - at: 1m
+        finish: [{{key: "restart-crashed-service:restart-service/h1/s", stat: FAILED}}]
+    expect: {{decisions: []}}
+""",
+        "restart-service.yaml",
+    )
+    assert code == 1
+    assert f"ERROR {tmp_path / 't.yaml'}:9" in output
+    assert "stat" in output
