@@ -270,10 +270,15 @@ RUNS_RIGHT = """
           run:
             parameters: {hosts: [h1, h2]}
             members: ["restart-batch:restart/h1", "restart-batch:restart/h2"]
-        - {rule: restart-batch, state: COMPLETED, run: {members: ["restart-batch:restart/h1", "restart-batch:restart/h2"]}}
+        - rule: restart-batch
+          state: COMPLETED
+          run: {members: ["restart-batch:restart/h1", "restart-batch:restart/h2"]}
         - rule: restart-batch
           state: FAILED
-          run: {flow: restart-in-batches, parameters: {hosts: [h3]}, members: ["restart-batch:restart/h3"]}
+          run:
+            flow: restart-in-batches
+            parameters: {hosts: [h3]}
+            members: ["restart-batch:restart/h3"]
 """
 
 
@@ -317,7 +322,8 @@ tests:
     steps:
       - alerts: [{DOWN}]
       - at: 1m
-        alerts: [{{labels: {{alertname: ServiceDown, instance: h1, service: s, severity: page, pod: b}}}}]
+        alerts:
+          - labels: {{alertname: ServiceDown, instance: h1, service: s, severity: page, pod: b}}
       - at: 2m
         alerts: [{{labels: {{alertname: Noise, instance: h1}}}}]
     expect:
