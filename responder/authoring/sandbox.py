@@ -213,8 +213,12 @@ class Sandbox:
                     batching[key] = group
             group.append((run, at))
         return [
-            (merge_batch([run for run, _ in group]), [run.decision_id for run, _ in group])
+            (
+                merge_batch([run for run, _ in group]) if run.batch_over else run,
+                [member.decision_id for member, _ in group],
+            )
             for group in groups
+            for run in [group[0][0]]
         ]
 
     async def decisions(self) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from pydantic import ValidationError
 
@@ -14,11 +15,14 @@ from responder.exceptions import PayloadError
 from responder.settings import Settings
 
 
-async def simulate(settings: Settings, body: bytes) -> list[str]:
-    """Feed `body` to a sandbox; describe each alert's decisions and why other rules did not hold.
+async def simulate(settings: Settings, body: bytes, at: float | None = None) -> list[str]:
+    """Feed `body` to a sandbox; describe each alert's decisions and why other rules did not
+    hold, then the flow runs dispatch would create (a batch as one run, with its members).
 
-    The sandbox starts empty (no held keys, no facts but the catalog's) and dispatches
-    nothing, so the guard's answers are those of a quiet system.
+    The sandbox's clock stands at `at` (default now): an alert that started a day ago has
+    fired for a day, and its `firing_for` rules hold. The sandbox starts empty (no held
+    keys, no facts but the catalog's) and dispatches nothing, so the guard's answers are
+    those of a quiet system.
     """
     from responder.runtime.service import known_flows
 
@@ -32,8 +36,7 @@ async def simulate(settings: Settings, body: bytes) -> list[str]:
     catalog = load_services(settings.services_file)
     lines: list[str] = []
     async with Sandbox(book, catalog, settings.rule_vars) as sandbox:
-        # The sandbox's clock stands at the alerts' newest start, so windows count them.
-        sandbox.clock.now = max(a.starts_at.timestamp() for a in webhook.alerts)
+        sandbox.clock.now = time.time() if at is None else at
         await sandbox.send("alertmanager", body)
         decided = await sandbox.decisions()
         for alert in webhook.alerts:
@@ -48,4 +51,17 @@ async def simulate(settings: Settings, body: bytes) -> list[str]:
             for rule, failure in sandbox.engine.explain(alert):
                 if rule.name not in ruled and failure is not None:
                     lines.append(f"  {rule.name}: {failure}")
+        lines.extend(_runs(sandbox))
+    return lines
+
+
+def _runs(sandbox: Sandbox) -> list[str]:
+    """The flow runs dispatch would create: one per admitted decision, a batch as one."""
+    keys = {run.decision_id: run.guard_key for run, _ in sandbox.admitted()}
+    runs = sandbox.runs()
+    lines = [f"flow runs: {len(runs)}"] if runs else []
+    for run, members in runs:
+        lines.append(f"  {run.flow} {json.dumps(run.parameters)}")
+        if len(members) > 1:
+            lines.append(f"      batch of {len(members)}: {', '.join(keys[i] for i in members)}")
     return lines

@@ -155,14 +155,20 @@ def test_rules(
 
 def simulate(
     payload: Annotated[Path, typer.Argument(help="An Alertmanager webhook body (JSON).")],
+    at: Annotated[
+        str | None,
+        typer.Option(help="Judge the alerts as of this time (RFC 3339 or epoch; default now)."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Show what the rules would do with a webhook; nothing is dispatched or stored."""
+    """Show what the rules would do with a webhook, as of now (or --at); nothing is
+    dispatched or stored."""
     from responder.authoring.simulation import simulate as run_simulation
 
     try:
         settings = settings_from(config)
-        lines = asyncio.run(run_simulation(settings, payload.read_bytes()))
+        when = _moment("--at", at)
+        lines = asyncio.run(run_simulation(settings, payload.read_bytes(), when))
     except ResponderError as exc:
         raise fail(exc) from None
     except OSError as exc:
