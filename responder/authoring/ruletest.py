@@ -20,9 +20,12 @@
           facts: []
 
 Expected decisions are compared in order with the decisions that name a rule; each expected
-entry checks only the keys it gives (`labels` and `parameters` check only the entries they
-give; `reason` is text the decision's reason contains). `facts`, when given, is the exact set
-of facts held at the end (catalog facts aside). Time runs between steps and on to `until`:
+entry checks only the keys it gives (a mapping — `labels`, `parameters`, `run` — only the
+entries it gives, at every depth; `reason` is text the decision's reason contains; `state`
+its run's final state or `running`; `run` the flow run dispatch would create: `flow`,
+`parameters`, `members`, a batch's member keys). `facts`, when given, is the exact set
+of facts held at the end (catalog facts aside); `incidents`, when given, every incident in
+order of arrival (`labels`, `state`, `waiting_on`, `rule`, `firing`, `outcome`). Time runs between steps and on to `until`:
 each timer fires at its own time. A `finish` on a key no flow run holds fails the test.
 Fixtures (catalogs, fact files) live in `rules/tests/fixtures/`, where `responder test` does
 not take them for tests.
