@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import httpx
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from responder.authoring.sandbox import fingerprint_of
 from responder.events.webhook import AlertmanagerWebhook
@@ -114,6 +116,12 @@ def from_webhooks(directory: Path, time: WebhookTime = "alerts") -> History:
 async def from_inbox(url: str, start: float | None, end: float | None) -> History:
     """The Alertmanager webhooks and CloudEvents a store's inbox received in [start, end],
     in arrival order. The store is only read."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise PayloadError(f"--from-inbox {url!r}: not a database URL") from None
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise PayloadError(f"--from-inbox: no store file {parsed.database!r}")
     store = Store(url)
     try:
         rows = await store.inbox.received(REPLAYED_SOURCES, start, end)
@@ -162,12 +170,25 @@ def _query_range(
         body = answer.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise PayloadError(f"--prometheus {url}: cannot query ALERTS: {exc}") from None
-    if answer.status_code != 200 or body.get("status") != "success":
+    if answer.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
         detail = body.get("error") if isinstance(body, dict) else None
         raise PayloadError(
-            f"--prometheus {url}: query_range answered {answer.status_code}: {detail or body}"
+            f"--prometheus {url}: query_range answered {answer.status_code}: "
+            f"{str(detail or body)[:500]}"
         )
-    return [(r["metric"], r["values"]) for r in body["data"]["result"]]
+    try:
+        return [
+            (
+                {str(k): str(v) for k, v in r["metric"].items()},
+                [[float(t), v] for t, v in r["values"]],
+            )
+            for r in body["data"]["result"]
+        ]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise PayloadError(
+            f"--prometheus {url}: query_range's answer is not a matrix of series "
+            "(data.result[].metric, data.result[].values)"
+        ) from None
 
 
 def _episodes(samples: list[tuple[float, str]], step: float) -> list[list[tuple[float, str]]]:

@@ -25,8 +25,9 @@ entries it gives, at every depth; `reason` is text the decision's reason contain
 its run's final state or `running`; `run` the flow run dispatch would create: `flow`,
 `parameters`, `members`, a batch's member keys). `facts`, when given, is the exact set
 of facts held at the end (catalog facts aside); `incidents`, when given, every incident in
-order of arrival (`labels`, `state`, `waiting_on`, `rule`, `firing`, `outcome`). Time runs between steps and on to `until`:
-each timer fires at its own time. A `finish` on a key no flow run holds fails the test.
+order of arrival (`labels`, `state`, `waiting_on`, `rule`, `firing`, `outcome`). Time runs
+between steps and on to `until`: each timer fires at its own time. A `finish` on a key no
+flow run holds fails the test.
 Fixtures (catalogs, fact files) live in `rules/tests/fixtures/`, where `responder test` does
 not take them for tests.
 """

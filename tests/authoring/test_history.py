@@ -158,3 +158,19 @@ def test_a_prometheus_that_does_not_answer_is_a_clear_error() -> None:
         from_prometheus(f"http://127.0.0.1:{free_port()}", 0, 60, 15)
     with pytest.raises(PayloadError, match="needs --start before --end"):
         from_prometheus("http://127.0.0.1:1", 60, 0, 15)
+
+
+def test_an_answer_that_is_not_a_matrix_is_a_clear_error() -> None:
+    """A server that answers 200 with JSON that is not Prometheus's matrix (a stand-in
+    over real HTTP: a real Prometheus never answers so)."""
+
+    class NotPrometheus(QuietHandler):
+        def do_GET(self) -> None:
+            body = b'{"status": "success", "data": {"result": [{"metric": 1}]}}'
+            self.reply(200, body, "application/json")
+
+    with (
+        http_server(NotPrometheus) as url,
+        pytest.raises(PayloadError, match="not a matrix of series"),
+    ):
+        from_prometheus(url, 0, 60, 15)

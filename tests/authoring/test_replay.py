@@ -287,3 +287,12 @@ async def test_the_webhook_fixtures_through_the_library_without_escalation(
     assert all(c["current"] == 1 and c["proposed"] == 0 for c in document["changes"])
     assert document["current"]["page"] == 2
     assert document["proposed"]["page"] == 0
+
+
+async def test_an_inbox_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "r.db"
+    with pytest.raises(PayloadError, match="no store file"):
+        await from_inbox(f"sqlite+aiosqlite:///{missing}", None, None)
+    assert not missing.parent.exists()  # only read: nothing was created
+    with pytest.raises(PayloadError, match="not a database URL"):
+        await from_inbox("not a url", None, None)
