@@ -20,7 +20,7 @@ from responder.decision.rules import load_rules
 from responder.decision.services import load_services
 from responder.exceptions import PayloadError
 from responder.runtime.service import known_flows
-from tests.helpers import free_port
+from tests.helpers import ROOT, free_port
 from tests.servers import QuietHandler, http_server, prometheus
 
 pytestmark = pytest.mark.alertmanager  # the real-server tests (a Prometheus binary)
@@ -127,7 +127,7 @@ async def test_alerts_that_fired_and_resolved_in_prometheus_replay_exactly(
         history,
         load_rules([tmp_path / "current"], known_flows()),
         load_rules([tmp_path / "proposed"], known_flows()),
-        load_services(Path("config/services.yaml")),
+        load_services(ROOT / "config" / "services.yaml"),
         {},
     )
     document, _ = report(comparison, history, [])

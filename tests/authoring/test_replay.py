@@ -19,7 +19,7 @@ from responder.exceptions import PayloadError
 from responder.runtime.service import known_flows
 from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, ROOT
 
 # Today's rules: restart any crashed service once per incident.
 CURRENT = """
@@ -160,7 +160,7 @@ async def test_a_recorded_inbox_replays_to_the_exact_difference(
     assert [d.at - T0 for d in history.deliveries] == [0, 10, 20, 30, 600]
 
     current, proposed = (load_rules([p], known_flows()) for p in rule_sets)
-    catalog = load_services(Path("config/services.yaml"))
+    catalog = load_services(ROOT / "config" / "services.yaml")
     comparison = await replay_both(history, current, proposed, catalog, {})
     document, crossed = report(comparison, history, [parse_fail_on("new-remediation:tier=0")])
 
@@ -256,14 +256,14 @@ async def test_the_webhook_fixtures_through_the_library_without_escalation(
     escalation.yaml: exactly the outage pages (and the refusals of their held key) go."""
     proposed = tmp_path / "proposed"
     proposed.mkdir()
-    for file in Path("rules").glob("*.yaml"):
+    for file in (ROOT / "rules").glob("*.yaml"):
         if file.name != "escalation.yaml":
             (proposed / file.name).write_text(file.read_text())
     history = from_webhooks(FIXTURES)
-    catalog = load_services(Path("config/services.yaml"))
+    catalog = load_services(ROOT / "config" / "services.yaml")
     comparison = await replay_both(
         history,
-        load_rules([Path("rules")], known_flows()),
+        load_rules([ROOT / "rules"], known_flows()),
         load_rules([proposed], known_flows()),
         catalog,
         {"pager_url": "http://pager", "service_control_url": "http://ctl"},
