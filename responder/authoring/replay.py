@@ -23,6 +23,7 @@ A change is `new-…` (only the proposed rules do it), `lost-…` (only today's 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -190,9 +191,9 @@ async def replay(
     if history.deliveries:
         sandbox.clock.now = history.deliveries[0].at
     async with sandbox:
-        for delivery in history.deliveries:
-            await sandbox.run_until(delivery.at)
-            await sandbox.send(delivery.source, delivery.body)
+        for at, together in itertools.groupby(history.deliveries, key=lambda d: d.at):
+            await sandbox.run_until(at)
+            await sandbox.send_together([(d.source, d.body) for d in together])
         last = history.deliveries[-1].at if history.deliveries else sandbox.clock.now
         await sandbox.run_until(until if until is not None else last + run_seconds)
         return await sandbox.decisions()

@@ -133,7 +133,13 @@ class Sandbox:
         await self.send("alertmanager", json.dumps(body).encode())
 
     async def send(self, source: str, body: bytes) -> None:
-        await self.store.inbox.add(InboxSource(source), body)
+        await self.send_together([(source, body)])
+
+    async def send_together(self, bodies: Sequence[tuple[str, bytes]]) -> None:
+        """Bodies that arrive at one instant: all in the inbox, in order, then the loop
+        runs (as it reads what arrived together in one batch)."""
+        for source, body in bodies:
+            await self.store.inbox.add(InboxSource(source), body)
         await self.settle()
 
     async def settle(self) -> None:
