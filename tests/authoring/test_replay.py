@@ -135,13 +135,9 @@ def rule_sets(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "current", tmp_path / "proposed"
 
 
-@pytest.fixture
-async def inbox_url(tmp_path: Path) -> str:
-    """A real SQLite store whose inbox received the history (at its times), plus an outcome
-    and a webhook before T0 that a replay from T0 leaves out."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'recorded.db'}"
-    store = Store(url)
-    await store.migrate()
+async def record(store: Store) -> None:
+    """The history in a store's inbox (at its times), plus an outcome and a webhook before
+    T0 that a replay from T0 leaves out."""
     async with store.transaction() as conn:
         early = webhook("e1", {"alertname": "DiskFull", "instance": "host-9"}, "firing", T0)
         await store.inbox.add_in(conn, InboxSource.ALERTMANAGER, early, T0 - 3600)
@@ -149,14 +145,25 @@ async def inbox_url(tmp_path: Path) -> str:
             body = webhook(fingerprint, labels, status, T0 + offset)
             await store.inbox.add_in(conn, InboxSource.ALERTMANAGER, body, T0 + offset)
         await store.inbox.add_in(conn, InboxSource.OUTCOME, b"{}", T0 + 5)
+
+
+@pytest.fixture
+async def inbox_url(tmp_path: Path) -> str:
+    """A real SQLite store whose inbox received the history."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'recorded.db'}"
+    store = Store(url)
+    await store.migrate()
+    await record(store)
     await store.close()
     return url
 
 
 async def test_a_recorded_inbox_replays_to_the_exact_difference(
-    inbox_url: str, rule_sets: tuple[Path, Path]
+    store: Store, rule_sets: tuple[Path, Path]
 ) -> None:
-    history = await from_inbox(inbox_url, T0, None)
+    """On each backend: SQLite, and PostgreSQL (marked `postgres`)."""
+    await record(store)
+    history = await from_inbox(store.url, T0, None)
     assert [d.at - T0 for d in history.deliveries] == [0, 10, 20, 30, 600]
 
     current, proposed = (load_rules([p], known_flows()) for p in rule_sets)
