@@ -72,10 +72,6 @@ class Item:
     tier: str
     refusal: str = ""
 
-    @property
-    def identity(self) -> tuple[str, ...]:
-        return (self.kind, self.rule, self.flow, self.key, self.incident, self.refusal)
-
 
 @dataclass(frozen=True)
 class Change:
