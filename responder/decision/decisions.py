@@ -48,6 +48,7 @@ class Decision:
     max_active: int | None = None
     max_active_basis: str = ""
     batch: RunBatch | None = None  # merged with others into one flow run (see dispatch)
+    host: str = ""  # the alert's host identity (`alert.host`), for maintenance windows
 
     @property
     def active_cap(self) -> int | None:
@@ -132,6 +133,7 @@ def decide(
         max_active=max_active,
         max_active_basis=basis,
         batch=rule.run.batch,
+        host=context["alert"]["host"],
     )
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from responder import metrics
 from responder.control import fencing, leases
 from responder.control import pause as remediation
 from responder.control.guard import Guard
+from responder.decision.maintenance import MaintenanceWindow
 from responder.decision.rules import Rule, RuleBook, load_rules
 from responder.decision.services import ServiceCatalog, load_services
 from responder.events.webhook import Alert, AlertmanagerWebhook
@@ -263,6 +265,40 @@ class Service:
         """Lift the pause; if this replica leads, its waiting incidents are asked at once."""
         await remediation.resume(self.store)
         self.loop.recheck_now()
+
+    async def add_window(self, window: MaintenanceWindow, by: str) -> str | None:
+        """Keep a maintenance window (the guard reads it from the next transaction on);
+        None, or why not (its name is taken, by a kept window or the catalog's)."""
+        assert window.name is not None
+        if window.name in {w.name for w in self.loop.catalog.windows}:
+            return f"the catalog has a maintenance window named {window.name!r}"
+        spec = window.model_dump(mode="json", exclude_defaults=True)
+        return await self.store.maintenance.add(window.name, spec, by, time.time())
+
+    async def remove_window(self, name: str) -> bool:
+        """Forget a kept window; the incidents waiting on a window are decided again."""
+        if not await self.store.maintenance.remove(name):
+            return False
+        async with self.store.transaction() as conn:
+            await self.store.incidents.ask_again_waiting_on(conn, "maintenance")
+        self.loop.recheck_now()
+        return True
+
+    async def windows(self) -> list[dict[str, Any]]:
+        """Every maintenance window, the catalog's and the kept ones, as shown."""
+        now = time.time()
+        shown = [{**w.shown(now), "source": "catalog"} for w in self.loop.catalog.windows]
+        for row in await self.store.maintenance.listed():
+            window = MaintenanceWindow.model_validate(row["spec"])
+            shown.append(
+                {
+                    **window.shown(now),
+                    "source": "api",
+                    "created_by": row["created_by"],
+                    "created_at": row["created_at"],
+                }
+            )
+        return shown
 
     async def guard_state(self) -> dict[str, Any]:
         """The pause switch, held keys and mutexes, and cooling keys."""
