@@ -16,7 +16,7 @@ catalog (`maintenance:` in services.yaml), the API and the CLI (`responder maint
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -58,7 +58,7 @@ def _recurrence(text: str) -> str:
     if "DTSTART" in rule.upper() or "\n" in rule:
         raise ValueError("one RRULE line, without DTSTART: the window's start is its start")
     try:
-        rrulestr(rule, dtstart=datetime(2000, 1, 1))
+        rrulestr(rule, dtstart=datetime(2000, 1, 1, tzinfo=UTC))
     except (ValueError, TypeError) as exc:
         raise ValueError(f"not an RRULE: {exc}") from None
     return rule
