@@ -29,15 +29,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from jinja2.utils import missing
 
 from responder.decision.decisions import template_context
 from responder.decision.rules import Rule, RuleBook, RuleSource, read_rules
-from responder.decision.services import ServiceCatalog, ServiceSpec
+from responder.decision.services import ServiceCatalog, ServiceSpec, load_services
 from responder.decision.templates import probe
 from responder.events.webhook import Alert
-from responder.exceptions import DocumentError
-from responder.orchestration.flow_catalog import parameter_errors, parameter_fields
+from responder.exceptions import CheckFailed, DocumentError
+from responder.orchestration.flow_catalog import (
+    REMEDIATIONS,
+    flow_names,
+    load_flow_files,
+    operation_names,
+    parameter_errors,
+    parameter_fields,
+    reload_flows,
+)
+from responder.settings import Settings
 
 Severity = Literal["error", "warning"]
 ParameterCheck = Callable[[str, dict[str, Any]], list[dict[str, str]]]
@@ -104,6 +114,47 @@ def check_rules(
                 continue  # a broken flow file: reported as such, its rules unchecked
             found.extend(compiler.parameters(check_parameters, fields))
     return CheckReport(book, tuple(sorted(found)))
+
+
+def check_setup(
+    settings: Settings, paths: Collection[Path] | None = None
+) -> tuple[CheckReport, dict[str, Any], list[Finding]]:
+    """What `responder check` finds: the rules (`paths`, default the settings' rules_dir)
+    compiled against the catalog and the flows, and the problems of the catalog's and the
+    YAML flows' files (each one more finding: the rules are checked all the same). Returns
+    the report, the YAML flows that loaded, and every finding in file order."""
+    findings: list[Finding] = []
+    flows: dict[str, Any] = {}
+    try:
+        catalog = load_services(settings.services_file)
+    except DocumentError as exc:
+        findings.append(finding(exc))
+        catalog = ServiceCatalog()
+    try:
+        flows = load_flow_files(operations=operation_names())
+    except DocumentError as exc:
+        findings.append(finding(exc))
+    try:
+        known = flow_names()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a flow file reported above
+        known = sorted({*REMEDIATIONS, *flows})
+    report = check_rules(paths or [settings.rules_dir], known, settings.rule_vars, catalog)
+    return report, flows, sorted([*findings, *report.findings])
+
+
+def refuse_errors(settings: Settings) -> None:
+    """Raise `CheckFailed` naming every error `responder check` finds in the settings' rules,
+    catalog and flows (warnings pass): what a reload runs before it loads anything. The
+    flows are read as their files are now."""
+    reload_flows()
+    _, _, findings = check_setup(settings)
+    errors: list[dict[str, str | int]] = [
+        {"file": f.file, "line": f.line, "column": f.column, "message": f.message}
+        for f in findings
+        if f.severity == "error"
+    ]
+    if errors:
+        raise CheckFailed(errors)
 
 
 def guaranteed_labels(rule: Rule, annotations: bool = False) -> dict[str, str]:

@@ -23,15 +23,13 @@ def check(
 ) -> None:
     """Compile rule files and YAML flows: every error and warning of every file, each at its
     file, line and column; exit 1 on an error (or, with --strict, a warning)."""
-    from responder.authoring.check import check_rules
+    from responder.authoring.check import check_setup
 
     try:
         settings = settings_from(config)
     except ResponderError as exc:
         raise fail(exc) from None
-    catalog, flows, known, findings = _catalog_and_flows(settings)
-    report = check_rules(paths or [settings.rules_dir], known, settings.rule_vars, catalog)
-    findings.extend(report.findings)
+    report, flows, findings = check_setup(settings, paths)
     for name, flow_source in flows.items():
         console.print(f"ok  flow {name:<27} {flow_source.file}", highlight=False, soft_wrap=True)
     for rule, source in zip(report.book.rules, report.book.sources, strict=True):
@@ -55,35 +53,6 @@ def check(
     )
     if errors or (strict and warnings):
         raise typer.Exit(1)
-
-
-def _catalog_and_flows(settings: Any) -> tuple[Any, dict[str, Any], list[str], list[Any]]:
-    """The service catalog, the YAML flows, every flow name, and the problems of their files
-    (each is one more finding: the rules are checked all the same)."""
-    import yaml
-
-    from flows.operations import all_operations
-    from responder.authoring.check import finding
-    from responder.decision.services import ServiceCatalog, load_services
-    from responder.exceptions import DocumentError
-    from responder.orchestration.flow_catalog import REMEDIATIONS, flow_names, load_flow_files
-
-    findings = []
-    flows: dict[str, Any] = {}
-    try:
-        catalog = load_services(settings.services_file)
-    except DocumentError as exc:
-        findings.append(finding(exc))
-        catalog = ServiceCatalog()
-    try:
-        flows = load_flow_files(operations=set(all_operations()))
-    except DocumentError as exc:
-        findings.append(finding(exc))
-    try:
-        known = flow_names()
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a flow file reported above
-        known = sorted({*REMEDIATIONS, *flows})
-    return catalog, flows, known, findings
 
 
 def _does(rule: Any) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "flow_names",
     "load_flow",
     "load_flow_files",
+    "operation_names",
     "parameter_errors",
     "parameter_fields",
     "python_name",
@@ -106,6 +107,13 @@ def load_flow_files(
     from flows.dsl import load_flow_files as load
 
     return load(directory or FLOWS_DIR, operations)
+
+
+def operation_names() -> set[str]:
+    """The names of every atomic operation a YAML flow's step may use (imports them)."""
+    from flows.operations import all_operations
+
+    return set(all_operations())
 
 
 def reload_flows() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from responder import metrics
@@ -46,8 +47,17 @@ def _warm_parameter_checks() -> None:
 class Service:
     """Everything behind the HTTP app; `start` and `stop` bracket its life."""
 
-    def __init__(self, settings: Settings, *, prefect_api_url: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        prefect_api_url: str | None = None,
+        check: Callable[[Settings], None] | None = None,
+    ) -> None:
         self.settings = settings
+        # What `responder check` refuses, refused before any rule is loaded, at the start
+        # and on each reload (`authoring.check.refuse_errors`; the commands hand it here).
+        self._check = check
         book, catalog = self._load()
         self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
         self.store.check_file()  # a damaged file stops start-up here, named, not in a traceback
@@ -99,6 +109,8 @@ class Service:
         return self.loop.book
 
     def _load(self) -> tuple[RuleBook, ServiceCatalog]:
+        if self._check is not None:
+            self._check(self.settings)
         return (
             load_rules([self.settings.rules_dir], known_flows()),
             load_services(self.settings.services_file),

@@ -23,8 +23,10 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from responder.authoring.check import refuse_errors
 from responder.cli.operator import incident_state
 from responder.control import leases
+from responder.decision.rules import load_rules
 from responder.exceptions import ConfigError
 from responder.runtime.service import Service
 from responder.settings import load_settings
@@ -60,11 +62,13 @@ async def make_client(
     if backend == "postgresql":
         await reset_postgres()
 
-    async def factory(**overrides: Any) -> tuple[httpx.AsyncClient, Service]:
+    async def factory(
+        check: Callable[[Any], None] | None = None, **overrides: Any
+    ) -> tuple[httpx.AsyncClient, Service]:
         if backend == "postgresql":
             overrides.setdefault("database_url", POSTGRES_URL)
         settings = make_settings(tmp_path, rules_dir, **overrides)
-        service = Service(settings, prefect_api_url=None)
+        service = Service(settings, prefect_api_url=None, check=check)
         await service.start()
         services.append(service)
         client = app_client(service)
@@ -520,6 +524,33 @@ async def test_reload_keeps_the_old_rules_when_the_new_ones_are_bad(
     await post(client, "firing_group_diskalmostfull_2_hosts")
     await wait_for(lambda: settled(service))
     assert [d["rule"] for d in await decisions(client)] == ["disk-full", "disk-full"]
+
+
+async def test_reload_refuses_what_responder_check_calls_errors(
+    make_client: ClientFactory, rules_dir: Path
+) -> None:
+    client, service = await make_client(check=refuse_errors)
+    (rules_dir / "disk.yaml").write_text(EXTRA_RULE)
+    assert (await client.post("/-/reload")).json()["rules"] == 2
+    # Both load (the YAML and the keys are right); `responder check` finds two errors.
+    bad = EXTRA_RULE.replace('{{ alert.labels.instance }}"}}', '{{ vars.pagerurl }}", tmeout: 3}}')
+    (rules_dir / "disk.yaml").write_text(bad)
+    load_rules([rules_dir])
+    response = await client.post("/-/reload")
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert (body["file"], body["line"]) == (str(rules_dir / "disk.yaml"), 5)
+    assert [(e["line"], e["message"].split(":")[0]) for e in body["errors"]] == [
+        (5, "rule 'disk-full'"),
+        (5, "rule 'disk-full'"),
+    ]
+    messages = " ".join(e["message"] for e in body["errors"])
+    assert "vars.pagerurl" in messages and "tmeout" in messages, messages
+    assert "(and 1 more error(s))" in body["error"]
+    assert len(service.book.rules) == 2
+    assert [r.run.parameters["url"] for r in service.book.rules if r.name == "disk-full"] == [
+        "http://127.0.0.1:9/{{ alert.labels.instance }}"
+    ]
 
 
 async def test_a_changed_rule_file_is_reloaded_by_itself(
