@@ -107,6 +107,7 @@ def check_rules(
     for rule, source in zip(book.rules, book.sources, strict=True):
         compiler = _RuleCompiler(rule, source, rule_vars, catalog, asserted)
         found.extend(compiler.templates())
+        found.extend(compiler.tier_defaults(catalog))
         if rule.run is not None and rule.run.flow in known_flows:
             try:
                 fields = fields_of(rule.run.flow)
@@ -362,11 +363,45 @@ class _RuleCompiler:
             return [self._rendered_parameters(v, (*loc, i)) for i, v in enumerate(value)]
         return value
 
+    def tier_defaults(self, catalog: ServiceCatalog) -> Iterator[Finding]:
+        """An error for each guard key the rule sets looser than the defaults of a tier it
+        covers (a rule may tighten them, never loosen them)."""
+        if self.rule.guard is None:
+            return
+        for tier, why in tiers_covered(self.rule, catalog).items():
+            for name, problem in catalog.tiers[tier].looser(self.rule.guard):
+                yield self._at(
+                    ("guard", name),
+                    "error",
+                    f"rule {self.rule.name!r}: guard.{name} {problem}, the default of tier "
+                    f"{tier} ({why}); a rule may tighten its tier's defaults, never loosen them",
+                )
+
     def _at(
         self, loc: tuple[str | int, ...], severity: Severity, message: str, *, key: bool = False
     ) -> Finding:
         line, column = self.source.location(*loc, key=key)
         return Finding(self.source.file, line, column, severity, message)
+
+
+def tiers_covered(rule: Rule, catalog: ServiceCatalog) -> dict[int, str]:
+    """The tiers with defaults whose services the rule may act on, each with why: a service
+    its `service` matchers let through, or a `service` fact its `when` joins on a tier."""
+    found: dict[int, str] = {}
+    matchers = [m for m in rule.matchers if m.name == "service"]
+    if matchers:
+        for name, spec in catalog.services.items():
+            if spec.tier in catalog.tiers and all(m.matches({"service": name}) for m in matchers):
+                found.setdefault(spec.tier, f"service {name}")
+    for condition in rule.when:
+        if condition.fact != "service":
+            continue
+        for test in condition.tests:
+            if test.field == "tier" and not test.negative and test.label is None:
+                tier = int(test.value) if test.value.isdigit() else -1
+                if tier in catalog.tiers:
+                    found.setdefault(tier, f'when service tier="{tier}"')
+    return found
 
 
 def _templates_of(rule: Rule) -> Iterator[tuple[tuple[str | int, ...], str, bool]]:

@@ -21,6 +21,7 @@ from pydantic import Field, StringConstraints
 
 from responder.decision.documents import Spec, load_document
 from responder.decision.maintenance import MAX_WINDOWS, MaintenanceWindow
+from responder.decision.tiers import TierDefaults
 from responder.events.facts import Fact
 from responder.events.webhook import LabelName
 from responder.exceptions import CatalogError
@@ -59,6 +60,10 @@ class ServiceCatalog(Spec):
     """The whole `services.yaml`."""
 
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
+    tiers: dict[Annotated[int, Field(ge=0, le=9)], TierDefaults] = Field(
+        default_factory=dict,
+        description="Guard defaults by tier, which rules inherit and may only tighten.",
+    )
     maintenance: list[MaintenanceWindow] = Field(
         default_factory=list,
         max_length=MAX_WINDOWS,
@@ -110,6 +115,11 @@ class ServiceCatalog(Spec):
         """The catalog entry of an alert's `service` label, for templates ({} if none)."""
         spec = self.services.get(labels.get("service", ""))
         return {} if spec is None else {"name": labels["service"], **spec.model_dump()}
+
+    def defaults_of(self, service: dict[str, Any]) -> TierDefaults | None:
+        """The guard defaults of a service's tier (its catalog entry); None if it has none."""
+        tier = service.get("tier")
+        return None if tier is None else self.tiers.get(int(tier))
 
 
 def load_services(path: Path) -> ServiceCatalog:
