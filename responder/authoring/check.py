@@ -22,6 +22,7 @@ and what is accepted.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from responder.orchestration.flow_catalog import (
     operation_names,
     parameter_errors,
     parameter_fields,
-    reload_flows,
+    use_flow_dirs,
 )
 from responder.settings import Settings
 
@@ -118,7 +119,7 @@ def check_rules(
 
 
 def check_setup(
-    settings: Settings, paths: Collection[Path] | None = None
+    settings: Settings, paths: Collection[Path] | None = None, *, fresh: bool = False
 ) -> tuple[CheckReport, dict[str, Any], list[Finding]]:
     """What `responder check` finds: the rules (`paths`, default the settings' rules_dir)
     compiled against the catalog and the flows, and the problems of the catalog's and the
@@ -126,6 +127,7 @@ def check_setup(
     the report, the YAML flows that loaded, and every finding in file order."""
     findings: list[Finding] = []
     flows: dict[str, Any] = {}
+    use_flow_dirs(settings.flows_dir)
     try:
         catalog = load_services(settings.services_file)
     except DocumentError as exc:
@@ -139,16 +141,23 @@ def check_setup(
         known = flow_names()
     except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a flow file reported above
         known = sorted({*REMEDIATIONS, *flows})
-    report = check_rules(paths or [settings.rules_dir], known, settings.rule_vars, catalog)
+    report = check_rules(
+        paths or [settings.rules_dir],
+        known,
+        settings.rule_vars,
+        catalog,
+        check_parameters=functools.partial(parameter_errors, fresh=fresh),
+        fields_of=functools.partial(parameter_fields, fresh=fresh),
+    )
     return report, flows, sorted([*findings, *report.findings])
 
 
 def refuse_errors(settings: Settings) -> None:
     """Raise `CheckFailed` naming every error `responder check` finds in the settings' rules,
     catalog and flows (warnings pass): what a reload runs before it loads anything. The
-    flows are read as their files are now."""
-    reload_flows()
-    _, _, findings = check_setup(settings)
+    flows are read as their files are now, and what was read of them before is kept: if
+    this refuses, the flows in force stay with the rules."""
+    _, _, findings = check_setup(settings, fresh=True)
     errors: list[dict[str, str | int]] = [
         {"file": f.file, "line": f.line, "column": f.column, "message": f.message}
         for f in findings

@@ -19,7 +19,7 @@ from responder.decision.services import ServiceCatalog, load_services
 from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import DispatchError, DocumentError, StoreUnavailable
 from responder.orchestration.dispatch import Dispatcher
-from responder.orchestration.flow_catalog import parameter_errors
+from responder.orchestration.flow_catalog import parameter_errors, use_flow_dirs
 from responder.runtime.leadership import Leadership
 from responder.runtime.loop import EngineLoop
 from responder.runtime.recovery import Recovery
@@ -58,6 +58,7 @@ class Service:
         # What `responder check` refuses, refused before any rule is loaded, at the start
         # and on each reload (`authoring.check.refuse_errors`; the commands hand it here).
         self._check = check
+        use_flow_dirs(settings.flows_dir)
         book, catalog = self._load()
         self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
         self.store.check_file()  # a damaged file stops start-up here, named, not in a traceback
@@ -122,6 +123,9 @@ class Service:
             # Parsing and compiling thousands of rules takes seconds: not on the event loop.
             book, catalog = await asyncio.to_thread(self._load)
             await self.loop.use(book, catalog)
+            # The flows as they passed the check are the ones in force: read them now, so
+            # that a flow file broken later fails the next reload, not the decisions.
+            await asyncio.to_thread(_warm_parameter_checks)
         except (DocumentError, StoreUnavailable) as exc:
             metrics.RELOADS.labels(result="failure").inc()
             metrics.RELOAD_SUCCESS.set(0)

@@ -28,6 +28,7 @@ from responder.cli.operator import incident_state
 from responder.control import leases
 from responder.decision.rules import load_rules
 from responder.exceptions import ConfigError
+from responder.orchestration.flow_catalog import use_flow_dirs
 from responder.runtime.service import Service
 from responder.settings import load_settings
 from tests.helpers import (
@@ -551,6 +552,51 @@ async def test_reload_refuses_what_responder_check_calls_errors(
     assert [r.run.parameters["url"] for r in service.book.rules if r.name == "disk-full"] == [
         "http://127.0.0.1:9/{{ alert.labels.instance }}"
     ]
+
+
+NOTIFY_FLOW = """\
+flow: notify-ops
+description: Tell the operators.
+risk: low
+parameters:
+  url: {type: url}
+steps:
+  - name: tell
+    op: http.request
+    with: {method: POST, url: "{{ params.url }}"}
+"""
+NOTIFY_RULE = """\
+rules:
+  - name: notify-disk
+    match: ['alertname="DiskAlmostFull"']
+    run: {flow: notify-ops, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
+    guard: {key: "notify/{{ alert.labels.instance }}"}
+"""
+
+
+async def test_a_broken_flow_file_fails_the_reload_and_the_old_flows_and_rules_stay(
+    make_client: ClientFactory, rules_dir: Path, tmp_path: Path
+) -> None:
+    more = tmp_path / "more-flows"
+    more.mkdir()
+    (more / "notify.yaml").write_text(NOTIFY_FLOW)
+    client, service = await make_client(check=refuse_errors, flows_dir=[more])
+    try:
+        (rules_dir / "notify.yaml").write_text(NOTIFY_RULE)
+        assert (await client.post("/-/reload")).json()["rules"] == 2
+        (more / "notify.yaml").write_text(NOTIFY_FLOW.replace("{type: url}", "{type: uri}"))
+        response = await client.post("/-/reload")
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert (body["file"], body["line"]) == (str(more / "notify.yaml"), 5), body
+        assert "parameters.url.type" in body["error"]
+        # The rules and the flow in force still decide: the alert runs notify-ops.
+        await post(client, "firing_group_diskalmostfull_2_hosts")
+        await wait_for(lambda: settled(service))
+        found = {(d["rule"], d["verdict"]) for d in await decisions(client)}
+        assert found == {("notify-disk", "admitted")}, await decisions(client)
+    finally:
+        use_flow_dirs([])
 
 
 async def test_a_changed_rule_file_is_reloaded_by_itself(
