@@ -174,3 +174,43 @@ def wait_for_deployment(
         if runner.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"no deployment {name}:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+def test_responder_catalog_lists_the_directories_flows_and_shows_a_bad_file_as_an_error(
+    flows_dir: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from responder.cli import app
+    from responder.orchestration.flow_catalog import reload_flows
+
+    config = tmp_path / "responder.yaml"
+    config.write_text(f"flows_dir: [{flows_dir}]\n")
+    use_dirs([])  # the command reads them from its settings
+    runner = CliRunner()
+    reload_flows()
+    listed = runner.invoke(app, ["catalog", "--config", str(config)], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert "touch-marker" in listed.output and "notify-ops" in listed.output
+    shown = runner.invoke(
+        app, ["catalog", "--config", str(config), "show", "touch-marker"], env={"COLUMNS": "300"}
+    )
+    assert shown.exit_code == 0 and f"{flows_dir / 'touch.py'}:touch" in shown.output
+
+    (flows_dir / "broken.yaml").write_text("flow: broken\nsteps: [\n")
+    reload_flows()
+    broken = runner.invoke(app, ["catalog", "--config", str(config)])
+    assert broken.exit_code == 1
+    assert broken.output.startswith(f"{flows_dir / 'broken.yaml'}:3:1: error: ")
+    assert "Traceback" not in broken.output
+    (flows_dir / "broken.yaml").write_text(
+        "from prefect import flow\n@flow\ndef f(): 1 / 0\n1 / 0\n"
+    )
+    (flows_dir / "broken.yaml").rename(flows_dir / "broken.py")
+    reload_flows()
+    failing = runner.invoke(app, ["catalog", "--config", str(config)])
+    assert failing.exit_code == 1
+    assert (
+        f"{flows_dir / 'broken.py'}:1:1: error: cannot import: ZeroDivisionError" in failing.output
+    )
+    reload_flows()
