@@ -15,6 +15,7 @@ the guard would have done.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -113,15 +114,21 @@ class Guard:
         # The catalog's maintenance windows (the engine loop sets them with the catalog);
         # the stored ones are read once per transaction.
         self.catalog_windows: tuple[MaintenanceWindow, ...] = ()
+        self._parsed: dict[str, MaintenanceWindow] = {}
 
     async def pause(self, conn: AsyncConnection) -> Pause | None:
         """The global pause switch: None, or who paused and why."""
         return await paused(self.store, conn)
 
     async def windows(self, conn: AsyncConnection) -> list[MaintenanceWindow]:
-        """Every maintenance window: the catalog's, and those kept in the store."""
-        stored = await self.store.maintenance.windows(conn)
-        return [*self.catalog_windows, *(MaintenanceWindow.model_validate(w) for w in stored)]
+        """Every maintenance window: the catalog's, and those kept in the store (each
+        parsed once, while it stays as it is)."""
+        parsed: dict[str, MaintenanceWindow] = {}
+        for spec in await self.store.maintenance.windows(conn):
+            text = json.dumps(spec, sort_keys=True)
+            parsed[text] = self._parsed.get(text) or MaintenanceWindow.model_validate(spec)
+        self._parsed = parsed
+        return [*self.catalog_windows, *parsed.values()]
 
     def within(self, conn: AsyncConnection, ledger: Ledger) -> Admissions:
         """The guard for the admissions of one store transaction, recorded in `ledger`."""

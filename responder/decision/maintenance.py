@@ -17,15 +17,22 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.rrule import rrule, rrulestr  # type: ignore[import-untyped]
-from pydantic import AfterValidator, AliasChoices, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from responder.decision.documents import Spec
 from responder.decision.hosts import canonical_host
+from responder.decision.matchers import Matcher
 from responder.decision.rules import MatcherText, parsed_matcher
 from responder.events.webhook import LabelName
 
@@ -111,29 +118,71 @@ class MaintenanceWindow(Spec):
         return moment.astimezone(zone) if moment.tzinfo else moment.replace(tzinfo=zone)
 
     def covers(self, labels: dict[str, str], host: str) -> bool:
-        """Whether the window covers an alert with these labels and host identity."""
-        if any(labels.get(name) != value for name, value in self.labels.items()):
+        """Whether the window covers an alert with these labels and host identity (as
+        `canonical_host` writes it)."""
+        exact, matchers, services, hosts = self.selectors
+        for name, value in exact:
+            if labels.get(name) != value:
+                return False
+        for matcher in matchers:
+            if not matcher.matches(labels):
+                return False
+        if services and labels.get("service") not in services:
             return False
-        if not all(parsed_matcher(m).matches(labels) for m in self.match):
-            return False
-        if self.services and labels.get("service") not in self.services:
-            return False
-        return not self.hosts or canonical_host(host) in {canonical_host(h) for h in self.hosts}
+        return not hosts or host in hosts
+
+    @cached_property
+    def selectors(
+        self,
+    ) -> tuple[tuple[tuple[str, str], ...], tuple[Matcher, ...], frozenset[str], frozenset[str]]:
+        """The window's selectors, parsed once: exact labels, matchers, services, hosts."""
+        return (
+            tuple(self.labels.items()),
+            tuple(parsed_matcher(m) for m in self.match),
+            frozenset(self.services),
+            frozenset(canonical_host(h) for h in self.hosts),
+        )
+
+    @cached_property
+    def _bounds(self) -> tuple[float, float]:
+        """The first (or only) occurrence's start and end, epoch seconds."""
+        start = -math.inf if self.start is None else self._at(self.start).timestamp()
+        return start, self._at(self.end).timestamp()
 
     def occurrence(self, now: float) -> tuple[float, float] | None:
-        """The start and end (epoch seconds) of the occurrence in effect at `now`, if any."""
-        end = self._at(self.end)
+        """The start and end (epoch seconds) of the occurrence in effect at `now`, if any.
+
+        A recurring window remembers the occurrence it found and the next one's start: a
+        decision between the two costs no walk along the series."""
+        start, end = self._bounds
         if self.recurrence is None:
-            start = -math.inf if self.start is None else self._at(self.start).timestamp()
-            return (start, end.timestamp()) if start <= now < end.timestamp() else None
-        assert self.start is not None
+            return (start, end) if start <= now < end else None
+        found = self._found
+        if not found or not found[0][0] <= now < found[0][1]:
+            found[:] = [self._around(now)]
+        last, finish = found[0][2], found[0][3]
+        return (last, finish) if last <= now < finish else None
+
+    @cached_property
+    def _found(self) -> list[tuple[float, float, float, float]]:
+        """The occurrence found last, as `_around` gives it (a cache, not part of the
+        window: a plain list, which a frozen model may hold and change)."""
+        return []
+
+    def _around(self, now: float) -> tuple[float, float, float, float]:
+        """For a recurring window: the span [from, to) over which the occurrence starting
+        last at or before `now` (its start and end) stays the one to look at."""
+        assert self.start is not None and self.recurrence is not None
         first = self._at(self.start)
+        series = _series(self.recurrence, first)
         moment = datetime.fromtimestamp(now, first.tzinfo)
-        last: datetime | None = _series(self.recurrence, first).before(moment, inc=True)
+        last: datetime | None = series.before(moment, inc=True)
+        after: datetime | None = series.after(moment)
+        until = math.inf if after is None else after.timestamp()
         if last is None:
-            return None
-        finish = last + (end - first)
-        return (last.timestamp(), finish.timestamp()) if now < finish.timestamp() else None
+            return -math.inf, until, math.inf, math.inf
+        finish = last + (self._at(self.end) - first)
+        return last.timestamp(), until, last.timestamp(), finish.timestamp()
 
     def next_start(self, now: float) -> float | None:
         """When the window is next in effect after `now` (None: never again)."""
@@ -168,9 +217,12 @@ def covering(
 ) -> tuple[MaintenanceWindow, float] | None:
     """The window in effect covering an alert that ends last, with that end; None if none."""
     found: tuple[MaintenanceWindow, float] | None = None
+    host = canonical_host(host)
     for window in windows:
+        if not window.covers(labels, host):
+            continue
         occurrence = window.occurrence(now)
-        if occurrence is not None and window.covers(labels, host):
+        if occurrence is not None:
             if found is None or occurrence[1] > found[1]:
                 found = (window, occurrence[1])
     return found

@@ -139,10 +139,11 @@ class Service:
 
     def _files_stamp(self) -> tuple[tuple[str, float, int], ...]:
         paths = [self.settings.services_file]
-        if self.settings.rules_dir.is_dir():
-            paths.extend(sorted(self.settings.rules_dir.iterdir()))
-        else:
-            paths.append(self.settings.rules_dir)
+        for directory in [self.settings.rules_dir, *self.settings.flows_dir]:
+            if directory.is_dir():
+                paths.extend(sorted(directory.iterdir()))
+            else:
+                paths.append(directory)
         stamp = []
         for path in paths:
             with contextlib.suppress(OSError):
@@ -151,7 +152,8 @@ class Service:
         return tuple(stamp)
 
     async def _watch_files(self) -> None:
-        """Reload when a rule file or the catalog changes (checked every few seconds)."""
+        """Reload when a rule file, a `flows_dir` flow file or the catalog changes (checked
+        every few seconds)."""
         while True:
             await asyncio.sleep(self.settings.reload_check_seconds)
             try:

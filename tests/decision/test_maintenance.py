@@ -73,12 +73,12 @@ def test_every_selector_given_must_agree() -> None:
         hosts=["MX-1"],
     )
     labels = {"env": "prod", "service": "checkout"}
-    assert w.covers(labels, "mx-1:9100")
+    assert w.covers(labels, "mx-1")
     assert not w.covers(labels, "mx-2")
     assert not w.covers({**labels, "env": "dev"}, "mx-1")
     assert not w.covers({"env": "prod", "service": "search"}, "mx-1")
     now = at("2026-01-01T00:00")
-    assert covering([w], labels, "mx-1", now) == (w, at("2030-01-01T00:00"))
+    assert covering([w], labels, "MX-1:9100", now) == (w, at("2030-01-01T00:00"))
     assert covering([w], labels, "mx-2", now) is None
 
 
