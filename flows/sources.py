@@ -27,12 +27,15 @@ ENV = "RESPONDER_FLOWS_PATH"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def environment(directories: list[Path]) -> dict[str, str]:
+    """What tells a process (a flow runner, a worker) to take flows from these directories."""
+    return {ENV: os.pathsep.join(str(d.resolve()) for d in directories)} if directories else {}
+
+
 def use_dirs(directories: list[Path]) -> None:
     """Take flows from these directories too (and let child processes know)."""
-    if directories:
-        os.environ[ENV] = os.pathsep.join(str(d.resolve()) for d in directories)
-    else:
-        os.environ.pop(ENV, None)
+    os.environ.pop(ENV, None)
+    os.environ.update(environment(directories))
 
 
 def extra_dirs() -> list[Path]:

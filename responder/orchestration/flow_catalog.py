@@ -28,6 +28,7 @@ __all__ = [
     "PythonFlow",
     "catalog",
     "find",
+    "flow_dirs_environment",
     "flow_names",
     "load_flow",
     "load_flow_files",
@@ -119,6 +120,13 @@ def python_flows() -> dict[str, tuple[Path, str]]:
     from flows.sources import python_flows as found
 
     return found()
+
+
+def flow_dirs_environment(directories: list[Path]) -> dict[str, str]:
+    """The environment variables that give a flow runner these flow directories."""
+    from flows.sources import environment
+
+    return environment(directories)
 
 
 def use_flow_dirs(directories: list[Path]) -> None:
