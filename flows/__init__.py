@@ -1,7 +1,8 @@
 """Remediation flows, the atomic operations they are built from, and YAML flows.
 
-`REMEDIATIONS` names every Python flow a rule may run, as `module:attribute`; YAML flows are
-the `*.yaml` files of this directory (see `flows.dsl`). `flow_names()` lists both without
+`REMEDIATIONS` names every Python flow of this package a rule may run, as `module:attribute`;
+YAML flows are the `*.yaml` files of this directory (see `flows.dsl`); the directories of the
+`flows_dir` setting add YAML and Python flows (`flows.sources`). `flow_names()` lists both without
 importing Prefect, so rule checking stays fast; `load_flow()` imports one.
 """
 
@@ -28,10 +29,12 @@ REMEDIATIONS: dict[str, PythonFlow] = {
 
 
 def flow_names() -> list[str]:
-    """Every flow a rule may run: the Python remediations and the YAML flows."""
+    """Every flow a rule may run: the Python remediations and the YAML flows, this
+    package's and those of the `flows_dir` directories (`flows.sources`)."""
     from flows.dsl import yaml_flow_names
+    from flows.sources import python_flows
 
-    return sorted({*REMEDIATIONS, *yaml_flow_names()})
+    return sorted({*REMEDIATIONS, *yaml_flow_names(), *python_flows()})
 
 
 def load_flow(name: str) -> Any:
@@ -39,6 +42,11 @@ def load_flow(name: str) -> Any:
     if name in REMEDIATIONS:
         module_name, _, attribute = REMEDIATIONS[name].entry.partition(":")
         return getattr(importlib.import_module(module_name), attribute)
+    from flows.sources import load_python_flow, python_flows
+
+    outside = python_flows().get(name)
+    if outside is not None:
+        return load_python_flow(*outside)
     from flows.interpreter import python_name
     from flows.yaml_flows import flows
 

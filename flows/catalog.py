@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from flows import REMEDIATIONS, load_flow
 from flows.operations import all_operations
 from flows.operations.approval import ApprovalInput
+from flows.sources import PACKAGE_DIR, python_flows
 
 Kind = Literal["operation", "flow"]
 
@@ -88,19 +89,15 @@ def catalog() -> list[CatalogEntry]:
     entries.append(APPROVAL)
     entries.sort(key=lambda e: e.name)
     yaml_flows = load_flow_files(operations=set(all_operations()))
+    python = {name: (p.risk, p.tags, p.entry) for name, p in REMEDIATIONS.items()}
+    for name, (path, function) in python_flows().items():  # a `flows_dir`'s
+        python[name] = ("medium", (), f"{path}:{function}")
     flows: list[CatalogEntry] = []
-    for name, python in REMEDIATIONS.items():
+    for name, (risk, tags, entry) in python.items():
         fn = load_flow(name).fn
+        schema = parameter_schema(fn).model_dump_for_openapi()
         flows.append(
-            CatalogEntry(
-                name,
-                "flow",
-                _first_paragraph(fn.__doc__),
-                python.risk,
-                python.tags,
-                parameter_schema(fn).model_dump_for_openapi(),
-                python.entry,
-            )
+            CatalogEntry(name, "flow", _first_paragraph(fn.__doc__), risk, tags, schema, entry)
         )
     for name, source in yaml_flows.items():
         spec = source.spec
@@ -112,7 +109,9 @@ def catalog() -> list[CatalogEntry]:
                 spec.risk,
                 tuple(spec.tags),
                 spec.parameters_model.model_json_schema(),
-                f"flows/{source.file.name}",
+                f"flows/{source.file.name}"
+                if source.file.parent == PACKAGE_DIR
+                else str(source.file),
             )
         )
     return entries + sorted(flows, key=lambda e: e.name)
@@ -131,7 +130,7 @@ def parameters_model(flow_name: str) -> type[BaseModel]:
     as it is (without building the flow, which imports every operation). A Python flow's is
     built from its signature.
     """
-    if flow_name not in REMEDIATIONS:
+    if flow_name not in REMEDIATIONS and flow_name not in python_flows():
         from flows.dsl import load_flow_files
 
         return load_flow_files()[flow_name].spec.parameters_model
@@ -147,14 +146,19 @@ def parameters_model(flow_name: str) -> type[BaseModel]:
     return model
 
 
-def parameter_errors(flow_name: str, parameters: dict[str, Any]) -> list[dict[str, str]]:
+def parameter_errors(
+    flow_name: str, parameters: dict[str, Any], *, fresh: bool = False
+) -> list[dict[str, str]]:
     """Why `parameters` would be refused when the run starts; empty when they fit.
 
     Rule decisions and manual runs are checked with this before the guard, so a label that
     is not a hostname (or carries shell syntax) is refused before anything is admitted.
+    With `fresh`, the flow is read as its file is now, and what was read before is kept
+    (a reload's check: the flows in force stay until it passes).
     """
+    model = parameters_model.__wrapped__(flow_name) if fresh else parameters_model(flow_name)
     try:
-        parameters_model(flow_name).model_validate(parameters)
+        model.model_validate(parameters)
     except ValidationError as exc:
         return [
             {"field": ".".join(str(p) for p in err["loc"]) or "(parameters)", "message": err["msg"]}

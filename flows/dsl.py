@@ -50,13 +50,14 @@ from pydantic import (
 )
 from pydantic_core import SchemaError
 
+from flows.sources import PACKAGE_DIR
 from flows.types import Host, Hostname, HttpUrl
 from responder.decision.documents import Spec, line_of, load_document
 from responder.decision.templates import compile_expression, valid_templates
 from responder.durations import Duration
 from responder.exceptions import FlowFileError, TemplateError
 
-FLOWS_DIR = Path(__file__).resolve().parent
+FLOWS_DIR = PACKAGE_DIR
 
 FlowName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 StepName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
@@ -354,15 +355,21 @@ def load_flow_file(path: Path, operations: set[str] | None = None) -> FlowSource
     return FlowSource(spec, path)
 
 
-def flow_files(directory: Path = FLOWS_DIR) -> list[Path]:
-    """The YAML flow files of a directory, in name order."""
+def flow_files(directory: Path | None = None) -> list[Path]:
+    """The YAML flow files of a directory in name order (None: every flow directory,
+    `flows.sources`)."""
+    if directory is None:
+        from flows.sources import yaml_files
+
+        return yaml_files()
     return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
 
 
 def load_flow_files(
-    directory: Path = FLOWS_DIR, operations: set[str] | None = None
+    directory: Path | None = None, operations: set[str] | None = None
 ) -> dict[str, FlowSource]:
-    """Every YAML flow in `directory` by flow name; a name declared twice is an error."""
+    """Every YAML flow in `directory` (None: in every flow directory) by flow name; a name
+    declared twice is an error."""
     found: dict[str, FlowSource] = {}
     for path in flow_files(directory):
         source = load_flow_file(path, operations)
@@ -376,11 +383,14 @@ def load_flow_files(
     return found
 
 
-def yaml_flow_names(directory: Path = FLOWS_DIR) -> list[str]:
+def yaml_flow_names(directory: Path | None = None) -> list[str]:
     """The names of the YAML flows, read cheaply (for rule checking, without Prefect)."""
     names = []
     for path in flow_files(directory):
-        data = yaml.safe_load(path.read_text())
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # `load_flow_files` says what is wrong with it, at its line
         if isinstance(data, dict) and isinstance(data.get("flow"), str):
             names.append(data["flow"])
     return names

@@ -7,7 +7,8 @@
     │   ├── RuleError          ...a rule file
     │   │   └── MatcherError   a label matcher that cannot be parsed
     │   ├── FlowFileError      ...a YAML flow file
-    │   └── CatalogError       ...the service catalog (config/services.yaml)
+    │   ├── CatalogError       ...the service catalog (config/services.yaml)
+    │   └── CheckFailed        `responder check` errors: a reload refuses them all
     ├── TemplateError          a template that cannot render for this alert
     ├── PayloadError           what `simulate` or `replay` was given cannot be read
     ├── EngineRejected         durable_rules refused a message as already observed
@@ -88,6 +89,23 @@ class FlowFileError(DocumentError):
 
 class CatalogError(DocumentError):
     """The service catalog is invalid."""
+
+
+class CheckFailed(DocumentError):
+    """`responder check` found errors in the rules, the catalog or the flows: a reload (or a
+    start) refuses them, and the rules and flows in force stay. `errors` lists every one
+    (file, line, column, message); the exception's own place is the first's."""
+
+    def __init__(self, errors: list[dict[str, str | int]]) -> None:
+        self.errors = errors
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        super().__init__(
+            f"{first['message']}{more}",
+            file=str(first["file"]),
+            line=int(first["line"]),
+            column=int(first["column"]),
+        )
 
 
 class MatcherError(RuleError):

@@ -202,6 +202,7 @@ class Settings(BaseSettings):
         description="Store wait before answering 503 (Alertmanager gives up at 10 s).",
     )
     rules_dir: Path = Field(Path("rules"), description="Directory of rule YAML files.")
+    flows_dir: list[Path] = Field([], description="Directories of more YAML and Python flows.")
     services_file: Path = Field(
         Path("config/services.yaml"), description="The service catalog; may be absent."
     )
@@ -213,7 +214,6 @@ class Settings(BaseSettings):
         examples=[{"service_control_url": "http://127.0.0.1:9480"}],
         description="Values rule templates can use as `vars.<name>`.",
     )
-
     lease_seconds: float = Field(
         3600.0,
         gt=0,

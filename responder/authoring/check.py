@@ -22,6 +22,7 @@ and what is accepted.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,15 +30,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from jinja2.utils import missing
 
 from responder.decision.decisions import template_context
 from responder.decision.rules import Rule, RuleBook, RuleSource, read_rules
-from responder.decision.services import ServiceCatalog, ServiceSpec
+from responder.decision.services import ServiceCatalog, ServiceSpec, load_services
 from responder.decision.templates import probe
 from responder.events.webhook import Alert
-from responder.exceptions import DocumentError
-from responder.orchestration.flow_catalog import parameter_errors, parameter_fields
+from responder.exceptions import CheckFailed, DocumentError
+from responder.orchestration.flow_catalog import (
+    REMEDIATIONS,
+    flow_names,
+    load_flow_files,
+    operation_names,
+    parameter_errors,
+    parameter_fields,
+    use_flow_dirs,
+)
+from responder.settings import Settings
 
 Severity = Literal["error", "warning"]
 ParameterCheck = Callable[[str, dict[str, Any]], list[dict[str, str]]]
@@ -97,6 +108,7 @@ def check_rules(
     for rule, source in zip(book.rules, book.sources, strict=True):
         compiler = _RuleCompiler(rule, source, rule_vars, catalog, asserted)
         found.extend(compiler.templates())
+        found.extend(compiler.tier_defaults(catalog))
         if rule.run is not None and rule.run.flow in known_flows:
             try:
                 fields = fields_of(rule.run.flow)
@@ -104,6 +116,55 @@ def check_rules(
                 continue  # a broken flow file: reported as such, its rules unchecked
             found.extend(compiler.parameters(check_parameters, fields))
     return CheckReport(book, tuple(sorted(found)))
+
+
+def check_setup(
+    settings: Settings, paths: Collection[Path] | None = None, *, fresh: bool = False
+) -> tuple[CheckReport, dict[str, Any], list[Finding]]:
+    """What `responder check` finds: the rules (`paths`, default the settings' rules_dir)
+    compiled against the catalog and the flows, and the problems of the catalog's and the
+    YAML flows' files (each one more finding: the rules are checked all the same). Returns
+    the report, the YAML flows that loaded, and every finding in file order."""
+    findings: list[Finding] = []
+    flows: dict[str, Any] = {}
+    use_flow_dirs(settings.flows_dir)
+    try:
+        catalog = load_services(settings.services_file)
+    except DocumentError as exc:
+        findings.append(finding(exc))
+        catalog = ServiceCatalog()
+    try:
+        flows = load_flow_files(operations=operation_names())
+    except DocumentError as exc:
+        findings.append(finding(exc))
+    try:
+        known = flow_names()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a flow file reported above
+        known = sorted({*REMEDIATIONS, *flows})
+    report = check_rules(
+        paths or [settings.rules_dir],
+        known,
+        settings.rule_vars,
+        catalog,
+        check_parameters=functools.partial(parameter_errors, fresh=fresh),
+        fields_of=functools.partial(parameter_fields, fresh=fresh),
+    )
+    return report, flows, sorted([*findings, *report.findings])
+
+
+def refuse_errors(settings: Settings) -> None:
+    """Raise `CheckFailed` naming every error `responder check` finds in the settings' rules,
+    catalog and flows (warnings pass): what a reload runs before it loads anything. The
+    flows are read as their files are now, and what was read of them before is kept: if
+    this refuses, the flows in force stay with the rules."""
+    _, _, findings = check_setup(settings, fresh=True)
+    errors: list[dict[str, str | int]] = [
+        {"file": f.file, "line": f.line, "column": f.column, "message": f.message}
+        for f in findings
+        if f.severity == "error"
+    ]
+    if errors:
+        raise CheckFailed(errors)
 
 
 def guaranteed_labels(rule: Rule, annotations: bool = False) -> dict[str, str]:
@@ -311,11 +372,45 @@ class _RuleCompiler:
             return [self._rendered_parameters(v, (*loc, i)) for i, v in enumerate(value)]
         return value
 
+    def tier_defaults(self, catalog: ServiceCatalog) -> Iterator[Finding]:
+        """An error for each guard key the rule sets looser than the defaults of a tier it
+        covers (a rule may tighten them, never loosen them)."""
+        if self.rule.guard is None:
+            return
+        for tier, why in tiers_covered(self.rule, catalog).items():
+            for name, problem in catalog.tiers[tier].looser(self.rule.guard):
+                yield self._at(
+                    ("guard", name),
+                    "error",
+                    f"rule {self.rule.name!r}: guard.{name} {problem}, the default of tier "
+                    f"{tier} ({why}); a rule may tighten its tier's defaults, never loosen them",
+                )
+
     def _at(
         self, loc: tuple[str | int, ...], severity: Severity, message: str, *, key: bool = False
     ) -> Finding:
         line, column = self.source.location(*loc, key=key)
         return Finding(self.source.file, line, column, severity, message)
+
+
+def tiers_covered(rule: Rule, catalog: ServiceCatalog) -> dict[int, str]:
+    """The tiers with defaults whose services the rule may act on, each with why: a service
+    its `service` matchers let through, or a `service` fact its `when` joins on a tier."""
+    found: dict[int, str] = {}
+    matchers = [m for m in rule.matchers if m.name == "service"]
+    if matchers:
+        for name, spec in catalog.services.items():
+            if spec.tier in catalog.tiers and all(m.matches({"service": name}) for m in matchers):
+                found.setdefault(spec.tier, f"service {name}")
+    for condition in rule.when:
+        if condition.fact != "service":
+            continue
+        for test in condition.tests:
+            if test.field == "tier" and not test.negative and test.label is None:
+                tier = int(test.value) if test.value.isdigit() else -1
+                if tier in catalog.tiers:
+                    found.setdefault(tier, f'when service tier="{tier}"')
+    return found
 
 
 def _templates_of(rule: Rule) -> Iterator[tuple[tuple[str | int, ...], str, bool]]:

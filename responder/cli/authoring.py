@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,15 +24,13 @@ def check(
 ) -> None:
     """Compile rule files and YAML flows: every error and warning of every file, each at its
     file, line and column; exit 1 on an error (or, with --strict, a warning)."""
-    from responder.authoring.check import check_rules
+    from responder.authoring.check import check_setup
 
     try:
         settings = settings_from(config)
     except ResponderError as exc:
         raise fail(exc) from None
-    catalog, flows, known, findings = _catalog_and_flows(settings)
-    report = check_rules(paths or [settings.rules_dir], known, settings.rule_vars, catalog)
-    findings.extend(report.findings)
+    report, flows, findings = check_setup(settings, paths)
     for name, flow_source in flows.items():
         console.print(f"ok  flow {name:<27} {flow_source.file}", highlight=False, soft_wrap=True)
     for rule, source in zip(report.book.rules, report.book.sources, strict=True):
@@ -55,35 +54,6 @@ def check(
     )
     if errors or (strict and warnings):
         raise typer.Exit(1)
-
-
-def _catalog_and_flows(settings: Any) -> tuple[Any, dict[str, Any], list[str], list[Any]]:
-    """The service catalog, the YAML flows, every flow name, and the problems of their files
-    (each is one more finding: the rules are checked all the same)."""
-    import yaml
-
-    from flows.operations import all_operations
-    from responder.authoring.check import finding
-    from responder.decision.services import ServiceCatalog, load_services
-    from responder.exceptions import DocumentError
-    from responder.orchestration.flow_catalog import REMEDIATIONS, flow_names, load_flow_files
-
-    findings = []
-    flows: dict[str, Any] = {}
-    try:
-        catalog = load_services(settings.services_file)
-    except DocumentError as exc:
-        findings.append(finding(exc))
-        catalog = ServiceCatalog()
-    try:
-        flows = load_flow_files(operations=set(all_operations()))
-    except DocumentError as exc:
-        findings.append(finding(exc))
-    try:
-        known = flow_names()
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a flow file reported above
-        known = sorted({*REMEDIATIONS, *flows})
-    return catalog, flows, known, findings
 
 
 def _does(rule: Any) -> str:
@@ -350,8 +320,10 @@ catalog_app = typer.Typer(
 
 
 @catalog_app.callback()
-def catalog_list(ctx: typer.Context) -> None:
-    """List every atomic operation and flow (`responder catalog show NAME` for one)."""
+def catalog_list(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """List every atomic operation and flow (`responder catalog show NAME` for one), those
+    of the `flows_dir` directories too; a flow file that cannot be read is an error."""
+    _use_flow_dirs(config)
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
@@ -359,9 +331,35 @@ def catalog_list(ctx: typer.Context) -> None:
     from flows.catalog import catalog
 
     table = Table("name", "kind", "risk", "tags", "description", box=None)
-    for entry in catalog():
+    for entry in _readable(catalog):
         table.add_row(entry.name, entry.kind, entry.risk, ",".join(entry.tags), entry.description)
     console.print(table)
+
+
+def _use_flow_dirs(config: Path | None) -> None:
+    from responder.orchestration.flow_catalog import use_flow_dirs
+
+    try:
+        use_flow_dirs(settings_from(config).flows_dir)
+    except ResponderError as exc:
+        raise fail(exc) from None
+
+
+def _readable(read: Callable[[], Any]) -> Any:
+    """What `read` reads of the flows; a flow file that cannot be read is an error at its
+    file and line (exit 1), never a traceback."""
+    from responder.exceptions import DocumentError
+
+    try:
+        return read()
+    except DocumentError as exc:
+        err_console.print(
+            f"{exc.file or '<input>'}:{exc.line or 1}:{exc.column or 1}: error: {exc.problem}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+        raise typer.Exit(1) from None
 
 
 @catalog_app.command("show")
@@ -371,7 +369,7 @@ def catalog_show(name: Annotated[str, typer.Argument(help="An operation or flow.
 
     from flows.catalog import find
 
-    entry = find(name)
+    entry = _readable(lambda: find(name))
     if entry is None:
         err_console.print(f"[red]error:[/red] no operation or flow is named {name!r}")
         raise typer.Exit(1)
@@ -398,17 +396,20 @@ def deploy(
     work_pool: Annotated[str, typer.Option(help="The Prefect work pool workers poll.")],
     work_queue: Annotated[str | None, typer.Option(help="A queue of that pool.")] = None,
     output: Annotated[Path, typer.Option(help="Where to write it.")] = Path("prefect.yaml"),
+    config: ConfigOption = None,
 ) -> None:
     """Write a prefect.yaml that deploys every flow to a work pool, for Prefect workers.
 
     Then run `prefect deploy --all` here, and `prefect worker start --pool POOL` on each
-    worker machine (with this project installed).
+    worker machine (with this project installed, and the `flows_dir` directories at the
+    same paths, in RESPONDER_FLOWS_PATH).
     """
     import yaml
 
     from responder.orchestration.deployments import prefect_yaml
 
-    document = prefect_yaml(work_pool, work_queue)
+    _use_flow_dirs(config)
+    document = _readable(lambda: prefect_yaml(work_pool, work_queue))
     output.write_text(yaml.safe_dump(document, sort_keys=False))
     console.print(
         f"wrote {output}: {len(document['deployments'])} deployments to work pool "

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from responder.cli import authoring, operator, server
+from responder.cli.maintenance import maintenance_app
 
 HELP = "The `responder` command: thin; flags become settings, settings become a service."
 
@@ -30,6 +31,7 @@ app.command()(operator.approvals)
 app.command()(operator.approve)
 app.command()(operator.reject)
 app.add_typer(authoring.catalog_app, name="catalog")
+app.add_typer(maintenance_app, name="maintenance")
 app.command()(operator.run)
 app.command()(authoring.deploy)
 app.command("serve-flows", hidden=True)(server.serve_flows_command)

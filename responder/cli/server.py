@@ -61,6 +61,7 @@ def _log_to_stderr() -> None:
 
 def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = None) -> None:
     """Start a local Prefect server, serve the flows and receive Alertmanager webhooks."""
+    from responder.authoring.check import refuse_errors
     from responder.runtime.service import Service
     from responder.runtime.supervisor import Supervisor, worker_environment
 
@@ -78,7 +79,7 @@ def up(config: ConfigOption = None, host: HostOption = None, port: PortOption = 
         # Prefect's own code in this process (its event worker) finds its server here;
         # without it, Prefect starts an ephemeral server, blocking the event loop meanwhile.
         os.environ["PREFECT_API_URL"] = supervisor.api_url
-        service = Service(settings, prefect_api_url=supervisor.api_url)
+        service = Service(settings, prefect_api_url=supervisor.api_url, check=refuse_errors)
     except ResponderError as exc:
         raise fail(exc) from None
     console.print("Starting Prefect…" if not external else f"Using Prefect at {external}")
@@ -106,13 +107,14 @@ def serve(config: ConfigOption = None, host: HostOption = None, port: PortOption
     workers run separately (`prefect_api_url` or PREFECT_API_URL; `responder deploy`).
     `responder up` is this plus a local Prefect server and flow runner.
     """
+    from responder.authoring.check import refuse_errors
     from responder.runtime.service import Service
 
     _log_to_stderr()
     try:
         settings = settings_from(config, host=host, port=port)
         api_url = settings.prefect_api_url or os.environ.get("PREFECT_API_URL")
-        service = Service(settings, prefect_api_url=api_url)
+        service = Service(settings, prefect_api_url=api_url, check=refuse_errors)
     except ResponderError as exc:
         raise fail(exc) from None
     http_server(settings, service).run()

@@ -4,7 +4,8 @@ Admission happens inside the caller's store transaction, together with the decis
 record, so two engine loops or two identical webhooks can never both admit one key. The
 checks run in this order, and the first that refuses names the refusal:
 
-    paused → max_attempts → budget → max_active → key_active / mutex_held → cooldown
+    paused → maintenance → max_attempts → budget → max_active → key_active / mutex_held
+    → cooldown
 
 (the cooldown is read once the key is taken, so a run ending meanwhile cannot slip past it).
 
@@ -14,6 +15,7 @@ the guard would have done.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +28,7 @@ from responder.control.ledger import DecisionRecord, Ledger
 from responder.control.pause import Pause, paused
 from responder.control.policy import RunPolicy
 from responder.decision.decisions import Decision, Verdict
+from responder.decision.maintenance import MaintenanceWindow, covering
 from responder.storage.leases import LeaseHolder
 from responder.storage.store import Store
 
@@ -34,6 +37,7 @@ PREFETCH_LEASES = 10_000
 # Every refusal code the guard records, in the order its checks run.
 REFUSALS = (
     "paused",
+    "maintenance",
     "max_attempts",
     "budget",
     "max_active",
@@ -107,10 +111,24 @@ class Guard:
         self.clock = clock
         self.lease_seconds = lease_seconds
         self.dry_run = dry_run
+        # The catalog's maintenance windows (the engine loop sets them with the catalog);
+        # the stored ones are read once per transaction.
+        self.catalog_windows: tuple[MaintenanceWindow, ...] = ()
+        self._parsed: dict[str, MaintenanceWindow] = {}
 
     async def pause(self, conn: AsyncConnection) -> Pause | None:
         """The global pause switch: None, or who paused and why."""
         return await paused(self.store, conn)
+
+    async def windows(self, conn: AsyncConnection) -> list[MaintenanceWindow]:
+        """Every maintenance window: the catalog's, and those kept in the store (each
+        parsed once, while it stays as it is)."""
+        parsed: dict[str, MaintenanceWindow] = {}
+        for spec in await self.store.maintenance.windows(conn):
+            text = json.dumps(spec, sort_keys=True)
+            parsed[text] = self._parsed.get(text) or MaintenanceWindow.model_validate(spec)
+        self._parsed = parsed
+        return [*self.catalog_windows, *parsed.values()]
 
     def within(self, conn: AsyncConnection, ledger: Ledger) -> Admissions:
         """The guard for the admissions of one store transaction, recorded in `ledger`."""
@@ -147,6 +165,7 @@ class Admissions:
         self._ledger = ledger
         self._pause: Pause | None = None
         self._pause_read = False  # the switch is read once per transaction
+        self._windows: list[MaintenanceWindow] = []  # and the maintenance windows with it
         self._held: dict[str, LeaseHolder | None] = {}  # None: free
         self._lookups = 0
         self._complete = False  # every held name is in `_held`
@@ -157,6 +176,7 @@ class Admissions:
         names = [key_name(decision.key), *(mutex_name(m) for m in decision.mutex)]
         if not self._pause_read:
             self._pause, self._pause_read = await self._guard.pause(self._conn), True
+            self._windows = await self._guard.windows(self._conn)
         refusal = await self._check(decision, now, self._pause)
         if decision.shadow or self._guard.dry_run:
             if refusal is None:
@@ -239,8 +259,9 @@ class Admissions:
         """The checks that need no lock, in order; the first refusal wins."""
         conn = self._conn
         policy = decision.policy
-        if pause:
-            return _Refusal("paused", f"remediation is paused: {pause.reason or '-'}")
+        stopped = _stopped(pause, self._windows, decision, now)
+        if stopped is not None:
+            return stopped
         if policy.max_attempts is not None:
             done = await self._store.decisions.attempts(
                 conn, decision.rule, decision.alert.incident
@@ -336,6 +357,28 @@ def _answer(
         refusal.block,
         refusal.holder,
         refusal.until,
+    )
+
+
+def _stopped(
+    pause: Pause | None, windows: list[MaintenanceWindow], decision: Decision, now: float
+) -> _Refusal | None:
+    """The pause, or a maintenance window in effect covering the decision's alert (unless
+    its rule ignores maintenance): the incident waits for the window's end (the last to
+    end, if several cover it)."""
+    if pause:
+        return _Refusal("paused", f"remediation is paused: {pause.reason or '-'}")
+    if decision.policy.maintenance == "ignore" or not windows:
+        return None
+    found = covering(windows, dict(decision.alert.labels), decision.host, now)
+    if found is None:
+        return None
+    window, until = found
+    return _Refusal(
+        "maintenance",
+        f"maintenance window {window.name!r} until {_when(until)}: {window.reason}",
+        block=f"maintenance:{window.name}",
+        until=until,
     )
 
 

@@ -48,6 +48,7 @@ class Decision:
     max_active: int | None = None
     max_active_basis: str = ""
     batch: RunBatch | None = None  # merged with others into one flow run (see dispatch)
+    host: str = ""  # the alert's host identity (`alert.host`), for maintenance windows
 
     @property
     def active_cap(self) -> int | None:
@@ -116,10 +117,16 @@ def decide(
         raise ValueError(f"rule {rule.name!r} runs no flow")
     context = template_context(match.alert, rule_vars, match.facts, catalog)
     parameters = render_value(rule.run.parameters, context)
-    if rule.guard.approval or context["service"].get("approval"):
+    # The service's tier's defaults: the stricter of them and the rule's wins.
+    defaults = catalog.defaults_of(context["service"]) if catalog else None
+    policy = defaults.tighten(rule.guard) if defaults else rule.guard
+    if policy.approval or context["service"].get("approval"):
         # Every remediation flow takes this: its run waits for a person in the Prefect UI.
         parameters["approval_required"] = True
-    max_active, basis = blast_radius(rule.guard, context["service"])
+    max_active, basis = blast_radius(policy, context["service"])
+    if defaults and defaults.max_active is not None and max_active is not None:
+        if defaults.max_active < max_active:
+            max_active, basis = defaults.max_active, "the tier's default"
     return Decision(
         rule=rule.name,
         flow=rule.run.flow,
@@ -127,11 +134,12 @@ def decide(
         key=guard_key(rule.name, rule.guard, context),
         alert=match.alert,
         mutex=tuple(sorted({render(name, context, name=True) for name in rule.guard.mutex})),
-        policy=rule.guard,
+        policy=policy,
         shadow=rule.shadow,
         max_active=max_active,
         max_active_basis=basis,
         batch=rule.run.batch,
+        host=context["alert"]["host"],
     )
 
 

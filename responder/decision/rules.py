@@ -59,6 +59,7 @@ def _parsed_matcher(text: str) -> Matcher:
     return parse_matcher(text)
 
 
+parsed_matcher = _parsed_matcher  # a matcher text parsed once (its checks passed)
 _valid_matcher = _parses_with(_parsed_matcher)
 _valid_template = _parses_with(compile_template)
 
@@ -161,6 +162,11 @@ class GuardSpec(Spec):
         False,
         description="Silence the alert in Alertmanager while the remediation runs "
         "(needs alertmanager_url); lifted when the run ends.",
+    )
+    maintenance: Literal["respect", "ignore"] = Field(
+        "respect",
+        description="`respect`: refuse while a maintenance window covers the alert (the "
+        "incident waits for its end); `ignore`: act in maintenance too (e.g. a page).",
     )
     act_when_resolved: bool = Field(
         False,

@@ -1,7 +1,9 @@
 """The service catalog (`config/services.yaml`): what each service is, and maintenance.
 
-Each service becomes a `service` fact and each maintenance window a `maintenance` fact, so
-rules join them instead of repeating tiers and owners:
+Each service becomes a `service` fact, so rules join it instead of repeating tiers and
+owners. Maintenance windows (`responder.decision.maintenance`) refuse every rule's decision on
+the alerts they cover, through the guard; a window that gives `labels` is also a
+`maintenance` fact while it is in effect, for rules that join it:
 
     when:   [{fact: service, where: ['name="{{ alert.labels.service }}"', 'tier="0"']}]
     unless: [{fact: maintenance, where: ['instance="{{ alert.labels.instance }}"']}]
@@ -12,13 +14,14 @@ Rule templates also see the alert's service entry as `service` (from its `servic
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
 from responder.decision.documents import Spec, load_document
+from responder.decision.maintenance import MAX_WINDOWS, MaintenanceWindow
+from responder.decision.tiers import TierDefaults
 from responder.events.facts import Fact
 from responder.events.webhook import LabelName
 from responder.exceptions import CatalogError
@@ -53,19 +56,28 @@ class ServiceSpec(Spec):
     )
 
 
-class MaintenanceWindow(Spec):
-    """No automatic remediation for matching labels until `until`."""
-
-    labels: dict[LabelName, str] = Field(min_length=1, description="e.g. {instance: host-9}")
-    until: datetime
-    reason: str = Field(min_length=1, max_length=1000)
-
-
 class ServiceCatalog(Spec):
     """The whole `services.yaml`."""
 
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
-    maintenance: list[MaintenanceWindow] = Field(default_factory=list)
+    tiers: dict[Annotated[int, Field(ge=0, le=9)], TierDefaults] = Field(
+        default_factory=dict,
+        description="Guard defaults by tier, which rules inherit and may only tighten.",
+    )
+    maintenance: list[MaintenanceWindow] = Field(
+        default_factory=list,
+        max_length=MAX_WINDOWS,
+        description="Maintenance windows (decision.maintenance): the guard refuses every "
+        "rule's decision on the alerts they cover while they are in effect.",
+    )
+
+    @property
+    def windows(self) -> tuple[MaintenanceWindow, ...]:
+        """The catalog's windows, each named (`catalog-N` where the file names none)."""
+        return tuple(
+            w if w.name else w.model_copy(update={"name": f"catalog-{i}"})
+            for i, w in enumerate(self.maintenance, start=1)
+        )
 
     def facts(self, now: float | None = None) -> list[Fact]:
         """The catalog as facts: one per service, one per live maintenance window."""
@@ -85,13 +97,15 @@ class ServiceCatalog(Spec):
             for name, spec in self.services.items()
         ]
         for window in self.maintenance:
-            until = window.until.timestamp()
-            if until > now:
+            # A window giving `labels` is a `maintenance` fact while in effect, for the
+            # rules that say `unless: [{fact: maintenance, ...}]`.
+            occurrence = window.occurrence(now) if window.labels else None
+            if occurrence is not None:
                 found.append(
                     Fact(
                         "maintenance",
                         {**window.labels, "reason": window.reason},
-                        until,
+                        occurrence[1],
                         source="catalog",
                     )
                 )
@@ -101,6 +115,11 @@ class ServiceCatalog(Spec):
         """The catalog entry of an alert's `service` label, for templates ({} if none)."""
         spec = self.services.get(labels.get("service", ""))
         return {} if spec is None else {"name": labels["service"], **spec.model_dump()}
+
+    def defaults_of(self, service: dict[str, Any]) -> TierDefaults | None:
+        """The guard defaults of a service's tier (its catalog entry); None if it has none."""
+        tier = service.get("tier")
+        return None if tier is None else self.tiers.get(int(tier))
 
 
 def load_services(path: Path) -> ServiceCatalog:

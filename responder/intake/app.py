@@ -20,7 +20,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from responder.exceptions import DocumentError, StoreUnavailable
-from responder.intake import alertmanager, approvals, catalog, events, fencing, health, operator
+from responder.intake import (
+    alertmanager,
+    approvals,
+    catalog,
+    events,
+    fencing,
+    health,
+    maintenance,
+    operator,
+)
 from responder.intake.auth import Access
 from responder.intake.errors import ERROR_SCHEMA, Refused, error, field_errors
 from responder.intake.ratelimit import RateLimit
@@ -47,7 +56,16 @@ def create_app(service: Service) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     # The routes themselves, not `include_router`: FastAPI includes a router lazily, and
     # `app.routes` would list the router instead of its routes (tests walk every route).
-    for routes in (alertmanager, events, operator, catalog, approvals, fencing, health):
+    for routes in (
+        alertmanager,
+        events,
+        operator,
+        catalog,
+        approvals,
+        maintenance,
+        fencing,
+        health,
+    ):
         app.router.routes.extend(routes.router.routes)
     return app
 

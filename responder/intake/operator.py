@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from responder.events.webhook import canonical_fingerprint
-from responder.exceptions import DocumentError, StoreUnavailable
+from responder.exceptions import CheckFailed, DocumentError, StoreUnavailable
 from responder.intake.auth import Operating, Reading, audit
 from responder.intake.bodies import documented_body, json_body
 from responder.intake.context import TheService
@@ -111,6 +111,8 @@ async def reload(who: Operating, service: TheService) -> JSONResponse:
     audit(who, "reloads the rules")
     try:
         book = await service.reload()
+    except CheckFailed as exc:
+        return error(400, str(exc), file=exc.file, line=exc.line, errors=exc.errors)
     except DocumentError as exc:
         return error(400, str(exc), file=exc.file, line=exc.line)
     except StoreUnavailable:

@@ -14,7 +14,12 @@ import math
 import time
 from typing import Any
 
-from responder.orchestration.flow_catalog import REMEDIATIONS, flow_names, load_flow
+from responder.orchestration.flow_catalog import (
+    REMEDIATIONS,
+    flow_names,
+    load_flow,
+    python_flows,
+)
 
 
 class AtCapacityOncePerMinute(logging.Filter):
@@ -45,8 +50,15 @@ def serve_flows(limit: int = 5) -> None:
 
     logging.getLogger("prefect.runner").addFilter(AtCapacityOncePerMinute())
 
+    # A flow of a `flows_dir` directory is no module of an installed package: its file.
+    outside = python_flows()
     deployments = [
-        load_flow(name).to_deployment(name=name, entrypoint_type=EntrypointType.MODULE_PATH)
+        load_flow(name).to_deployment(
+            name=name,
+            entrypoint_type=EntrypointType.FILE_PATH
+            if name in outside
+            else EntrypointType.MODULE_PATH,
+        )
         for name in flow_names()
     ]
     serve(*deployments, limit=limit, print_starting_message=False)
@@ -57,6 +69,9 @@ def entrypoint(name: str) -> str:
     if name in REMEDIATIONS:
         module, _, attribute = REMEDIATIONS[name].entry.partition(":")
         return f"{module.replace('.', '/')}.py:{attribute}"
+    outside = python_flows().get(name)
+    if outside is not None:  # a `flows_dir` file: where it is
+        return f"{outside[0]}:{outside[1]}"
     from responder.orchestration.flow_catalog import python_name
 
     return f"flows/yaml_flows.py:{python_name(name)}"

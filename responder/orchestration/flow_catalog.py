@@ -28,36 +28,44 @@ __all__ = [
     "PythonFlow",
     "catalog",
     "find",
+    "flow_dirs_environment",
     "flow_names",
     "load_flow",
     "load_flow_files",
+    "operation_names",
     "parameter_errors",
     "parameter_fields",
+    "python_flows",
     "python_name",
     "reload_flows",
+    "use_flow_dirs",
 ]
 
 
-def parameter_errors(flow: str, parameters: dict[str, Any]) -> list[dict[str, str]]:
-    """What the flow would refuse in these parameters; [] if they fit.
+def parameter_errors(
+    flow: str, parameters: dict[str, Any], *, fresh: bool = False
+) -> list[dict[str, str]]:
+    """What the flow would refuse in these parameters; [] if they fit. With `fresh`, as
+    the flow's file is now, keeping what was read of it before (a reload's check).
 
     Imports the flow, and Prefect with it, on first use.
     """
     from flows.catalog import parameter_errors as check
 
-    return check(flow, parameters)
+    return check(flow, parameters, fresh=fresh)
 
 
-def parameter_fields(flow: str) -> dict[str, tuple[bool, str]]:
+def parameter_fields(flow: str, *, fresh: bool = False) -> dict[str, tuple[bool, str]]:
     """Each parameter the flow takes: whether it is required, and its type as written.
 
     Imports the flow, and Prefect with it, on first use.
     """
     from flows.catalog import parameters_model
 
+    model = parameters_model.__wrapped__(flow) if fresh else parameters_model(flow)
     return {
         name: (info.is_required(), _type_name(info.annotation))
-        for name, info in parameters_model(flow).model_fields.items()
+        for name, info in model.model_fields.items()
     }
 
 
@@ -101,11 +109,38 @@ def python_name(flow: str) -> str:
 def load_flow_files(
     directory: Path | None = None, operations: set[str] | None = None
 ) -> dict[str, FlowSource]:
-    """Every YAML flow of `directory` (default: `flows/`) by name, validated."""
-    from flows.dsl import FLOWS_DIR
+    """Every YAML flow of `directory` (default: every flow directory) by name, validated."""
     from flows.dsl import load_flow_files as load
 
-    return load(directory or FLOWS_DIR, operations)
+    return load(directory, operations)
+
+
+def python_flows() -> dict[str, tuple[Path, str]]:
+    """The Python flows of the `flows_dir` directories by name: file and function."""
+    from flows.sources import python_flows as found
+
+    return found()
+
+
+def flow_dirs_environment(directories: list[Path]) -> dict[str, str]:
+    """The environment variables that give a flow runner these flow directories."""
+    from flows.sources import environment
+
+    return environment(directories)
+
+
+def use_flow_dirs(directories: list[Path]) -> None:
+    """Take flows from these directories too (the `flows_dir` setting)."""
+    from flows.sources import use_dirs
+
+    use_dirs(directories)
+
+
+def operation_names() -> set[str]:
+    """The names of every atomic operation a YAML flow's step may use (imports them)."""
+    from flows.operations import all_operations
+
+    return set(all_operations())
 
 
 def reload_flows() -> None:

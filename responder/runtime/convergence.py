@@ -37,6 +37,8 @@ FINAL_REFUSALS = {"max_attempts"}
 
 def why(row: DueIncident) -> str:
     """The reason a re-examined incident's new decisions are recorded with."""
+    if row.due and row.waiting_on == "maintenance":
+        return "re-examined: the maintenance windows changed"
     if row.due and row.waiting_on != "max_active":  # a run's end marks those due too
         return "re-examined: the rules changed"
     if row.waiting_on in HELD and row.block is not None:
@@ -47,6 +49,9 @@ def why(row: DueIncident) -> str:
         return "re-examined: the cooldown ended"
     if row.waiting_on == "budget":
         return "re-examined: the budget window moved on"
+    if row.waiting_on == "maintenance":
+        name = (row.block or "").partition(":")[2]
+        return f"re-examined: maintenance window {name} ended"
     if row.waiting_on == "paused":
         return "re-examined: remediation resumed"
     if row.waiting_on == "max_active":

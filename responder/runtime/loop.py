@@ -122,6 +122,7 @@ class EngineLoop:
         self._on_truncated = on_truncated
         self._truncated: list[AlertmanagerWebhook] = []
         self.pipeline = self._pipeline(Engine(book, partitions, clock), book, catalog)
+        guard.catalog_windows = catalog.windows
         self.running = False
         self.wake = asyncio.Event()
         # Held while a step runs, so a reload never swaps the engine mid-row.
@@ -181,6 +182,7 @@ class EngineLoop:
         # by one thread at a time: steps, the only other users, wait for the lock we hold.
         engine = await asyncio.to_thread(self._build, book, catalog, facts, firing)
         old, self.pipeline = self.engine, self._pipeline(engine, book, catalog)
+        self._guard.catalog_windows = catalog.windows
         old.close()
 
     def _build(

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from responder import metrics
 from responder.control import fencing, leases
 from responder.control import pause as remediation
 from responder.control.guard import Guard
+from responder.decision.maintenance import MaintenanceWindow
 from responder.decision.rules import Rule, RuleBook, load_rules
 from responder.decision.services import ServiceCatalog, load_services
 from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import DispatchError, DocumentError, StoreUnavailable
 from responder.orchestration.dispatch import Dispatcher
-from responder.orchestration.flow_catalog import parameter_errors
+from responder.orchestration.flow_catalog import parameter_errors, use_flow_dirs
 from responder.runtime.leadership import Leadership
 from responder.runtime.loop import EngineLoop
 from responder.runtime.recovery import Recovery
@@ -44,8 +47,18 @@ def _warm_parameter_checks() -> None:
 class Service:
     """Everything behind the HTTP app; `start` and `stop` bracket its life."""
 
-    def __init__(self, settings: Settings, *, prefect_api_url: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        prefect_api_url: str | None = None,
+        check: Callable[[Settings], None] | None = None,
+    ) -> None:
         self.settings = settings
+        # What `responder check` refuses, refused before any rule is loaded, at the start
+        # and on each reload (`authoring.check.refuse_errors`; the commands hand it here).
+        self._check = check
+        use_flow_dirs(settings.flows_dir)
         book, catalog = self._load()
         self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
         self.store.check_file()  # a damaged file stops start-up here, named, not in a traceback
@@ -97,6 +110,8 @@ class Service:
         return self.loop.book
 
     def _load(self) -> tuple[RuleBook, ServiceCatalog]:
+        if self._check is not None:
+            self._check(self.settings)
         return (
             load_rules([self.settings.rules_dir], known_flows()),
             load_services(self.settings.services_file),
@@ -108,6 +123,9 @@ class Service:
             # Parsing and compiling thousands of rules takes seconds: not on the event loop.
             book, catalog = await asyncio.to_thread(self._load)
             await self.loop.use(book, catalog)
+            # The flows as they passed the check are the ones in force: read them now, so
+            # that a flow file broken later fails the next reload, not the decisions.
+            await asyncio.to_thread(_warm_parameter_checks)
         except (DocumentError, StoreUnavailable) as exc:
             metrics.RELOADS.labels(result="failure").inc()
             metrics.RELOAD_SUCCESS.set(0)
@@ -121,10 +139,11 @@ class Service:
 
     def _files_stamp(self) -> tuple[tuple[str, float, int], ...]:
         paths = [self.settings.services_file]
-        if self.settings.rules_dir.is_dir():
-            paths.extend(sorted(self.settings.rules_dir.iterdir()))
-        else:
-            paths.append(self.settings.rules_dir)
+        for directory in [self.settings.rules_dir, *self.settings.flows_dir]:
+            if directory.is_dir():
+                paths.extend(sorted(directory.iterdir()))
+            else:
+                paths.append(directory)
         stamp = []
         for path in paths:
             with contextlib.suppress(OSError):
@@ -133,7 +152,8 @@ class Service:
         return tuple(stamp)
 
     async def _watch_files(self) -> None:
-        """Reload when a rule file or the catalog changes (checked every few seconds)."""
+        """Reload when a rule file, a `flows_dir` flow file or the catalog changes (checked
+        every few seconds)."""
         while True:
             await asyncio.sleep(self.settings.reload_check_seconds)
             try:
@@ -263,6 +283,40 @@ class Service:
         """Lift the pause; if this replica leads, its waiting incidents are asked at once."""
         await remediation.resume(self.store)
         self.loop.recheck_now()
+
+    async def add_window(self, window: MaintenanceWindow, by: str) -> str | None:
+        """Keep a maintenance window (the guard reads it from the next transaction on);
+        None, or why not (its name is taken, by a kept window or the catalog's)."""
+        assert window.name is not None
+        if window.name in {w.name for w in self.loop.catalog.windows}:
+            return f"the catalog has a maintenance window named {window.name!r}"
+        spec = window.model_dump(mode="json", exclude_defaults=True)
+        return await self.store.maintenance.add(window.name, spec, by, time.time())
+
+    async def remove_window(self, name: str) -> bool:
+        """Forget a kept window; the incidents waiting on a window are decided again."""
+        if not await self.store.maintenance.remove(name):
+            return False
+        async with self.store.transaction() as conn:
+            await self.store.incidents.ask_again_waiting_on(conn, "maintenance")
+        self.loop.recheck_now()
+        return True
+
+    async def windows(self) -> list[dict[str, Any]]:
+        """Every maintenance window, the catalog's and the kept ones, as shown."""
+        now = time.time()
+        shown = [{**w.shown(now), "source": "catalog"} for w in self.loop.catalog.windows]
+        for row in await self.store.maintenance.listed():
+            window = MaintenanceWindow.model_validate(row["spec"])
+            shown.append(
+                {
+                    **window.shown(now),
+                    "source": "api",
+                    "created_by": row["created_by"],
+                    "created_at": row["created_at"],
+                }
+            )
+        return shown
 
     async def guard_state(self) -> dict[str, Any]:
         """The pause switch, held keys and mutexes, and cooling keys."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from responder.exceptions import ResponderError
+from responder.orchestration.flow_catalog import flow_dirs_environment
 
 if TYPE_CHECKING:
     from responder.settings import Settings
@@ -63,6 +64,7 @@ def worker_environment(settings: Settings) -> dict[str, str]:
         env["RESPONDER_TOKEN"] = token
     if settings.tls_enabled:  # a self-signed certificate verifies itself
         env["RESPONDER_CA_FILE"] = os.environ.get("RESPONDER_CA_FILE") or str(settings.tls_certfile)
+    env.update(flow_dirs_environment(settings.flows_dir))  # its flows come from there too
     return env
 
 

@@ -37,8 +37,8 @@ _RANKS = {state: rank for rank, state in enumerate(IncidentState)}
 
 # Refusals whose block clears when a guard name is free again.
 HELD = ("key_active", "mutex_held")
-# Refusals whose block clears at a time (`until`).
-TIMED = ("cooldown", "budget")
+# Refusals whose block clears at a time (`until`): a maintenance window's end too.
+TIMED = ("cooldown", "budget", "maintenance")
 # Most waiting incidents listed for operators.
 WAITING_SHOWN = 100
 
@@ -167,6 +167,20 @@ class Incidents:
             .values(due=True)
         )
         return int(result.rowcount or 0)
+
+    @staticmethod
+    async def ask_again_waiting_on(conn: AsyncConnection, refusal: str) -> None:
+        """Mark every firing incident waiting on `refusal` due (e.g. a maintenance window
+        was removed: the incidents it refused need not wait for its end)."""
+        await conn.execute(
+            update(incidents)
+            .where(
+                incidents.c.firing == true(),
+                incidents.c.state == IncidentState.WAITING.value,
+                incidents.c.waiting_on == refusal,
+            )
+            .values(due=True)
+        )
 
     @staticmethod
     async def next_until(conn: AsyncConnection) -> float | None:

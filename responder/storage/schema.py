@@ -206,3 +206,15 @@ timers = Table(
 def key_digest(key: str) -> str:
     """A guard name's digest: names are rendered from hostile labels and may be long."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# Maintenance windows added through the API or the CLI (the catalog's are in its file):
+# `spec` is the window as `decision.maintenance.MaintenanceWindow` validated it.
+maintenance_windows = Table(
+    "maintenance_windows",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("spec", JSON, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+)

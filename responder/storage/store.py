@@ -1,7 +1,8 @@
 """The store: Responder's persistence, one object per process, grouped by tables.
 
 `store.inbox`, `store.alerts`, `store.facts`, `store.decisions`, `store.approvals`,
-`store.silences`, `store.leases`, `store.switches`, `store.incidents` and `store.timers` each own a
+`store.silences`, `store.leases`, `store.switches`, `store.incidents`, `store.timers` and
+`store.maintenance` each own a
 group of tables (`store.fencing` reads across three of them); the store itself is the database
 they share (engine, transactions, migrations, health). It decides nothing: admission, release,
 cooldowns, lease expiry and the pause are `responder.control`'s.
@@ -18,6 +19,7 @@ from responder.storage.fencing import Fencing
 from responder.storage.inbox import Inbox
 from responder.storage.incidents import Incidents
 from responder.storage.leases import Leases
+from responder.storage.maintenance import MaintenanceWindows
 from responder.storage.silences import Silences
 from responder.storage.switches import Switches
 from responder.storage.timers import Timers
@@ -38,4 +40,5 @@ class Store(Database):
         self.switches = Switches(self)
         self.incidents = Incidents(self)
         self.timers = Timers(self)
+        self.maintenance = MaintenanceWindows(self)
         self.fencing = Fencing(self)

@@ -270,3 +270,59 @@ def test_a_broken_catalog_is_one_more_error_and_the_rules_are_still_checked(
     assert result.exit_code == 1
     assert f"{tmp_path / 'services.yaml'}:2:15: error: services.web.tier:" in result.output
     assert "7 error(s)" in result.output  # the catalog's, and the 6 of PAGES
+
+
+TIERED = """\
+rules:
+  - name: restart-checkout
+    match: ['alertname="Down"', 'service="checkout"']
+    run: {flow: http-call, parameters: {url: "http://ctl/restart"}}
+    guard:
+      key: "restart/{{ alert.labels.instance }}"
+      cooldown: 1m
+      approval: false
+  - name: restart-critical
+    match: ['alertname="Down"']
+    when: [{fact: service, where: ['name="{{ alert.labels.service }}"', 'tier="0"']}]
+    run: {flow: http-call, parameters: {url: "http://ctl/restart"}}
+    guard: {key: "restart/{{ alert.labels.instance }}", max_attempts: 5}
+  - name: restart-search
+    match: ['alertname="Down"', 'service=~"search|web"']
+    run: {flow: http-call, parameters: {url: "http://ctl/restart"}}
+    guard: {key: "restart/{{ alert.labels.instance }}", cooldown: 1h, max_attempts: 1}
+"""
+
+
+def test_a_rule_that_loosens_its_tiers_defaults_is_an_error_at_the_key(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "tiered.yaml").write_text(TIERED)
+    settings = config(tmp_path)
+    (tmp_path / "services.yaml").write_text(
+        "services:\n"
+        "  checkout: {tier: 0}\n"
+        "  search: {tier: 2}\n"
+        "tiers:\n"
+        "  0: {approval: true, cooldown: 10m, max_attempts: 2}\n"
+        "  2: {cooldown: 5m}\n"
+    )
+    result = CliRunner().invoke(app, ["check", "--config", str(settings), str(tmp_path / "rules")])
+    assert result.exit_code == 1, result.output
+    prefix = f"{tmp_path / 'rules'}/"
+    found = [
+        line.removeprefix(prefix)
+        for line in result.output.splitlines()
+        if line.startswith(prefix) and ": error: " in line
+    ]
+    assert [f.split(": error: ")[0] for f in found] == [
+        "tiered.yaml:7:17",
+        "tiered.yaml:8:17",
+        "tiered.yaml:13:71",
+    ], result.output
+    assert found[0].endswith(
+        "rule 'restart-checkout': guard.cooldown 60s is looser than 600s, the default of tier "
+        "0 (service checkout); a rule may tighten its tier's defaults, never loosen them"
+    )
+    assert "guard.approval false is looser than true" in found[1]
+    assert "guard.max_attempts 5 is looser than 2, the default of tier 0 (when service " in found[2]
+    # restart-search tightens tier 2's cooldown and sets what tier 2 leaves alone: no finding.
+    assert "3 error(s)" in result.output

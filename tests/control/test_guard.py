@@ -321,9 +321,11 @@ async def test_refusals_in_one_transaction_cost_no_statement_each(store: Store) 
         admissions = guard.within(conn, ledger)
         with statements(store) as sent:
             answers = [await admissions.admit(decision(fp=f"{i:x}"), 1) for i in range(1, 101)]
-        # The pause switch once; the first decision's own names, then every held name once.
-        assert len(sent) == 3, sent
-        assert "WHERE leases.key_digest IN" in sent[1] and "WHERE" not in sent[2], sent
+        # The pause switch and the maintenance windows once; the first decision's own
+        # names, then every held name once.
+        assert len(sent) == 4, sent
+        assert "FROM maintenance_windows" in sent[1], sent
+        assert "WHERE leases.key_digest IN" in sent[2] and "WHERE" not in sent[3], sent
         await ledger.flush()
     assert {a.refusal for a in answers} == {"key_active"}
     assert f"held by decision {first.decision_id}" in answers[0].reason

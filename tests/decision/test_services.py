@@ -29,7 +29,7 @@ def test_missing_file_is_an_empty_catalog(tmp_path: Path) -> None:
         (
             "maintenance:\n  - {labels: {}, until: 2026-01-01T00:00:00Z, reason: x}\n",
             2,
-            "at least 1",
+            "a window needs match, services or hosts",
         ),
     ],
 )

@@ -23,9 +23,12 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from responder.authoring.check import refuse_errors
 from responder.cli.operator import incident_state
 from responder.control import leases
+from responder.decision.rules import load_rules
 from responder.exceptions import ConfigError
+from responder.orchestration.flow_catalog import use_flow_dirs
 from responder.runtime.service import Service
 from responder.settings import load_settings
 from tests.helpers import (
@@ -60,11 +63,13 @@ async def make_client(
     if backend == "postgresql":
         await reset_postgres()
 
-    async def factory(**overrides: Any) -> tuple[httpx.AsyncClient, Service]:
+    async def factory(
+        check: Callable[[Any], None] | None = None, **overrides: Any
+    ) -> tuple[httpx.AsyncClient, Service]:
         if backend == "postgresql":
             overrides.setdefault("database_url", POSTGRES_URL)
         settings = make_settings(tmp_path, rules_dir, **overrides)
-        service = Service(settings, prefect_api_url=None)
+        service = Service(settings, prefect_api_url=None, check=check)
         await service.start()
         services.append(service)
         client = app_client(service)
@@ -522,6 +527,78 @@ async def test_reload_keeps_the_old_rules_when_the_new_ones_are_bad(
     assert [d["rule"] for d in await decisions(client)] == ["disk-full", "disk-full"]
 
 
+async def test_reload_refuses_what_responder_check_calls_errors(
+    make_client: ClientFactory, rules_dir: Path
+) -> None:
+    client, service = await make_client(check=refuse_errors)
+    (rules_dir / "disk.yaml").write_text(EXTRA_RULE)
+    assert (await client.post("/-/reload")).json()["rules"] == 2
+    # Both load (the YAML and the keys are right); `responder check` finds two errors.
+    bad = EXTRA_RULE.replace('{{ alert.labels.instance }}"}}', '{{ vars.pagerurl }}", tmeout: 3}}')
+    (rules_dir / "disk.yaml").write_text(bad)
+    load_rules([rules_dir])
+    response = await client.post("/-/reload")
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert (body["file"], body["line"]) == (str(rules_dir / "disk.yaml"), 5)
+    assert [(e["line"], e["message"].split(":")[0]) for e in body["errors"]] == [
+        (5, "rule 'disk-full'"),
+        (5, "rule 'disk-full'"),
+    ]
+    messages = " ".join(e["message"] for e in body["errors"])
+    assert "vars.pagerurl" in messages and "tmeout" in messages, messages
+    assert "(and 1 more error(s))" in body["error"]
+    assert len(service.book.rules) == 2
+    assert [r.run.parameters["url"] for r in service.book.rules if r.name == "disk-full"] == [
+        "http://127.0.0.1:9/{{ alert.labels.instance }}"
+    ]
+
+
+NOTIFY_FLOW = """\
+flow: notify-ops
+description: Tell the operators.
+risk: low
+parameters:
+  url: {type: url}
+steps:
+  - name: tell
+    op: http.request
+    with: {method: POST, url: "{{ params.url }}"}
+"""
+NOTIFY_RULE = """\
+rules:
+  - name: notify-disk
+    match: ['alertname="DiskAlmostFull"']
+    run: {flow: notify-ops, parameters: {url: "http://127.0.0.1:9/{{ alert.labels.instance }}"}}
+    guard: {key: "notify/{{ alert.labels.instance }}"}
+"""
+
+
+async def test_a_broken_flow_file_fails_the_reload_and_the_old_flows_and_rules_stay(
+    make_client: ClientFactory, rules_dir: Path, tmp_path: Path
+) -> None:
+    more = tmp_path / "more-flows"
+    more.mkdir()
+    (more / "notify.yaml").write_text(NOTIFY_FLOW)
+    client, service = await make_client(check=refuse_errors, flows_dir=[more])
+    try:
+        (rules_dir / "notify.yaml").write_text(NOTIFY_RULE)
+        assert (await client.post("/-/reload")).json()["rules"] == 2
+        (more / "notify.yaml").write_text(NOTIFY_FLOW.replace("{type: url}", "{type: uri}"))
+        response = await client.post("/-/reload")
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert (body["file"], body["line"]) == (str(more / "notify.yaml"), 5), body
+        assert "parameters.url.type" in body["error"]
+        # The rules and the flow in force still decide: the alert runs notify-ops.
+        await post(client, "firing_group_diskalmostfull_2_hosts")
+        await wait_for(lambda: settled(service))
+        found = {(d["rule"], d["verdict"]) for d in await decisions(client)}
+        assert found == {("notify-disk", "admitted")}, await decisions(client)
+    finally:
+        use_flow_dirs([])
+
+
 async def test_a_changed_rule_file_is_reloaded_by_itself(
     make_client: ClientFactory, rules_dir: Path
 ) -> None:
@@ -937,6 +1014,8 @@ CHANGES = {
     ("POST", "/api/v1/approvals/{flow_run_id}/approve"): "approve",
     ("POST", "/api/v1/approvals/{flow_run_id}/reject"): "approve",
     ("POST", "/api/v1/fencing"): "read",  # a flow run's question: it changes nothing
+    ("POST", "/api/v1/maintenance"): "operate",
+    ("DELETE", "/api/v1/maintenance/{name}"): "operate",
 }
 MAY = {
     "viewer": {"read"},
@@ -982,6 +1061,9 @@ async def test_every_operator_route_takes_exactly_the_roles_that_may_use_it(
                 body["key"] = f"walk/{role}"
                 body["parameters"] |= {"restart_url": "http://127.0.0.1:9/r"}
                 body["parameters"] |= {"health_url": "http://127.0.0.1:9/h"}
+            if route.path == "/api/v1/maintenance":  # a window per role: names are unique
+                body = {"name": f"walk-{role}", "reason": "walk", "end": "2099-01-01T00:00:00Z"}
+                body["hosts"] = [f"{role}-host"]
             response = await client.request(
                 method,
                 route.path.format(**values),
@@ -990,8 +1072,8 @@ async def test_every_operator_route_takes_exactly_the_roles_that_may_use_it(
             )
             what = f"{method} {route.path} as {role}: {response.status_code} {response.text}"
             if action in MAY[role]:
-                # A real answer: 200/202, or 404 for the unknown alert or waiting run.
-                assert response.status_code in (200, 202, 404), what
+                # A real answer: 200/201/202, or 404 for the unknown alert or waiting run.
+                assert response.status_code in (200, 201, 202, 404), what
                 if response.status_code == 404:
                     assert "{" in route.path, what
                 walked[role].add(f"{method} {route.path}")

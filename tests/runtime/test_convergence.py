@@ -452,3 +452,117 @@ async def test_a_resolved_incidents_record_is_forgotten_after_a_week(
     await r.settle()
     assert (await store.incidents.counts())["resolved"] == 0
     assert len(await r.admitted("Down")) == 1  # the decision log keeps it
+
+
+def window(name: str, start: float, end: float, **fields: Any) -> dict[str, Any]:
+    """A maintenance window's spec, as the API keeps it."""
+    return {
+        "name": name,
+        "reason": f"{name} work",
+        "start": datetime.fromtimestamp(start, UTC).isoformat(),
+        "end": datetime.fromtimestamp(end, UTC).isoformat(),
+        **fields,
+    }
+
+
+async def test_a_maintenance_window_refuses_and_its_end_decides_the_incident_again(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART)
+    now = r.clock.now
+    spec = window("kernel", now - 60, now + 3600, hosts=["H1"])
+    assert await store.maintenance.add("kernel", spec, "alice", now) is None
+    await r.send(r.alert("Down", "h1:9100"), r.alert("Down", "h2"))
+
+    decisions = await r.decisions("Down")
+    [refused] = [d for d in decisions if d["labels"]["instance"] == "h1:9100"]
+    assert (refused["verdict"], refused["refusal"]) == ("refused", "maintenance")
+    assert (
+        refused["reason"] == "maintenance window 'kernel' until 2026-01-01T01:00:00Z: kernel work"
+    )
+    [waiting] = await store.incidents.waiting()
+    assert (waiting["waiting_on"], waiting["block"]) == ("maintenance", "maintenance:kernel")
+    assert waiting["until"] == now + 3600
+    assert len(await r.admitted("Down")) == 1  # h2's
+
+    # The leader stops while the window is in effect; a new one finds the wait in the store.
+    r.clock.now = now + 1800
+    await r.new_leader()
+    await r.settle()
+    assert len(await r.admitted("Down")) == 1
+
+    r.clock.now = now + 3601
+    await r.settle()
+    admitted = [d for d in await r.admitted("Down") if d["labels"]["instance"] == "h1:9100"]
+    assert len(admitted) == 1
+    assert admitted[0]["reason"].startswith("re-examined: maintenance window kernel ended; ")
+
+
+async def test_a_rule_that_ignores_maintenance_acts_in_a_window(
+    store: Store, tmp_path: Path
+) -> None:
+    pager = """
+  - name: page
+    match: ['alertname="Down"']
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/page"}}
+    guard: {key: "page/{{ alert.labels.instance }}", maintenance: ignore}
+"""
+    r = await responder(store, tmp_path, RESTART + pager)
+    now = r.clock.now
+    spec = window("all", now - 60, now + 3600, match=['alertname=~".+"'])
+    await store.maintenance.add("all", spec, "alice", now)
+    await r.send(r.alert("Down", "h1"))
+    verdicts = {d["rule"]: d["refusal"] or d["verdict"] for d in await r.decisions("Down")}
+    assert verdicts == {"restart": "maintenance", "page": "admitted"}
+
+
+async def test_a_recurring_window_refuses_in_each_occurrence_only(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART)
+    now = r.clock.now  # 2026-01-01T00:00Z, a Thursday
+    # Every Thursday 00:30 to 01:30 in Paris (UTC+1 in winter): 23:30 to 00:30 UTC.
+    spec = {
+        "name": "thursdays",
+        "reason": "weekly patching",
+        "start": "2025-12-04T00:30:00",
+        "end": "2025-12-04T01:30:00",
+        "timezone": "Europe/Paris",
+        "recurrence": "FREQ=WEEKLY;BYDAY=TH",
+        "match": ['instance="h1"'],
+    }
+    await store.maintenance.add("thursdays", spec, "alice", now)
+    await r.send(r.alert("Down", "h1"))
+    [refused] = await r.decisions("Down")
+    assert refused["reason"].startswith("maintenance window 'thursdays' until 2026-01-01T00:30:00Z")
+
+    r.clock.now = now + 1801  # the occurrence ended
+    await r.settle()
+    assert len(await r.admitted("Down")) == 1
+    await r.finish("restart")
+    await r.send(r.alert("Down", "h1", "resolved"))
+    r._started.clear()
+
+    r.clock.now = now + 7 * 86400 - 600  # the next Thursday, 23:50 UTC: in effect again
+    await r.send(r.alert("Down", "h1"))
+    assert [d["refusal"] for d in await r.decisions("Down")][-1] == "maintenance"
+
+
+async def test_removing_a_window_decides_the_incidents_it_refused_at_once(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await responder(store, tmp_path, RESTART)
+    now = r.clock.now
+    await store.maintenance.add(
+        "kernel", window("kernel", now, now + 86400, hosts=["h1"]), "a", now
+    )
+    await r.send(r.alert("Down", "h1"))
+    assert [d["refusal"] for d in await r.decisions("Down")] == ["maintenance"]
+
+    assert await store.maintenance.remove("kernel")
+    async with store.transaction() as conn:
+        await store.incidents.ask_again_waiting_on(conn, "maintenance")
+    await r.settle()
+
+    [run] = await r.admitted("Down")
+    assert run["reason"].startswith("re-examined: the maintenance windows changed; ")

@@ -3,6 +3,7 @@ token its runs present when they ask before acting, and heartbeats."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,10 @@ def test_the_runner_s_token_comes_from_the_environment_or_the_settings(
     assert worker_environment(webhook_only)["RESPONDER_TOKEN"] == "hook"
     monkeypatch.setenv("RESPONDER_TOKEN", "mine")
     assert worker_environment(named)["RESPONDER_TOKEN"] == "mine"
+
+
+def test_the_runner_takes_the_flows_of_flows_dir_too(tmp_path: Path, rules_dir: Path) -> None:
+    more = tmp_path / "more"
+    settings = make_settings(tmp_path, rules_dir, flows_dir=[more, Path("relative")])
+    env = worker_environment(settings)
+    assert env["RESPONDER_FLOWS_PATH"] == f"{more}{os.pathsep}{Path('relative').resolve()}"
