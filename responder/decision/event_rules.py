@@ -118,7 +118,7 @@ class EventRules:
     ) -> tuple[list[Match], list[Absence]]:
         """The event rules that hold for `event`, and the absence timers it starts."""
         if event.source in (SCHEDULE_SOURCE, ABSENCE_SOURCE):
-            return self._own_rule(event, facts), []
+            return self._own_rule(event, facts), []  # for the rule it names only
         now = self._clock()
         flat = event.flat()
         alert = event.as_alert()
