@@ -28,7 +28,7 @@ from responder.decision.escalation import (
     exhausted_fact,
     next_attempt,
 )
-from responder.decision.event_rules import ABSENCE_SOURCE, Absence, EventRules
+from responder.decision.event_rules import ABSENCE_SOURCE, Absence, EventRules, HeldFacts
 from responder.decision.manual import decision_for, rule_policy
 from responder.decision.rules import RuleBook
 from responder.decision.schedules import SCHEDULE_SOURCE
@@ -174,7 +174,8 @@ class Pipeline:
             await self._assert(work, event.fact(self._fact_expiry()), inbox_id, 0)
         if not self.events.rules:
             return
-        matches, absences = self.events.match(event, self.engine.facts(), self.engine.all_held)
+        held = HeldFacts(self.engine.facts)
+        matches, absences = self.events.match(event, held, self.engine.all_held)
         for absence in absences:
             work.await_follower(absence, inbox_id)
         await self._apply(work, matches, inbox_id, 0, settled=True)
