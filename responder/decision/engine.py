@@ -122,6 +122,7 @@ class Engine:
         self._arrival: dict[str, int] = {}
         self._arrived = 0
         self._facts: dict[str, Fact] = {}
+        self._named: dict[str, dict[str, Fact]] = {}  # the same facts, by name
         self._fact_expiry: list[tuple[float, str]] = []
         # (when, rule, incident): firing_for rules coming due
         self._due: list[tuple[float, str, str]] = []
@@ -176,6 +177,9 @@ class Engine:
 
     def facts(self) -> list[Fact]:
         return list(self._facts.values())
+
+    def facts_named(self, name: str) -> list[Fact]:
+        return list(self._named.get(name, {}).values())
 
     def holds_alert(self, incident: str) -> bool:
         return incident in self._alerts
@@ -247,7 +251,7 @@ class Engine:
     def assert_fact(self, fact: Fact) -> list[Match]:
         """Hold a fact in every partition (a new expiry refreshes a held one)."""
         known = self._facts.get(fact.id)
-        self._facts[fact.id] = fact
+        self._facts[fact.id] = self._named.setdefault(fact.name, {})[fact.id] = fact
         heapq.heappush(self._fact_expiry, (fact.expires_at, fact.id))
         if known is not None:
             return []
@@ -300,6 +304,7 @@ class Engine:
         fact = self._facts.pop(fid, None)
         if fact is None:
             return
+        del self._named[fact.name][fid]
         for group in self._groups.values():
             if fact.name in group.facts:
                 for sid in group.primed:
@@ -444,12 +449,11 @@ class Engine:
 
     def _fact_failure(self, rule: Rule, alert: Alert) -> str | None:
         """The first `when` or `unless` condition that fails for `alert`, if any."""
-        facts = list(self._facts.values())
         for condition in rule.when:
-            if not any(fact_meets(f, condition, alert) for f in facts):
+            if not any(fact_meets(f, condition, alert) for f in self.facts_named(condition.fact)):
                 return f"when: no fact {condition.fact} with {condition.where}"
         for condition in rule.unless:
-            for fact in facts:
+            for fact in self.facts_named(condition.fact):
                 if fact_meets(fact, condition, alert):
                     return f"unless: fact {fact.name} {dict(fact.fields)} holds"
         return None

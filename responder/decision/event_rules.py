@@ -34,19 +34,11 @@ ABSENCE_TYPE = "responder.absence"
 
 
 class HeldFacts:
-    """The facts the engine holds, read once per event and only if a rule needs them, by
-    name (an event rule's `when` looks at the facts of one name, not at every event fact)."""
+    """The facts the engine holds, by name: an event rule's `when` looks at the facts of one
+    name, not at every event fact held."""
 
-    def __init__(self, read: Callable[[], list[Fact]]) -> None:
-        self._read = read
-        self._by_name: dict[str, list[Fact]] | None = None
-
-    def named(self, name: str) -> list[Fact]:
-        if self._by_name is None:
-            self._by_name = {}
-            for fact in self._read():
-                self._by_name.setdefault(fact.name, []).append(fact)
-        return self._by_name.get(name, [])
+    def __init__(self, named: Callable[[str], list[Fact]]) -> None:
+        self.named = named
 
 
 @dataclass(frozen=True)

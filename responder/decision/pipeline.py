@@ -174,7 +174,7 @@ class Pipeline:
             await self._assert(work, event.fact(self._fact_expiry()), inbox_id, 0)
         if not self.events.rules:
             return
-        held = HeldFacts(self.engine.facts)
+        held = HeldFacts(self.engine.facts_named)
         matches, absences = self.events.match(event, held, self.engine.all_held)
         for absence in absences:
             work.await_follower(absence, inbox_id)

@@ -36,7 +36,7 @@ async def fire(store: Store, work: Work, pipeline: Pipeline, timer: Timer, now: 
     event: CloudEvent | None = None
     if timer.kind == ABSENCE and rule is not None and rule.not_followed_by is not None:
         first = CloudEvent.model_validate_json(timer.payload or "{}")
-        if pipeline.events.follower_held(rule, first, HeldFacts(pipeline.engine.facts)):
+        if pipeline.events.follower_held(rule, first, HeldFacts(pipeline.engine.facts_named)):
             log.info("absence %s: the follower of %s came", rule.name, first.id)
             return
         event = absence_event(rule.name, first, now)
