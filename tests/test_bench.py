@@ -57,3 +57,10 @@ async def test_the_replay_bench_decides_every_alert_in_both_replays() -> None:
     result = await bench("replay").replayed_per_second(40)  # asserts every alert is decided
     assert result["alerts"] == 40
     assert result["alerts_per_s"] > 0
+
+
+async def test_the_event_bench_decides_every_matching_event_once(tmp_path: Path) -> None:
+    result = await bench("events").decided_per_second(
+        f"sqlite+aiosqlite:///{tmp_path}/e.db", 5, 400
+    )
+    assert result["decided_per_s"] > 0  # it asserts internally: one decision per matching event

@@ -49,6 +49,9 @@ class Decision:
     max_active_basis: str = ""
     batch: RunBatch | None = None  # merged with others into one flow run (see dispatch)
     host: str = ""  # the alert's host identity (`alert.host`), for maintenance windows
+    # Decided on an event: no incident fires, so none is tracked, and its run may act
+    # whatever alert resolves (an event resolves nothing).
+    from_event: bool = False
 
     @property
     def active_cap(self) -> int | None:
@@ -85,14 +88,17 @@ def template_context(
     rule_vars: Mapping[str, str],
     facts: Mapping[str, Mapping[str, str]] | None = None,
     catalog: ServiceCatalog | None = None,
+    event: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a rule template sees.
 
     `alert` (labels are data; `alert.host` is its host identity, see `responder.decision.hosts`),
-    the `facts` its `when` joined, the catalog entry of its `service` label, and `vars`.
+    the `facts` its `when` joined, the catalog entry of its `service` label, and `vars`; an
+    event rule's templates see `event` too (type, source, subject, id, time, data).
     """
     service = catalog.service_of(dict(alert.labels)) if catalog else {}
-    return {
+    context: dict[str, Any] = {} if event is None else {"event": dict(event)}
+    return context | {
         "alert": {
             "host": host_of(alert.labels, service),
             "labels": dict(alert.labels),
@@ -115,7 +121,7 @@ def decide(
     rule = match.rule
     if rule.run is None or rule.guard is None:
         raise ValueError(f"rule {rule.name!r} runs no flow")
-    context = template_context(match.alert, rule_vars, match.facts, catalog)
+    context = template_context(match.alert, rule_vars, match.facts, catalog, match.event)
     parameters = render_value(rule.run.parameters, context)
     # The service's tier's defaults: the stricter of them and the rule's wins.
     defaults = catalog.defaults_of(context["service"]) if catalog else None
@@ -140,6 +146,7 @@ def decide(
         max_active_basis=basis,
         batch=rule.run.batch,
         host=context["alert"]["host"],
+        from_event=match.event is not None,
     )
 
 
@@ -160,6 +167,6 @@ def fact_for(
     spec = match.rule.assert_
     if spec is None:
         raise ValueError(f"rule {match.rule.name!r} asserts no fact")
-    context = template_context(match.alert, rule_vars, match.facts, catalog)
+    context = template_context(match.alert, rule_vars, match.facts, catalog, match.event)
     fields = {name: render(template, context) for name, template in spec.fields.items()}
     return Fact(spec.fact, fields, now + spec.ttl, source=f"rule:{match.rule.name}")

@@ -35,7 +35,7 @@ from responder.exceptions import StoreUnavailable
 from responder.orchestration.decision_events import RefusedDecision
 from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import reload_flows
-from responder.runtime import convergence
+from responder.runtime import convergence, event_timers
 from responder.runtime.work import Work
 from responder.storage.inbox import InboxSource, PendingMessage
 from responder.storage.incidents import IncidentState
@@ -184,6 +184,10 @@ class EngineLoop:
         old, self.pipeline = self.engine, self._pipeline(engine, book, catalog)
         self._guard.catalog_windows = catalog.windows
         old.close()
+        rows = event_timers.schedule_rows(book, self._clock())
+        if rows:  # each schedule rule's next tick, unless one is set (durable: kept)
+            async with self._store.turn(), self._store.transaction() as conn:
+                await self._store.timers.arm(conn, rows)
 
     def _build(
         self, book: RuleBook, catalog: ServiceCatalog, facts: list[Fact], firing: list[Alert]
@@ -429,12 +433,15 @@ class EngineLoop:
     def _next_alerts(
         rows: list[tuple[int, int, list[Any]]], row: int, item: int, count: int
     ) -> list[Alert]:
-        """The alerts among the next `count` items, from `item` of `row` on."""
+        """The alerts (and events, as alerts) among the next `count` items, from `item` of
+        `row` on."""
         alerts: list[Alert] = []
         left = count
         while row < len(rows) and left > 0:
             upcoming = rows[row][2][item : item + left]
-            alerts.extend(a for a in upcoming if isinstance(a, Alert))
+            for a in upcoming:  # an event's identity is an alert's (`CloudEvent.as_alert`)
+                if isinstance(a, Alert | CloudEvent):
+                    alerts.append(a if isinstance(a, Alert) else a.as_alert())
             left -= len(upcoming)
             row += 1
             item = rows[row][1] if row < len(rows) else 0
