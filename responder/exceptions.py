@@ -7,7 +7,8 @@
     │   ├── RuleError          ...a rule file
     │   │   └── MatcherError   a label matcher that cannot be parsed
     │   ├── FlowFileError      ...a YAML flow file
-    │   └── CatalogError       ...the service catalog (config/services.yaml)
+    │   ├── CatalogError       ...the service catalog (config/services.yaml)
+    │   └── MappingError       ...a JSON webhook's mapping (config/mappings/*.yaml)
     ├── TemplateError          a template that cannot render for this alert
     ├── PayloadError           what `responder simulate` was given is not a webhook
     ├── EngineRejected         durable_rules refused a message as already observed
@@ -88,6 +89,10 @@ class FlowFileError(DocumentError):
 
 class CatalogError(DocumentError):
     """The service catalog is invalid."""
+
+
+class MappingError(DocumentError):
+    """A JSON webhook's mapping file (config/mappings/*.yaml) is invalid."""
 
 
 class MatcherError(RuleError):

@@ -1,9 +1,9 @@
 """The HTTP API: the app factory, which wires the routers around a `Service`.
 
 The routes live in their own modules: the Alertmanager webhook (`alertmanager`), CloudEvents
-(`events`), the operator API (`operator`, `catalog`, `approvals`), the runs' fencing check
-(`fencing`) and health and metrics (`health`). Their credentials (`auth`) and rate limits
-(`ratelimit`) are dependencies.
+(`events`), JSON webhooks through a mapping (`json_webhooks`), the operator API (`operator`,
+`catalog`, `approvals`), the runs' fencing check (`fencing`) and health and metrics (`health`).
+Their credentials (`auth`) and rate limits (`ratelimit`) are dependencies.
 """
 
 from __future__ import annotations
@@ -20,9 +20,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from responder.exceptions import DocumentError, StoreUnavailable
-from responder.intake import alertmanager, approvals, catalog, events, fencing, health, operator
+from responder.intake import (
+    alertmanager,
+    approvals,
+    catalog,
+    events,
+    fencing,
+    health,
+    json_webhooks,
+    operator,
+)
 from responder.intake.auth import Access
 from responder.intake.errors import ERROR_SCHEMA, Refused, error, field_errors
+from responder.intake.mappings import load_mappings
 from responder.intake.ratelimit import RateLimit
 from responder.runtime.service import Service
 
@@ -42,12 +52,22 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     app.state.access = Access.from_settings(service.settings)
     app.state.rate_limit = RateLimit.from_settings(service.settings)
+    app.state.mappings = load_mappings(service.settings.mappings_dir)
     _describe_errors(app)
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     # The routes themselves, not `include_router`: FastAPI includes a router lazily, and
     # `app.routes` would list the router instead of its routes (tests walk every route).
-    for routes in (alertmanager, events, operator, catalog, approvals, fencing, health):
+    for routes in (
+        alertmanager,
+        events,
+        json_webhooks,
+        operator,
+        catalog,
+        approvals,
+        fencing,
+        health,
+    ):
         app.router.routes.extend(routes.router.routes)
     return app
 
