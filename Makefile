@@ -27,15 +27,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(call install,-e '.[dev]')
 	touch $@ $(VENV)/.installed
 
-# Real Alertmanager, Prometheus and sshd for the end-to-end tests, and Chromium to look at the
-# Prefect UI as a person would (Debian packages).
+# Real Alertmanager, Prometheus, Redis and sshd for the end-to-end tests, and Chromium to look
+# at the Prefect UI as a person would (Debian packages).
 system-deps:
 	@if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null \
 		|| [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null \
-		|| ! command -v chromium >/dev/null; then \
+		|| ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-			prometheus-alertmanager prometheus openssh-server openssh-client chromium >/dev/null; \
+			prometheus-alertmanager prometheus openssh-server openssh-client chromium \
+			redis-server >/dev/null; \
 	fi
 
 run: setup
