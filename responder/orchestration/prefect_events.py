@@ -112,6 +112,10 @@ class PrefectEvents:
         subscriber = PrefectEventSubscriber(
             self._api_url, filter=event_filter, reconnection_attempts=3
         )
+        # The subscriber backfills from a minute ago, unless told otherwise by this attribute
+        # (Prefect 3 has no argument for it); the server caps a backfill at
+        # PREFECT_EVENTS_MAXIMUM_WEBSOCKET_BACKFILL (15 minutes by default).
+        subscriber._backfill_since = since  # type: ignore[assignment]
         async with subscriber:
             async for event in subscriber:
                 body = cloudevent(event)
