@@ -6,10 +6,12 @@ compiled against what it will meet:
 
 - every template is rendered in the sandbox (`responder.decision.templates.probe`) against
   the `rule_vars`, the labels and annotations the rule's matchers guarantee, the service
-  catalog's fields and the facts its `when` joins. A name nothing defines (`vars.pagerurl`,
-  `alert.label.instance`) is an error; a label or annotation that the matchers do not
-  guarantee, or a `service.FIELD` of an alert whose service may not be in the catalog, is a
-  warning: the template fails for the alerts without it;
+  catalog's fields and the facts its `when` joins; an event (or schedule) rule's against a
+  sample `event` its matchers accept (`event.data.FIELD` of any name renders; a field of
+  `event` beyond type, source, subject, id, time and data is an error). A name nothing
+  defines (`vars.pagerurl`, `alert.label.instance`) is an error; a label or annotation that
+  the matchers do not guarantee, or a `service.FIELD` of an alert whose service may not be in
+  the catalog, is a warning: the template fails for the alerts without it;
 - the parameters are checked against the flow's signature (`flow_catalog`): a name it does
   not take, a required one missing, and a literal value its type refuses are errors; a
   templated value that renders, for a sample alert, to something the type refuses is a
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,9 +34,12 @@ from typing import Any, Literal
 from jinja2.utils import missing
 
 from responder.decision.decisions import template_context
+from responder.decision.matchers import Matcher
 from responder.decision.rules import Rule, RuleBook, RuleSource, read_rules
+from responder.decision.schedules import tick_event
 from responder.decision.services import ServiceCatalog, ServiceSpec
 from responder.decision.templates import probe
+from responder.events.cloudevents import CloudEvent
 from responder.events.webhook import Alert
 from responder.exceptions import DocumentError
 from responder.orchestration.flow_catalog import parameter_errors, parameter_fields
@@ -111,7 +116,11 @@ def guaranteed_labels(rule: Rule, annotations: bool = False) -> dict[str, str]:
 
     A missing label equals "", so a matcher that refuses "" guarantees its label.
     """
-    matchers = rule.annotation_matchers if annotations else rule.matchers
+    return guaranteed_labels_of(rule.annotation_matchers if annotations else rule.matchers)
+
+
+def guaranteed_labels_of(matchers: Iterable[Matcher]) -> dict[str, str]:
+    """The names these matchers guarantee, each with a sample value."""
     found: dict[str, str] = {}
     for matcher in matchers:
         if not matcher.matches({}) and matcher.name not in found:
@@ -125,6 +134,35 @@ def guaranteed_labels(rule: Rule, annotations: bool = False) -> dict[str, str]:
                 (c for c in candidates if c and matcher.matches({matcher.name: c})), matcher.name
             )
     return found
+
+
+def sample_event(rule: Rule) -> CloudEvent:
+    """An event the rule matches, as far as its matchers tell: what they require (that
+    refuses ""), else a sample; a schedule's tick, for a schedule rule."""
+    if rule.schedule is not None:
+        return tick_event(rule.name, datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    fields = {"type": "sample.event", "source": "sample", "subject": "sample", "id": "1"}
+    data: dict[str, Any] = {}
+    for matcher in rule.event_matchers:
+        value = guaranteed_labels_of([matcher]).get(matcher.name)
+        if value is None:
+            continue
+        if matcher.name.startswith("data."):
+            *parents, leaf = matcher.name.split(".")[1:]
+            here = data
+            for part in parents:
+                here = here.setdefault(part, {})
+            here[leaf] = value
+        else:
+            fields[matcher.name] = value
+    return CloudEvent(specversion="1.0", data=data, **fields)
+
+
+class _AnyData(dict[str, Any]):
+    """An event's data beyond what the matchers guarantee: any field has a sample value."""
+
+    def __missing__(self, key: str) -> str:
+        return key
 
 
 class _AnyFields(dict[str, str]):
@@ -158,20 +196,30 @@ class _RuleCompiler:
         self.rule = rule
         self.source = source
         self.labels = guaranteed_labels(rule)
-        alert = Alert.model_validate(
-            {
-                "status": rule.status,
-                "labels": self.labels,
-                "annotations": guaranteed_labels(rule, annotations=True),
-                "startsAt": datetime.now(UTC),
-                "fingerprint": "0",
-            }
+        event = sample_event(rule) if not rule.on_alerts else None
+        alert = (
+            event.as_alert()
+            if event is not None
+            else Alert.model_validate(
+                {
+                    "status": rule.status,
+                    "labels": self.labels,
+                    "annotations": guaranteed_labels(rule, annotations=True),
+                    "startsAt": datetime.now(UTC),
+                    "fingerprint": "0",
+                }
+            )
         )
         joined = {
             c.fact: {f: f for f in asserted[c.fact]} if c.fact in asserted else _AnyFields()
             for c in rule.when
         }
-        self.context = template_context(alert, rule_vars, joined, catalog)
+        seen = None
+        if event is not None:  # data beyond what the matchers guarantee: any field, a sample
+            seen = event.context() | {"data": _AnyData(event.data or {})}
+        self.context = template_context(alert, rule_vars, joined, catalog, seen)
+        if seen is not None:
+            self.context["event"] = seen  # kept as it is: `_AnyData` answers any field
         for name, fields in joined.items():  # kept as they are: `_AnyFields` answers any
             self.context["facts"][name] = fields
         self.rendered: dict[tuple[str | int, ...], str] = {}  # the templates without problems
@@ -225,6 +273,8 @@ class _RuleCompiler:
             return "error", f"vars.{used} is not defined; rule_vars defines: {_listed(owner)}"
         if owner is alert:
             return "error", f"alert has no field {used!r}; accepted: {_listed(owner)}"
+        if "event" in context and owner is context["event"]:
+            return "error", f"event has no field {used!r}; accepted: {_listed(context['event'])}"
         if owner is context["service"]:
             fields = ["name", *ServiceSpec.model_fields]
             if used not in fields:

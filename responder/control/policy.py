@@ -54,6 +54,7 @@ class RunPolicy:
                 spec.act_when_resolved
                 or decision.alert.status == "resolved"
                 or decision.rule == MANUAL_RULE
+                or decision.from_event
             ),
         )
 

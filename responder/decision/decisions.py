@@ -48,6 +48,9 @@ class Decision:
     max_active: int | None = None
     max_active_basis: str = ""
     batch: RunBatch | None = None  # merged with others into one flow run (see dispatch)
+    # Decided on an event: no incident fires, so none is tracked, and its run may act
+    # whatever alert resolves (an event resolves nothing).
+    from_event: bool = False
 
     @property
     def active_cap(self) -> int | None:
@@ -84,14 +87,17 @@ def template_context(
     rule_vars: Mapping[str, str],
     facts: Mapping[str, Mapping[str, str]] | None = None,
     catalog: ServiceCatalog | None = None,
+    event: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a rule template sees.
 
     `alert` (labels are data; `alert.host` is its host identity, see `responder.decision.hosts`),
-    the `facts` its `when` joined, the catalog entry of its `service` label, and `vars`.
+    the `facts` its `when` joined, the catalog entry of its `service` label, and `vars`; an
+    event rule's templates see `event` too (type, source, subject, id, time, data).
     """
     service = catalog.service_of(dict(alert.labels)) if catalog else {}
-    return {
+    context: dict[str, Any] = {} if event is None else {"event": dict(event)}
+    return context | {
         "alert": {
             "host": host_of(alert.labels, service),
             "labels": dict(alert.labels),
@@ -114,7 +120,7 @@ def decide(
     rule = match.rule
     if rule.run is None or rule.guard is None:
         raise ValueError(f"rule {rule.name!r} runs no flow")
-    context = template_context(match.alert, rule_vars, match.facts, catalog)
+    context = template_context(match.alert, rule_vars, match.facts, catalog, match.event)
     parameters = render_value(rule.run.parameters, context)
     if rule.guard.approval or context["service"].get("approval"):
         # Every remediation flow takes this: its run waits for a person in the Prefect UI.
@@ -132,6 +138,7 @@ def decide(
         max_active=max_active,
         max_active_basis=basis,
         batch=rule.run.batch,
+        from_event=match.event is not None,
     )
 
 
@@ -152,6 +159,6 @@ def fact_for(
     spec = match.rule.assert_
     if spec is None:
         raise ValueError(f"rule {match.rule.name!r} asserts no fact")
-    context = template_context(match.alert, rule_vars, match.facts, catalog)
+    context = template_context(match.alert, rule_vars, match.facts, catalog, match.event)
     fields = {name: render(template, context) for name, template in spec.fields.items()}
     return Fact(spec.fact, fields, now + spec.ttl, source=f"rule:{match.rule.name}")

@@ -68,11 +68,12 @@ def _fact_message(fact: Fact, sid: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Match:
-    """A rule whose conditions hold for an alert, with the facts its `when` joined."""
+    """A rule whose conditions hold for an alert (or event), with the facts `when` joined."""
 
     rule: Rule
     alert: Alert
     facts: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    event: Mapping[str, Any] | None = None  # an event rule's event (`decision.event_rules`)
 
 
 class EngineRejected(ResponderError):
@@ -112,9 +113,9 @@ class Engine:
         self.book = book
         self._clock = clock
         self._partitions = [f"p{i}" for i in range(partitions)]
-        self._rules = {rule.name: rule for rule in book.rules}
-        self._waiting_rules = [r for r in book.rules if r.firing_for is not None]
-        self._order = {rule.name: i for i, rule in enumerate(book.rules)}
+        self._rules = {rule.name: rule for rule in book.alert_rules}
+        self._waiting_rules = [r for r in book.alert_rules if r.firing_for is not None]
+        self._order = {rule.name: i for i, rule in enumerate(book.alert_rules)}
         self._labels = sorted(self._referenced_labels())
         self._regexes: list[Matcher] = []
         self._alerts: dict[str, Alert] = {}
@@ -127,7 +128,7 @@ class Engine:
         self._windows: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
         # Sequences: for each rule with `after`, the starts of the alerts that may precede,
         # by their `same` labels; pruned by `tick` once out of every window.
-        self._sequence_rules = [r for r in book.rules if r.after is not None]
+        self._sequence_rules = [r for r in book.alert_rules if r.after is not None]
         self._predecessors: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
         self._predecessors_pruned = 0.0
         self._fired: list[tuple[str, Any]] = []
@@ -137,7 +138,7 @@ class Engine:
         # cost in time and native memory does not grow with the size of the whole library.
         by_name: dict[str, list[tuple[int, Rule]]] = {}
         resolved: dict[str, Any] = {}
-        for i, rule in enumerate(book.rules):
+        for i, rule in enumerate(book.alert_rules):
             if rule.status == "resolved":
                 resolved[f"r{i}"] = self._compile(rule)
             else:
@@ -390,7 +391,7 @@ class Engine:
 
     def explain(self, alert: Alert) -> list[tuple[Rule, str | None]]:
         """For each rule, None if it holds for `alert` now, else the first condition that fails."""
-        return [(rule, self._first_failure(rule, alert)) for rule in self.book.rules]
+        return [(rule, self._first_failure(rule, alert)) for rule in self.book.alert_rules]
 
     def _first_failure(self, rule: Rule, alert: Alert) -> str | None:
         if rule.status != alert.status:
@@ -531,7 +532,7 @@ class Engine:
 
     def _referenced_labels(self) -> set[str]:
         names: set[str] = set()
-        for rule in self.book.rules:
+        for rule in self.book.alert_rules:
             names.update(m.name for m in rule.matchers if not m.op.is_regex)
             for condition in (*rule.when, *rule.unless):
                 names.update(t.label for t in condition.tests if t.label)

@@ -1,7 +1,9 @@
 """Alertmanager-style label matchers: `name="v"`, `name!="v"`, `name=~"re"`, `name!~"re"`.
 
 Semantics follow Alertmanager: a missing label equals the empty string, and regexes are
-anchored at both ends.
+anchored at both ends. The same matchers select events (`type="deploy.finished"`,
+`data.env="prod"`): an event's name may be a dotted path; an alert rule's may not (the rule
+model says so).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from responder.exceptions import MatcherError
 
 _MATCHER = re.compile(
-    r"""^\s*(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>.*?)\s*$""",
+    r"""^\s*(?P<name>[a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>.*?)\s*$""",
     re.DOTALL,
 )
 
@@ -64,7 +66,8 @@ def parse_matcher(text: str) -> Matcher:
     if m is None:
         raise MatcherError(
             f'matcher {text!r} is not of the form name="value"; '
-            "accepted operators are =, !=, =~ and !~, and the name must be a label name"
+            "accepted operators are =, !=, =~ and !~, and the name must be a label name "
+            "(or, for an event, an attribute or a data.FIELD path)"
         )
     op = MatchOp(m["op"])
     raw = m["value"]

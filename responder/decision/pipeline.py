@@ -28,8 +28,10 @@ from responder.decision.escalation import (
     exhausted_fact,
     next_attempt,
 )
+from responder.decision.event_rules import ABSENCE_SOURCE, Absence, EventRules
 from responder.decision.manual import decision_for, rule_policy
 from responder.decision.rules import RuleBook
+from responder.decision.schedules import SCHEDULE_SOURCE
 from responder.decision.services import ServiceCatalog
 from responder.events.cloudevents import CloudEvent, Outcome
 from responder.events.facts import Fact
@@ -79,6 +81,21 @@ class Transaction(Protocol):
         """Have the incident decided again by the rule at the attempt's time (a durable
         timer, `storage.timers`)."""
 
+    async def learn_identities(self, alerts: list[Alert]) -> None:
+        """Read which of these identities were handled already."""
+
+    def first_seen_in(self, alert: Alert) -> int | None:
+        """The inbox row an identity was first handled in; None if never."""
+
+    def note(self, alert: Alert, inbox_id: int) -> None:
+        """Record an identity as handled."""
+
+    def await_follower(self, absence: Absence, inbox_id: int | None) -> None:
+        """Set an absence timer (durable): the rule decides then, if no follower came."""
+
+    def follower_came(self, pairs: list[tuple[str, str]]) -> None:
+        """End the absence timers (rule, key) a follower answered."""
+
 
 class Pipeline:
     """Decides with one engine, rule book and service catalog (a reload makes a new one)."""
@@ -102,6 +119,7 @@ class Pipeline:
         self._event_ttl = event_ttl
         self._check_parameters = check_parameters
         self._checked_flows: set[str] = set()  # flows already imported by a check
+        self.events = EventRules(book, clock)
 
     # --- what arrives --------------------------------------------------------------------
 
@@ -134,8 +152,28 @@ class Pipeline:
         await self._apply(work, matches, None, 0, settled=True)
 
     async def event(self, work: Transaction, event: CloudEvent, inbox_id: int) -> None:
+        """An event: a fact for the rules on alerts to join, and decided by the rules on
+        events once per identity (`source` and `id`: a resent event is a duplicate)."""
         metrics.EVENTS_RECEIVED.inc()
-        await self._assert(work, event.fact(self._fact_expiry()), inbox_id, 0)
+        own = event.source in (SCHEDULE_SOURCE, ABSENCE_SOURCE)
+        if self.events.rules or own:
+            alert = event.as_alert()
+            await work.learn_identities([alert])
+            first = work.first_seen_in(alert)
+            if first is not None:
+                reason = f"event {event.source} {event.id} already handled (inbox #{first})"
+                work.record(alert, inbox_id, Verdict.DUPLICATE, reason)
+                return
+            work.note(alert, inbox_id)
+            work.follower_came(self.events.followed(event))
+        if not own:
+            await self._assert(work, event.fact(self._fact_expiry()), inbox_id, 0)
+        if not self.events.rules:
+            return
+        matches, absences = self.events.match(event, self.engine.facts(), self.engine.all_held)
+        for absence in absences:
+            work.await_follower(absence, inbox_id)
+        await self._apply(work, matches, inbox_id, 0, settled=True)
 
     async def outcome(self, work: Transaction, outcome: Outcome, inbox_id: int) -> None:
         """A run's final state: an `outcome` fact, and maybe the next rung of the ladder."""

@@ -31,9 +31,10 @@ from responder.decision.documents import (
     validation_errors,
 )
 from responder.decision.matchers import Matcher, parse_matcher
+from responder.decision.schedules import check_cron, zone
 from responder.decision.templates import compile_template, valid_templates
 from responder.durations import Duration
-from responder.events.webhook import AlertStatus, LabelName
+from responder.events.webhook import AlertStatus
 from responder.exceptions import ResponderError, RuleError
 
 RuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", strict=True)]
@@ -61,6 +62,26 @@ def _parsed_matcher(text: str) -> Matcher:
 
 _valid_matcher = _parses_with(_parsed_matcher)
 _valid_template = _parses_with(compile_template)
+
+# What an event matcher, `same` or join names: an attribute, or a path into the event's data.
+EVENT_PATH = re.compile(r"^(type|source|subject|id|data(\.[a-zA-Z_][a-zA-Z0-9_]*)+)$")
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+FieldPath = Annotated[
+    str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*(\.[a-zA-Z_][a-zA-Z0-9_]*)*$")
+]
+
+
+def _event_matcher(text: str) -> Matcher:
+    matcher = _parsed_matcher(text)
+    if not EVENT_PATH.match(matcher.name):
+        raise RuleError(
+            f"event matcher {text!r}: {matcher.name!r} is no event field; accepted: type, "
+            "source, subject, id, or data.FIELD (data.a.b for nested data)"
+        )
+    return matcher
+
+
+EventMatcherText = Annotated[str, AfterValidator(_parses_with(_event_matcher))]
 
 
 MatcherText = Annotated[str, AfterValidator(_valid_matcher)]
@@ -172,7 +193,10 @@ class GuardSpec(Spec):
 
 FactName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$", strict=True)]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")]
-_JOIN = re.compile(r"^\{\{\s*alert\.labels\.([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}$")
+_JOIN = re.compile(
+    r"^\{\{\s*(?:alert\.labels\.([a-zA-Z_][a-zA-Z0-9_]*)"
+    r"|event\.(type|source|subject|id|data(?:\.[a-zA-Z_][a-zA-Z0-9_]*)+))\s*\}\}$"
+)
 
 
 @dataclass(frozen=True)
@@ -183,6 +207,7 @@ class FactTest:
     negative: bool
     value: str
     label: str | None  # set when the value is exactly {{ alert.labels.<label> }}
+    on_event: bool = False  # the join is {{ event.<path> }} (the label is the path)
 
 
 @lru_cache(maxsize=4096)
@@ -193,10 +218,16 @@ def _parsed_where(text: str) -> FactTest:
     join = _JOIN.match(matcher.value)
     if join is None and ("{{" in matcher.value or "{%" in matcher.value):
         raise RuleError(
-            f"where {text!r}: a value is a constant or exactly {{{{ alert.labels.NAME }}}}"
+            f"where {text!r}: a value is a constant or exactly {{{{ alert.labels.NAME }}}} "
+            "(on an event: {{ event.subject }}, {{ event.data.FIELD }}, ...)"
         )
+    label = (join.group(1) or join.group(2)) if join else None
     return FactTest(
-        matcher.name, matcher.op.is_negative, matcher.value, join.group(1) if join else None
+        matcher.name,
+        matcher.op.is_negative,
+        matcher.value,
+        label,
+        bool(join and join.group(2)),
     )
 
 
@@ -226,11 +257,12 @@ class AssertSpec(Spec):
 
 
 class CountSpec(Spec):
-    """At least `at_least` matching alerts within `within`, grouped by the `same` labels."""
+    """At least `at_least` matching alerts (or events) within `within`, grouped by the `same`
+    labels (or event fields)."""
 
     at_least: int = Field(ge=2)
     within: Duration = Field(gt=0)
-    same: list[LabelName] = Field(default_factory=list)
+    same: list[FieldPath] = Field(default_factory=list)
 
 
 class SequenceSpec(Spec):
@@ -238,12 +270,44 @@ class SequenceSpec(Spec):
     this one, at most `within` earlier (and arrived before it)."""
 
     match: list[MatcherText] = Field(min_length=1)
-    same: list[LabelName] = Field(default_factory=list)
+    same: list[FieldPath] = Field(default_factory=list)
     within: Duration = Field(gt=0)
 
     @property
     def matchers(self) -> tuple[Matcher, ...]:
         return tuple(_parsed_matcher(m) for m in self.match)
+
+
+class AbsenceSpec(Spec):
+    """Absence: the rule holds when no event matching `match`, with the same `same` fields
+    as the one that started it, arrives within `within` after it (a durable timer)."""
+
+    match: list[EventMatcherText] = Field(min_length=1)
+    within: Duration = Field(gt=0)
+    same: list[Annotated[str, StringConstraints(pattern=EVENT_PATH.pattern)]] = Field(
+        default_factory=list
+    )
+
+    @property
+    def matchers(self) -> tuple[Matcher, ...]:
+        return tuple(_event_matcher(m) for m in self.match)
+
+
+def _valid_zone(name: str) -> str:
+    zone(name)
+    return name
+
+
+class ScheduleSpec(Spec):
+    """A cron schedule: each tick is an event the rule decides on (caught up once after
+    downtime). The time zone is required: "0 2 * * *" is 02:00 where?"""
+
+    cron: Annotated[str, AfterValidator(_parses_with(check_cron))] = Field(
+        description='Five fields ("0 2 * * *"), or six with seconds first.'
+    )
+    timezone: Annotated[str, AfterValidator(_parses_with(_valid_zone))] = Field(
+        description="An IANA time zone name: UTC, Europe/Paris, ..."
+    )
 
 
 # The longest a rule may wait before acting (`settle`): a correlation window, not a delay.
@@ -260,7 +324,20 @@ class Rule(Spec):
     priority: int = Field(0, description="Higher-priority rules are decided first.")
     shadow: bool = Field(False, description="Record what the rule would do; never dispatch.")
     status: AlertStatus = Field("firing", description="Match firing alerts, or resolutions.")
-    match: list[MatcherText] = Field(min_length=1)
+    match: list[MatcherText] = Field(
+        default_factory=list, description="Alert label matchers: the rule decides on alerts."
+    )
+    event: list[EventMatcherText] = Field(
+        default_factory=list,
+        description="Event matchers (type, source, subject, id, data.FIELD): the rule "
+        "decides on events (CloudEvents) instead of alerts.",
+    )
+    schedule: ScheduleSpec | None = Field(
+        None, description="The rule decides on each tick of a cron schedule."
+    )
+    not_followed_by: AbsenceSpec | None = Field(
+        None, description="An event rule holds only once no follower came in time (absence)."
+    )
     match_annotations: list[MatcherText] = Field(default_factory=list)
     when: list[FactCondition] = Field(default_factory=list)
     unless: list[FactCondition] = Field(default_factory=list)
@@ -293,7 +370,47 @@ class Rule(Spec):
             self.when or self.unless or self.count or self.after or self.firing_for or self.settle
         ):
             raise ValueError("a rule on resolved alerts accepts match and match_annotations only")
+        if [bool(self.match), bool(self.event), self.schedule is not None].count(True) != 1:
+            raise ValueError(
+                "a rule decides on one thing: alerts (`match`), events (`event`) or a "
+                "schedule (`schedule`); give exactly one"
+            )
+        return self._consistent_trigger()
+
+    def _consistent_trigger(self) -> Rule:
+        if self.match:
+            names = [m.name for m in (*self.matchers, *(self.after.matchers if self.after else ()))]
+            names += [
+                *(self.count.same if self.count else ()),
+                *(self.after.same if self.after else ()),
+            ]
+            dotted = [n for n in names if not _LABEL.match(n)]
+            if dotted:
+                raise ValueError(f"{dotted[0]!r} is no label name (dotted paths are for events)")
+            if self.not_followed_by is not None:
+                raise ValueError("not_followed_by is for event rules (`event`)")
+            conditions = (*self.when, *self.unless, *self.retract)
+            if any(t.on_event for c in conditions for t in c.tests):
+                raise ValueError("a rule on alerts joins {{ alert.labels.NAME }}, not event.*")
+            return self
+        unfit = [k for k in ("match_annotations", "firing_for", "settle") if getattr(self, k)]
+        if self.status != "firing" or unfit:
+            raise ValueError(
+                f"an event or schedule rule does not take {(unfit or ['status'])[0]}; it takes "
+                "when, unless, count, after, not_followed_by, assert, retract, run and guard"
+            )
+        if self.schedule is not None and (self.not_followed_by or self.count or self.after):
+            raise ValueError("a schedule rule takes no count, after or not_followed_by")
         return self
+
+    @property
+    def on_alerts(self) -> bool:
+        """Whether the rule decides on alerts (else on events or a schedule's ticks)."""
+        return bool(self.match)
+
+    @property
+    def event_matchers(self) -> tuple[Matcher, ...]:
+        return tuple(_event_matcher(m) for m in self.event)
 
     @property
     def matchers(self) -> tuple[Matcher, ...]:
@@ -335,6 +452,11 @@ class RuleBook:
 
     rules: tuple[Rule, ...]
     sources: tuple[RuleSource, ...]
+
+    @property
+    def alert_rules(self) -> tuple[Rule, ...]:
+        """The rules on alerts (the engine's); the others decide on events and schedules."""
+        return tuple(r for r in self.rules if r.on_alerts)
 
     def by_name(self, name: str) -> Rule:
         for rule in self.rules:

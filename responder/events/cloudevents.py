@@ -10,16 +10,19 @@ A rule correlates it with alerts:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from responder.events.facts import Fact
+from responder.events.webhook import Alert
 
 _FIELD = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
-ATTRIBUTES = ("type", "source", "subject", "id")
+ATTRIBUTES = ("type", "source", "subject", "id", "time")
 MAX_VALUE = 4096
 
 
@@ -40,6 +43,8 @@ class CloudEvent(BaseModel):
     def fact(self, expires_at: float) -> Fact:
         fields = {"type": self.type, "source": self.source, "subject": self.subject or ""}
         fields["id"] = self.id
+        if self.time is not None:  # for an absence rule: a follower older than its first
+            fields["time"] = repr(self.time.timestamp())
         for key, value in (self.data or {}).items():
             if key in ATTRIBUTES or not _FIELD.match(key):
                 continue
@@ -47,6 +52,64 @@ class CloudEvent(BaseModel):
                 text = str(value).lower() if isinstance(value, bool) else str(value)
                 fields[key] = text[:MAX_VALUE]
         return Fact("event", fields, expires_at, source=f"event:{self.source}"[:128])
+
+    def flat(self) -> dict[str, str]:
+        """What matchers, `same` and joins read: the attributes, and `data.a.b` for each
+        scalar of the data (nested mappings included; lists are not paths)."""
+        fields = {"type": self.type, "source": self.source, "subject": self.subject or ""}
+        fields["id"] = self.id
+        _flatten("data", self.data or {}, fields, depth=0)
+        return fields
+
+    def context(self) -> dict[str, Any]:
+        """What a rule's templates see as `event`."""
+        time = "" if self.time is None else self.time.astimezone(UTC).isoformat()
+        return {
+            "type": self.type,
+            "source": self.source,
+            "subject": self.subject or "",
+            "id": self.id,
+            "time": time,
+            "data": dict(self.data or {}),
+        }
+
+    @property
+    def digest(self) -> str:
+        """The event's identity (`source` and `id`, as CloudEvents defines it), hashed."""
+        return hashlib.sha256(json.dumps([self.source, self.id]).encode()).hexdigest()[:32]
+
+    def as_alert(self) -> Alert:
+        """The event as the decision log, the guard and the runs see the thing a decision is
+        about: its identity is the event's (a resent event is a duplicate, decided once);
+        its labels are `flat()`, its name `event:<type>`. Built, not validated: the names
+        are paths, and the event was validated at the door."""
+        labels = {"alertname": f"event:{self.type}", **self.flat()}
+        return Alert.model_construct(
+            status="firing",
+            labels=labels,
+            annotations={},
+            starts_at=EVENT_EPOCH,
+            ends_at=None,
+            generator_url="",
+            fingerprint=self.digest,
+        )
+
+
+# Every event's "start": its identity is its source and id alone.
+EVENT_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_DEPTH = 8
+
+
+def _flatten(prefix: str, data: dict[str, Any], into: dict[str, str], depth: int) -> None:
+    for key, value in data.items():
+        if not isinstance(key, str) or not _FIELD.match(key):
+            continue
+        path = f"{prefix}.{key}"
+        if isinstance(value, dict) and depth < MAX_DEPTH:
+            _flatten(path, value, into, depth + 1)
+        elif isinstance(value, str | int | float | bool):
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            into[path] = text[:MAX_VALUE]
 
 
 EventBatch = TypeAdapter(list[CloudEvent])

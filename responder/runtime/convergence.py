@@ -24,6 +24,7 @@ from responder.decision.engine import Engine, Match
 from responder.decision.pipeline import Pipeline
 from responder.events.facts import Fact
 from responder.events.webhook import Alert
+from responder.runtime import event_timers
 from responder.runtime.work import Work
 from responder.storage.incidents import HELD, DueIncident
 from responder.storage.store import Store
@@ -132,6 +133,9 @@ async def fire(
         if taken and time.monotonic() >= deadline:
             break
         taken.append(timer.id)
+        if timer.kind in event_timers.EVENT_TIMERS:
+            await event_timers.fire(store, work, pipeline, timer, now)
+            continue
         alert = pipeline.engine.held(timer.incident)
         if alert is None:
             continue  # resolved meanwhile: nothing to do
@@ -158,7 +162,7 @@ def unblocked(engine: Engine, gone: list[Fact]) -> list[tuple[Alert, set[str]]]:
     """The held alerts that a fact in `gone` kept from matching (an `unless` of a rule
     whose label matchers they meet was met by it), each with those rules' names."""
     names = {fact.name for fact in gone}
-    rules = [r for r in engine.book.rules if any(c.fact in names for c in r.unless)]
+    rules = [r for r in engine.book.alert_rules if any(c.fact in names for c in r.unless)]
     found: list[tuple[Alert, set[str]]] = []
     if not rules:
         return found

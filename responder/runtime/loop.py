@@ -35,7 +35,7 @@ from responder.exceptions import StoreUnavailable
 from responder.orchestration.decision_events import RefusedDecision
 from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import reload_flows
-from responder.runtime import convergence
+from responder.runtime import convergence, event_timers
 from responder.runtime.work import Work
 from responder.storage.inbox import InboxSource, PendingMessage
 from responder.storage.incidents import IncidentState
@@ -182,6 +182,10 @@ class EngineLoop:
         engine = await asyncio.to_thread(self._build, book, catalog, facts, firing)
         old, self.pipeline = self.engine, self._pipeline(engine, book, catalog)
         old.close()
+        rows = event_timers.schedule_rows(book, self._clock())
+        if rows:  # each schedule rule's next tick, unless one is set (durable: kept)
+            async with self._store.turn(), self._store.transaction() as conn:
+                await self._store.timers.arm(conn, rows)
 
     def _build(
         self, book: RuleBook, catalog: ServiceCatalog, facts: list[Fact], firing: list[Alert]

@@ -19,13 +19,14 @@ from responder.control.runs import ActiveRun
 from responder.decision.decisions import Decision, Verdict
 from responder.decision.engine import Match
 from responder.decision.escalation import NextAttempt
+from responder.decision.event_rules import Absence
 from responder.events.facts import Fact
 from responder.events.manual_runs import MANUAL_RULE
 from responder.events.webhook import Alert
 from responder.storage.incidents import IncidentState
 from responder.storage.schema import key_digest
 from responder.storage.store import Store
-from responder.storage.timers import RETRY, SETTLE
+from responder.storage.timers import ABSENCE, RETRY, SETTLE, schedule_row
 
 
 class Work:
@@ -54,6 +55,7 @@ class Work:
         self._resolved: list[str] = []
         self._timers: list[dict[str, Any]] = []
         self._removed_facts: list[Fact] = []
+        self._followed: list[tuple[str, str]] = []
 
     def because(self, why: str | None) -> None:
         """Decisions recorded from now on were made again, for this reason (None: ends)."""
@@ -106,8 +108,8 @@ class Work:
 
     def _track_admission(self, admission: Admission, decision: Decision) -> None:
         alert, rule = decision.alert, decision.rule
-        if rule == MANUAL_RULE:
-            return  # a run by hand is no incident: nothing fires, nothing to decide again
+        if rule == MANUAL_RULE or decision.from_event:
+            return  # a run by hand, or on an event, is no incident: nothing fires
         if admission.admitted:
             self._track(alert, IncidentState.RUNNING, rule=rule, decision_id=admission.decision_id)
         elif admission.refusal == "max_attempts":
@@ -162,6 +164,45 @@ class Work:
                 "created_at": self._clock(),
             }
         )
+
+    def await_follower(self, absence: Absence, inbox_id: int | None) -> None:
+        """Set an absence timer (moved, if one waits for the same rule and key)."""
+        due = absence.due
+        reason = f"no follower came by {due:.0f}; waiting since inbox #{inbox_id}"
+        self.record(
+            absence.event.as_alert(),
+            inbox_id,
+            Verdict.DEFERRED,
+            "the rule holds unless a follower comes within its not_followed_by window",
+            rule=absence.rule,
+        )
+        self._timers.append(
+            {
+                "kind": ABSENCE,
+                "incident": absence.key,
+                "rule": absence.rule,
+                "due_at": due,
+                "decision_id": None,
+                "reason": reason,
+                "created_at": self._clock(),
+                "payload": absence.event.model_dump_json(exclude_none=True),
+            }
+        )
+
+    def schedule(self, rule: str, due: float) -> None:
+        """Set a schedule rule's next tick."""
+        self._timers.append(schedule_row(rule, due, self._clock()))
+
+    def follower_came(self, pairs: list[tuple[str, str]]) -> None:
+        """End the absence timers (rule, key) a follower answered (set in this transaction
+        too)."""
+        ended = set(pairs)
+        self._timers = [
+            t
+            for t in self._timers
+            if t["kind"] != ABSENCE or (t["rule"], t["incident"]) not in ended
+        ]
+        self._followed.extend(pairs)
 
     async def save_fact(self, fact: Fact) -> None:
         await self._store.facts.save(self.conn, fact)
@@ -222,6 +263,9 @@ class Work:
                     row["decision_id"] = row["decision_id"].id
             await self._store.incidents.save(self.conn, rows)
             self._incidents = {}
+        if self._followed:
+            await self._store.timers.cancel(self.conn, ABSENCE, self._followed)
+            self._followed = []
         if self._timers:
             await self._store.timers.set(self.conn, self._timers)
             self._timers = []

@@ -187,7 +187,9 @@ incidents = Table(
 
 # Durable timers: what is to happen at a time, kept in the store so that a restart, a reload
 # or a new leader fires it still. `kind` says what: `retry`, the next attempt of `rule` for
-# `incident` after decision `decision_id`'s run ended (`decision.escalation`).
+# `incident` after decision `decision_id`'s run ended (`decision.escalation`); `settle`;
+# `absence` (an event rule's follower awaited; `incident` is the awaited key) and `schedule`
+# (a schedule rule's next tick).
 timers = Table(
     "timers",
     metadata,
@@ -199,6 +201,8 @@ timers = Table(
     Column("decision_id", Integer, nullable=True),
     Column("reason", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    # An event timer's payload: an absence's first event (JSON); None for the others.
+    Column("payload", Text, nullable=True),
     UniqueConstraint("kind", "incident", "rule", name="uq_timers_what"),
 )
 

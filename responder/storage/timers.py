@@ -22,6 +22,25 @@ from responder.storage.schema import timers
 RETRY = "retry"
 # The end of a rule's `settle` wait for an incident: it decides then, if it still holds.
 SETTLE = "settle"
+# An event rule's `not_followed_by`: `incident` is the first event's `same` key, `payload`
+# the first event; it fires unless the follower came (and ended it).
+ABSENCE = "absence"
+# A schedule rule's next tick (`incident` is "schedule").
+SCHEDULE = "schedule"
+
+
+def schedule_row(rule: str, due: float, now: float) -> dict[str, Any]:
+    """The row of a schedule rule's next tick."""
+    return {
+        "kind": SCHEDULE,
+        "incident": SCHEDULE,
+        "rule": rule,
+        "due_at": due,
+        "decision_id": None,
+        "reason": "re-examined: schedule tick",
+        "created_at": now,
+        "payload": None,
+    }
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,7 @@ class Timer:
     due_at: float
     decision_id: int | None
     reason: str
+    payload: str | None = None
 
 
 class Timers:
@@ -48,17 +68,39 @@ class Timers:
         of the same kind, incident and rule already set is moved to the new time."""
         if not rows:
             return
+        rows = [{"payload": None, **row} for row in rows]
         upsert = self._db.insert(timers)
         await conn.execute(
             upsert.on_conflict_do_update(
                 index_elements=[timers.c.kind, timers.c.incident, timers.c.rule],
                 set_={
                     c: getattr(upsert.excluded, c)
-                    for c in ("due_at", "decision_id", "reason", "created_at")
+                    for c in ("due_at", "decision_id", "reason", "created_at", "payload")
                 },
             ),
             rows,
         )
+
+    async def arm(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """Set timers that are not set yet (a schedule's next tick); one set stays as is."""
+        if rows:
+            insert = self._db.insert(timers)
+            await conn.execute(
+                insert.on_conflict_do_nothing(
+                    index_elements=[timers.c.kind, timers.c.incident, timers.c.rule]
+                ),
+                rows,
+            )
+
+    @staticmethod
+    async def cancel(conn: AsyncConnection, kind: str, pairs: list[tuple[str, str]]) -> None:
+        """Drop the timers of `kind` for these (rule, incident) pairs (an absence ended)."""
+        for rule, incident in pairs:
+            await conn.execute(
+                delete(timers).where(
+                    timers.c.kind == kind, timers.c.rule == rule, timers.c.incident == incident
+                )
+            )
 
     @staticmethod
     async def due(conn: AsyncConnection, now: float, limit: int) -> list[Timer]:
@@ -72,6 +114,7 @@ class Timers:
                 timers.c.due_at,
                 timers.c.decision_id,
                 timers.c.reason,
+                timers.c.payload,
             )
             .where(timers.c.due_at <= now)
             .order_by(timers.c.due_at, timers.c.id)

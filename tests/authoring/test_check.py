@@ -120,10 +120,10 @@ EXPECTED = [
     "syntax.yaml:7:14: error: rules.0.run.parameters.url: template "
     "'http://x/{{ alert.labels.instance': unexpected end of template, expected 'end of print "
     "statement'. (template line 1)",
-    "syntax.yaml:9:5: error: rules.1.match: Field required",
     "syntax.yaml:10:5: error: rules.1.mtach: Extra inputs are not permitted; accepted keys: "
-    "name, description, priority, shadow, status, match, match_annotations, when, unless, "
-    "count, after, firing_for, settle, assert, retract, run, guard",
+    "name, description, priority, shadow, status, match, event, schedule, not_followed_by, "
+    "match_annotations, when, unless, count, after, firing_for, settle, assert, retract, run, "
+    "guard",
     "syntax.yaml:12:18: error: rules.1.guard.key: template 'k/{{ alert.labels.instance }': "
     "unexpected '}' (template line 1)",
     "syntax.yaml:15:17: error: rule 'unknown-flow': unknown flow 'no-such-flow'; known flows: "
@@ -270,3 +270,34 @@ def test_a_broken_catalog_is_one_more_error_and_the_rules_are_still_checked(
     assert result.exit_code == 1
     assert f"{tmp_path / 'services.yaml'}:2:15: error: services.web.tier:" in result.output
     assert "7 error(s)" in result.output  # the catalog's, and the 6 of PAGES
+
+
+EVENT_RULES = """\
+rules:
+  - name: smoke
+    event: ['type="deploy.finished"', 'data.env="prod"']
+    run: {flow: http-call, parameters: {url: "http://x/{{ event.data.workload }}/{{ SUBJECT }}"}}
+    guard: {key: "smoke/{{ event.subject }}/{{ event.data.env }}"}
+  - name: nightly
+    schedule: {cron: "0 2 * * *", timezone: TZ}
+    assert: {fact: ticked, with: {at: "{{ event.time }}"}}
+  - name: never-finished
+    event: ['type="deploy.started"']
+    not_followed_by: {match: ['type="deploy.finished"'], within: 30m, same: [subject]}
+    unless: [{fact: freeze, where: ['workload="{{ event.subject }}"']}]
+    assert: {fact: stuck, with: {workload: "{{ event.subject }}"}}
+"""
+
+
+def test_event_rules_compile_against_a_sample_event(tmp_path: Path) -> None:
+    clean = EVENT_RULES.replace("SUBJECT", "event.subject").replace("TZ", "Europe/Paris")
+    assert check(tmp_path / "clean", {"r.yaml": clean}, "--strict") == (0, [])
+    broken = EVENT_RULES.replace("SUBJECT", "event.subjct").replace("TZ", "Paris")
+    code, findings = check(tmp_path / "broken", {"r.yaml": broken})
+    assert code == 1
+    assert findings == [
+        "r.yaml:4:46: error: rule 'smoke': event has no field 'subjct'; accepted: data, id, "
+        "source, subject, time, type",
+        "r.yaml:7:45: error: rules.1.schedule.timezone: timezone 'Paris' is not an IANA time "
+        "zone name (e.g. UTC, Europe/Paris)",
+    ]

@@ -73,7 +73,11 @@ def test_good_file_loads_with_source_lines(tmp_path: Path) -> None:
             "integer (given: 'high')",
         ),
         (GOOD.replace("flow: restart-service", "flow: nope"), 4, "unknown flow 'nope'"),
-        (GOOD + "  - name: first\n    match: []\n", 7, "at least 1 item"),
+        (
+            GOOD + "  - name: second\n    match: []\n    assert: {fact: f}\n",
+            6,
+            "alerts (`match`), events (`event`) or a schedule (`schedule`); give exactly one",
+        ),
         (GOOD.replace("    match:", "    name: again\n    match:"), 3, "appears twice"),
         ("rules:\n  - name: [unclosed\n", 3, "not valid YAML"),
         (

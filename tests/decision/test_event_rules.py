@@ -1,0 +1,145 @@
+"""Rules on events, through the real engine loop on a real store (SQLite and PostgreSQL):
+an event starts a decision, the guard admits it once, a resent event is a duplicate, and
+`count`, `after` and fact joins work on events.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from responder.storage.inbox import InboxSource
+from responder.storage.store import Store
+from tests.runtime.test_convergence import Responder
+
+SMOKE = """
+  - name: smoke-check
+    event: ['type="deploy.finished"', 'data.env="prod"']
+    run:
+      flow: http-call
+      parameters: {url: "http://127.0.0.1:9/smoke/{{ event.subject }}"}
+    guard: {key: "smoke/{{ event.subject }}", cooldown: 10m}
+"""
+
+
+class Events(Responder):
+    """The convergence harness, with events sent as a sender would (to the inbox)."""
+
+    async def event(self, *events: dict[str, Any], settle: bool = True) -> None:
+        body = [{"specversion": "1.0", "source": "ci", **e} for e in events]
+        await self.store.inbox.add(InboxSource.CLOUDEVENTS, json.dumps(body).encode())
+        if settle:
+            await self.settle()
+
+    async def ledger(self, rule: str | None = None) -> list[dict[str, Any]]:
+        rows = list(reversed(await self.store.decisions.recent(limit=10_000)))
+        return [r for r in rows if rule is None or r["rule"] == rule]
+
+
+async def events(store: Store, tmp_path: Path, rules: str) -> Events:
+    r = Events(store, tmp_path, rules)
+    await r.start()
+    return r
+
+
+def deploy(id: str, subject: str, env: str = "prod", **data: Any) -> dict[str, Any]:
+    return {"id": id, "type": "deploy.finished", "subject": subject, "data": {"env": env, **data}}
+
+
+async def test_an_event_rule_is_decided_through_the_guard_and_admitted(
+    store: Store, tmp_path: Path
+) -> None:
+    r = await events(store, tmp_path, SMOKE)
+    await r.event(deploy("d1", "shop/api"), deploy("d2", "shop/web", env="staging"))
+    [admitted] = await r.ledger("smoke-check")
+    assert admitted["verdict"] == "admitted"
+    assert admitted["alertname"] == "event:deploy.finished"
+    assert admitted["labels"]["subject"] == "shop/api"
+    [run] = [d for d in await store.decisions.recent(limit=10) if d["verdict"] == "admitted"]
+    assert run["guard_key"] == "smoke-check:smoke/shop%2Fapi"  # escaped: data is data
+    # The same subject again, another event: the guard's key refuses it (run still going).
+    await r.event(deploy("d3", "shop/api"))
+    verdicts = [(d["verdict"], d["refusal"]) for d in await r.ledger("smoke-check")]
+    assert verdicts == [("admitted", None), ("refused", "key_active")]
+
+
+async def test_a_resent_event_is_decided_once(store: Store, tmp_path: Path) -> None:
+    r = await events(store, tmp_path, SMOKE)
+    await r.event(deploy("d1", "shop/api"))
+    await r.finish("smoke-check")
+    r.clock.now += 3600  # past the cooldown: only identity can refuse it now
+    await r.event(deploy("d1", "shop/api"))
+    await r.new_leader()  # identities are in the store, not in memory
+    await r.event(deploy("d1", "shop/api"))
+    ledger = await r.ledger()
+    assert [d["verdict"] for d in ledger if d["rule"] == "smoke-check"] == ["admitted"]
+    assert [d["verdict"] for d in ledger if d["rule"] is None] == ["duplicate", "duplicate"]
+    # Another source with the same id is another event.
+    await r.event({**deploy("d1", "shop/api"), "source": "other-ci"})
+    assert len([d for d in await r.ledger("smoke-check") if d["verdict"] == "admitted"]) == 2
+
+
+COUNTED = """
+  - name: flapping-deploys
+    event: ['type="deploy.finished"']
+    count: {at_least: 3, within: 10m, same: [subject]}
+    assert: {fact: deploys-flapping, with: {workload: "{{ event.subject }}"}, ttl: 1h}
+"""
+
+
+async def test_count_counts_events_by_their_same_fields(store: Store, tmp_path: Path) -> None:
+    r = await events(store, tmp_path, COUNTED)
+    await r.event(deploy("a1", "api"), deploy("b1", "web"), deploy("a2", "api"))
+    assert await r.ledger("flapping-deploys") == []
+    await r.event(deploy("a3", "api"))
+    [asserted] = await r.ledger("flapping-deploys")
+    assert asserted["verdict"] == "asserted"
+    assert [f.fields for f in r.loop.engine.facts() if f.name == "deploys-flapping"] == [
+        {"workload": "api"}
+    ]
+
+
+JOINED = """
+  - name: smoke-unless-frozen
+    event: ['type="deploy.finished"']
+    unless: [{fact: freeze, where: ['workload="{{ event.subject }}"']}]
+    after: {match: ['type="deploy.started"'], same: [subject], within: 30m}
+    run: {flow: http-call, parameters: {url: "http://127.0.0.1:9/{{ event.data.env }}"}}
+    guard: {key: "smoke/{{ event.subject }}"}
+"""
+
+
+async def test_after_and_unless_join_events_with_facts(store: Store, tmp_path: Path) -> None:
+    r = await events(store, tmp_path, JOINED)
+    await r.event(deploy("f0", "api"))  # no deploy.started before it
+    started = {"type": "deploy.started", "subject": "api", "data": {}}
+    await r.event({"id": "s1", **started}, {"id": "s2", **started, "subject": "db"})
+    await r.event(deploy("f1", "api"))
+    [admitted] = await r.ledger("smoke-unless-frozen")
+    assert admitted["verdict"] == "admitted"
+
+    await r.event({"id": "z", "type": "freeze", "data": {"workload": "db"}})
+    # A freeze is only a fact to join when a rule asserts it; events are `event` facts.
+    assert [f for f in r.loop.engine.facts() if f.name == "freeze"] == []
+
+
+@pytest.mark.parametrize(
+    "rule, problem",
+    [
+        ("event: ['name=\"x\"']", "is no event field"),
+        ("event: ['type=\"x\"']\n    match: ['alertname=\"A\"']", "exactly one"),
+        ("match: ['data.env=\"x\"']", "no label name"),
+        ("event: ['type=\"x\"']\n    firing_for: 5m", "does not take firing_for"),
+    ],
+)
+def test_event_rules_are_checked_when_loaded(tmp_path: Path, rule: str, problem: str) -> None:
+    from responder.decision.rules import load_rules
+    from responder.exceptions import RuleError
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"rules:\n  - name: r\n    {rule}\n    assert: {{fact: f}}\n")
+    with pytest.raises(RuleError, match=problem):
+        load_rules([path])
