@@ -24,8 +24,22 @@ GITHUB_SECRET = "github-hook-secret"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
+# A rule on what the GitHub mapping makes of a failed production deployment (dry run: the
+# decision is recorded, no flow runs).
+ROLLBACK = """
+rules:
+  - name: deployment-failed
+    event: ['type="github.deployment_status.failure"', 'data.environment="production"']
+    run:
+      flow: http-call
+      parameters: {url: "http://127.0.0.1:9/rollback/{{ event.data.repository }}"}
+    guard: {key: "rollback/{{ event.subject }}"}
+"""
+
+
 @pytest.fixture
 async def service(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Service]:
+    (rules_dir / "deployments.yaml").write_text(ROLLBACK)
     mappings = tmp_path / "mappings"
     shutil.copytree(ROOT / "config" / "mappings", mappings)  # the shipped mappings
     settings = make_settings(
@@ -34,6 +48,7 @@ async def service(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Service]:
         events_token=TOKEN,
         mappings_dir=mappings,
         webhook_secrets={"github-deployment": GITHUB_SECRET},
+        dry_run=True,
     )
     service = Service(settings)
     await service.start()
@@ -132,6 +147,12 @@ async def test_github_deployment_status_signed_and_redelivered(
     assert fields["subject"] == "production"
     assert fields["deployment_id"] == "2317480915"
     assert fields["sha"] == "9f3c1b7e2d4a6f8b0c1e3d5f7a9b2c4d6e8f0a1b"
+    # The rule decided on it once; the redelivery is recorded as a duplicate.
+    ledger = list(reversed(await service.decisions(limit=100)))
+    assert [(d["rule"], d["verdict"]) for d in ledger] == [
+        ("deployment-failed", "dry_run"),
+        (None, "duplicate"),
+    ]
 
 
 @pytest.mark.parametrize(

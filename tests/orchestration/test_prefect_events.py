@@ -37,9 +37,24 @@ def fail_a_run(responders: bool = False) -> str:
     return str(state.state_details.flow_run_id)
 
 
+# Retry a failed backup run (dry run here: the decision is recorded, no flow runs).
+RETRY = """
+rules:
+  - name: retry-failed-backup
+    event: ['type="prefect.flow-run.Failed"', 'data.flow="nightly-backup"']
+    run:
+      flow: http-call
+      parameters: {url: "http://127.0.0.1:9/retry/{{ event.data.flow_run_id }}"}
+    guard: {key: "backup/{{ event.data.flow_run_id }}"}
+"""
+
+
 @pytest.fixture
 async def service(prefect_api_url: str, tmp_path: Path, rules_dir: Path) -> AsyncIterator[Service]:
-    settings = make_settings(tmp_path, rules_dir, prefect_event_types=["prefect.flow-run.Failed"])
+    (rules_dir / "backups.yaml").write_text(RETRY)
+    settings = make_settings(
+        tmp_path, rules_dir, prefect_event_types=["prefect.flow-run.Failed"], dry_run=True
+    )
     service = Service(settings, prefect_api_url=prefect_api_url)
     await service.start()
     yield service
@@ -78,6 +93,9 @@ async def test_a_failed_run_outside_responder_becomes_one_event(service: Service
     assert [b["data"]["flow_run_id"] for b in bodies].count(outside) == 1
     assert all(b["data"]["flow_run_id"] != own for b in bodies)  # Responder's own run
     assert len(failed_events(service)) == 1
+    ledger = await service.decisions(limit=100)
+    ledger = [d for d in ledger if d["labels"].get("data.flow_run_id") in (own, outside)]
+    assert [(d["rule"], d["verdict"]) for d in ledger] == [("retry-failed-backup", "dry_run")]
 
 
 async def test_a_new_leader_reads_back_and_the_event_stays_one(
@@ -111,6 +129,13 @@ async def test_a_new_leader_reads_back_and_the_event_stays_one(
         await wait_for(decided, timeout=20)
         held = [f for f in failed_events(successor) if f.fields["flow_run_id"] == outside]
         assert len(held) == 1
+        ledger = list(reversed(await successor.decisions(limit=100)))
+        # (The other test's failed run is read back too: another event, another decision.)
+        ledger = [d for d in ledger if d["labels"].get("data.flow_run_id") == outside]
+        assert [(d["rule"], d["verdict"]) for d in ledger] == [
+            ("retry-failed-backup", "dry_run"),
+            (None, "duplicate"),
+        ]
     finally:
         await successor.stop()
         await service.start()  # the fixture stops it

@@ -34,10 +34,23 @@ def stream(redis_url: str) -> Iterator[str]:
         client.delete(name)
 
 
+# A rule on the stream's events (dry run: decisions are recorded, no flow runs).
+RERUN = """
+rules:
+  - name: rerun-backup
+    event: ['type="backup.failed"', 'source="backup-scheduler"']
+    run:
+      flow: http-call
+      parameters: {url: "http://127.0.0.1:9/backup/{{ event.subject }}"}
+    guard: {key: "backup/{{ event.subject }}"}
+"""
+
+
 @pytest.fixture
 async def service(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Service]:
     """A leader whose loop decides what the tests' consumers commit to its inbox."""
-    service = Service(make_settings(tmp_path, rules_dir))
+    (rules_dir / "backups.yaml").write_text(RERUN)
+    service = Service(make_settings(tmp_path, rules_dir, dry_run=True))
     await service.start()
     yield service
     await service.stop()
@@ -152,6 +165,8 @@ async def test_replicas_share_the_group(service: Service, redis_url: str, stream
         await decided(service)
         held = [f for f in service.loop.engine.facts() if f.name == "event"]
         assert len(held) == 300
+        ledger = await service.decisions(limit=1000)
+        assert len([d for d in ledger if d["rule"] == "rerun-backup"]) == 300
         with redis.Redis.from_url(redis_url) as client:
             names = {c["name"] for c in client.xinfo_consumers(stream, "replicas")}
         assert names == {b"r1", b"r2"} or names == {"r1", "r2"}
@@ -188,6 +203,11 @@ async def test_death_after_commit_before_ack_is_no_duplicate(
     assert await rows(service) == 2
     await decided(service)
     assert len(events_held(service, "backup-7")) == 1
+    ledger = list(reversed(await service.decisions(limit=100)))
+    assert [(d["rule"], d["verdict"]) for d in ledger] == [
+        ("rerun-backup", "dry_run"),
+        (None, "duplicate"),
+    ]
 
 
 async def test_death_before_commit_is_reclaimed(
@@ -214,6 +234,8 @@ async def test_death_before_commit_is_reclaimed(
         await other.stop()
     await decided(service)
     assert len(events_held(service, "backup-8")) == 1
+    ledger = await service.decisions(limit=100)
+    assert [(d["rule"], d["verdict"]) for d in ledger] == [("rerun-backup", "dry_run")]
 
 
 async def test_restarted_consumer_reads_its_own_pending_entries_first(
