@@ -63,6 +63,8 @@ bench: setup-dev
 	$(PY) bench/load.py big --alerts 5000 --rules 200 --repeat 3
 	$(PY) bench/dispatch.py --alerts 300 --rate 20
 	$(PY) bench/convergence.py --incidents 1000 --alerts 10000 --repeat 3
+	$(PY) bench/sources.py --events 2000 --senders 16 --sources json redis
+	$(PY) bench/sources.py --events 200 --sources prefect
 
 clean:
 	rm -rf $(VENV) .responder .pytest_cache .mypy_cache .ruff_cache
