@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.decision_path import _reset, rule_text  # noqa: E402
+from bench.events import event_rule_text  # noqa: E402
 from responder.storage.schema import decisions  # noqa: E402
 from responder.storage.store import Store  # noqa: E402
 
@@ -128,9 +129,11 @@ class Server:
         database_url: str | None,
         prefect_api_url: str | None = None,
         extra_env: dict[str, str] | None = None,
+        event_rules: int = 0,
     ) -> None:
         (workdir / "rules").mkdir(parents=True, exist_ok=True)  # a restart reuses it all
-        (workdir / "rules" / "bench.yaml").write_text(rule_text(rules))
+        text = rule_text(rules) + event_rule_text(event_rules)  # rules on events: none fire
+        (workdir / "rules" / "bench.yaml").write_text(text)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -392,30 +395,32 @@ async def big(server: Server, rules: int, alerts: int) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
-    for rules in args.rules:
-        for _ in range(args.repeat):
-            with tempfile.TemporaryDirectory(prefix="responder-load-") as tmp:
-                if args.postgres:
-                    await _reset(args.postgres)
-                server = Server(Path(tmp), rules, args.postgres)
-                try:
-                    ready = await server.wait_ready()
-                    idle_rss = server.rss_mb()
-                    if args.scenario == "storm":
-                        result = await storm(server, rules, args.alerts, args.senders)
-                    elif args.scenario == "big":
-                        result = await big(server, rules, args.alerts)
-                    else:
-                        result = await steady(server, rules, args.rate, args.seconds)
-                finally:
-                    server.stop()
-                result |= {
-                    "ready_s": ready,
-                    "idle_rss_mb": idle_rss,
-                    "store": "postgresql" if args.postgres else "sqlite",
-                }
-                print(json.dumps(result), flush=True)
-                results.append(result)
+    # With several --event-rules counts, their runs alternate: the machine's drift hits each.
+    runs = [(r, e) for r in args.rules for _ in range(args.repeat) for e in args.event_rules]
+    for rules, event_rules in runs:
+        with tempfile.TemporaryDirectory(prefix="responder-load-") as tmp:
+            if args.postgres:
+                await _reset(args.postgres)
+            server = Server(Path(tmp), rules, args.postgres, event_rules=event_rules)
+            try:
+                ready = await server.wait_ready()
+                idle_rss = server.rss_mb()
+                if args.scenario == "storm":
+                    result = await storm(server, rules, args.alerts, args.senders)
+                elif args.scenario == "big":
+                    result = await big(server, rules, args.alerts)
+                else:
+                    result = await steady(server, rules, args.rate, args.seconds)
+            finally:
+                server.stop()
+            result |= {
+                "event_rules": event_rules,
+                "ready_s": ready,
+                "idle_rss_mb": idle_rss,
+                "store": "postgresql" if args.postgres else "sqlite",
+            }
+            print(json.dumps(result), flush=True)
+            results.append(result)
     return results
 
 
@@ -460,21 +465,23 @@ def summary(results: list[dict[str, Any]]) -> None:
     """A table of medians per (scenario, rules, store), with the checks' verdict."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in results:
-        groups.setdefault((r["scenario"], r["rules"], r["store"]), []).append(r)
+        groups.setdefault((r["scenario"], r["rules"], r["event_rules"], r["store"]), []).append(r)
     for scenario in COLUMNS:
         rows = [(key, runs) for key, runs in groups.items() if key[0] == scenario]
         if not rows:
             continue
         columns = COLUMNS[scenario]
-        print(
-            f"| {scenario} | store | rules | runs | checks | {' | '.join(t for _, t in columns)} |"
-        )
-        print("|---" * (len(columns) + 5) + "|")
-        for (_, rules, store), runs in rows:
+        titles = " | ".join(t for _, t in columns)
+        print(f"| {scenario} | store | rules | event rules | runs | checks | {titles} |")
+        print("|---" * (len(columns) + 6) + "|")
+        for (_, rules, event_rules, store), runs in rows:
             ok = all(r["all_decided"] and not r["keys_admitted_twice"] for r in runs)
             cells = [f"{statistics.median(r[k] for r in runs):,.1f}" for k, _ in columns]
             checks = "ok" if ok else "FAILED"
-            print(f"| | {store} | {rules} | {len(runs)} | {checks} | {' | '.join(cells)} |")
+            print(
+                f"| | {store} | {rules} | {event_rules} | {len(runs)} | {checks} | "
+                f"{' | '.join(cells)} |"
+            )
 
 
 def main() -> None:
@@ -486,6 +493,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--event-rules",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="Rules on events added to the alert rules (their runs alternate): what they "
+        "cost an alert storm.",
+    )
     parser.add_argument("--postgres", default=os.environ.get("RESPONDER_BENCH_POSTGRES_URL"))
     args = parser.parse_args()
     results = asyncio.run(run(args))

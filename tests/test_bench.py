@@ -51,3 +51,10 @@ async def test_the_convergence_bench_admits_every_waiting_incident(tmp_path: Pat
         result = await convergence.clearing(url, 20, block)  # asserts all 20 are admitted
         assert result["incidents"] == 20
         assert 0 <= result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+
+
+async def test_the_event_bench_decides_every_matching_event_once(tmp_path: Path) -> None:
+    result = await bench("events").decided_per_second(
+        f"sqlite+aiosqlite:///{tmp_path}/e.db", 5, 400
+    )
+    assert result["decided_per_s"] > 0  # it asserts internally: one decision per matching event

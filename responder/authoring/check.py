@@ -162,7 +162,19 @@ class _AnyData(dict[str, Any]):
     """An event's data beyond what the matchers guarantee: any field has a sample value."""
 
     def __missing__(self, key: str) -> str:
-        return key
+        return _Sample(key)
+
+
+class _Sample(str):
+    """A sample value of data the matchers do not describe: text, whose fields (nested
+    data: `event.data.event.data.namespace`) are samples too."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Sample(name)
 
 
 class _AnyFields(dict[str, str]):
@@ -273,8 +285,9 @@ class _RuleCompiler:
             return "error", f"vars.{used} is not defined; rule_vars defines: {_listed(owner)}"
         if owner is alert:
             return "error", f"alert has no field {used!r}; accepted: {_listed(owner)}"
-        if "event" in context and owner is context["event"]:
-            return "error", f"event has no field {used!r}; accepted: {_listed(context['event'])}"
+        event: dict[str, Any] | None = context.get("event")
+        if event is not None and owner is event:
+            return "error", f"event has no field {used!r}; accepted: {_listed(event)}"
         if owner is context["service"]:
             fields = ["name", *ServiceSpec.model_fields]
             if used not in fields:

@@ -24,8 +24,10 @@ entry checks only the keys it gives (`labels` and `parameters` check only the en
 give; `reason` is text the decision's reason contains). `facts`, when given, is the exact set
 of facts held at the end (catalog facts aside). Time runs between steps and on to `until`:
 each timer fires at its own time. A `finish` on a key no flow run holds fails the test.
-Fixtures (catalogs, fact files) live in `rules/tests/fixtures/`, where `responder test` does
-not take them for tests.
+Events are CloudEvents (`type`, `source`, `id`, `subject`, `data`), sent at the step's time;
+an event given the `id` of one sent before is a resend. Time running on to `until` fires
+absence timers (`not_followed_by`) and schedules' ticks too. Fixtures (catalogs, fact
+files) live in `rules/tests/fixtures/`, where `responder test` does not take them for tests.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +60,9 @@ class TestAlert(Spec):
 class TestEvent(Spec):
     type: str = Field(min_length=1)
     source: str = "rule-test"
+    id: str | None = Field(
+        None, description="Its identity with `source`; the same again is a resent event."
+    )
     subject: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
@@ -177,8 +183,10 @@ async def _run(sandbox: Sandbox, test: RuleTest) -> tuple[dict[str, Any], list[s
                 [sandbox.alert(a.labels, a.annotations, a.status) for a in step.alerts]
             )
         if step.events:
+            time = datetime.fromtimestamp(sandbox.clock.now, UTC).isoformat()
             events = [
-                {"specversion": "1.0", "id": f"{start + step.at}-{i}", **e.model_dump()}
+                {"specversion": "1.0", "time": time, **e.model_dump()}
+                | {"id": e.id or f"{start + step.at}-{i}"}
                 for i, e in enumerate(step.events)
             ]
             await sandbox.send("cloudevents", json.dumps(events).encode())

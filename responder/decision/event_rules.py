@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from responder.decision.conditions import fact_meets
 from responder.decision.engine import Match
-from responder.decision.matchers import Matcher
+from responder.decision.matchers import Matcher, MatchOp
 from responder.decision.rules import Rule, RuleBook
 from responder.decision.schedules import SCHEDULE_SOURCE
 from responder.events.cloudevents import CloudEvent
@@ -31,6 +31,22 @@ from responder.events.webhook import Alert
 
 ABSENCE_SOURCE = "responder/absence"
 ABSENCE_TYPE = "responder.absence"
+
+
+class HeldFacts:
+    """The facts the engine holds, read once per event and only if a rule needs them, by
+    name (an event rule's `when` looks at the facts of one name, not at every event fact)."""
+
+    def __init__(self, read: Callable[[], list[Fact]]) -> None:
+        self._read = read
+        self._by_name: dict[str, list[Fact]] | None = None
+
+    def named(self, name: str) -> list[Fact]:
+        if self._by_name is None:
+            self._by_name = {}
+            for fact in self._read():
+                self._by_name.setdefault(fact.name, []).append(fact)
+        return self._by_name.get(name, [])
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,19 @@ class EventRules:
         self._clock = clock
         self.rules = [r for r in book.rules if not r.on_alerts]
         self._by_name = {r.name: r for r in self.rules}
+        self._order = {r.name: i for i, r in enumerate(self.rules)}
+        self._sequence = [r for r in self.rules if r.after is not None]
         self._absence = [r for r in self.rules if r.not_followed_by is not None]
+        # Each rule on events by the `type` it requires (None: any type), matchers parsed once:
+        # an event meets only the rules of its type, whatever the size of the library.
+        self._by_type: dict[str | None, list[tuple[Rule, tuple[Matcher, ...]]]] = {}
+        for rule in self.rules:
+            if rule.schedule is None:
+                matchers = rule.event_matchers
+                kind = next(
+                    (m.value for m in matchers if m.name == "type" and m.op is MatchOp.EQ), None
+                )
+                self._by_type.setdefault(kind, []).append((rule, matchers))
         # (rule, same values) -> [(event time, event digest)]: `count` windows and `after`'s
         # predecessors.
         self._windows: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
@@ -91,7 +119,7 @@ class EventRules:
                 found.append((rule.name, absence_key(rule, flat)))
         return found
 
-    def follower_held(self, rule: Rule, first: CloudEvent, facts: Iterable[Fact]) -> bool:
+    def follower_held(self, rule: Rule, first: CloudEvent, facts: HeldFacts) -> bool:
         """Whether an `event` fact the engine holds is a follower of `first` for `rule`
         (its `same` fields equal, and not older than `first` when both have a time):
         one that came before the first did (out of order), or came while no leader ran."""
@@ -99,9 +127,7 @@ class EventRules:
         assert spec is not None
         wanted = first.flat()
         start = first.time.timestamp() if first.time is not None else None
-        for fact in facts:
-            if fact.name != "event":
-                continue
+        for fact in facts.named("event"):
             fields = fact_flat(fact)
             if not all(m.matches(fields) for m in spec.matchers):
                 continue
@@ -114,19 +140,20 @@ class EventRules:
         return False
 
     def match(
-        self, event: CloudEvent, facts: list[Fact], alerts: Callable[[], list[Alert]]
+        self, event: CloudEvent, facts: HeldFacts, alerts: Callable[[], list[Alert]]
     ) -> tuple[list[Match], list[Absence]]:
         """The event rules that hold for `event`, and the absence timers it starts."""
         if event.source in (SCHEDULE_SOURCE, ABSENCE_SOURCE):
-            return self._own_rule(event, facts), []
+            return self._own_rule(event, facts), []  # for the rule it names only
         now = self._clock()
         flat = event.flat()
         alert = event.as_alert()
         matches: list[Match] = []
         absences: list[Absence] = []
         self._remember(event, flat, now)
-        for rule in self.rules:
-            if rule.schedule is not None or not _all(rule.event_matchers, flat):
+        candidates = [*self._by_type.get(event.type, ()), *self._by_type.get(None, ())]
+        for rule, matchers in sorted(candidates, key=lambda c: self._order[c[0].name]):
+            if not _all(matchers, flat):
                 continue
             if self._failure(rule, alert, facts) is not None:
                 continue
@@ -143,7 +170,7 @@ class EventRules:
             matches.append(Match(rule, alert, _joined(rule, alert, facts), event.context()))
         return _ordered(matches), absences
 
-    def _own_rule(self, event: CloudEvent, facts: list[Fact]) -> list[Match]:
+    def _own_rule(self, event: CloudEvent, facts: HeldFacts) -> list[Match]:
         """A schedule's tick, or an absence, is for the one rule it names."""
         rule = self._by_name.get(event.subject or "")
         if rule is None:
@@ -160,22 +187,19 @@ class EventRules:
             return []
         return [Match(rule, alert, _joined(rule, alert, facts), first.context())]
 
-    def explain(self, rule: Rule, alert: Alert, facts: list[Fact]) -> str | None:
-        return self._failure(rule, alert, facts)
-
     @staticmethod
-    def _failure(rule: Rule, alert: Alert, facts: list[Fact]) -> str | None:
+    def _failure(rule: Rule, alert: Alert, facts: HeldFacts) -> str | None:
         for condition in rule.when:
-            if not any(fact_meets(f, condition, alert) for f in facts):
+            if not any(fact_meets(f, condition, alert) for f in facts.named(condition.fact)):
                 return f"when: no fact {condition.fact} with {condition.where}"
         for condition in rule.unless:
-            if any(fact_meets(f, condition, alert) for f in facts):
+            if any(fact_meets(f, condition, alert) for f in facts.named(condition.fact)):
                 return f"unless: a fact {condition.fact} holds"
         return None
 
     def _remember(self, event: CloudEvent, flat: dict[str, str], now: float) -> None:
         """Keep the event as a possible predecessor of the `after` rules it may come first in."""
-        for other in self.rules:
+        for other in self._sequence:
             after = other.after
             if after is not None and _all(after.matchers, flat):
                 key = (other.name, tuple(flat.get(n, "") for n in after.same))
@@ -230,10 +254,12 @@ def _all(matchers: Iterable[Matcher], fields: Mapping[str, str]) -> bool:
     return all(m.matches(fields) for m in matchers)
 
 
-def _joined(rule: Rule, alert: Alert, facts: list[Fact]) -> dict[str, Mapping[str, str]]:
+def _joined(rule: Rule, alert: Alert, facts: HeldFacts) -> dict[str, Mapping[str, str]]:
     joined: dict[str, Mapping[str, str]] = {}
     for condition in rule.when:
-        found = next((f for f in facts if fact_meets(f, condition, alert)), None)
+        found = next(
+            (f for f in facts.named(condition.fact) if fact_meets(f, condition, alert)), None
+        )
         if found is not None:
             joined[condition.fact] = found.fields
     return joined

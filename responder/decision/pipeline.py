@@ -28,12 +28,12 @@ from responder.decision.escalation import (
     exhausted_fact,
     next_attempt,
 )
-from responder.decision.event_rules import ABSENCE_SOURCE, Absence, EventRules
+from responder.decision.event_rules import ABSENCE_SOURCE, Absence, EventRules, HeldFacts
 from responder.decision.manual import decision_for, rule_policy
 from responder.decision.rules import RuleBook
 from responder.decision.schedules import SCHEDULE_SOURCE
 from responder.decision.services import ServiceCatalog
-from responder.events.cloudevents import CloudEvent, Outcome
+from responder.events.cloudevents import OUTCOME_SOURCE, CloudEvent, Outcome
 from responder.events.facts import Fact
 from responder.events.manual_runs import MANUAL_RULE, RunRequest
 from responder.events.webhook import Alert
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 # How deep forward chaining goes from an alert, an event, an outcome or a request (depth 0).
 MAX_CHAIN = 8
+
+# Events Responder makes itself: no `event` fact (an outcome is a fact of its own already).
+OWN_SOURCES = frozenset({SCHEDULE_SOURCE, ABSENCE_SOURCE, OUTCOME_SOURCE})
 
 # flow name, parameters → what the flow would refuse (empty when they fit).
 ParameterCheck = Callable[[str, dict[str, Any]], list[dict[str, str]]]
@@ -154,8 +157,9 @@ class Pipeline:
     async def event(self, work: Transaction, event: CloudEvent, inbox_id: int) -> None:
         """An event: a fact for the rules on alerts to join, and decided by the rules on
         events once per identity (`source` and `id`: a resent event is a duplicate)."""
-        metrics.EVENTS_RECEIVED.inc()
-        own = event.source in (SCHEDULE_SOURCE, ABSENCE_SOURCE)
+        own = event.source in OWN_SOURCES
+        if not own:
+            metrics.EVENTS_RECEIVED.inc()
         if self.events.rules or own:
             alert = event.as_alert()
             await work.learn_identities([alert])
@@ -170,7 +174,8 @@ class Pipeline:
             await self._assert(work, event.fact(self._fact_expiry()), inbox_id, 0)
         if not self.events.rules:
             return
-        matches, absences = self.events.match(event, self.engine.facts(), self.engine.all_held)
+        held = HeldFacts(self.engine.facts)
+        matches, absences = self.events.match(event, held, self.engine.all_held)
         for absence in absences:
             work.await_follower(absence, inbox_id)
         await self._apply(work, matches, inbox_id, 0, settled=True)
@@ -181,6 +186,8 @@ class Pipeline:
         if attempt is not None and self.engine.held(outcome.incident) is not None:
             work.try_again(attempt)
         await self._assert(work, outcome.fact(self._fact_expiry()), inbox_id, 0)
+        if self.events.rules:  # rules on events decide on outcomes too (`responder.outcome`)
+            await self.event(work, outcome.event(), inbox_id)
 
     async def manual_run(self, work: Transaction, request: RunRequest, inbox_id: int) -> None:
         """A run by hand, under the policy of the rules that run its flow, if any."""

@@ -112,6 +112,26 @@ def _flatten(prefix: str, data: dict[str, Any], into: dict[str, str], depth: int
             into[path] = text[:MAX_VALUE]
 
 
+def _unflatten(fields: dict[str, str]) -> dict[str, Any]:
+    """An event's attributes and data again, from `CloudEvent.flat` fields."""
+    event: dict[str, Any] = {k: fields.get(k, "") for k in ("type", "source", "subject", "id")}
+    data: dict[str, Any] = {}
+    for path, value in fields.items():
+        if path.startswith("data."):
+            *parents, leaf = path.split(".")[1:]
+            here = data
+            for part in parents:
+                here = here.setdefault(part, {})
+                if not isinstance(here, dict):
+                    break
+            else:
+                here[leaf] = value
+    event["data"] = data
+    return event
+
+
+OUTCOME_SOURCE = "responder/outcome"
+OUTCOME_TYPE = "responder.outcome"
 EventBatch = TypeAdapter(list[CloudEvent])
 
 
@@ -156,6 +176,24 @@ class Outcome(BaseModel):
     def from_body(cls, body: bytes) -> Outcome:
         """Read an outcome's inbox row (the engine loop reads it)."""
         return cls.model_validate_json(body)
+
+    def event(self) -> CloudEvent:
+        """The outcome as rules on events see it: type `responder.outcome`, subject the
+        rule, data its `rule`, `flow`, `key`, `state`, the `labels` of what was decided on,
+        and, when that was an event, the `event` itself (`event.data.event.data.FIELD`)."""
+        labels = {k: v for k, v in self.labels.items() if "." not in k}
+        data: dict[str, Any] = {"rule": self.rule or "", "flow": self.flow or "", "labels": labels}
+        data.update(key=self.key or "", state=self.state, incident=self.incident)
+        if labels.get("alertname", "").startswith("event:"):
+            data["event"] = _unflatten(self.labels)
+        return CloudEvent(
+            specversion="1.0",
+            id=f"outcome:{self.decision_id}",
+            source=OUTCOME_SOURCE,
+            type=OUTCOME_TYPE,
+            subject=self.rule or "",
+            data=data,
+        )
 
     def fact(self, expires_at: float) -> Fact:
         # Whole label values (the webhook already bounds them), or a rule's join with the

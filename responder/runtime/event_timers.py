@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from responder.decision.event_rules import absence_event
+from responder.decision.event_rules import HeldFacts, absence_event
 from responder.decision.pipeline import Pipeline
 from responder.decision.rules import RuleBook
 from responder.decision.schedules import latest_tick, next_tick, tick_event
@@ -36,7 +36,7 @@ async def fire(store: Store, work: Work, pipeline: Pipeline, timer: Timer, now: 
     event: CloudEvent | None = None
     if timer.kind == ABSENCE and rule is not None and rule.not_followed_by is not None:
         first = CloudEvent.model_validate_json(timer.payload or "{}")
-        if pipeline.events.follower_held(rule, first, pipeline.engine.facts()):
+        if pipeline.events.follower_held(rule, first, HeldFacts(pipeline.engine.facts)):
             log.info("absence %s: the follower of %s came", rule.name, first.id)
             return
         event = absence_event(rule.name, first, now)

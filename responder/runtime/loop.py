@@ -431,12 +431,15 @@ class EngineLoop:
     def _next_alerts(
         rows: list[tuple[int, int, list[Any]]], row: int, item: int, count: int
     ) -> list[Alert]:
-        """The alerts among the next `count` items, from `item` of `row` on."""
+        """The alerts (and events, as alerts) among the next `count` items, from `item` of
+        `row` on."""
         alerts: list[Alert] = []
         left = count
         while row < len(rows) and left > 0:
             upcoming = rows[row][2][item : item + left]
-            alerts.extend(a for a in upcoming if isinstance(a, Alert))
+            for a in upcoming:  # an event's identity is an alert's (`CloudEvent.as_alert`)
+                if isinstance(a, Alert | CloudEvent):
+                    alerts.append(a if isinstance(a, Alert) else a.as_alert())
             left -= len(upcoming)
             row += 1
             item = rows[row][1] if row < len(rows) else 0

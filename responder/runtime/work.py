@@ -56,13 +56,19 @@ class Work:
         self._timers: list[dict[str, Any]] = []
         self._removed_facts: list[Fact] = []
         self._followed: list[tuple[str, str]] = []
+        self._learned: set[tuple[str, str, str]] = set()  # identities read already
+        self._saving: dict[str, Fact] = {}  # facts to save at the flush, by id
 
     def because(self, why: str | None) -> None:
         """Decisions recorded from now on were made again, for this reason (None: ends)."""
         self.ledger.because = why
 
     async def learn_identities(self, alerts: list[Alert]) -> None:
-        self._seen.update(await self._store.alerts.known_identities(self.conn, alerts))
+        """Read which of these identities were handled (those not read already)."""
+        unknown = [a for a in alerts if _identity(a) not in self._learned]
+        if unknown:
+            self._learned.update(_identity(a) for a in unknown)
+            self._seen.update(await self._store.alerts.known_identities(self.conn, unknown))
 
     def first_seen_in(self, alert: Alert) -> int | None:
         return self._seen.get(_identity(alert))
@@ -205,9 +211,11 @@ class Work:
         self._followed.extend(pairs)
 
     async def save_fact(self, fact: Fact) -> None:
-        await self._store.facts.save(self.conn, fact)
+        self._saving[fact.id] = fact  # saved in bulk by `flush`
 
     async def delete_facts(self, facts: list[Fact]) -> None:
+        for fact in facts:
+            self._saving.pop(fact.id, None)
         await self._store.facts.remove(self.conn, [f.id for f in facts])
         self._removed_facts.extend(facts)
 
@@ -249,6 +257,9 @@ class Work:
         return admission.refusal
 
     async def flush(self) -> None:
+        if self._saving:
+            await self._store.facts.save_many(self.conn, list(self._saving.values()))
+            self._saving = {}
         await self.ledger.flush()
         if self._identities:
             await self._store.alerts.add_identities(self.conn, self._identities)

@@ -30,6 +30,26 @@ class Facts:
         )
 
     @staticmethod
+    async def save_many(conn: AsyncConnection, held: list[Fact]) -> None:
+        """Save facts in two statements (a fact already saved is replaced)."""
+        if not held:
+            return
+        ids = [fact.id for fact in held]
+        for start in range(0, len(ids), 500):
+            await conn.execute(delete(facts).where(facts.c.id.in_(ids[start : start + 500])))
+        rows = [
+            {
+                "id": fact.id,
+                "name": fact.name,
+                "fields": dict(fact.fields),
+                "expires_at": fact.expires_at,
+                "source": fact.source,
+            }
+            for fact in held
+        ]
+        await conn.execute(facts.insert(), rows)
+
+    @staticmethod
     async def remove(conn: AsyncConnection, ids: list[str]) -> None:
         if ids:
             await conn.execute(delete(facts).where(facts.c.id.in_(ids)))

@@ -127,8 +127,8 @@ EXPECTED = [
     "syntax.yaml:12:18: error: rules.1.guard.key: template 'k/{{ alert.labels.instance }': "
     "unexpected '}' (template line 1)",
     "syntax.yaml:15:17: error: rule 'unknown-flow': unknown flow 'no-such-flow'; known flows: "
-    "clean-disk, drain-node, http-call, renew-certificate, restart-in-batches, "
-    "restart-service, rollback-deployment",
+    "clean-disk, drain-node, http-call, renew-certificate, renew-certificates-in-batches, "
+    "restart-in-batches, restart-service, rollback-deployment, smoke-check",
 ]
 
 

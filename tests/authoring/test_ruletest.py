@@ -221,3 +221,47 @@ def test_the_ladders_next_attempt_fires_within_until(
         "escalation.yaml",
     )
     assert (code == 0) is passes, output
+
+
+NEVER_FINISHED = """
+rules: [deploys.yaml]
+vars: {smoke_url: "http://smoke", pager_url: "http://pager/page", prometheus_url: "http://p"}
+tests:
+  - name: a deploy that never finishes pages
+    steps:
+      - events: [{type: deploy.started, id: s1, subject: shop/api}]
+FOLLOWER
+UNTIL
+    expect:
+      decisions:
+        - {rule: deploy-never-finished, verdict: deferred}
+        - {rule: deploy-never-finished, verdict: admitted}
+"""
+
+
+@pytest.mark.parametrize(
+    ("follower", "until", "passes"),
+    [
+        ("", "", False),  # the test ends before the absence timer
+        ("", "    until: 31m", True),
+        (
+            "      - {at: 29m, events: [{type: deploy.finished, id: f1, subject: shop/api}]}",
+            "    until: 2h",
+            False,
+        ),
+        (
+            "      - {at: 1m, events: [{type: deploy.started, id: s1, subject: shop/api}]}",
+            "    until: 2h",
+            True,
+        ),
+    ],
+)
+def test_rule_tests_send_events_and_run_time_past_absence_timers(
+    tmp_path: Path, follower: str, until: str, passes: bool
+) -> None:
+    # The last case resends the first event (the same id): a duplicate changes nothing.
+    text = NEVER_FINISHED.replace("FOLLOWER\n", follower + "\n" if follower else "")
+    code, output = run_tests(
+        tmp_path, text.replace("UNTIL\n", until + "\n" if until else ""), "deploys.yaml"
+    )
+    assert (code == 0) is passes, output

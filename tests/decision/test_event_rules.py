@@ -5,11 +5,16 @@ an event starts a decision, the guard admits it once, a resent event is a duplic
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import sys
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
+import yaml
 
 from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
@@ -143,3 +148,121 @@ def test_event_rules_are_checked_when_loaded(tmp_path: Path, rule: str, problem:
     path.write_text(f"rules:\n  - name: r\n    {rule}\n    assert: {{fact: f}}\n")
     with pytest.raises(RuleError, match=problem):
         load_rules([path])
+
+
+# --- end to end: hostile event data to a real Prefect flow run, one literal argument each --
+
+
+def record_event_rule() -> str:
+    from tests.decision.test_injection import CORPUS
+
+    data = [f"{{{{ event.data.v{i} }}}}" for i in range(len(CORPUS))]
+    rule = {
+        "name": "record-hostile-event",
+        "event": ['type="injection.probe"', 'data.kind="probe"'],
+        "run": {
+            "flow": "record-argv",
+            "parameters": {
+                "recorder": "{{ vars.recorder }}",
+                "workdir": "{{ vars.workdir }}",
+                "labels": data,
+                "annotations": ["{{ event.subject }}"],
+                "forge": [],
+            },
+        },
+        "guard": {"key": "record/{{ event.id }}"},
+    }
+    return yaml.safe_dump({"rules": [rule]})
+
+
+@pytest.mark.prefect
+async def test_hostile_event_data_reaches_a_real_flow_run_as_literal_arguments(
+    prefect_api_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event rule, through intake, the loop, the guard and dispatch to a real Prefect
+    flow run: each value of the label-injection corpus arrives as one argument, byte for
+    byte, and a resent event makes no second run."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.types.entrypoint import EntrypointType
+
+    import flows.catalog
+    from flows import flow_names
+    from flows.dsl import load_flow_file
+    from flows.interpreter import build_flow
+    from flows.operations import all_operations
+    from tests.decision.test_injection import CORPUS, RECORD_FLOW, RECORDER, responder
+    from tests.helpers import wait_for
+    from tests.intake.test_app import decisions
+
+    (tmp_path / "record-argv.yaml").write_text(RECORD_FLOW)
+    source = load_flow_file(tmp_path / "record-argv.yaml", set(all_operations()))
+    record_argv = build_flow(source)
+    shipped_model = flows.catalog.parameters_model
+    monkeypatch.setattr(
+        flows.catalog,
+        "parameters_model",
+        lambda name: source.spec.parameters_model if name == "record-argv" else shipped_model(name),
+    )
+    monkeypatch.setattr(
+        "responder.runtime.service.known_flows", lambda: [*flow_names(), "record-argv"]
+    )
+    deployment = await record_argv.ato_deployment(
+        name="record-argv", entrypoint_type=EntrypointType.MODULE_PATH
+    )
+    await deployment.aapply()
+    recorder = tmp_path / "bin" / "record"
+    recorder.parent.mkdir()
+    recorder.write_text(f"#!{sys.executable}\n{RECORDER}")
+    recorder.chmod(0o755)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "record.yaml").write_text(record_event_rule())
+    subject = "$(touch PWNED); {{ 7*7 }}"
+    event = {
+        "specversion": "1.0",
+        "id": "probe-1",
+        "source": "tests",
+        "type": "injection.probe",
+        "subject": subject,
+        "data": {"kind": "probe", **{f"v{i}": v for i, v in enumerate(CORPUS)}},
+    }
+    body = json.dumps(event).encode()
+    headers = {"content-type": "application/cloudevents+json"}
+    async with responder(
+        tmp_path,
+        rules,
+        prefect_api_url=prefect_api_url,
+        rule_vars={"recorder": str(recorder), "workdir": str(workdir)},
+    ) as (client, _):
+        for _ in range(2):  # the second is a resend: a duplicate
+            response = await client.post("/api/v1/events", content=body, headers=headers)
+            assert response.status_code == 200, response.text
+
+        async def dispatched() -> dict[str, Any] | None:
+            rows = [r for r in await decisions(client) if r["rule"] == "record-hostile-event"]
+            return rows[0] if rows and rows[0]["flow_run_id"] else None
+
+        decision = await wait_for(dispatched, timeout=30)
+        assert decision["verdict"] == "admitted", decision["reason"]
+        async with get_client() as prefect:
+            flow_run = await prefect.read_flow_run(UUID(decision["flow_run_id"]))
+        assert flow_run.parameters["labels"] == CORPUS
+        state = await asyncio.to_thread(
+            functools.partial(run_flow, record_argv, flow_run, return_type="state")
+        )
+        assert state.is_completed(), state.message
+
+        async def final() -> str | None:
+            rows = [r for r in await decisions(client) if r["rule"] == "record-hostile-event"]
+            return rows[0]["flow_run_state"]  # type: ignore[no-any-return]
+
+        assert await wait_for(final, timeout=30) == "COMPLETED"
+        verdicts = [r["verdict"] for r in await decisions(client)]
+        assert sorted(verdicts) == ["admitted", "duplicate"]
+
+    received = [bytes.fromhex(arg) for arg in json.loads((workdir / "argv.json").read_text())]
+    assert received == [b"--", *(v.encode() for v in CORPUS), subject.encode()]
+    assert [path.name for path in workdir.iterdir()] == ["argv.json"]  # no PWNED
