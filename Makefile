@@ -27,15 +27,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(call install,-e '.[dev]')
 	touch $@ $(VENV)/.installed
 
-# Real Alertmanager, Prometheus and sshd for the end-to-end tests, and Chromium to look at the
-# Prefect UI as a person would (Debian packages).
+# Real Alertmanager, Prometheus, Redis and sshd for the end-to-end tests, and Chromium to look
+# at the Prefect UI as a person would (Debian packages).
 system-deps:
 	@if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null \
 		|| [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null \
-		|| ! command -v chromium >/dev/null; then \
+		|| ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-			prometheus-alertmanager prometheus openssh-server openssh-client chromium >/dev/null; \
+			prometheus-alertmanager prometheus openssh-server openssh-client chromium \
+			redis-server >/dev/null; \
 	fi
 
 run: setup
@@ -65,6 +66,8 @@ bench: setup-dev
 	$(PY) bench/replay.py --alerts 10000 --repeat 1
 	$(PY) bench/events.py --rules 50 --events 20000 --repeat 3
 	$(PY) bench/load.py storm --alerts 20000 --rules 200 --senders 16 --event-rules 0 50 --repeat 3
+	$(PY) bench/sources.py --events 2000 --senders 16 --sources json redis
+	$(PY) bench/sources.py --events 200 --sources prefect
 
 clean:
 	rm -rf $(VENV) .responder .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,8 @@
     │   │   └── MatcherError   a label matcher that cannot be parsed
     │   ├── FlowFileError      ...a YAML flow file
     │   ├── CatalogError       ...the service catalog (config/services.yaml)
-    │   └── CheckFailed        `responder check` errors: a reload refuses them all
+    │   ├── CheckFailed        `responder check` errors: a reload refuses them all
+    │   └── MappingError       ...a JSON webhook's mapping (config/mappings/*.yaml)
     ├── TemplateError          a template that cannot render for this alert
     ├── PayloadError           what `simulate` or `replay` was given cannot be read
     ├── EngineRejected         durable_rules refused a message as already observed
@@ -106,6 +107,10 @@ class CheckFailed(DocumentError):
             line=int(first["line"]),
             column=int(first["column"]),
         )
+
+
+class MappingError(DocumentError):
+    """A JSON webhook's mapping file (config/mappings/*.yaml) is invalid."""
 
 
 class MatcherError(RuleError):

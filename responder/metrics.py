@@ -14,6 +14,11 @@ ALERTS_RECEIVED = Counter(
     "responder_alerts_received_total", "Alerts read from the inbox, by alert status.", ["status"]
 )
 EVENTS_RECEIVED = Counter("responder_events_received_total", "CloudEvents read from the inbox.")
+SOURCE_EVENTS = Counter(
+    "responder_source_events_total",
+    "Events a source (redis, prefect) committed to the inbox, or refused as invalid.",
+    ["source", "result"],
+)
 DECISIONS = Counter(
     "responder_decisions_total",
     "Recorded decisions, by verdict and, for refusals, the guard check that refused.",

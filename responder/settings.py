@@ -33,6 +33,7 @@ from sqlalchemy.exc import ArgumentError
 from responder import tls
 from responder.exceptions import ConfigError
 from responder.intake import auth
+from responder.source_settings import SourceSettings
 
 DEFAULT_CONFIG_FILE = Path("config/responder.yaml")
 DAY = 86_400.0
@@ -40,7 +41,7 @@ DAY = 86_400.0
 STORE_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 SECRETS = ("bearer_token", "basic_password", "operator_token", "events_token")
 # URLs that may carry a user and password (a database's, a proxied API's).
-URL_FIELDS = ("database_url", "alertmanager_url", "prefect_api_url", "public_url")
+URL_FIELDS = ("database_url", "alertmanager_url", "prefect_api_url", "public_url", "redis_url")
 
 
 def without_credentials(url: str) -> str:
@@ -92,7 +93,7 @@ class OperatorSpec(BaseModel):
         return token
 
 
-class Settings(BaseSettings):
+class Settings(SourceSettings):
     """Everything Responder can be told. Every field is also `RESPONDER_<FIELD>`."""
 
     model_config = SettingsConfigDict(

@@ -1,9 +1,10 @@
-"""Shared fixtures: stores on both backends, the demo target, and real servers (Prefect).
+"""Shared fixtures: stores on both backends, the demo target, and real servers (Redis, Prefect).
 
 The plain helpers (paths, payloads, ports, waiting) are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from responder.authoring.demo import DemoService
 from responder.storage.store import Store
-from tests.helpers import POSTGRES_URL, ROOT, reset_postgres
+from tests.helpers import POSTGRES_URL, ROOT, free_port, reset_postgres
 
 # Flows run by these tests (in-process, or by the session's flow runner) have no Responder
 # to ask before they act: fencing off (flows.fencing). tests/test_fencing.py runs
@@ -53,6 +54,59 @@ def demo_service() -> Iterator[DemoService]:
     service = DemoService().start()
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis: RESPONDER_TEST_REDIS_URL, or 127.0.0.1:6379 when it answers, or a
+    throw-away `redis-server` (Debian's redis-server, `make system-deps`) on a free port,
+    without persistence. Tests use a stream of their own."""
+    import redis
+
+    url = os.environ.get("RESPONDER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with contextlib.suppress(redis.RedisError):
+        with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
+            client.ping()
+            yield url
+            return
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("no Redis at 127.0.0.1:6379 and no redis-server: run `make system-deps`")
+    port = free_port()
+    directory = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
+                    client.ping()
+                break
+            except redis.RedisError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 @pytest.fixture(scope="session")

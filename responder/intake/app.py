@@ -1,9 +1,9 @@
 """The HTTP API: the app factory, which wires the routers around a `Service`.
 
 The routes live in their own modules: the Alertmanager webhook (`alertmanager`), CloudEvents
-(`events`), the operator API (`operator`, `catalog`, `approvals`), the runs' fencing check
-(`fencing`) and health and metrics (`health`). Their credentials (`auth`) and rate limits
-(`ratelimit`) are dependencies.
+(`events`), JSON webhooks through a mapping (`json_webhooks`), the operator API (`operator`,
+`catalog`, `approvals`), the runs' fencing check (`fencing`) and health and metrics (`health`).
+Their credentials (`auth`) and rate limits (`ratelimit`) are dependencies.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from responder.intake import (
     events,
     fencing,
     health,
+    json_webhooks,
     maintenance,
     operator,
 )
 from responder.intake.auth import Access
 from responder.intake.errors import ERROR_SCHEMA, Refused, error, field_errors
+from responder.intake.mappings import load_mappings
 from responder.intake.ratelimit import RateLimit
 from responder.runtime.service import Service
 
@@ -51,6 +53,7 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     app.state.access = Access.from_settings(service.settings)
     app.state.rate_limit = RateLimit.from_settings(service.settings)
+    app.state.mappings = load_mappings(service.settings.mappings_dir)
     _describe_errors(app)
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
@@ -59,6 +62,7 @@ def create_app(service: Service) -> FastAPI:
     for routes in (
         alertmanager,
         events,
+        json_webhooks,
         operator,
         catalog,
         approvals,

@@ -6,7 +6,9 @@ Three kinds of endpoint, each with its credentials; this module is their one def
   named `operators`, each with a role, and `operator_token` (an operator named `operator_token`
   with role admin); the webhook's credentials (as role admin) when neither is set; never
   `events_token`;
-- events (`POST /api/v1/events`): `events_token`, or the webhook's credentials when it is unset.
+- events (`POST /api/v1/events`, `POST /webhook/json/{mapping}`): `events_token`, or the
+  webhook's credentials when it is unset; a JSON webhook whose mapping says `signature: github`
+  and has a secret in `webhook_secrets` presents its body's HMAC instead (`signed_sender`).
 A secret is configured when it is set; settings refuse empty ones.
 
 An operator's role decides which operator routes it may call (`ROLES`); a valid token of too
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -248,6 +252,17 @@ async def events_sender(request: Request) -> None:
     credentials = _access(request).events
     if not credentials.accepts(_authorization(request)):
         raise _unauthorized(credentials)
+
+
+def signed_sender(request: Request, body: bytes, secret: SecretStr) -> None:
+    """GitHub's `X-Hub-Signature-256` (HMAC-SHA256 of the body with the webhook's secret),
+    compared in constant time: a 401 when it is missing or wrong."""
+    digest = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
+    presented = request.headers.getlist("x-hub-signature-256")
+    if len(presented) != 1 or not hmac.compare_digest(
+        presented[0].strip().encode(), f"sha256={digest}".encode()
+    ):
+        raise Refused(401, "missing or invalid X-Hub-Signature-256", field="X-Hub-Signature-256")
 
 
 def operator_who_may(action: Action) -> Callable[[Request], Awaitable[Operator]]:

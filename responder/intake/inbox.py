@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -60,9 +61,17 @@ async def commit(
     content_type = content_type_of(request, content_types)
     body = await read_body(request, service.settings.max_body_bytes)
     count = count_items(parse, body, content_type, what)
+    return await acknowledge(service, source, body, {noun: count})
+
+
+async def acknowledge(
+    service: Service, source: str, body: bytes, answer: dict[str, Any]
+) -> JSONResponse:
+    """Commit a valid body to the inbox as `source`, then acknowledge with its inbox id and
+    `answer`; a 503 when the store did not commit (the sender retries)."""
     try:
         inbox_id = await service.accept(source, body)
     except StoreUnavailable as exc:
         log.error("%s not committed, answering 503: %s", source, exc)
         return error(503, "store unavailable; retry")
-    return JSONResponse({"status": "accepted", "inbox_id": inbox_id, noun: count})
+    return JSONResponse({"status": "accepted", "inbox_id": inbox_id, **answer})

@@ -20,9 +20,11 @@ from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import DispatchError, DocumentError, StoreUnavailable
 from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import parameter_errors, use_flow_dirs
+from responder.orchestration.prefect_events import PrefectEvents
 from responder.runtime.leadership import Leadership
 from responder.runtime.loop import EngineLoop
 from responder.runtime.recovery import Recovery
+from responder.runtime.streams import RedisStream
 from responder.settings import Settings
 from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
@@ -97,6 +99,18 @@ class Service:
             wake=self.loop.wake.set,
         )
         self.leadership = Leadership(self.store, settings.data_dir / "leader.lock")
+        # Event sources beyond HTTP: the stream on every replica, Prefect's feed on the leader.
+        self.stream = RedisStream(settings, self.accept) if settings.redis_url else None
+        self.prefect_events = (
+            PrefectEvents(
+                api_url,
+                settings.prefect_event_types,
+                settings.prefect_events_lookback_seconds,
+                self.accept,
+            )
+            if api_url and settings.prefect_event_types
+            else None
+        )
         self._task: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -173,6 +187,8 @@ class Service:
             await self._lead()
         else:
             log.info("another replica leads; accepting webhooks into the shared inbox")
+        if self.stream is not None:
+            self.stream.start()
         self._campaign = asyncio.create_task(self._campaign_forever(), name="leadership")
         if self.settings.reload_check_seconds > 0:
             self._watcher = asyncio.create_task(self._watch_files(), name="rule-watcher")
@@ -191,6 +207,8 @@ class Service:
             raise
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
         self.recovery.start()
+        if self.prefect_events is not None:
+            self.prefect_events.start()
         metrics.LEADER.set(1)
         log.info("leading: %d rules loaded, engine loop started", len(self.book.rules))
 
@@ -199,6 +217,8 @@ class Service:
 
     async def _step_down(self) -> None:
         metrics.LEADER.set(0)
+        if self.prefect_events is not None:
+            await self.prefect_events.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -237,6 +257,8 @@ class Service:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._watcher = self._campaign = None
+        if self.stream is not None:
+            await self.stream.stop()
         await self._step_down()
         await self.leadership.release()
         await self.store.close()
