@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import os
 from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, get_args
@@ -283,11 +284,11 @@ class Settings(SourceSettings):
     )
     prefect_port: int = Field(4200, ge=1, le=65535, description="Port of the local Prefect server.")
     runner_limit: int = Field(
-        5,
+        default_factory=lambda: min(200, 10 * (os.cpu_count() or 1)),
         ge=1,
         le=200,
-        description="Flow runs the embedded runner of `responder up` executes at once; more "
-        "wait as scheduled runs. Each run is a Python process of about 90 MiB.",
+        description="Flow runs the embedded runner of `responder up` executes at once (10 per "
+        "CPU); more wait as scheduled runs. Each is a fork of a process with the flows imported.",
     )
 
     @classmethod

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from tests.helpers import ROOT
 
 
@@ -64,3 +66,13 @@ async def test_the_event_bench_decides_every_matching_event_once(tmp_path: Path)
         f"sqlite+aiosqlite:///{tmp_path}/e.db", 5, 400
     )
     assert result["decided_per_s"] > 0  # it asserts internally: one decision per matching event
+
+
+@pytest.mark.prefect
+@pytest.mark.timeout(600)
+def test_the_first_action_bench_waits_for_every_call_and_every_run() -> None:
+    result = bench("first_action").run(repeat=2, burst=3, runner_limit=None)
+    assert result["runs_in_prefect"] == result["runs_completed"] == 1 + 2 + 3
+    assert 0 < result["one_p50_s"] <= result["one_max_s"]
+    assert 0 < result["burst_first_s"] <= result["burst_all_s"]
+    assert len(result["one_phases_p50_s"]) == 4

@@ -121,12 +121,16 @@ def serve(config: ConfigOption = None, host: HostOption = None, port: PortOption
 
 
 def serve_flows_command(
-    limit: Annotated[int, typer.Option(min=1, help="Flow runs executed at once.")] = 5,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Flow runs executed at once (default: 10 per CPU).")
+    ] = None,
 ) -> None:
     """Serve the remediation flows as Prefect deployments (started by `up`)."""
     from responder.orchestration.deployments import serve_flows
+    from responder.settings import Settings
 
-    serve_flows(limit=limit)
+    default = Settings.model_fields["runner_limit"].get_default(call_default_factory=True)
+    serve_flows(limit=limit or default)
 
 
 async def _serve_until_a_child_dies(

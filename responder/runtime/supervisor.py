@@ -128,7 +128,7 @@ class Supervisor:
         data_dir: Path,
         prefect_port: int,
         prefect_api_url: str | None,
-        runner_limit: int = 5,
+        runner_limit: int = 20,
         worker_env: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
@@ -144,7 +144,6 @@ class Supervisor:
         env["PREFECT_API_URL"] = self.api_url
         env.setdefault("PREFECT_HOME", str(self.data_dir / "prefect"))
         env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        env.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
         return env
 
     def start(self, ready_timeout: float = 90.0) -> None:

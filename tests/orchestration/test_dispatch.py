@@ -513,21 +513,39 @@ async def test_an_answer_prefect_refuses_leaves_the_run_awaiting(
         await dispatcher.answer_approval("00000000-0000-0000-0000-000000000002", True, "a", "")
 
 
-def kill_flow_run_process(flow_run_id: str) -> bool:
-    """SIGKILL the process the runner started for this flow run (found by its environment)."""
+def kill_flow_run_process(api_url: str) -> bool:
+    """SIGKILL the newest flow-run process of the runner serving `api_url` (this session's
+    Prefect server, so no other process matches).
+
+    The runner forks each run from its fork server (`deployments.start_flow_runs_warm`): a
+    run's process shows the fork server's command line and environment, and its parent is
+    the fork server. This test starts one run at a time, so the newest is the one to kill.
+    """
     import os
     import signal
 
-    wanted = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    wanted = f"PREFECT_API_URL={api_url}".encode()
+
+    def stat(pid: str) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    def forkserver(pid: str) -> bool:
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    runs: list[tuple[int, int]] = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            if wanted not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                continue
+            fields = stat(pid)
+            if forkserver(pid) and forkserver(fields[1]):  # forked by the fork server
+                runs.append((int(fields[19]), int(pid)))  # (start time, pid)
         except OSError:
             continue
-        if wanted in environ.split(b"\0"):
-            os.kill(int(pid), signal.SIGKILL)
-            return True
-    return False
+    if not runs:
+        return False
+    os.kill(max(runs)[1], signal.SIGKILL)
+    return True
 
 
 async def test_a_flow_run_killed_mid_way_frees_its_key(
@@ -560,10 +578,10 @@ async def test_a_flow_run_killed_mid_way_frees_its_key(
         state = (run.get("state") or {}).get("type")
         return str(rows[0]["flow_run_id"]) if state == "RUNNING" else None
 
-    flow_run_id = await wait_for(running_run, timeout=60, every=0.5)
+    await wait_for(running_run, timeout=60, every=0.5)
     await wait_for(lambda: _posted(demo_service, "/start"), timeout=30)
     assert await service.store.leases.count() == 1
-    assert kill_flow_run_process(flow_run_id), "the flow run's process was not found"
+    assert kill_flow_run_process(api_url), "the flow run's process was not found"
 
     async def ended() -> dict[str, Any] | None:
         rows = [d for d in await decisions(client) if d["id"] == decision_id]
