@@ -58,3 +58,13 @@ async def test_the_event_bench_decides_every_matching_event_once(tmp_path: Path)
         f"sqlite+aiosqlite:///{tmp_path}/e.db", 5, 400
     )
     assert result["decided_per_s"] > 0  # it asserts internally: one decision per matching event
+
+
+async def test_the_sources_bench_commits_every_event(tmp_path: Path, redis_url: str) -> None:
+    sources = bench("sources")
+    (tmp_path / "json").mkdir()
+    (tmp_path / "redis").mkdir()
+    # Each asserts internally that every event is committed (and, for Redis, acknowledged).
+    sent = await sources.json_webhooks(tmp_path / "json", 40, 4)
+    read = await sources.redis_stream(tmp_path / "redis", 40, redis_url)
+    assert sent["events"] == read["events"] == 40
