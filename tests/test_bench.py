@@ -76,3 +76,13 @@ def test_the_first_action_bench_waits_for_every_call_and_every_run() -> None:
     assert 0 < result["one_p50_s"] <= result["one_max_s"]
     assert 0 < result["burst_first_s"] <= result["burst_all_s"]
     assert len(result["one_phases_p50_s"]) == 4
+
+
+async def test_the_sources_bench_commits_every_event(tmp_path: Path, redis_url: str) -> None:
+    sources = bench("sources")
+    (tmp_path / "json").mkdir()
+    (tmp_path / "redis").mkdir()
+    # Each asserts internally that every event is committed (and, for Redis, acknowledged).
+    sent = await sources.json_webhooks(tmp_path / "json", 40, 4)
+    read = await sources.redis_stream(tmp_path / "redis", 40, redis_url)
+    assert sent["events"] == read["events"] == 40

@@ -778,6 +778,7 @@ async def test_every_endpoint_but_health_and_metrics_needs_credentials(
     app = client._transport.app  # type: ignore[attr-defined]
     open_paths = {"/healthz", "/readyz", "/metrics"}
     values = {"fingerprint": "abc123", "name": "restart-service", "flow_run_id": FLOW_RUN}
+    values["mapping"] = "grafana"  # a JSON webhook of the shipped mappings
     checked = []
     for route in app.routes:
         if not isinstance(route, APIRoute) or route.path in open_paths:
@@ -817,7 +818,9 @@ def accepted_secrets(path: str, configured: set[str]) -> set[str]:
     webhook = configured & {"bearer", "basic"}
     if path == URL:
         return webhook
-    own = "events" if path == "/api/v1/events" else "operator"  # every other route
+    # The events' kind: CloudEvents and the JSON webhooks (a mapping without a signature).
+    events = path in ("/api/v1/events", "/webhook/json/{mapping}")
+    own = "events" if events else "operator"  # every other route
     return {own} if own in configured else webhook
 
 
@@ -840,6 +843,7 @@ async def test_every_route_takes_exactly_its_credentials_for_every_subset_of_sec
     client, _ = await make_client(host=host, **settings)
     app = client._transport.app  # type: ignore[attr-defined]
     values = {"fingerprint": "abc123", "name": "restart-service", "flow_run_id": FLOW_RUN}
+    values["mapping"] = "grafana"  # a JSON webhook of the shipped mappings
     walked = 0
     for route in app.routes:
         if not isinstance(route, APIRoute) or route.path in {"/healthz", "/readyz", "/metrics"}:
@@ -1049,6 +1053,7 @@ async def test_every_operator_route_takes_exactly_the_roles_that_may_use_it(
             "/metrics",
             URL,
             "/api/v1/events",
+            "/webhook/json/{mapping}",
         }:
             continue
         for method, operator in itertools.product(sorted(route.methods), OPERATORS):

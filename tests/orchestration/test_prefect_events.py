@@ -139,3 +139,58 @@ async def test_a_new_leader_reads_back_and_the_event_stays_one(
     finally:
         await successor.stop()
         await service.start()  # the fixture stops it
+
+
+def test_the_cloudevent_names_the_run_its_flow_deployment_and_pool() -> None:
+    """What a deployment's failed run carries (Prefect's related resources by role)."""
+    from prefect.events import Event
+
+    from responder.orchestration.prefect_events import cloudevent
+
+    def prefect_event(*tags: str) -> Event:
+        return Event(
+            event="prefect.flow-run.Failed",
+            resource={
+                "prefect.resource.id": "prefect.flow-run.5e1f",
+                "prefect.resource.name": "brisk-otter",
+                "prefect.state-name": "Failed",
+            },
+            related=[
+                {
+                    "prefect.resource.id": "prefect.flow.77",
+                    "prefect.resource.role": "flow",
+                    "prefect.resource.name": "backup",
+                },
+                {
+                    "prefect.resource.id": "prefect.deployment.4c1d",
+                    "prefect.resource.role": "deployment",
+                    "prefect.resource.name": "backup-db",
+                },
+                {
+                    "prefect.resource.id": "prefect.work-pool.9",
+                    "prefect.resource.role": "work-pool",
+                    "prefect.resource.name": "default",
+                },
+                *(
+                    {"prefect.resource.id": f"prefect.tag.{t}", "prefect.resource.role": "tag"}
+                    for t in tags
+                ),
+            ],
+        )
+
+    made = cloudevent(prefect_event("nightly", "db"))
+    assert made is not None
+    assert made["type"] == "prefect.flow-run.Failed"
+    assert made["subject"] == "prefect.flow-run.5e1f"
+    assert made["data"] == {
+        "flow_run_id": "5e1f",
+        "flow_run_name": "brisk-otter",
+        "state": "Failed",
+        "flow": "backup",
+        "deployment": "backup-db",
+        "deployment_id": "4c1d",
+        "work_pool": "default",
+        "tags": "nightly,db",
+    }
+    assert cloudevent(prefect_event("responder", "rule:x")) is None  # a run of Responder's
+    assert cloudevent(prefect_event("responder-retry")) is not None  # a retry it asked for
