@@ -19,6 +19,7 @@ directly, as Alertmanager would post it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -171,9 +172,10 @@ class Up:
             self.process.wait()
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time of a process tree: every live process under `root`, with its reaped children
-    (a flow run's process is reaped by the fork server, which lives on)."""
+def tree_cpu_seconds(root: int) -> dict[str, float]:
+    """CPU time of a process tree by the root's children (the Prefect server, the flow runner
+    with its runs) and the root itself (Responder): every live process, with its reaped
+    children (a flow run's process is reaped by the fork server, which lives on)."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -186,14 +188,24 @@ def tree_cpu_seconds(root: int) -> float:
         parents[int(entry.name)] = int(fields[1])
         cpu[int(entry.name)] = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
-    def under(pid: int) -> bool:
+    def branch(pid: int) -> str | None:
+        """Which part of the tree `pid` belongs to, if any."""
         while pid > 1:
+            parent = parents.get(pid, 1)
             if pid == root:
-                return True
-            pid = parents.get(pid, 1)
-        return False
+                return "responder"
+            if parent == root:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                return "flow_runner" if b"serve-flows" in command else "prefect_server"
+            pid = parent
+        return None
 
-    return sum(seconds for pid, seconds in cpu.items() if under(pid))
+    split: dict[str, float] = {}
+    for pid, seconds in cpu.items():
+        with contextlib.suppress(OSError):
+            if (part := branch(pid)) is not None:
+                split[part] = split.get(part, 0.0) + seconds
+    return split
 
 
 def wait_for_restarts(restarts: TimedRestarts, hosts: list[str], timeout: float) -> None:
@@ -257,11 +269,12 @@ def incidents(up: Up, restarts: TimedRestarts, repeat: int, burst: int) -> dict[
         post(http, up.url, hosts)
         wait_for_restarts(restarts, hosts, 180)
         found = wait_completed(up.prefect, repeat + 1 + burst)
-        cpu = tree_cpu_seconds(up.process.pid) - cpu
+        after = tree_cpu_seconds(up.process.pid)
     one = [restarts.at[h] - sent_at[h] for h in list(sent_at)[1:]]
     latency = sorted(restarts.at[h] - sent for h in hosts)
     by_host = {r["parameters"]["host"]: r for r in found}
     split = [phases(up.prefect, by_host[h], sent_at[h], restarts.at[h]) for h in list(sent_at)[1:]]
+    burst_split = [phases(up.prefect, by_host[h], sent, restarts.at[h]) for h in hosts]
     return {
         "one_p50_s": round(statistics.median(one), 3),
         "one_p99_s": round(_pct(one, 0.99), 3),
@@ -272,8 +285,16 @@ def incidents(up: Up, restarts: TimedRestarts, repeat: int, burst: int) -> dict[
         "burst_first_s": round(latency[0], 2),
         "burst_p50_s": round(statistics.median(latency), 2),
         "burst_all_s": round(latency[-1], 2),
+        # the same phases in the burst: median and longest of each
+        "burst_phases_p50_s": [
+            round(statistics.median(p), 2) for p in zip(*burst_split, strict=True)
+        ],
+        "burst_phases_max_s": [round(max(p), 2) for p in zip(*burst_split, strict=True)],
         # Responder, Prefect's server, the runner and the runs, until every run completed
-        "burst_cpu_s_per_run": round(cpu / burst, 2),
+        "burst_cpu_s_per_run": round((sum(after.values()) - sum(cpu.values())) / burst, 2),
+        "burst_cpu_s_per_run_by_part": {
+            part: round((after[part] - cpu.get(part, 0.0)) / burst, 2) for part in after
+        },
         "runs_in_prefect": len(found),
         "runs_completed": sum(r["state_type"] == "COMPLETED" for r in found),
     }
