@@ -93,8 +93,8 @@ class CatalogError(DocumentError):
 
 
 class CheckFailed(DocumentError):
-    """`responder check` found errors in the rules, the catalog or the flows: a reload (or a
-    start) refuses them, and the rules and flows in force stay. `errors` lists every one
+    """`responder check` found errors in the rules, the catalog or the flows: a reload
+    refuses them, and the rules and flows in force stay. `errors` lists every one
     (file, line, column, message); the exception's own place is the first's."""
 
     def __init__(self, errors: list[dict[str, str | int]]) -> None:

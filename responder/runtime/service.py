@@ -17,7 +17,7 @@ from responder.decision.maintenance import MaintenanceWindow
 from responder.decision.rules import Rule, RuleBook, load_rules
 from responder.decision.services import ServiceCatalog, load_services
 from responder.events.webhook import Alert, AlertmanagerWebhook
-from responder.exceptions import DispatchError, DocumentError, StoreUnavailable
+from responder.exceptions import CheckFailed, DispatchError, DocumentError, StoreUnavailable
 from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import parameter_errors, use_flow_dirs
 from responder.orchestration.prefect_events import PrefectEvents
@@ -57,11 +57,12 @@ class Service:
         check: Callable[[Settings], None] | None = None,
     ) -> None:
         self.settings = settings
-        # What `responder check` refuses, refused before any rule is loaded, at the start
-        # and on each reload (`authoring.check.refuse_errors`; the commands hand it here).
+        # What `responder check` calls errors: a reload refuses them, before any rule is
+        # loaded (`authoring.check.refuse_errors`; the commands hand it here). At the start
+        # they are logged: the rules that load run, as they did before the check existed.
         self._check = check
         use_flow_dirs(settings.flows_dir)
-        book, catalog = self._load()
+        book, catalog = self._load(checked=False)
         self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
         self.store.check_file()  # a damaged file stops start-up here, named, not in a traceback
         api_url = prefect_api_url or settings.prefect_api_url
@@ -123,9 +124,19 @@ class Service:
     def book(self) -> RuleBook:
         return self.loop.book
 
-    def _load(self) -> tuple[RuleBook, ServiceCatalog]:
+    def _load(self, *, checked: bool = True) -> tuple[RuleBook, ServiceCatalog]:
         if self._check is not None:
-            self._check(self.settings)
+            try:
+                self._check(self.settings)
+            except CheckFailed as exc:
+                if checked:
+                    raise
+                log.error(
+                    "responder check finds %d error(s); a reload will refuse them until they "
+                    "are fixed: %s",
+                    len(exc.errors),
+                    "; ".join(f"{e['file']}:{e['line']}: {e['message']}" for e in exc.errors),
+                )
         return (
             load_rules([self.settings.rules_dir], known_flows()),
             load_services(self.settings.services_file),

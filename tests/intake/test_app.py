@@ -554,6 +554,17 @@ async def test_reload_refuses_what_responder_check_calls_errors(
     ]
 
 
+async def test_a_start_logs_what_responder_check_calls_errors_and_runs_the_rules(
+    make_client: ClientFactory, rules_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = EXTRA_RULE.replace('{{ alert.labels.instance }}"}}', '{{ vars.pagerurl }}"}}')
+    (rules_dir / "disk.yaml").write_text(bad)
+    _, service = await make_client(check=refuse_errors)
+    assert len(service.book.rules) == 2
+    assert "responder check finds 1 error(s)" in caplog.text
+    assert f"{rules_dir / 'disk.yaml'}:5: rule 'disk-full'" in caplog.text
+
+
 NOTIFY_FLOW = """\
 flow: notify-ops
 description: Tell the operators.
