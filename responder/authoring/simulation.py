@@ -35,6 +35,7 @@ async def simulate(settings: Settings, body: bytes, at: float | None = None) -> 
     book = load_rules([settings.rules_dir], known_flows())
     catalog = load_services(settings.services_file)
     lines: list[str] = []
+    ours: set[int] = set()
     async with Sandbox(book, catalog, settings.rule_vars) as sandbox:
         sandbox.clock.now = time.time() if at is None else at
         await sandbox.send("alertmanager", body)
@@ -43,6 +44,7 @@ async def simulate(settings: Settings, body: bytes, at: float | None = None) -> 
             shown = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
             lines.append(f"{alert.alertname}{{{shown}}} {alert.status}")
             mine = [d for d in decided if d["incident"] == alert.incident]
+            ours.update(d["id"] for d in mine)
             ruled = {d["rule"] for d in mine if d["rule"]}
             for d in mine:
                 lines.append(f"  {d['rule'] or '(no rule)'} → {d['verdict']}: {d['reason']}")
@@ -51,14 +53,16 @@ async def simulate(settings: Settings, body: bytes, at: float | None = None) -> 
             for rule, failure in sandbox.engine.explain(alert):
                 if rule.name not in ruled and failure is not None:
                     lines.append(f"  {rule.name}: {failure}")
-        lines.extend(_runs(sandbox))
+        lines.extend(_runs(sandbox, ours))
     return lines
 
 
-def _runs(sandbox: Sandbox) -> list[str]:
-    """The flow runs dispatch would create: one per admitted decision, a batch as one."""
+def _runs(sandbox: Sandbox, decisions: set[int]) -> list[str]:
+    """The flow runs dispatch would create for these decisions: one per admitted decision,
+    a batch as one. (A schedule's tick, caught up as the clock moves to `at`, is no part of
+    the webhook's story.)"""
     keys = {run.decision_id: run.guard_key for run, _ in sandbox.admitted()}
-    runs = sandbox.runs()
+    runs = [(run, members) for run, members in sandbox.runs() if decisions.intersection(members)]
     lines = [f"flow runs: {len(runs)}"] if runs else []
     for run, members in runs:
         lines.append(f"  {run.flow} {json.dumps(run.parameters)}")
