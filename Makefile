@@ -62,7 +62,7 @@ bench: setup-dev
 	$(PY) bench/load.py big --alerts 5000 --rules 200 --repeat 3
 	$(PY) bench/dispatch.py --alerts 300 --rate 20
 	$(PY) bench/convergence.py --incidents 1000 --alerts 10000 --repeat 3
-	$(PY) bench/replay.py --alerts 10000 --repeat 1
+	$(PY) bench/replay.py --alerts 500 --repeat 1
 
 clean:
 	rm -rf $(VENV) .responder .pytest_cache .mypy_cache .ruff_cache
