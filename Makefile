@@ -64,7 +64,7 @@ bench: setup-dev
 	$(PY) bench/dispatch.py --alerts 300 --rate 20
 	$(PY) bench/first_action.py --repeat 20 --burst 50
 	$(PY) bench/convergence.py --incidents 1000 --alerts 10000 --repeat 3
-	$(PY) bench/replay.py --alerts 10000 --repeat 1
+	$(PY) bench/replay.py --alerts 500 --repeat 1
 	$(PY) bench/events.py --rules 50 --events 20000 --repeat 3
 	$(PY) bench/load.py storm --alerts 20000 --rules 200 --senders 16 --event-rules 0 50 --repeat 3
 	$(PY) bench/sources.py --events 2000 --senders 16 --sources json redis

@@ -63,7 +63,9 @@ class Sandbox:
         (a replay's stand-in for Prefect); None: runs end only when `finish` says so."""
         self.clock = Clock()
         self._dir = tempfile.TemporaryDirectory(prefix="responder-sandbox-")
-        self.store = Store(f"sqlite+aiosqlite:///{Path(self._dir.name) / 'sandbox.db'}")
+        self.store = Store(
+            f"sqlite+aiosqlite:///{Path(self._dir.name) / 'sandbox.db'}", durable=False
+        )
         self.loop = EngineLoop(
             self.store,
             Guard(self.store, lease_seconds=86400.0, dry_run=dry_run, clock=self.clock),
@@ -73,8 +75,12 @@ class Sandbox:
             rule_vars=rule_vars,
             check_parameters=parameter_errors,
             clock=self.clock,
-            recheck_seconds=0.0,  # refused incidents are looked at each step: on its clock
+            # Refused incidents are looked at again when their block may have cleared: the
+            # clock moved (a timer, a window's end), a run ended (`settle`, and the loop
+            # itself on hearing an outcome), not at every step.
+            recheck_seconds=math.inf,
         )
+        self._converged_at: float | None = None  # the clock at the last convergence
         self._started: dict[str, float] = {}
         self._facts = facts  # held from the start: fixtures of rule tests
         self._run_seconds = run_seconds
@@ -144,6 +150,9 @@ class Sandbox:
 
     async def settle(self) -> None:
         """Run the engine loop until the inbox is empty and due timers have fired."""
+        if self.clock.now != self._converged_at:
+            self.loop.recheck_now()
+            self._converged_at = self.clock.now
         while await self.loop.step():
             pass
         for run in await active_runs(self.store):  # the runs admitted meanwhile, and when
@@ -169,6 +178,7 @@ class Sandbox:
         for decision_id, at in sorted(self._run_ends.items(), key=lambda item: item[1]):
             if at <= self.clock.now and self._run_ends.pop(decision_id, None) is not None:
                 await leases.finish(self.store, decision_id, self._run_state, now=self.clock.now)
+                self.loop.recheck_now()  # its names are free
                 await self.settle()  # the engine hears the outcome
 
     async def _next_timer(self) -> float | None:
@@ -195,6 +205,7 @@ class Sandbox:
                 finished = await leases.finish(
                     self.store, run.decision_id, state, now=self.clock.now
                 )
+                self.loop.recheck_now()  # its names are free
                 await self.settle()  # the engine hears the outcome
                 return finished
         return False

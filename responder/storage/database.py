@@ -37,7 +37,9 @@ class Database:
 
     One instance per process; the table groups (`Store`) share it."""
 
-    def __init__(self, url: str, *, timeout_seconds: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout_seconds: float = 5.0, durable: bool = True) -> None:
+        """`durable` False: SQLite commits without waiting for the disk (a throwaway store:
+        the sandbox's), a crash may lose them."""
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -65,7 +67,9 @@ class Database:
             event.listen(
                 self.engine.sync_engine,
                 "connect",
-                lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, busy_ms),
+                lambda dbapi_connection, _record: _sqlite_pragmas(
+                    dbapi_connection, busy_ms, durable
+                ),
             )
 
     async def migrate(self) -> None:
@@ -212,10 +216,11 @@ def _is_damage(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int, durable: bool = True) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit acknowledged to Alertmanager survives power loss, not only a crash.
-    cursor.execute("PRAGMA synchronous=FULL")
+    # OFF only for a throwaway store, where nothing needs to survive.
+    cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
     cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor.close()

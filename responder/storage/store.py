@@ -28,8 +28,8 @@ from responder.storage.timers import Timers
 class Store(Database):
     """Async access to Responder's tables. One instance per process."""
 
-    def __init__(self, url: str, *, timeout_seconds: float = 5.0) -> None:
-        super().__init__(url, timeout_seconds=timeout_seconds)
+    def __init__(self, url: str, *, timeout_seconds: float = 5.0, durable: bool = True) -> None:
+        super().__init__(url, timeout_seconds=timeout_seconds, durable=durable)
         self.inbox = Inbox(self)
         self.alerts = Alerts(self)
         self.facts = Facts(self)

@@ -205,3 +205,17 @@ async def test_the_next_timer_and_the_next_end_of_a_timed_wait(store: Store) -> 
     async with store.transaction() as conn:
         assert await store.timers.next_due(conn) == 20.5
         assert await store.incidents.next_until(conn) == 70.0
+
+
+@pytest.mark.parametrize(("durable", "synchronous"), [(True, 2), (False, 0)])
+async def test_only_a_throwaway_sqlite_store_commits_without_waiting_for_the_disk(
+    tmp_path: Path, durable: bool, synchronous: int
+) -> None:
+    """FULL (2) for the service's store; OFF (0) only when asked (the sandbox's)."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", durable=durable)
+    try:
+        async with store.engine.connect() as conn:
+            found = (await conn.execute(text("PRAGMA synchronous"))).scalar_one()
+        assert found == synchronous
+    finally:
+        await store.close()
