@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
-import os
 from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, get_args
@@ -34,6 +33,7 @@ from sqlalchemy.exc import ArgumentError
 from responder import tls
 from responder.exceptions import ConfigError
 from responder.intake import auth
+from responder.runner_settings import RunnerSettings
 from responder.source_settings import SourceSettings
 
 DEFAULT_CONFIG_FILE = Path("config/responder.yaml")
@@ -94,7 +94,7 @@ class OperatorSpec(BaseModel):
         return token
 
 
-class Settings(SourceSettings):
+class Settings(SourceSettings, RunnerSettings):
     """Everything Responder can be told. Every field is also `RESPONDER_<FIELD>`."""
 
     model_config = SettingsConfigDict(
@@ -278,17 +278,6 @@ class Settings(SourceSettings):
         description="Seconds between the leader's resyncs with Alertmanager (needs "
         "alertmanager_url): firing alerts whose webhook never arrived are decided, held ones "
         "it no longer has resolve. 0: only on taking the lead.",
-    )
-    prefect_api_url: str | None = Field(
-        None, description="Use this Prefect server instead of starting one (PREFECT_API_URL)."
-    )
-    prefect_port: int = Field(4200, ge=1, le=65535, description="Port of the local Prefect server.")
-    runner_limit: int = Field(
-        default_factory=lambda: min(200, 10 * (os.cpu_count() or 1)),
-        ge=1,
-        le=200,
-        description="Flow runs the embedded runner of `responder up` executes at once (10 per "
-        "CPU); more wait as scheduled runs. Each is a fork of a process with the flows imported.",
     )
 
     @classmethod

@@ -58,6 +58,9 @@ def _bounds(field: FieldInfo) -> str:
 
 
 def _default(field: FieldInfo) -> str:
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and "default" in extra:  # one that depends on the machine
+        return str(extra["default"])
     if field.default_factory is not None:
         value = field.default_factory()  # type: ignore[call-arg]
     else:

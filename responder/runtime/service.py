@@ -46,6 +46,18 @@ def _warm_parameter_checks() -> None:
             parameter_errors(flow, {})
 
 
+def _dispatcher(store: Store, settings: Settings, api_url: str) -> Dispatcher:
+    """The dispatcher of remediation runs to this Prefect server, as the settings say."""
+    return Dispatcher(
+        store,
+        api_url,
+        poll_seconds=settings.poll_seconds,
+        alertmanager_url=settings.alertmanager_url,
+        lease_seconds=settings.lease_seconds,
+        lost_run_seconds=settings.lost_run_seconds,
+    )
+
+
 class Service:
     """Everything behind the HTTP app; `start` and `stop` bracket its life."""
 
@@ -66,18 +78,7 @@ class Service:
         self.store = Store(settings.store_url, timeout_seconds=settings.store_timeout_seconds)
         self.store.check_file()  # a damaged file stops start-up here, named, not in a traceback
         api_url = prefect_api_url or settings.prefect_api_url
-        self.dispatcher = (
-            Dispatcher(
-                self.store,
-                api_url,
-                poll_seconds=settings.poll_seconds,
-                alertmanager_url=settings.alertmanager_url,
-                lease_seconds=settings.lease_seconds,
-                lost_run_seconds=settings.lost_run_seconds,
-            )
-            if api_url
-            else None
-        )
+        self.dispatcher = _dispatcher(self.store, settings, api_url) if api_url else None
         self.loop = EngineLoop(
             self.store,
             Guard(self.store, settings.lease_seconds, dry_run=settings.dry_run),
