@@ -974,7 +974,7 @@ OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 def credentials_for(path: str) -> dict[str, str]:
     if path == "/webhook/alertmanager":
         return bearer(WEBHOOK_TOKEN)
-    if path == "/api/v1/events":
+    if path == "/api/v1/events" or path.startswith("/webhook/json/"):
         return bearer(EVENTS_TOKEN)
     return bearer(OPERATOR_TOKEN)
 

@@ -8,7 +8,9 @@ makes a resent webhook the same event.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from responder.intake.auth import events_sender, signed_sender
@@ -16,7 +18,7 @@ from responder.intake.bodies import read_body, refuse_encoded
 from responder.intake.context import TheService
 from responder.intake.errors import Refused
 from responder.intake.inbox import acknowledge, content_type_of
-from responder.intake.mappings import JsonMapping
+from responder.intake.mappings import NAME, JsonMapping
 from responder.intake.ratelimit import throttle
 
 JSON = frozenset({"application/json"})
@@ -26,7 +28,9 @@ _throttled = throttle("json-webhook")
 
 
 @router.post("/webhook/json/{mapping}")
-async def json_webhook(mapping: str, request: Request, service: TheService) -> JSONResponse:
+async def json_webhook(
+    mapping: Annotated[str, Path(pattern=NAME.pattern)], request: Request, service: TheService
+) -> JSONResponse:
     """A JSON body, turned into one CloudEvent by the mapping `mapping`, into the inbox."""
     mappings: dict[str, JsonMapping] = request.app.state.mappings
     found = mappings.get(mapping)
