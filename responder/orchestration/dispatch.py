@@ -33,6 +33,7 @@ from responder.orchestration.decision_events import DecisionEvents, RefusedDecis
 from responder.orchestration.lost_runs import LostRun, LostRuns
 from responder.orchestration.silencing import Silencer
 from responder.storage.store import Store
+from responder.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +165,7 @@ class Dispatcher:
         ]
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._retries]:
-            task.cancel()
-        for task in [*self._tasks, *self._retries]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks, *self._retries)
         self._tasks = []
         self._pending.clear()
         self._batches.clear()  # their decisions have no flow run: start() queues them again

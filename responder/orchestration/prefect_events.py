@@ -16,7 +16,6 @@ event names them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from responder import metrics
+from responder.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,8 @@ class PrefectEvents:
         self._task = asyncio.create_task(self._run_forever(), name="prefect-events")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run_forever(self) -> None:
         since = datetime.now(UTC) - self._lookback

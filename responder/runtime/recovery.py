@@ -12,7 +12,6 @@ goes into the inbox, so the engine decides it like any webhook (see `runtime/res
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from responder.events.webhook import AlertmanagerWebhook
 from responder.orchestration.alertmanager import Alertmanager
 from responder.runtime.resync import recover_group, resync
 from responder.storage.store import Store
+from responder.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,7 @@ class Recovery:
 
     async def stop(self) -> None:
         """Cancel the resyncs and fetches under way; what they committed stays committed."""
-        tasks = [t for t in (self._task, *self._fetches) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(self._task, *self._fetches)
         self._task = None
         self._fetches.clear()
         self._groups.clear()

@@ -28,6 +28,7 @@ from responder.runtime.streams import RedisStream
 from responder.settings import Settings
 from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
+from responder.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +232,8 @@ class Service:
         metrics.LEADER.set(0)
         if self.prefect_events is not None:
             await self.prefect_events.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self.recovery.stop()  # after the loop, which hands it truncated webhooks
         if self.dispatcher is not None:
             await self.dispatcher.stop()
@@ -263,11 +261,7 @@ class Service:
         return self._task is not None
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._campaign):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel(self._watcher, self._campaign)
         self._watcher = self._campaign = None
         if self.stream is not None:
             await self.stream.stop()

@@ -17,7 +17,6 @@ An entry without a valid CloudEvent is logged, counted and acknowledged: it woul
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -29,6 +28,7 @@ from pydantic import ValidationError
 from responder import metrics
 from responder.events.cloudevents import CloudEvent
 from responder.source_settings import SourceSettings
+from responder.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,8 @@ class RedisStream:
         self._task = asyncio.create_task(self._run_forever(), name="redis-stream")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run_forever(self) -> None:
         while True:

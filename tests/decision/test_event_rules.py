@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -184,41 +183,12 @@ async def test_hostile_event_data_reaches_a_real_flow_run_as_literal_arguments(
     byte, and a resent event makes no second run."""
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
-    from prefect.types.entrypoint import EntrypointType
 
-    import flows.catalog
-    from flows import flow_names
-    from flows.dsl import load_flow_file
-    from flows.interpreter import build_flow
-    from flows.operations import all_operations
-    from tests.decision.test_injection import CORPUS, RECORD_FLOW, RECORDER, responder
+    from tests.decision.test_injection import CORPUS, deploy_record_argv, responder
     from tests.helpers import wait_for
     from tests.intake.test_app import decisions
 
-    (tmp_path / "record-argv.yaml").write_text(RECORD_FLOW)
-    source = load_flow_file(tmp_path / "record-argv.yaml", set(all_operations()))
-    record_argv = build_flow(source)
-    shipped_model = flows.catalog.parameters_model
-    monkeypatch.setattr(
-        flows.catalog,
-        "parameters_model",
-        lambda name: source.spec.parameters_model if name == "record-argv" else shipped_model(name),
-    )
-    monkeypatch.setattr(
-        "responder.runtime.service.known_flows", lambda: [*flow_names(), "record-argv"]
-    )
-    deployment = await record_argv.ato_deployment(
-        name="record-argv", entrypoint_type=EntrypointType.MODULE_PATH
-    )
-    await deployment.aapply()
-    recorder = tmp_path / "bin" / "record"
-    recorder.parent.mkdir()
-    recorder.write_text(f"#!{sys.executable}\n{RECORDER}")
-    recorder.chmod(0o755)
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    rules = tmp_path / "rules"
-    rules.mkdir()
+    record_argv, recorder, workdir, rules = await deploy_record_argv(tmp_path, monkeypatch)
     (rules / "record.yaml").write_text(record_event_rule())
     subject = "$(touch PWNED); {{ 7*7 }}"
     event = {

@@ -237,15 +237,11 @@ def record_rule() -> str:
     return yaml.safe_dump({"rules": [rule]})
 
 
-@pytest.mark.prefect
-async def test_every_value_reaches_a_program_as_one_literal_argument(
-    prefect_api_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow
+async def deploy_record_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Path, Path, Path]:
+    """Deploy the `record-argv` test flow and its recording program: the flow, the
+    recorder, the directory it works in, and an empty rules directory."""
     from prefect.types.entrypoint import EntrypointType
 
     import flows.catalog
@@ -279,6 +275,20 @@ async def test_every_value_reaches_a_program_as_one_literal_argument(
     workdir.mkdir()
     rules = tmp_path / "rules"
     rules.mkdir()
+    return record_argv, recorder, workdir, rules
+
+
+@pytest.mark.prefect
+async def test_every_value_reaches_a_program_as_one_literal_argument(
+    prefect_api_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    record_argv, recorder, workdir, rules = await deploy_record_argv(tmp_path, monkeypatch)
     (rules / "record.yaml").write_text(record_rule())
     values = {f"v{i}": value for i, value in enumerate(CORPUS)}
     alert = probe_alert({"alertname": "InjectionProbe", **values}, annotations=values)
