@@ -92,7 +92,9 @@ async def test_a_failed_run_outside_responder_becomes_one_event(service: Service
     bodies = await inbox_bodies(service)
     assert [b["data"]["flow_run_id"] for b in bodies].count(outside) == 1
     assert all(b["data"]["flow_run_id"] != own for b in bodies)  # Responder's own run
-    assert len(failed_events(service)) == 1
+    # Other tests' failed runs share this session's Prefect server: count this test's own.
+    mine = [f for f in failed_events(service) if f.fields["flow_run_id"] in (own, outside)]
+    assert len(mine) == 1
     ledger = await service.decisions(limit=100)
     ledger = [d for d in ledger if d["labels"].get("data.flow_run_id") in (own, outside)]
     assert [(d["rule"], d["verdict"]) for d in ledger] == [("retry-failed-backup", "dry_run")]
