@@ -31,6 +31,7 @@ from responder.exceptions import ConfigError
 from responder.orchestration.flow_catalog import use_flow_dirs
 from responder.runtime.service import Service
 from responder.settings import load_settings
+from tests.flows.test_sources import YAML_FLOW as NOTIFY_FLOW
 from tests.helpers import (
     POSTGRES_URL,
     app_client,
@@ -565,17 +566,6 @@ async def test_a_start_logs_what_responder_check_calls_errors_and_runs_the_rules
     assert f"{rules_dir / 'disk.yaml'}:5: rule 'disk-full'" in caplog.text
 
 
-NOTIFY_FLOW = """\
-flow: notify-ops
-description: Tell the operators.
-risk: low
-parameters:
-  url: {type: url}
-steps:
-  - name: tell
-    op: http.request
-    with: {method: POST, url: "{{ params.url }}"}
-"""
 NOTIFY_RULE = """\
 rules:
   - name: notify-disk
