@@ -7,11 +7,8 @@ experts and SREs all see the same list of what Responder can do.
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass
-from typing import Any, Literal, get_type_hints
-
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from typing import Any, Literal
 
 from flows import REMEDIATIONS, load_flow
 from flows.operations import all_operations
@@ -120,48 +117,3 @@ def catalog() -> list[CatalogEntry]:
 def find(name: str) -> CatalogEntry | None:
     """One entry by name (an operation and a flow never share a name: flows have no dots)."""
     return next((entry for entry in catalog() if entry.name == name), None)
-
-
-@functools.cache
-def parameters_model(flow_name: str) -> type[BaseModel]:
-    """A model of the flow's parameters, as Prefect validates them when a run starts.
-
-    A YAML flow's signature is built from its file's parameter model, so that model is used
-    as it is (without building the flow, which imports every operation). A Python flow's is
-    built from its signature.
-    """
-    if flow_name not in REMEDIATIONS and flow_name not in python_flows():
-        from flows.dsl import load_flow_files
-
-        return load_flow_files()[flow_name].spec.parameters_model
-    function = load_flow(flow_name).fn
-    hints = get_type_hints(function, include_extras=True)
-    fields: dict[str, Any] = {}
-    for name, parameter in inspect.signature(function).parameters.items():
-        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
-        fields[name] = (hints.get(name, Any), default)
-    model: type[BaseModel] = create_model(
-        f"{flow_name}-parameters", __config__=ConfigDict(extra="forbid"), **fields
-    )
-    return model
-
-
-def parameter_errors(
-    flow_name: str, parameters: dict[str, Any], *, fresh: bool = False
-) -> list[dict[str, str]]:
-    """Why `parameters` would be refused when the run starts; empty when they fit.
-
-    Rule decisions and manual runs are checked with this before the guard, so a label that
-    is not a hostname (or carries shell syntax) is refused before anything is admitted.
-    With `fresh`, the flow is read as its file is now, and what was read before is kept
-    (a reload's check: the flows in force stay until it passes).
-    """
-    model = parameters_model.__wrapped__(flow_name) if fresh else parameters_model(flow_name)
-    try:
-        model.model_validate(parameters)
-    except ValidationError as exc:
-        return [
-            {"field": ".".join(str(p) for p in err["loc"]) or "(parameters)", "message": err["msg"]}
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-    return []

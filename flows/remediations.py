@@ -11,9 +11,9 @@ from pydantic import AnyHttpUrl, Field
 from flows.errors import FlowError
 from flows.fencing import fenced
 from flows.operations.approval import rejected, require_approval
-from flows.operations.http import HeaderName, HttpFailed, HttpRequest, http_request
+from flows.operations.http import HttpFailed, HttpRequest, http_request
 from flows.secrets import SecretName, check_secrets
-from flows.types import Host, ServiceName
+from flows.types import HeaderName, Host, ServiceName
 
 
 class NotRecovered(FlowError):

@@ -93,6 +93,26 @@ def _declared(path: Path) -> list[tuple[str, str, int]]:
     return declared
 
 
+def operation_names() -> set[str]:
+    """The names of the atomic operations, read from `flows/operations` without importing
+    it (each `@operation("name", ...)`): what a YAML flow's steps may use. Importing them
+    imports Prefect, which deciding does not need."""
+    names: set[str] = set()
+    for path in sorted((PACKAGE_DIR / "operations").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for decorator in node.decorator_list:
+                if (
+                    isinstance(decorator, ast.Call)
+                    and _name_of(decorator.func) == "operation"
+                    and decorator.args
+                    and isinstance(decorator.args[0], ast.Constant)
+                ):
+                    names.add(str(decorator.args[0].value))
+    return names
+
+
 def _name_of(node: ast.expr) -> str | None:
     if isinstance(node, ast.Name):
         return node.id

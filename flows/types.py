@@ -22,6 +22,8 @@ Hostname = Annotated[
 # A host as Prometheus labels name it: a hostname with an optional port, or an IPv6 literal.
 Host = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.\-:\[\]]{0,252})$")]
 ServiceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")]
+# An HTTP header's name: letters, digits and "-", so nothing can end the header early.
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 
 
 def _http_url(value: str) -> str:

@@ -9,20 +9,20 @@ import re
 import time
 import urllib.parse
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import httpx
 from prefect import get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from flows.errors import OperationFailed
 from flows.operations import operation
 from flows.operations.api import transient_status
 from flows.secrets import SecretName, secret_headers
+from flows.types import HeaderName
 
-HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 BODY_LIMIT = 4096
 # Methods that only read: repeating one cannot act twice (RFC 9110 "safe" methods).
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

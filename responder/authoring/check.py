@@ -51,6 +51,7 @@ from responder.orchestration.flow_catalog import (
     operation_names,
     parameter_errors,
     parameter_fields,
+    read_anew,
     use_flow_dirs,
 )
 from responder.settings import Settings
@@ -146,13 +147,14 @@ def check_setup(
         known = flow_names()
     except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a flow file reported above
         known = sorted({*REMEDIATIONS, *flows})
+    models = read_anew() if fresh else None  # each flow read once for the whole check
     report = check_rules(
         paths or [settings.rules_dir],
         known,
         settings.rule_vars,
         catalog,
-        check_parameters=functools.partial(parameter_errors, fresh=fresh),
-        fields_of=functools.partial(parameter_fields, fresh=fresh),
+        check_parameters=functools.partial(parameter_errors, models=models),
+        fields_of=functools.partial(parameter_fields, models=models),
     )
     return report, flows, sorted([*findings, *report.findings])
 

@@ -22,6 +22,7 @@ from flows import REMEDIATIONS, PythonFlow, flow_names, load_flow
 if TYPE_CHECKING:
     from flows.catalog import CatalogEntry
     from flows.dsl import FlowSource
+    from flows.parameters import Models
 
 __all__ = [
     "REMEDIATIONS",
@@ -37,36 +38,47 @@ __all__ = [
     "parameter_fields",
     "python_flows",
     "python_name",
+    "read_anew",
     "reload_flows",
     "use_flow_dirs",
 ]
 
 
 def parameter_errors(
-    flow: str, parameters: dict[str, Any], *, fresh: bool = False
+    flow: str, parameters: dict[str, Any], *, models: Models | None = None
 ) -> list[dict[str, str]]:
-    """What the flow would refuse in these parameters; [] if they fit. With `fresh`, as
-    the flow's file is now, keeping what was read of it before (a reload's check).
+    """What the flow would refuse in these parameters; [] if they fit. `models`: the flows
+    as `read_anew()` read them (a reload's check), instead of those in force.
 
-    Imports the flow, and Prefect with it, on first use.
+    Reads the flow's file on first use; imports it (and Prefect) only if its source does
+    not tell (`flows.signatures`).
     """
-    from flows.catalog import parameter_errors as check
+    from flows.parameters import parameter_errors as check
+    from flows.parameters import parameters_model
 
-    return check(flow, parameters, fresh=fresh)
+    return check(flow, parameters, models=models or parameters_model)
 
 
-def parameter_fields(flow: str, *, fresh: bool = False) -> dict[str, tuple[bool, str]]:
+def parameter_fields(flow: str, *, models: Models | None = None) -> dict[str, tuple[bool, str]]:
     """Each parameter the flow takes: whether it is required, and its type as written.
 
-    Imports the flow, and Prefect with it, on first use.
+    Read as `parameter_errors` reads it.
     """
-    from flows.catalog import parameters_model
+    from flows.parameters import parameters_model
 
-    model = parameters_model.__wrapped__(flow) if fresh else parameters_model(flow)
+    model = (models or parameters_model)(flow)
     return {
         name: (info.is_required(), _type_name(info.annotation))
         for name, info in model.model_fields.items()
     }
+
+
+def read_anew() -> Models:
+    """The flows' parameter models as their files are now, each read once, keeping those in
+    force: what one check sees (`parameter_errors(..., models=read_anew())`)."""
+    from flows.parameters import read_anew as models
+
+    return models()
 
 
 def _type_name(annotation: Any) -> str:
@@ -137,22 +149,21 @@ def use_flow_dirs(directories: list[Path]) -> None:
 
 
 def operation_names() -> set[str]:
-    """The names of every atomic operation a YAML flow's step may use (imports them)."""
-    from flows.operations import all_operations
+    """The names of every atomic operation a YAML flow's step may use (read, not imported)."""
+    from flows.sources import operation_names as names
 
-    return set(all_operations())
+    return names()
 
 
 def reload_flows() -> None:
     """Forget the flows' parameter models and the catalog: the next check, or the next look
     at the catalog, reads the flow files as they are now.
 
-    Nothing was read if `flows.catalog` was never imported, or is being imported; it is not
-    imported for this.
+    Nothing was read if `flows.parameters` or `flows.catalog` was never imported, or is
+    being imported; neither is imported for this.
     """
-    read = sys.modules.get("flows.catalog")
-    # Still being imported (the leader's warm-up does that in a thread): nothing read yet.
-    for cached in ("parameters_model", "catalog"):
-        function = getattr(read, cached, None)
+    for module, cached in (("flows.parameters", "parameters_model"), ("flows.catalog", "catalog")):
+        # Still being imported (in another thread, say): nothing read yet.
+        function = getattr(sys.modules.get(module), cached, None)
         if function is not None:
             function.cache_clear()

@@ -244,7 +244,7 @@ async def deploy_record_argv(
     recorder, the directory it works in, and an empty rules directory."""
     from prefect.types.entrypoint import EntrypointType
 
-    import flows.catalog
+    import flows.parameters
     from flows.dsl import load_flow_file
     from flows.interpreter import build_flow
 
@@ -253,9 +253,9 @@ async def deploy_record_argv(
     (tmp_path / "record-argv.yaml").write_text(RECORD_FLOW)
     source = load_flow_file(tmp_path / "record-argv.yaml", set(all_operations()))
     record_argv = build_flow(source)
-    shipped_model = flows.catalog.parameters_model
+    shipped_model = flows.parameters.parameters_model
     monkeypatch.setattr(
-        flows.catalog,
+        flows.parameters,
         "parameters_model",
         lambda name: source.spec.parameters_model if name == "record-argv" else shipped_model(name),
     )
