@@ -12,13 +12,16 @@ import importlib.util
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from flows import REMEDIATIONS, load_flow
 from flows.signatures import read_parameters
 from flows.sources import python_flows
+
+if TYPE_CHECKING:
+    from flows.dsl import FlowSource
 
 # Each flow's parameter model by name: `parameters_model`, or `read_anew()`'s.
 Models = Callable[[str], type[BaseModel]]
@@ -32,11 +35,33 @@ def parameters_model(flow_name: str) -> type[BaseModel]:
     as it is (without building the flow, which imports every operation). A Python flow's is
     built from its signature.
     """
+    return _model(flow_name, _yaml_flow)
+
+
+@functools.cache
+def _yaml_flows() -> dict[str, FlowSource]:
+    """The YAML flows, read once for all of them (`forget` forgets them)."""
+    from flows.dsl import load_flow_files
+
+    return load_flow_files()
+
+
+def _yaml_flow(flow_name: str) -> FlowSource:
+    if flow_name not in _yaml_flows():  # new since they were read (another flows_dir?)
+        _yaml_flows.cache_clear()
+    return _yaml_flows()[flow_name]
+
+
+def forget() -> None:
+    """Forget what was read of the flow files: the next check reads them as they are now."""
+    parameters_model.cache_clear()
+    _yaml_flows.cache_clear()
+
+
+def _model(flow_name: str, yaml_flow: Callable[[str], FlowSource]) -> type[BaseModel]:
     source = python_source(flow_name)
     if source is None:
-        from flows.dsl import load_flow_files
-
-        return load_flow_files()[flow_name].spec.parameters_model
+        return yaml_flow(flow_name).spec.parameters_model
     fields: dict[str, Any] | None = read_parameters(*source)
     if fields is None:
         fields = imported_parameters(flow_name)
@@ -70,7 +95,8 @@ def imported_parameters(flow_name: str) -> dict[str, tuple[Any, Any]]:
 def read_anew() -> Models:
     """The flows' models as their files are now, each read once, keeping what was read
     before: what one check (a reload's) sees, while the flows in force stay until it passes."""
-    return functools.cache(parameters_model.__wrapped__)
+    yaml_flows = functools.cache(_yaml_flows.__wrapped__)
+    return functools.cache(lambda flow_name: _model(flow_name, lambda n: yaml_flows()[n]))
 
 
 def parameter_errors(

@@ -25,6 +25,8 @@ import importlib
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from flows.sources import parse
+
 # The decorators known to keep the function's signature, by where they are imported from.
 KEEP_SIGNATURE = frozenset({"prefect.flow", "prefect.flows.flow", "flows.fencing.fenced"})
 
@@ -38,8 +40,7 @@ def read_parameters(path: Path, function: str) -> dict[str, tuple[Any, Any]] | N
     type (`Any` when not annotated) and default (`...` when required), as the imported
     flow's signature gives them; None when only importing the file can tell."""
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-        return _Reader(tree, str(path)).parameters(function)
+        return _Reader(parse(path)).parameters(function)
     except (_Unreadable, OSError, SyntaxError, ValueError):
         return None
 
@@ -47,9 +48,8 @@ def read_parameters(path: Path, function: str) -> dict[str, tuple[Any, Any]] | N
 class _Reader:
     """The top level of one module: what each name there is bound to."""
 
-    def __init__(self, tree: ast.Module, filename: str) -> None:
+    def __init__(self, tree: ast.Module) -> None:
         self.tree = tree
-        self.filename = filename
         self.imported: dict[str, str] = {}  # name → what it is: "module.attribute", "module"
         self.modules: dict[str, str] = {}  # name → the module its `import` statement imports
         self.bound: dict[str, int] = {}  # name → how many top-level statements bind it
@@ -123,16 +123,16 @@ class _Reader:
         defaults: list[ast.expr | None] = [None] * (len(positional) - len(arguments.defaults))
         defaults += arguments.defaults
         defaults += arguments.kw_defaults
-        annotated = {}
+        annotations = {}
         found: dict[str, tuple[Any, Any]] = {}
         for argument, default in zip([*positional, *arguments.kwonlyargs], defaults, strict=True):
             if argument.annotation is not None:
                 _no_type_as_text(argument.annotation)
-                annotated[argument.arg] = ast.unparse(argument.annotation)
+                annotations[argument.arg] = argument.annotation
             found[argument.arg] = (Any, ... if default is None else self._value(default))
         # A function of the module's names, annotated as the flow is: typed the same way.
-        holder = eval("lambda: None", self._namespace([*annotated.values()]))
-        holder.__annotations__ = annotated
+        holder = eval("lambda: None", self._namespace([*annotations.values()]))
+        holder.__annotations__ = {name: ast.unparse(a) for name, a in annotations.items()}
         try:
             hints = get_type_hints(holder, include_extras=True)
         except Exception:
@@ -140,18 +140,18 @@ class _Reader:
         return {name: (hints.get(name, Any), default) for name, (_, default) in found.items()}
 
     def _value(self, expression: ast.expr) -> Any:
-        namespace = self._namespace([ast.unparse(expression)])
-        try:
-            return eval(compile(ast.Expression(expression), self.filename, "eval"), namespace)
+        namespace = self._namespace([expression])
+        try:  # from its text: compiling a syntax tree is no safer in threads than parsing
+            return eval(ast.unparse(expression), namespace)
         except Exception:
             raise _Unreadable from None
 
-    def _namespace(self, sources: list[str]) -> dict[str, Any]:
+    def _namespace(self, expressions: list[ast.expr]) -> dict[str, Any]:
         """The names these expressions use, bound as the module binds them (builtins aside)."""
         used = {
             node.id
-            for source in sources
-            for node in ast.walk(ast.parse(source, mode="eval"))
+            for expression in expressions
+            for node in ast.walk(expression)
             if isinstance(node, ast.Name)
         }
         namespace: dict[str, Any] = {"__builtins__": builtins}

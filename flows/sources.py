@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,17 @@ from responder.exceptions import FlowFileError
 
 ENV = "RESPONDER_FLOWS_PATH"
 PACKAGE_DIR = Path(__file__).resolve().parent
+# CPython 3.11 builds syntax trees with interpreter-wide state: two threads parsing at once
+# can fail with "SystemError: AST constructor recursion depth mismatch" (a reload's check
+# and the start's, or a first parameter check, run in threads).
+_PARSING = threading.Lock()
+
+
+def parse(path: Path) -> ast.Module:
+    """A Python file's syntax tree, one thread at a time (SyntaxError, OSError as they come)."""
+    source = path.read_bytes()
+    with _PARSING:
+        return ast.parse(source, filename=str(path))
 
 
 def environment(directories: list[Path]) -> dict[str, str]:
@@ -71,7 +83,7 @@ def python_flows() -> dict[str, tuple[Path, str]]:
 def _declared(path: Path) -> list[tuple[str, str, int]]:
     """The flows a Python file declares: name, function and line of each."""
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
+        tree = parse(path)
     except SyntaxError as exc:
         raise FlowFileError(f"not Python: {exc.msg}", file=str(path), line=exc.lineno) from None
     except OSError as exc:
@@ -99,7 +111,7 @@ def operation_names() -> set[str]:
     imports Prefect, which deciding does not need."""
     names: set[str] = set()
     for path in sorted((PACKAGE_DIR / "operations").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        for node in ast.walk(parse(path)):
             if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             for decorator in node.decorator_list:

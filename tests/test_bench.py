@@ -86,3 +86,9 @@ async def test_the_sources_bench_commits_every_event(tmp_path: Path, redis_url: 
     sent = await sources.json_webhooks(tmp_path / "json", 40, 4)
     read = await sources.redis_stream(tmp_path / "redis", 40, redis_url)
     assert sent["events"] == read["events"] == 40
+
+
+def test_the_startup_bench_measures_a_ready_server(tmp_path: Path) -> None:
+    result = bench("startup").start_once(ROOT, rules=5, bytecode=tmp_path / "pycache")
+    assert 0 < result["ready_s"] and 0 < result["cpu_s"] <= result["idle_cpu_s"]
+    assert 0 < result["rss_ready_mb"] and 0 < result["idle_rss_mb"]

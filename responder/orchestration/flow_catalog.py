@@ -162,8 +162,10 @@ def reload_flows() -> None:
     Nothing was read if `flows.parameters` or `flows.catalog` was never imported, or is
     being imported; neither is imported for this.
     """
-    for module, cached in (("flows.parameters", "parameters_model"), ("flows.catalog", "catalog")):
-        # Still being imported (in another thread, say): nothing read yet.
-        function = getattr(sys.modules.get(module), cached, None)
-        if function is not None:
-            function.cache_clear()
+    # A module still being imported (in another thread, say) has read nothing yet.
+    forget = getattr(sys.modules.get("flows.parameters"), "forget", None)
+    if forget is not None:
+        forget()
+    catalog = getattr(sys.modules.get("flows.catalog"), "catalog", None)
+    if catalog is not None:
+        catalog.cache_clear()

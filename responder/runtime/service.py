@@ -70,9 +70,9 @@ class Service:
         check: Callable[[Settings], None] | None = None,
     ) -> None:
         self.settings = settings
-        # What `responder check` calls errors: a reload refuses them, before any rule is
-        # loaded (`authoring.check.refuse_errors`; the commands hand it here). At the start
-        # they are logged: the rules that load run, as they did before the check existed.
+        # What `responder check` calls errors (`authoring.check.refuse_errors`) fail a reload
+        # before it loads anything; at the start, the rules that load run and they are
+        # logged, by `start` in the background (the check renders every rule's templates).
         self._check = check
         use_flow_dirs(settings.flows_dir)
         book, catalog = self._load(checked=False)
@@ -116,6 +116,7 @@ class Service:
         )
         self._task: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None  # the start's check
         self._watcher: asyncio.Task[None] | None = None
         self._campaign: asyncio.Task[None] | None = None
         self._stamp = self._files_stamp()
@@ -127,25 +128,33 @@ class Service:
         return self.loop.book
 
     def _load(self, *, checked: bool = True) -> tuple[RuleBook, ServiceCatalog]:
-        if self._check is not None:
-            try:
-                self._check(self.settings)
-            except CheckFailed as exc:
-                if checked:
-                    raise
-                log.error(
-                    "responder check finds %d error(s); a reload will refuse them until they "
-                    "are fixed: %s",
-                    len(exc.errors),
-                    "; ".join(f"{e['file']}:{e['line']}: {e['message']}" for e in exc.errors),
-                )
+        if checked and self._check is not None:
+            self._check(self.settings)  # CheckFailed: nothing loaded
         return (
             load_rules([self.settings.rules_dir], known_flows()),
             load_services(self.settings.services_file),
         )
 
+    def _log_check(self) -> None:
+        """The start's check: its errors logged; the rules that loaded run all the same."""
+        if self._check is None:
+            return
+        try:
+            self._check(self.settings)
+        except CheckFailed as exc:
+            log.error(
+                "responder check finds %d error(s); a reload will refuse them until they "
+                "are fixed: %s",
+                len(exc.errors),
+                "; ".join(f"{e['file']}:{e['line']}: {e['message']}" for e in exc.errors),
+            )
+        except Exception:
+            log.exception("responder check failed at the start")
+
     async def reload(self) -> RuleBook:
         """Load rules and catalog again; on any error keep the old ones and raise it."""
+        if self._checking is not None:
+            await asyncio.shield(self._checking)  # one check at a time, the start's first
         try:
             # Parsing and compiling thousands of rules takes seconds: not on the event loop.
             book, catalog = await asyncio.to_thread(self._load)
@@ -205,6 +214,7 @@ class Service:
         self._campaign = asyncio.create_task(self._campaign_forever(), name="leadership")
         if self.settings.reload_check_seconds > 0:
             self._watcher = asyncio.create_task(self._watch_files(), name="rule-watcher")
+        self._checking = asyncio.create_task(asyncio.to_thread(self._log_check), name="check")
 
     async def _lead(self) -> None:
         # The first parameter check of each flow imports it: do that now, in the background,
@@ -263,6 +273,11 @@ class Service:
     async def stop(self) -> None:
         await cancel(self._watcher, self._campaign)
         self._watcher = self._campaign = None
+        if self._checking is not None:
+            # Its thread cannot be stopped: let it end, so that nothing of this service
+            # (the flow directories it sets) outlives it.
+            await self._checking
+            self._checking = None
         if self.stream is not None:
             await self.stream.stop()
         await self._step_down()

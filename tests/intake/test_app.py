@@ -562,7 +562,11 @@ async def test_a_start_logs_what_responder_check_calls_errors_and_runs_the_rules
     (rules_dir / "disk.yaml").write_text(bad)
     _, service = await make_client(check=refuse_errors)
     assert len(service.book.rules) == 2
-    assert "responder check finds 1 error(s)" in caplog.text
+
+    async def logged() -> bool:  # the start's check runs in the background
+        return "responder check finds 1 error(s)" in caplog.text
+
+    await wait_for(logged)
     assert f"{rules_dir / 'disk.yaml'}:5: rule 'disk-full'" in caplog.text
 
 
