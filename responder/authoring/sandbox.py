@@ -94,7 +94,7 @@ class Sandbox:
 
     async def __aenter__(self) -> Sandbox:
         await self.store.migrate()
-        async with self.store.turn(), self.store.transaction() as conn:
+        async with self.store.transaction(turn=True) as conn:
             for fact in self._facts:
                 await self.store.facts.save(conn, fact)
         await self.loop.rebuild()

@@ -52,6 +52,10 @@ YOUNG_GC_THRESHOLD = 20_000
 # transaction stays open) briefly: items handled, and seconds of work before committing.
 BATCH_ITEMS = 1_000
 TRANSACTION_SECONDS = 0.1
+# The longest the loop decides without letting the event loop run the API's requests: a
+# webhook arriving mid-transaction is read, validated and committed to the inbox meanwhile
+# (its commit waits only for the engine's write section, `Database.transaction(turn=True)`).
+YIELD_SECONDS = 0.005
 # Inbox bodies read per step beyond the first row (what the step parses and holds).
 BATCH_BYTES = 4 * 1_048_576
 LEARN_FIRST = 32  # alert identities read ahead first in a transaction (then 64, 128, ...)
@@ -186,7 +190,7 @@ class EngineLoop:
         old.close()
         rows = event_timers.schedule_rows(book, self._clock())
         if rows:  # each schedule rule's next tick, unless one is set (durable: kept)
-            async with self._store.turn(), self._store.transaction() as conn:
+            async with self._store.transaction(turn=True) as conn:
                 await self._store.timers.arm(conn, rows)
 
     def _build(
@@ -301,7 +305,7 @@ class EngineLoop:
         due, expired = self.engine.tick()
         due.reverse()  # popped from the end, in order
         while due or expired:
-            async with self._store.turn(), self._store.transaction() as conn:
+            async with self._store.transaction(turn=True) as conn:
                 work = Work(self._store, self._guard, conn, self._clock)
                 await work.delete_facts(expired)
                 expired = []
@@ -342,7 +346,7 @@ class EngineLoop:
             return
         self._next_recheck = time.monotonic() + self._recheck_seconds
         while True:
-            async with self._store.turn(), self._store.transaction() as conn:
+            async with self._store.transaction(turn=True) as conn:
                 work = Work(self._store, self._guard, conn, self._clock)
                 deadline = time.monotonic() + self._transaction_seconds
                 timers = await self._store.timers.due(conn, self._clock(), CONVERGE_BATCH)
@@ -376,11 +380,12 @@ class EngineLoop:
         rows = [(message.id, message.progress, self._items(message)) for message in messages]
         row, item = 0, rows[0][1] if rows else 0
         while row < len(rows):
-            async with self._store.turn(), self._store.transaction() as conn:
+            async with self._store.transaction(turn=True) as conn:
                 work = Work(self._store, self._guard, conn, self._clock)
                 deadline = time.monotonic() + self._transaction_seconds
                 finished: list[int] = []
                 handled, learned, window = 0, 0, LEARN_FIRST
+                next_yield = time.monotonic() + YIELD_SECONDS
                 while row < len(rows):
                     inbox_id, _, items = rows[row]
                     if item >= len(items):
@@ -399,6 +404,9 @@ class EngineLoop:
                     await self._handle(work, inbox_id, items[item])
                     item += 1
                     handled += 1
+                    if time.monotonic() >= next_yield:
+                        await asyncio.sleep(0)
+                        next_yield = time.monotonic() + YIELD_SECONDS
                 await self._finish(work)
                 await self._store.inbox.mark_processed(conn, finished)
                 if row < len(rows) and item > rows[row][1]:

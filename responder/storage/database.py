@@ -22,11 +22,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from responder.exceptions import StoreDamaged, StoreUnavailable
 from responder.storage.schema import control, metadata
 
 log = logging.getLogger(__name__)
+
+# A connection's `info` key: how its transaction takes the write turn, until it has.
+TAKE_TURN = "responder.take_turn"
+# The statements before which the sqlite3 module BEGINs, taking SQLite's write lock.
+WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 # pg_advisory_xact_lock key serializing migrations ("responder" + 1; leadership uses + 0).
 MIGRATION_KEY = 0x726573706F6E6401
@@ -60,7 +66,7 @@ class Database:
         # the next readiness check commits for real before it says ready again.
         self.damage: str | None = None
         self._failed = False
-        self._turn: asyncio.Lock | None = None  # see `turn`
+        self._turn: asyncio.Lock | None = None  # see `_turn_lock`
         self._turn_loop: asyncio.AbstractEventLoop | None = None
         if self.dialect == "sqlite":
             busy_ms = int(timeout_seconds * 1000)
@@ -71,6 +77,7 @@ class Database:
                     dbapi_connection, busy_ms, durable
                 ),
             )
+            event.listen(self.engine.sync_engine, "before_cursor_execute", _writing)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest alembic revision.
@@ -106,11 +113,34 @@ class Database:
             await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One atomic unit of work; any database failure becomes `StoreUnavailable`."""
+    async def transaction(self, *, turn: bool = False) -> AsyncIterator[AsyncConnection]:
+        """One atomic unit of work; any database failure becomes `StoreUnavailable`.
+
+        `turn`: on SQLite, the transaction takes this process's write turn at its first write
+        and keeps it until it ends (see `_writing`). The inbox's commits and the engine's
+        transactions take it, so that a webhook waits only while the engine holds SQLite's
+        write lock, and never polls SQLite's busy handler for it.
+        """
+        lock = self._turn_lock() if turn and self.dialect == "sqlite" else None
+        taken = False
+
+        async def take() -> None:
+            nonlocal taken
+            assert lock is not None
+            await lock.acquire()
+            taken = True
+
         try:
             async with self.engine.begin() as conn:
-                yield conn
+                if lock is None:
+                    yield conn
+                else:
+                    info = conn.info  # the pooled connection's, read while it is valid
+                    info[TAKE_TURN] = take
+                    try:
+                        yield conn
+                    finally:
+                        info.pop(TAKE_TURN, None)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             # OSError and TimeoutError: asyncpg failing to connect at all.
             self._failed = True
@@ -118,24 +148,24 @@ class Database:
                 self.damage = f"store {self._database} is damaged: {getattr(exc, 'orig', exc)}"
                 raise StoreDamaged(self.damage) from exc
             raise StoreUnavailable(f"store error: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            if taken:
+                assert lock is not None
+                lock.release()
 
-    @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
+    def _turn_lock(self) -> asyncio.Lock:
         """This process's turn at SQLite's single write lock, taken in arrival order.
 
-        The inbox's commits and the engine's transactions take turns here, so a webhook
-        waits for at most one (short) engine transaction, in this event loop, instead of
-        polling SQLite's busy handler while the engine takes the lock again and again.
-        PostgreSQL has no database-wide write lock: nothing to wait for.
+        Transactions that take it hold SQLite's write lock only once they hold the turn, so a
+        webhook waits in this event loop for at most one engine write section, instead of
+        polling SQLite's busy handler (1, 2, 5, 10 ... ms sleeps) while the engine takes the
+        lock again and again. The turn is taken at the first write, not at BEGIN: the engine
+        reads and decides before it writes, and a webhook's commit need not wait for that.
         """
-        if self.dialect != "sqlite":
-            yield
-            return
         running = asyncio.get_running_loop()
         if self._turn is None or self._turn_loop is not running:
             self._turn, self._turn_loop = asyncio.Lock(), running
-        async with self._turn:
-            yield
+        return self._turn
 
     async def ping(self) -> bool:
         try:
@@ -214,6 +244,21 @@ def _is_damage(exc: BaseException) -> bool:
     """SQLite says the file is corrupt, or not a database at all."""
     code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _writing(
+    conn: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool
+) -> None:
+    """Before a transaction's first write, wait for its turn (`Database.transaction(turn=True)`).
+
+    SQLite's write lock is taken at the first INSERT, UPDATE, DELETE or REPLACE: the sqlite3
+    module BEGINs a transaction only then, and reads before it hold no lock. This runs in
+    SQLAlchemy's sync layer on the event loop's thread, where `await_only` may wait.
+    """
+    take = conn.info.get(TAKE_TURN)
+    if take is not None and statement.lstrip()[:7].upper().startswith(WRITES):
+        del conn.info[TAKE_TURN]
+        await_only(take())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int, durable: bool = True) -> None:

@@ -76,7 +76,7 @@ class Inbox:
                 {"received_at": now, "source": source, "body": body} for source, body, _ in batch
             ]
             try:
-                async with self._db.turn(), self._db.transaction() as conn:
+                async with self._db.transaction(turn=True) as conn:
                     result = await conn.execute(
                         inbox.insert().returning(inbox.c.id, sort_by_parameter_order=True), rows
                     )

@@ -11,13 +11,13 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from responder.control.guard import Guard
 from responder.decision.decisions import Decision
 from responder.events.webhook import Alert
 from responder.storage.database import alembic_config
-from responder.storage.schema import metadata
+from responder.storage.schema import control, metadata
 from responder.storage.store import Store
 
 
@@ -83,6 +83,25 @@ async def test_concurrent_intake_is_committed_in_groups_and_every_body_gets_its_
     pending = await store.inbox.pending(1000)
     by_id = {message.id: message.body for message in pending}
     assert [by_id[i] for i in ids] == bodies  # each sender got the id of its own body
+
+
+async def test_an_inbox_commit_waits_for_an_engine_transaction_only_once_it_writes(
+    store: Store,
+) -> None:
+    """The engine's transactions take SQLite's write turn at their first write: a webhook
+    committed while one only reads and decides is not held up; one committed after it wrote
+    waits for its commit (on SQLite: one writer at a time), then goes through."""
+    import asyncio
+
+    async with store.transaction(turn=True) as conn:
+        await conn.execute(select(control))  # reading, as the engine does first
+        committed = await asyncio.wait_for(store.inbox.add("alertmanager", b"{}"), 5)
+        await conn.execute(control.insert().values(name="engine", value={}, updated_at=1.0))
+        waiting = asyncio.create_task(store.inbox.add("alertmanager", b"{}"))
+        await asyncio.sleep(0.2)
+        assert waiting.done() is (store.dialect != "sqlite")
+    assert await asyncio.wait_for(waiting, 5) > committed
+    assert [m.id for m in await store.inbox.pending(10)] == [committed, await waiting]
 
 
 @pytest.mark.parametrize(
