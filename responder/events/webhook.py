@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -93,10 +94,23 @@ class Alert(_Wire):
     def alertname(self) -> str:
         return self.labels.get("alertname", "")
 
-    @property
+    # The texts below are computed once per alert: the engine loop asks for them several
+    # times per alert, and `isoformat` was the largest cost of a storm's identity checks.
+    # (An alert is never copied with changes, which would carry them over stale.)
+    @cached_property
+    def started(self) -> str:
+        """`starts_at` as stored and compared (ISO 8601, UTC, milliseconds)."""
+        return self.starts_at.isoformat()
+
+    @cached_property
     def incident(self) -> str:
         """The incident this alert belongs to: the same problem, from the same start."""
-        return f"{self.fingerprint}@{self.starts_at.isoformat()}"
+        return f"{self.fingerprint}@{self.started}"
+
+    @cached_property
+    def identity(self) -> tuple[str, str, str]:
+        """What is decided once: `(fingerprint, startsAt, status)`, whatever is resent."""
+        return (self.fingerprint, self.started, self.status)
 
 
 class AlertmanagerWebhook(_Wire):

@@ -32,7 +32,7 @@ class Alerts:
         # flapping alert's long history out of the read.
         starts: dict[str, set[str]] = {}
         for alert in alerts:
-            starts.setdefault(alert.fingerprint, set()).add(alert.starts_at.isoformat())
+            starts.setdefault(alert.fingerprint, set()).add(alert.started)
         fingerprints = sorted(starts)
         found: dict[tuple[str, str, str], int] = {}
         for start in range(0, len(fingerprints), 500):
