@@ -49,7 +49,7 @@ class Work:
         self.ledger = Ledger(store, conn)
         self.guard = guard.within(conn, self.ledger)
         self._seen: dict[tuple[str, str, str], int] = {}
-        self._identities: list[dict[str, Any]] = []
+        self._identities: list[tuple[str, str, str, int, float]] = []
         self._firing: dict[str, Alert | None] = {}
         self._incidents: dict[str, dict[str, Any]] = {}
         self._resolved: list[str] = []
@@ -77,17 +77,8 @@ class Work:
         return (alert.fingerprint, alert.started, "resolved") in self._seen
 
     def note(self, alert: Alert, inbox_id: int) -> None:
-        identity = alert.identity
-        self._seen[identity] = inbox_id
-        self._identities.append(
-            {
-                "fingerprint": identity[0],
-                "starts_at": identity[1],
-                "status": identity[2],
-                "inbox_id": inbox_id,
-                "seen_at": self._clock(),
-            }
-        )
+        self._seen[alert.identity] = inbox_id
+        self._identities.append((*alert.identity, inbox_id, self._clock()))
 
     def set_firing(self, alert: Alert, *, firing: bool) -> None:
         # A firing incident no rule acts on has no record of its own (most alerts in a
