@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from responder.storage.database import Database
+from responder.storage.database import Database, placeholders
 from responder.storage.schema import inbox, inbox_progress
 
 
@@ -139,14 +139,14 @@ class Inbox:
             )
             return int(count or 0)
 
-    @staticmethod
-    async def mark_processed(conn: AsyncConnection, inbox_ids: list[int]) -> None:
-        if inbox_ids:
-            await conn.execute(
-                update(inbox).where(inbox.c.id.in_(inbox_ids)).values(processed=True)
+    async def mark_processed(self, conn: AsyncConnection, inbox_ids: list[int]) -> None:
+        if inbox_ids:  # through the driver (`Database.write_many`): once per transaction
+            marks = placeholders(len(inbox_ids))
+            await self._db.write_many(
+                conn, f"UPDATE inbox SET processed = ? WHERE id IN ({marks})", [[True, *inbox_ids]]
             )
-            await conn.execute(
-                delete(inbox_progress).where(inbox_progress.c.inbox_id.in_(inbox_ids))
+            await self._db.write_many(
+                conn, f"DELETE FROM inbox_progress WHERE inbox_id IN ({marks})", [inbox_ids]
             )
 
     async def set_progress(self, conn: AsyncConnection, inbox_id: int, items: int) -> None:
