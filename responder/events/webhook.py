@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Literal
 
@@ -26,6 +26,7 @@ MAX_ANNOTATION_VALUE = 65_536  # characters
 MAX_NAME = 256  # label and annotation names
 
 AlertStatus = Literal["firing", "resolved"]
+_NO_OFFSET = timedelta(0)
 
 
 def canonical_fingerprint(text: str) -> str:
@@ -84,6 +85,8 @@ class Alert(_Wire):
         zone (UTC) makes `10:00Z`, `11:00+01:00` and `05:00-05:00` one instant, one text."""
         if value is None:
             return None
+        if value.microsecond % 1000 == 0 and value.utcoffset() == _NO_OFFSET:
+            return value  # as Alertmanager sends it (`...Z`): already so, and half a parse
         try:
             utc = value.astimezone(UTC)
         except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
