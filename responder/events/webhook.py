@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -25,6 +26,7 @@ MAX_ANNOTATION_VALUE = 65_536  # characters
 MAX_NAME = 256  # label and annotation names
 
 AlertStatus = Literal["firing", "resolved"]
+_NO_OFFSET = timedelta(0)
 
 
 def canonical_fingerprint(text: str) -> str:
@@ -83,6 +85,8 @@ class Alert(_Wire):
         zone (UTC) makes `10:00Z`, `11:00+01:00` and `05:00-05:00` one instant, one text."""
         if value is None:
             return None
+        if value.microsecond % 1000 == 0 and value.utcoffset() == _NO_OFFSET:
+            return value  # as Alertmanager sends it (`...Z`): already so, and half a parse
         try:
             utc = value.astimezone(UTC)
         except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
@@ -93,10 +97,23 @@ class Alert(_Wire):
     def alertname(self) -> str:
         return self.labels.get("alertname", "")
 
-    @property
+    # The texts below are computed once per alert: the engine loop asks for them several
+    # times per alert, and `isoformat` was the largest cost of a storm's identity checks.
+    # (An alert is never copied with changes, which would carry them over stale.)
+    @cached_property
+    def started(self) -> str:
+        """`starts_at` as stored and compared (ISO 8601, UTC, milliseconds)."""
+        return self.starts_at.isoformat()
+
+    @cached_property
     def incident(self) -> str:
         """The incident this alert belongs to: the same problem, from the same start."""
-        return f"{self.fingerprint}@{self.starts_at.isoformat()}"
+        return f"{self.fingerprint}@{self.started}"
+
+    @cached_property
+    def identity(self) -> tuple[str, str, str]:
+        """What is decided once: `(fingerprint, startsAt, status)`, whatever is resent."""
+        return (self.fingerprint, self.started, self.status)
 
 
 class AlertmanagerWebhook(_Wire):

@@ -118,9 +118,7 @@ async def _already_resolved(store: Store, alerts: list[Alert]) -> set[str]:
     async with store.transaction() as conn:
         seen = await store.alerts.known_identities(conn, alerts)
     return {
-        alert.incident
-        for alert in alerts
-        if (alert.fingerprint, alert.starts_at.isoformat(), "resolved") in seen
+        alert.incident for alert in alerts if (alert.fingerprint, alert.started, "resolved") in seen
     }
 
 

@@ -49,7 +49,7 @@ class Work:
         self.ledger = Ledger(store, conn)
         self.guard = guard.within(conn, self.ledger)
         self._seen: dict[tuple[str, str, str], int] = {}
-        self._identities: list[dict[str, Any]] = []
+        self._identities: list[tuple[str, str, str, int, float]] = []
         self._firing: dict[str, Alert | None] = {}
         self._incidents: dict[str, dict[str, Any]] = {}
         self._resolved: list[str] = []
@@ -65,29 +65,20 @@ class Work:
 
     async def learn_identities(self, alerts: list[Alert]) -> None:
         """Read which of these identities were handled (those not read already)."""
-        unknown = [a for a in alerts if _identity(a) not in self._learned]
+        unknown = [a for a in alerts if a.identity not in self._learned]
         if unknown:
-            self._learned.update(_identity(a) for a in unknown)
+            self._learned.update(a.identity for a in unknown)
             self._seen.update(await self._store.alerts.known_identities(self.conn, unknown))
 
     def first_seen_in(self, alert: Alert) -> int | None:
-        return self._seen.get(_identity(alert))
+        return self._seen.get(alert.identity)
 
     def was_resolved(self, alert: Alert) -> bool:
-        return (alert.fingerprint, alert.starts_at.isoformat(), "resolved") in self._seen
+        return (alert.fingerprint, alert.started, "resolved") in self._seen
 
     def note(self, alert: Alert, inbox_id: int) -> None:
-        identity = _identity(alert)
-        self._seen[identity] = inbox_id
-        self._identities.append(
-            {
-                "fingerprint": identity[0],
-                "starts_at": identity[1],
-                "status": identity[2],
-                "inbox_id": inbox_id,
-                "seen_at": self._clock(),
-            }
-        )
+        self._seen[alert.identity] = inbox_id
+        self._identities.append((*alert.identity, inbox_id, self._clock()))
 
     def set_firing(self, alert: Alert, *, firing: bool) -> None:
         # A firing incident no rule acts on has no record of its own (most alerts in a
@@ -283,7 +274,3 @@ class Work:
         if self._resolved:
             await self._store.incidents.resolve(self.conn, self._resolved, self._clock())
             self._resolved = []
-
-
-def _identity(alert: Alert) -> tuple[str, str, str]:
-    return (alert.fingerprint, alert.starts_at.isoformat(), alert.status)

@@ -6,14 +6,12 @@ rebuild its facts after a restart.
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.events.webhook import Alert
-from responder.storage.database import Database
-from responder.storage.schema import alert_events, firing_alerts
+from responder.storage.database import Database, placeholders
+from responder.storage.schema import firing_alerts
 
 
 class Alerts:
@@ -22,62 +20,61 @@ class Alerts:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    @staticmethod
     async def known_identities(
-        conn: AsyncConnection, alerts: list[Alert]
+        self, conn: AsyncConnection, alerts: list[Alert]
     ) -> dict[tuple[str, str, str], int]:
         """Every handled `(fingerprint, startsAt, status)` of these alerts' incidents."""
-        # Two single-column INs (the key's columns) and the pairs compared here: an IN over
-        # pairs costs SQLAlchemy far more to render. Filtering on the start too keeps a
-        # flapping alert's long history out of the read.
+        # Two single-column INs (the key's columns) and the pairs compared here. Filtering on
+        # the start too keeps a flapping alert's long history out of the read.
         starts: dict[str, set[str]] = {}
         for alert in alerts:
-            starts.setdefault(alert.fingerprint, set()).add(alert.starts_at.isoformat())
+            starts.setdefault(alert.fingerprint, set()).add(alert.started)
         fingerprints = sorted(starts)
         found: dict[tuple[str, str, str], int] = {}
         for start in range(0, len(fingerprints), 500):
             chunk = fingerprints[start : start + 500]
-            rows = await conn.execute(
-                select(
-                    alert_events.c.fingerprint,
-                    alert_events.c.starts_at,
-                    alert_events.c.status,
-                    alert_events.c.inbox_id,
-                ).where(
-                    alert_events.c.fingerprint.in_(chunk),
-                    alert_events.c.starts_at.in_(sorted(set().union(*(starts[f] for f in chunk)))),
-                )
+            times = sorted(set().union(*(starts[f] for f in chunk)))
+            rows = await self._db.fetch(
+                conn,
+                "SELECT fingerprint, starts_at, status, inbox_id FROM alert_events"
+                f" WHERE fingerprint IN ({placeholders(len(chunk))})"
+                f" AND starts_at IN ({placeholders(len(times))})",
+                [*chunk, *times],
             )
-            for r in rows:
-                if r.starts_at in starts[r.fingerprint]:
-                    found[(r.fingerprint, r.starts_at, r.status)] = r.inbox_id
+            for fingerprint, starts_at, status, inbox_id in rows:
+                if starts_at in starts[fingerprint]:
+                    found[(fingerprint, starts_at, status)] = inbox_id
         return found
 
-    async def add_identities(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        """Record handled identities; one already there (another replica's) is kept."""
-        await conn.execute(self._db.insert(alert_events).on_conflict_do_nothing(), rows)
+    async def add_identities(
+        self, conn: AsyncConnection, rows: list[tuple[str, str, str, int, float]]
+    ) -> None:
+        """Record handled identities, each `(fingerprint, startsAt, status, inbox_id,
+        seen_at)`; one already there (another replica's) is kept."""
+        await self._db.write_many(
+            conn,
+            "INSERT INTO alert_events (fingerprint, starts_at, status, inbox_id, seen_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            rows,
+        )
 
     async def replace_firing(self, conn: AsyncConnection, changes: dict[str, Alert | None]) -> None:
         """Apply a batch's changes to the firing alerts: an Alert holds it, None drops it."""
         gone = [incident for incident, alert in changes.items() if alert is None]
         for start in range(0, len(gone), 500):
-            await conn.execute(
-                delete(firing_alerts).where(firing_alerts.c.incident.in_(gone[start : start + 500]))
-            )
-        rows = [
-            {"incident": incident, "alert": alert.model_dump_json(by_alias=True)}
-            for incident, alert in changes.items()
-            if alert is not None
-        ]
-        if rows:
-            upsert = self._db.insert(firing_alerts)
-            await conn.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=[firing_alerts.c.incident],
-                    set_={"alert": upsert.excluded.alert},
-                ),
-                rows,
-            )
+            chunk = gone[start : start + 500]
+            sql = f"DELETE FROM firing_alerts WHERE incident IN ({placeholders(len(chunk))})"
+            await self._db.write_many(conn, sql, [chunk])
+        await self._db.write_many(
+            conn,
+            "INSERT INTO firing_alerts (incident, alert) VALUES (?, ?)"
+            " ON CONFLICT (incident) DO UPDATE SET alert = excluded.alert",
+            [
+                (incident, alert.model_dump_json(by_alias=True))
+                for incident, alert in changes.items()
+                if alert is not None
+            ],
+        )
 
     async def firing_alert(self, incident: str) -> Alert | None:
         """The firing alert of this incident, as last received; None once it resolved."""

@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
@@ -218,10 +218,55 @@ class Database:
                 return "the store cannot commit (see Responder's log)"
         return None
 
+    async def write_many(
+        self, conn: AsyncConnection, statement: str, rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Run one SQL statement (`?` placeholders) once per row, through the driver.
+
+        For the engine loop's bulk writes: SQLAlchemy Core processes every parameter of every
+        row, and its SQLite adapter hands each statement to aiosqlite's thread three or four
+        times (cursor, execute, close); this is one hand-off per statement. The rows are the
+        driver's values already: JSON serialized, booleans as `bool`. It runs in `conn`'s
+        transaction: SQLite's driver opens it before a write if it is not open yet, and on
+        PostgreSQL SQLAlchemy's adapter does.
+        """
+        if not rows:
+            return
+        if self.dialect == "sqlite":
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.executemany(statement, rows)
+        else:
+            await conn.exec_driver_sql(_numbered(statement), [tuple(row) for row in rows])
+
+    async def fetch(
+        self, conn: AsyncConnection, statement: str, parameters: Sequence[Any]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of one SQL query (`?` placeholders), through the driver (see
+        `write_many`): one hand-off to aiosqlite's thread, no result processing."""
+        if self.dialect == "sqlite":
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            return [tuple(row) for row in await driver.execute_fetchall(statement, parameters)]
+        result = await conn.exec_driver_sql(_numbered(statement), tuple(parameters))
+        return [tuple(row) for row in result]
+
     def insert(self, table: Table) -> Any:
         """This dialect's INSERT, which knows ON CONFLICT."""
         dialect = postgresql if self.dialect == "postgresql" else sqlite
         return dialect.insert(table)
+
+
+def placeholders(count: int) -> str:
+    """`?, ?, ...`: `count` placeholders for `write_many` and `fetch`."""
+    return ", ".join("?" * count)
+
+
+def _numbered(statement: str) -> str:
+    """`?` placeholders as PostgreSQL's driver wants them: `$1`, `$2`, ... (the statements
+    given here have no `?` of their own)."""
+    parts = statement.split("?")
+    return "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1)) + parts[-1]
 
 
 def alembic_config() -> Any:

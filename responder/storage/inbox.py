@@ -10,11 +10,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from responder.storage.database import Database
+from responder.storage.database import Database, placeholders
 from responder.storage.schema import inbox, inbox_progress
 
 
@@ -93,25 +94,26 @@ class Inbox:
     async def pending(self, limit: int, max_bytes: int | None = None) -> list[PendingMessage]:
         """The oldest unprocessed rows: at most `limit`, and, beyond the first, no more than
         `max_bytes` of bodies in all (the bodies are read only once the sizes fit)."""
+        # Through the driver (`Database.fetch`): read at every step of the engine loop.
         async with self._db.transaction() as conn:
-            wanted: list[int] | None = None
-            if max_bytes is not None:
-                wanted = await _fitting(conn, limit, max_bytes)
-                if not wanted:
-                    return []
-            query = (
-                select(inbox.c.id, inbox.c.source, inbox.c.body, inbox_progress.c.handled)
-                .outerjoin(inbox_progress, inbox_progress.c.inbox_id == inbox.c.id)
-                .where(inbox.c.processed.is_(False))
-                .order_by(inbox.c.id)
-                .limit(limit)
+            ids = await self._db.fetch(
+                conn,
+                "SELECT id, length(body) FROM inbox WHERE processed = ? ORDER BY id LIMIT ?",
+                [False, limit],
             )
-            if wanted is not None:
-                query = query.where(inbox.c.id.in_(wanted))
-            rows = await conn.execute(query)
+            wanted = _fitting(ids, max_bytes)
+            if not wanted:
+                return []
+            rows = await self._db.fetch(
+                conn,
+                "SELECT inbox.id, inbox.source, inbox.body, inbox_progress.handled FROM inbox"
+                " LEFT OUTER JOIN inbox_progress ON inbox_progress.inbox_id = inbox.id"
+                f" WHERE inbox.id IN ({placeholders(len(wanted))}) ORDER BY inbox.id",
+                wanted,
+            )
             return [
-                PendingMessage(r.id, InboxSource(r.source), bytes(r.body), r.handled or 0)
-                for r in rows
+                PendingMessage(inbox_id, InboxSource(source), bytes(body), handled or 0)
+                for inbox_id, source, body, handled in rows
             ]
 
     async def received(
@@ -139,14 +141,14 @@ class Inbox:
             )
             return int(count or 0)
 
-    @staticmethod
-    async def mark_processed(conn: AsyncConnection, inbox_ids: list[int]) -> None:
-        if inbox_ids:
-            await conn.execute(
-                update(inbox).where(inbox.c.id.in_(inbox_ids)).values(processed=True)
+    async def mark_processed(self, conn: AsyncConnection, inbox_ids: list[int]) -> None:
+        if inbox_ids:  # through the driver (`Database.write_many`): once per transaction
+            marks = placeholders(len(inbox_ids))
+            await self._db.write_many(
+                conn, f"UPDATE inbox SET processed = ? WHERE id IN ({marks})", [[True, *inbox_ids]]
             )
-            await conn.execute(
-                delete(inbox_progress).where(inbox_progress.c.inbox_id.in_(inbox_ids))
+            await self._db.write_many(
+                conn, f"DELETE FROM inbox_progress WHERE inbox_id IN ({marks})", [inbox_ids]
             )
 
     async def set_progress(self, conn: AsyncConnection, inbox_id: int, items: int) -> None:
@@ -160,20 +162,14 @@ class Inbox:
         )
 
 
-async def _fitting(conn: AsyncConnection, limit: int, max_bytes: int) -> list[int]:
-    """The ids of the oldest unprocessed rows whose bodies fit in `max_bytes` (the first
-    always fits)."""
-    sizes = await conn.execute(
-        select(inbox.c.id, func.length(inbox.c.body).label("size"))
-        .where(inbox.c.processed.is_(False))
-        .order_by(inbox.c.id)
-        .limit(limit)
-    )
+def _fitting(sizes: list[tuple[Any, ...]], max_bytes: int | None) -> list[int]:
+    """The ids of the oldest unprocessed rows (id, body size) whose bodies fit in
+    `max_bytes` (the first always fits)."""
     wanted: list[int] = []
     total = 0
-    for r in sizes:
-        total += int(r.size or 0)
-        if wanted and total > max_bytes:
+    for inbox_id, size in sizes:
+        total += int(size or 0)
+        if wanted and max_bytes is not None and total > max_bytes:
             break
-        wanted.append(int(r.id))
+        wanted.append(int(inbox_id))
     return wanted

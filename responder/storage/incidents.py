@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, case, delete, exists, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from responder.storage.database import Database
+from responder.storage.database import Database, placeholders
 from responder.storage.schema import firing_alerts, incidents, leases
 
 
@@ -74,6 +74,17 @@ COLUMNS = (
 )
 
 
+# `Incidents.save`, through the driver (`Database.write_many`): one upsert per transaction's
+# incidents.
+_SAVE = (
+    f"INSERT INTO incidents ({', '.join(COLUMNS)}) VALUES ({placeholders(len(COLUMNS))})"
+    " ON CONFLICT (incident) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "incident")
+    + f" WHERE incidents.state != '{IncidentState.RUNNING.value}'"
+    f" OR excluded.state = '{IncidentState.RUNNING.value}'"
+)
+
+
 class Incidents:
     """The `incidents` table."""
 
@@ -83,22 +94,7 @@ class Incidents:
     async def save(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         """Write incidents' states. A running incident is kept running until its decision
         ends (`finished`): another rule's refusal meanwhile does not make it wait."""
-        if not rows:
-            return
-        full = [{column: row.get(column) for column in COLUMNS} for row in rows]
-        upsert = self._db.insert(incidents)
-        changing = {c: getattr(upsert.excluded, c) for c in COLUMNS if c != "incident"}
-        await conn.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[incidents.c.incident],
-                set_=changing,
-                where=or_(
-                    incidents.c.state != IncidentState.RUNNING.value,
-                    upsert.excluded.state == IncidentState.RUNNING.value,
-                ),
-            ),
-            full,
-        )
+        await self._db.write_many(conn, _SAVE, [[row.get(c) for c in COLUMNS] for row in rows])
 
     @staticmethod
     async def resolve(conn: AsyncConnection, names: list[str], now: float) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from responder.storage.database import Database
+from responder.storage.database import Database, placeholders
 from responder.storage.schema import cooldowns, key_digest, leases
 
 
@@ -41,18 +41,18 @@ class Leases:
     ) -> list[str]:
         """Take every free one of `names`, in digest order (two admissions that want
         overlapping names cannot deadlock on PostgreSQL); the digests taken."""
-        rows = [
-            {
-                "key_digest": digest,
-                "name": name,
-                "decision_id": decision_id,
-                "acquired_at": now,
-                "expires_at": now + ttl,
-            }
-            for digest, name in sorted((key_digest(name), name) for name in set(names))
-        ]
-        statement = self._db.insert(leases).on_conflict_do_nothing().returning(leases.c.key_digest)
-        return list((await conn.execute(statement, rows)).scalars())
+        # One statement of every row, through the driver (`Database.fetch`): admissions in a
+        # storm take names one decision at a time.
+        rows = sorted((key_digest(name), name) for name in set(names))
+        values = [(digest, name, decision_id, now, now + ttl) for digest, name in rows]
+        marks = ", ".join(f"({placeholders(5)})" for _ in values)
+        taken = await self._db.fetch(
+            conn,
+            "INSERT INTO leases (key_digest, name, decision_id, acquired_at, expires_at)"
+            f" VALUES {marks} ON CONFLICT DO NOTHING RETURNING key_digest",
+            [value for row in values for value in row],
+        )
+        return [digest for (digest,) in taken]
 
     @staticmethod
     async def drop(conn: AsyncConnection, digests: list[str]) -> None:
@@ -76,20 +76,24 @@ class Leases:
             )
         )
 
-    @staticmethod
     async def holders(
-        conn: AsyncConnection, names: list[str] | None, *, limit: int | None = None
+        self, conn: AsyncConnection, names: list[str] | None, *, limit: int | None = None
     ) -> dict[str, LeaseHolder]:
         """The holders of those of `names` that are held (of every held name if None, at
-        most `limit` of them), by name."""
-        query = select(
-            leases.c.name, leases.c.decision_id, leases.c.flow_run_id, leases.c.expires_at
-        ).limit(limit)
+        most `limit` of them), by name. Through the driver (`Database.fetch`): the guard
+        reads them at most admissions."""
+        query = "SELECT name, decision_id, flow_run_id, expires_at FROM leases"
+        parameters: list[Any] = []
         if names is not None:
-            query = query.where(leases.c.key_digest.in_([key_digest(n) for n in names]))
+            parameters = [key_digest(n) for n in names]
+            query += f" WHERE key_digest IN ({placeholders(len(parameters))})"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
         return {
-            r.name: LeaseHolder(r.name, r.decision_id, r.flow_run_id, r.expires_at)
-            for r in await conn.execute(query)
+            name: LeaseHolder(name, decision_id, flow_run_id, expires_at)
+            for name, decision_id, flow_run_id, expires_at in await self._db.fetch(
+                conn, query, parameters
+            )
         }
 
     async def holder(self, conn: AsyncConnection, names: list[str]) -> LeaseHolder | None:
@@ -140,14 +144,13 @@ class Leases:
 
     # --- cooldowns ---------------------------------------------------------------------
 
-    @staticmethod
-    async def cooldown_until(conn: AsyncConnection, key: str, now: float) -> float | None:
-        until = await conn.scalar(
-            select(cooldowns.c.until).where(
-                cooldowns.c.key_digest == key_digest(key), cooldowns.c.until > now
-            )
+    async def cooldown_until(self, conn: AsyncConnection, key: str, now: float) -> float | None:
+        found = await self._db.fetch(
+            conn,
+            "SELECT until FROM cooldowns WHERE key_digest = ? AND until > ?",
+            [key_digest(key), now],
         )
-        return float(until) if until is not None else None
+        return float(found[0][0]) if found else None
 
     @staticmethod
     async def cool(conn: AsyncConnection, key: str, until: float, decision_id: int) -> None:
