@@ -12,10 +12,10 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, delete, event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -218,6 +218,16 @@ class Database:
                 return "the store cannot commit (see Responder's log)"
         return None
 
+    async def _driver(self, conn: AsyncConnection, statement: str) -> Any:
+        """`conn`'s aiosqlite connection, ready for `statement`: a write waits for the
+        transaction's write turn first, as `_writing` makes statements through SQLAlchemy."""
+        take = _turn_to_take(conn.info, statement)
+        if take is not None:
+            await take()
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        return driver
+
     async def write_many(
         self, conn: AsyncConnection, statement: str, rows: Sequence[Sequence[Any]]
     ) -> None:
@@ -233,8 +243,7 @@ class Database:
         if not rows:
             return
         if self.dialect == "sqlite":
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
+            driver = await self._driver(conn, statement)
             await driver.executemany(statement, rows)
         else:
             await conn.exec_driver_sql(_numbered(statement), [tuple(row) for row in rows])
@@ -245,8 +254,7 @@ class Database:
         """The rows of one SQL query (`?` placeholders), through the driver (see
         `write_many`): one hand-off to aiosqlite's thread, no result processing."""
         if self.dialect == "sqlite":
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
+            driver = await self._driver(conn, statement)
             return [tuple(row) for row in await driver.execute_fetchall(statement, parameters)]
         result = await conn.exec_driver_sql(_numbered(statement), tuple(parameters))
         return [tuple(row) for row in result]
@@ -300,10 +308,19 @@ def _writing(
     module BEGINs a transaction only then, and reads before it hold no lock. This runs in
     SQLAlchemy's sync layer on the event loop's thread, where `await_only` may wait.
     """
-    take = conn.info.get(TAKE_TURN)
-    if take is not None and statement.lstrip()[:7].upper().startswith(WRITES):
-        del conn.info[TAKE_TURN]
+    take = _turn_to_take(conn.info, statement)
+    if take is not None:
         await_only(take())
+
+
+def _turn_to_take(info: dict[Any, Any], statement: str) -> Callable[[], Awaitable[None]] | None:
+    """The write turn a transaction must take before `statement`, handed out once: None when
+    it does not take turns, already holds its turn, or `statement` only reads."""
+    take = info.get(TAKE_TURN)
+    if take is None or not statement.lstrip()[:7].upper().startswith(WRITES):
+        return None
+    del info[TAKE_TURN]
+    return cast("Callable[[], Awaitable[None]]", take)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int, durable: bool = True) -> None:
