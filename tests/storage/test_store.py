@@ -85,18 +85,32 @@ async def test_concurrent_intake_is_committed_in_groups_and_every_body_gets_its_
     assert [by_id[i] for i in ids] == bodies  # each sender got the id of its own body
 
 
+@pytest.mark.parametrize("through", ["sqlalchemy", "driver"])
 async def test_an_inbox_commit_waits_for_an_engine_transaction_only_once_it_writes(
-    store: Store,
+    store: Store, through: str
 ) -> None:
-    """The engine's transactions take SQLite's write turn at their first write: a webhook
+    """The engine's transactions take SQLite's write turn at their first write, whether it
+    goes through SQLAlchemy or straight to the driver (`Database.write_many`): a webhook
     committed while one only reads and decides is not held up; one committed after it wrote
     waits for its commit (on SQLite: one writer at a time), then goes through."""
     import asyncio
 
+    def turn_held() -> bool:
+        return store._turn is not None and store._turn.locked()
+
     async with store.transaction(turn=True) as conn:
         await conn.execute(select(control))  # reading, as the engine does first
         committed = await asyncio.wait_for(store.inbox.add("alertmanager", b"{}"), 5)
-        await conn.execute(control.insert().values(name="engine", value={}, updated_at=1.0))
+        assert not turn_held()
+        if through == "sqlalchemy":
+            await conn.execute(control.insert().values(name="engine", value={}, updated_at=1.0))
+        else:
+            await store.write_many(
+                conn,
+                "INSERT INTO control (name, value, updated_at) VALUES (?, ?, ?)",
+                [("engine", "{}", 1.0)],
+            )
+        assert turn_held() is (store.dialect == "sqlite")
         waiting = asyncio.create_task(store.inbox.add("alertmanager", b"{}"))
         await asyncio.sleep(0.2)
         assert waiting.done() is (store.dialect != "sqlite")
