@@ -111,7 +111,7 @@ def http_request(request: HttpRequest) -> HttpResponse:
     logger = _logger()
     started = time.monotonic()
     try:
-        response = _client().request(
+        response = shared_client().request(
             request.method,
             str(request.url),
             headers=headers,
@@ -136,11 +136,12 @@ def http_request(request: HttpRequest) -> HttpResponse:
 
 
 @functools.cache
-def _client() -> httpx.Client:
+def shared_client() -> httpx.Client:
     """This process's client of `http.request`: building one loads the CA bundle (about 30 ms
-    on a small machine, more than a loopback call), so a run's calls share it. No connection
-    is kept between calls: each request opens its own, as with a client of its own (a target
-    that was just restarted has closed the old one)."""
+    on a small machine, more than a loopback call), so a run's calls share it (`responder
+    up`'s fork server builds it before forking its runs). No connection is kept between
+    calls: each request opens its own, as with a client of its own (a target that was just
+    restarted has closed the old one), and none is ever inherited by a fork."""
     return httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "python_flows",
     "python_name",
     "reload_flows",
+    "share_clients",
     "use_flow_dirs",
 ]
 
@@ -156,3 +157,11 @@ def reload_flows() -> None:
         function = getattr(read, cached, None)
         if function is not None:
             function.cache_clear()
+
+
+def share_clients() -> None:
+    """Build the HTTP client a process's `http.request` calls share, before a fork server
+    forks runs that then inherit it built (`orchestration.warm_runs`)."""
+    from flows.operations.http import shared_client
+
+    shared_client()

@@ -7,6 +7,9 @@ Importing it is what it does, once, in the fork server:
   graph's visualization, anyio's asyncio backend, the run observers) are imported, and every
   pydantic model Prefect defers is built (`defer_build`): each run did both anew, about a
   tenth of a run process's CPU;
+- a run's Prefect clients share one TLS context, and its `http.request` calls one client,
+  both built here (`_one_tls_context`): each client built its own, loading the CA bundle,
+  about a third of a run process's CPU;
 - a run does not watch Prefect's event stream for being *suspended* from outside
   (`_without_suspension_watch`).
 
@@ -16,8 +19,10 @@ A run on a remote Prefect worker does none of this: it starts as Prefect starts 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
-from collections.abc import Iterator
+import ssl
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Imported by Prefect's engine inside each run (seen in a profile of a burst of runs).
@@ -52,6 +57,44 @@ def _build_models() -> None:
                 model.model_rebuild()
 
 
+def _prefect_tls_context() -> ssl.SSLContext:
+    """The TLS context Prefect's client builds for itself (`PrefectClient.__init__`), from the
+    same settings: unverified if PREFECT_API_TLS_INSECURE_SKIP_VERIFY, else verified against
+    PREFECT_API_SSL_CERT_FILE (or certifi's bundle)."""
+    import certifi
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
+    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+
+
+def _one_tls_context() -> None:
+    """Prefect's clients take a TLS context given to them (`httpx_settings["verify"]`) as it
+    is: give every client of a run the one built here, as Prefect would have built it."""
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+
+    from responder.orchestration.flow_catalog import share_clients
+
+    context = _prefect_tls_context()
+
+    def sharing(init: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(init)
+        def build(self: Any, *args: Any, **kwargs: Any) -> None:
+            settings = dict(kwargs.get("httpx_settings") or {})
+            settings.setdefault("verify", context)
+            init(self, *args, **{**kwargs, "httpx_settings": settings})
+
+        return build
+
+    PrefectClient.__init__ = sharing(PrefectClient.__init__)  # type: ignore[method-assign]
+    SyncPrefectClient.__init__ = sharing(SyncPrefectClient.__init__)  # type: ignore[method-assign]
+    share_clients()
+
+
 @contextlib.contextmanager
 def _no_watch(*args: Any, **kwargs: Any) -> Iterator[None]:
     yield
@@ -72,4 +115,5 @@ def _without_suspension_watch() -> None:
 
 _import_lazy_modules()
 _build_models()
+_one_tls_context()
 _without_suspension_watch()

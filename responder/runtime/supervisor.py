@@ -56,13 +56,11 @@ EMBEDDED_SERVER_SETTINGS = {
 }
 
 # How the runner of `responder up` talks to the server Responder started: the same Prefect,
-# on loopback, over plain HTTP. Each client of a run (several per run) otherwise first asks
-# the server its version and a CSRF token, and loads the CA bundle for a TLS it never uses
-# (about 30 ms each on a small machine).
+# whose CSRF protection is off. Each client of a run (several per run) otherwise first asks
+# the server its version and a CSRF token.
 EMBEDDED_CLIENT_SETTINGS = {
     "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
     "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
-    "PREFECT_API_TLS_INSECURE_SKIP_VERIFY": "true",
 }
 
 
