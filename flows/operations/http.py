@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -110,7 +111,7 @@ def http_request(request: HttpRequest) -> HttpResponse:
     logger = _logger()
     started = time.monotonic()
     try:
-        response = httpx.request(
+        response = shared_client().request(
             request.method,
             str(request.url),
             headers=headers,
@@ -132,6 +133,16 @@ def http_request(request: HttpRequest) -> HttpResponse:
     if not result.ok:
         raise _unexpected(request, what, response.status_code)
     return result
+
+
+@functools.cache
+def shared_client() -> httpx.Client:
+    """This process's client of `http.request`: building one loads the CA bundle (about 30 ms
+    on a small machine, more than a loopback call), so a run's calls share it (`responder
+    up`'s fork server builds it before forking its runs). No connection is kept between
+    calls: each request opens its own, as with a client of its own (a target that was just
+    restarted has closed the old one), and none is ever inherited by a fork."""
+    return httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def _unexpected(request: HttpRequest, what: str, status_code: int) -> UnexpectedStatus:

@@ -72,14 +72,17 @@ def start_flow_runs_warm(flow_modules: list[str]) -> None:
     Here a fork server imports them once, at start, and each run is a fork of it: still one
     process per run, which the runner watches, cancels and kills as before. Prefect asks
     `multiprocessing` for its context in `run_flow_in_subprocess`; the runner's own flows
-    (`Runner.add_flow`) are started through it.
+    (`Runner.add_flow`) are started through it. The fork server also imports `warm_runs`,
+    which readies what each run would otherwise set up for itself.
     """
     import multiprocessing.forkserver
 
     import prefect.flow_engine
 
     forkserver = multiprocessing.get_context("forkserver")
-    forkserver.set_forkserver_preload(["prefect.flow_engine", *flow_modules])
+    forkserver.set_forkserver_preload(
+        ["prefect.flow_engine", *flow_modules, "responder.orchestration.warm_runs"]
+    )
     multiprocessing.forkserver.ensure_running()
     prefect.flow_engine.multiprocessing = _WarmProcesses(forkserver)  # type: ignore[attr-defined,assignment]
 

@@ -40,6 +40,7 @@ __all__ = [
     "python_name",
     "read_anew",
     "reload_flows",
+    "share_clients",
     "use_flow_dirs",
 ]
 
@@ -169,3 +170,11 @@ def reload_flows() -> None:
     catalog = getattr(sys.modules.get("flows.catalog"), "catalog", None)
     if catalog is not None:
         catalog.cache_clear()
+
+
+def share_clients() -> None:
+    """Build the HTTP client a process's `http.request` calls share, before a fork server
+    forks runs that then inherit it built (`orchestration.warm_runs`)."""
+    from flows.operations.http import shared_client
+
+    shared_client()

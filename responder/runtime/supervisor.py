@@ -37,6 +37,32 @@ _PR_SET_PDEATHSIG = 1
 # Seconds between a flow run's heartbeats (Prefect's minimum is 30).
 HEARTBEAT_SECONDS = 30
 
+# How `responder up` runs the Prefect server it starts (SQLite, this Responder's runs only),
+# unless the environment says otherwise. A remediation costs CPU in that server for each
+# state, log batch and event; these take away what no remediation needs (docs/operations.md,
+# Sizing, has the figures). What the UI shows (runs, states, task runs, logs, artifacts) and
+# what Responder reads (the flow-run event stream, for states and heartbeats) stay.
+EMBEDDED_SERVER_SETTINGS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # No deployment of Responder's has a schedule, and a run started by one would be fenced.
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+    # A run waiting for a runner slot would be moved to Late after 15 s: one more state
+    # change (a write, an event) for every run of a burst that waits, and it starts the same.
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+    # Task runs are recorded from their events, one event per transaction by default; in
+    # batches of up to 100, at least once a second, a task run reaches the UI within 1 s.
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+}
+
+# How the runner of `responder up` talks to the server Responder started: the same Prefect,
+# whose CSRF protection is off. Each client of a run (several per run) otherwise first asks
+# the server its version and a CSRF token.
+EMBEDDED_CLIENT_SETTINGS = {
+    "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
+    "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
+}
+
 
 def worker_environment(settings: Settings) -> dict[str, str]:
     """What a flow runner needs to fence its runs (`flows.fencing`) and to be noticed when
@@ -143,7 +169,9 @@ class Supervisor:
         env = dict(os.environ)
         env["PREFECT_API_URL"] = self.api_url
         env.setdefault("PREFECT_HOME", str(self.data_dir / "prefect"))
-        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        if not self.external_prefect:
+            for name, value in EMBEDDED_CLIENT_SETTINGS.items():
+                env.setdefault(name, value)
         return env
 
     def start(self, ready_timeout: float = 90.0) -> None:
@@ -164,6 +192,7 @@ class Supervisor:
                 ],
                 # The UI asks the server where its API is; without this it says port 4200.
                 {
+                    **EMBEDDED_SERVER_SETTINGS,
                     **{k: v for k, v in env.items() if k != "PREFECT_API_URL"},
                     "PREFECT_UI_API_URL": self.api_url,
                 },
