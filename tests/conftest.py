@@ -8,17 +8,16 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from responder.authoring.demo import DemoService
 from responder.storage.store import Store
 from tests.helpers import POSTGRES_URL, ROOT, free_port, reset_postgres
+from tests.servers import serve_flows, wait_for_deployment
 
 # Flows run by these tests (in-process, or by the session's flow runner) have no Responder
 # to ask before they act: fencing off (flows.fencing). tests/test_fencing.py runs
@@ -125,35 +124,6 @@ def prefect_api_url() -> Iterator[str]:
 def flow_runner(prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`responder serve-flows` against the test server: deployments exist and runs execute."""
     log = tmp_path_factory.mktemp("runner") / "runner.log"
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": prefect_api_url,
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "responder", "serve-flows"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            response = httpx.get(
-                f"{prefect_api_url}/deployments/name/restart-service/restart-service"
-            )
-            if response.status_code == 200:
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"flow runner did not start:\n{log.read_text()}")
-            time.sleep(0.5)
+    with serve_flows(prefect_api_url, log) as process:
+        wait_for_deployment(prefect_api_url, "restart-service", process, log, timeout=90)
         yield prefect_api_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -89,6 +91,39 @@ def stop(process: subprocess.Popen[Any], grace: float = 20) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextlib.contextmanager
+def serve_flows(prefect_api_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`responder serve-flows` against a Prefect server, its output in `log`; stopped after."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "responder", "serve-flows"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+def wait_for_deployment(
+    api: str, name: str, runner: subprocess.Popen[bytes], log: Path, timeout: float = 120
+) -> dict[str, object]:
+    """The deployment `name` once the runner has created it (an error with its log if the
+    runner ends or `timeout` passes first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{api}/deployments/name/{name}/{name}")
+        if response.status_code == 200:
+            return dict(response.json())
+        if runner.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no deployment {name}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
 
 
 async def serve_in_process(settings: Any, service: Any) -> tuple[Any, asyncio.Task[Any]]:

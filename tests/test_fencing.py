@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.helpers import ROOT, fixture_json, free_port
-from tests.servers import QuietHandler, http_server
+from tests.servers import QuietHandler, http_server, stop
 
 pytestmark = pytest.mark.prefect
 
@@ -137,12 +137,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
             wait(lambda: ready(base, prefect), 150, log, "responder up is not ready")
             yield Up(base, prefect, tmp / "data", log, target)
         finally:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, grace=60)
 
 
 def ready(base: str, prefect: str) -> bool:

@@ -5,7 +5,6 @@ that run (a real Prefect server and `responder serve-flows`)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from flows import flow_names, load_flow
 from flows.sources import ENV, python_flows, use_dirs
 from responder.exceptions import FlowFileError
 from responder.orchestration.flow_catalog import parameter_errors
+from tests.servers import serve_flows, wait_for_deployment
 
 PYTHON_FLOW = '''\
 """A remediation written outside Responder's package."""
@@ -125,17 +125,8 @@ def test_a_flows_dir_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
 def test_a_flows_dir_flow_is_served_as_a_deployment_and_runs(
     prefect_api_url: str, flows_dir: Path, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = tmp_path / "runner.log"
-    with log.open("wb") as out:
-        runner = subprocess.Popen(
-            [sys.executable, "-m", "responder", "serve-flows"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with serve_flows(prefect_api_url, log) as runner:
         deployment = wait_for_deployment(prefect_api_url, "touch-marker", runner, log)
         assert deployment["entrypoint"].endswith("touch.py:touch")
         wait_for_deployment(prefect_api_url, "notify-ops", runner, log)
@@ -158,26 +149,6 @@ def test_a_flows_dir_flow_is_served_as_a_deployment_and_runs(
             time.sleep(0.5)
         assert state["type"] == "COMPLETED", log.read_text()[-3000:]
         assert marker.read_text() == "from flows_dir"
-    finally:
-        runner.terminate()
-        try:
-            runner.wait(20)
-        except subprocess.TimeoutExpired:
-            runner.kill()
-            runner.wait()
-
-
-def wait_for_deployment(
-    api: str, name: str, runner: subprocess.Popen[bytes], log: Path
-) -> dict[str, object]:
-    deadline = time.monotonic() + 120
-    while True:
-        response = httpx.get(f"{api}/deployments/name/{name}/{name}")
-        if response.status_code == 200:
-            return dict(response.json())
-        if runner.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"no deployment {name}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 def test_responder_catalog_lists_the_directories_flows_and_shows_a_bad_file_as_an_error(
