@@ -41,9 +41,10 @@ class CountedRoute(APIRoute):
 router = APIRouter(route_class=CountedRoute)
 
 
-def alertmanager_payload(body: bytes, _content_type: str) -> int:
-    """How many alerts a valid webhook body holds."""
-    return len(AlertmanagerWebhook.model_validate_json(body).alerts)
+def alertmanager_payload(body: bytes, _content_type: str) -> tuple[int, AlertmanagerWebhook]:
+    """How many alerts a valid webhook body holds, and the webhook."""
+    webhook = AlertmanagerWebhook.model_validate_json(body)
+    return len(webhook.alerts), webhook
 
 
 @router.post(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from responder.events.cloudevents import is_batch, parse_events
+from responder.events.cloudevents import CloudEvent, is_batch, parse_events
 from responder.intake.auth import events_sender
 from responder.intake.context import TheService
 from responder.intake.inbox import commit
@@ -18,13 +18,14 @@ EVENT_CONTENT_TYPES = frozenset(
 router = APIRouter()
 
 
-def cloudevents_payload(body: bytes, content_type: str) -> int:
-    """How many events a valid body holds: a batch by its content type, or, for plain
-    JSON, by its shape."""
+def cloudevents_payload(body: bytes, content_type: str) -> tuple[int, list[CloudEvent]]:
+    """How many events a valid body holds, and the events: a batch by its content type, or,
+    for plain JSON, by its shape."""
     batch = content_type == "application/cloudevents-batch+json" or (
         content_type == "application/json" and is_batch(body)
     )
-    return len(parse_events(body, batch))
+    events = parse_events(body, batch)
+    return len(events), events
 
 
 @router.post(

@@ -19,8 +19,9 @@ from responder.runtime.service import Service
 
 log = logging.getLogger(__name__)
 
-# Validates a body (raising pydantic's ValidationError) of a content type; counts its items.
-Parse = Callable[[bytes, str], int]
+# Validates a body (raising pydantic's ValidationError) of a content type: how many items it
+# holds, and the body as the engine reads it (`Inbox.add`'s `parsed`).
+Parse = Callable[[bytes, str], tuple[int, object]]
 
 
 def content_type_of(request: Request, accepted: frozenset[str]) -> str:
@@ -35,8 +36,8 @@ def content_type_of(request: Request, accepted: frozenset[str]) -> str:
     return content_type
 
 
-def count_items(parse: Parse, body: bytes, content_type: str, what: str) -> int:
-    """`parse`'s count; a 400 for a body that is not JSON, a 422 for one that is not `what`."""
+def parse_items(parse: Parse, body: bytes, content_type: str, what: str) -> tuple[int, object]:
+    """`parse`'s answer; a 400 for a body that is not JSON, a 422 for one that is not `what`."""
     try:
         return parse(body, content_type)
     except ValidationError as exc:
@@ -60,17 +61,18 @@ async def commit(
     refuse_encoded(request)
     content_type = content_type_of(request, content_types)
     body = await read_body(request, service.settings.max_body_bytes)
-    count = count_items(parse, body, content_type, what)
-    return await acknowledge(service, source, body, {noun: count})
+    count, parsed = parse_items(parse, body, content_type, what)
+    return await acknowledge(service, source, body, {noun: count}, parsed)
 
 
 async def acknowledge(
-    service: Service, source: str, body: bytes, answer: dict[str, Any]
+    service: Service, source: str, body: bytes, answer: dict[str, Any], parsed: object = None
 ) -> JSONResponse:
-    """Commit a valid body to the inbox as `source`, then acknowledge with its inbox id and
-    `answer`; a 503 when the store did not commit (the sender retries)."""
+    """Commit a valid body to the inbox as `source` (with its `parsed` form, if any, for the
+    engine), then acknowledge with its inbox id and `answer`; a 503 when the store did not
+    commit (the sender retries)."""
     try:
-        inbox_id = await service.accept(source, body)
+        inbox_id = await service.accept(source, body, parsed)
     except StoreUnavailable as exc:
         log.error("%s not committed, answering 503: %s", source, exc)
         return error(503, "store unavailable; retry")

@@ -420,14 +420,20 @@ class EngineLoop:
     def _items(self, message: PendingMessage) -> list[Alert | CloudEvent | Outcome | RunRequest]:
         """A row's items, each handled on its own: alerts, events, an outcome, a run request."""
         try:
+            parsed = message.parsed  # the intake's parse of this body, if it was kept
             if message.source is InboxSource.CLOUDEVENTS:
+                if isinstance(parsed, list):
+                    return list(parsed)
                 return list(parse_events(message.body, is_batch(message.body)))
             if message.source is InboxSource.OUTCOME:
                 self._next_recheck = 0.0  # a run ended: its names are free now
                 return [Outcome.from_body(message.body)]
             if message.source is InboxSource.RUN_REQUEST:
                 return [RunRequest.model_validate_json(message.body)]
-            webhook = AlertmanagerWebhook.model_validate_json(message.body)
+            if isinstance(parsed, AlertmanagerWebhook):
+                webhook = parsed
+            else:
+                webhook = AlertmanagerWebhook.model_validate_json(message.body)
             if webhook.truncated_alerts:
                 self._truncated.append(webhook)
             return list(webhook.alerts)

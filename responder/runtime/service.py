@@ -299,9 +299,10 @@ class Service:
     # What the HTTP app asks of the service (responder/intake/): these, never the engine loop,
     # store or dispatcher inside, so that the app does not change when they do.
 
-    async def accept(self, source: str, body: bytes) -> int:
-        """Commit a body to the inbox and wake the engine; its inbox id (or StoreUnavailable)."""
-        inbox_id = await self.store.inbox.add(InboxSource(source), body)
+    async def accept(self, source: str, body: bytes, parsed: object = None) -> int:
+        """Commit a body to the inbox and wake the engine; its inbox id (or StoreUnavailable).
+        `parsed`: the body as the engine reads it, if the caller validated it (`Inbox.add`)."""
+        inbox_id = await self.store.inbox.add(InboxSource(source), body, parsed)
         self.loop.wake.set()
         return inbox_id
 

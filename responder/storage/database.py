@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -17,7 +18,7 @@ from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, event, select, text
+from sqlalchemy import JSON, Table, delete, event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,6 +62,8 @@ class Database:
                 "pool_timeout": timeout_seconds,
                 "connect_args": {"timeout": timeout_seconds},
             }
+        elif self.dialect == "sqlite":
+            kwargs = {"pool_reset_on_return": None}  # `_reset_sqlite` does it
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         # Store health for /readyz: a damaged file stays damaged; after a failed transaction
         # the next readiness check commits for real before it says ready again.
@@ -78,6 +81,7 @@ class Database:
                 ),
             )
             event.listen(self.engine.sync_engine, "before_cursor_execute", _writing)
+            event.listen(self.engine.sync_engine, "reset", _reset_sqlite)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest alembic revision.
@@ -141,7 +145,8 @@ class Database:
                         yield conn
                     finally:
                         info.pop(TAKE_TURN, None)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except (SQLAlchemyError, sqlite3.Error, OSError, TimeoutError) as exc:
+            # sqlite3.Error: a statement straight to the driver (`write_many`, `fetch`).
             # OSError and TimeoutError: asyncpg failing to connect at all.
             self._failed = True
             if _is_damage(exc):
@@ -259,6 +264,47 @@ class Database:
         result = await conn.exec_driver_sql(_numbered(statement), tuple(parameters))
         return [tuple(row) for row in result]
 
+    def json_value(self, value: Any) -> Any:
+        """A JSON column's value as `fetch` returned it, decoded: SQLite's driver gives its
+        text, PostgreSQL's (with SQLAlchemy's codecs) the value itself."""
+        if self.dialect == "sqlite" and isinstance(value, str | bytes):
+            return json.loads(value)
+        return value
+
+    async def insert_rows(
+        self, conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]
+    ) -> list[int]:
+        """Insert rows in bulk (every row with the same keys, defaults not filled in) in
+        `conn`'s transaction; their ids (`table`'s integer `id`), in row order.
+
+        On SQLite through the driver (`write_many`), JSON columns serialized here as
+        SQLAlchemy's JSON type would; on PostgreSQL through Core, with RETURNING.
+        """
+        if not rows:
+            return []
+        if self.dialect != "sqlite":
+            insert = table.insert().returning(table.c.id, sort_by_parameter_order=True)
+            return [int(i) for i in (await conn.execute(insert, list(rows))).scalars()]
+        columns = list(rows[0])
+        json_at = [i for i, column in enumerate(columns) if isinstance(table.c[column].type, JSON)]
+        values = []
+        for row in rows:
+            value = list(row.values())
+            for i in json_at:
+                if value[i] is not None:
+                    value[i] = json.dumps(value[i])
+            values.append(value)
+        names, marks = ", ".join(columns), placeholders(len(columns))
+        await self.write_many(conn, f"INSERT INTO {table.name} ({names}) VALUES ({marks})", values)
+        driver = (await conn.get_raw_connection()).driver_connection
+        if driver is None or not driver.in_transaction:
+            raise RuntimeError(f"rows of {table.name} must be inserted inside a transaction")
+        # The transaction holds SQLite's write lock from its first write to the commit, and a
+        # new row's id is one more than the largest: the ids are consecutive, ending at the
+        # last one. RETURNING would cost a hand-off per row (SQLAlchemy's, or fetching them).
+        [(last,)] = await self.fetch(conn, "SELECT last_insert_rowid()", ())
+        return list(range(int(last) - len(rows) + 1, int(last) + 1))
+
     def insert(self, table: Table) -> Any:
         """This dialect's INSERT, which knows ON CONFLICT."""
         dialect = postgresql if self.dialect == "postgresql" else sqlite
@@ -295,7 +341,7 @@ def _upgrade_to_head(connection: Any) -> None:
 
 def _is_damage(exc: BaseException) -> bool:
     """SQLite says the file is corrupt, or not a database at all."""
-    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
@@ -321,6 +367,22 @@ def _turn_to_take(info: dict[Any, Any], statement: str) -> Callable[[], Awaitabl
         return None
     del info[TAKE_TURN]
     return cast("Callable[[], Awaitable[None]]", take)
+
+
+def _reset_sqlite(dbapi_connection: Any, record: Any, state: Any) -> None:
+    """A SQLite connection back in the pool is rolled back only if a transaction is open.
+
+    The pool's own reset rolls back every connection it gets back, each time a hand-off to
+    aiosqlite's thread, though a transaction that committed leaves nothing to roll back (the
+    sqlite3 module opens one only before a write). A connection the pool discards instead
+    (`terminate_only`, or garbage-collected outside the event loop) is closed, which rolls
+    back whatever was open.
+    """
+    if state.terminate_only or not state.asyncio_safe or state.transaction_was_reset:
+        return
+    driver = record.driver_connection
+    if driver is None or driver.in_transaction:
+        dbapi_connection.rollback()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int, durable: bool = True) -> None:

@@ -6,19 +6,15 @@ records flow runs and final states. What a final state releases is `control.leas
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from typing import Any, cast
 
-from sqlalchemy import JSON, ColumnElement, Row, func, select, update
+from sqlalchemy import ColumnElement, Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.storage.approvals import ANSWERING, AWAITING
-from responder.storage.database import Database, placeholders
+from responder.storage.database import Database
 from responder.storage.schema import ADMITTED, decisions, leases
-
-# The columns of JSON type: their values are written serialized.
-_JSON_COLUMNS = frozenset(c.name for c in decisions.columns if isinstance(c.type, JSON))
 
 # The columns an active run is read from.
 _RUN_COLUMNS = (
@@ -51,34 +47,7 @@ class Decisions:
 
     async def record(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
         """Insert decisions in bulk (every row with the same keys); their ids, in row order."""
-        if self._db.dialect == "sqlite":
-            # Through the driver (`Database.write_many`), JSON serialized here as SQLAlchemy's
-            # JSON type would.
-            columns = list(rows[0])
-            json_at = [i for i, column in enumerate(columns) if column in _JSON_COLUMNS]
-            values = []
-            for row in rows:
-                value = list(row.values())
-                for i in json_at:
-                    if value[i] is not None:
-                        value[i] = json.dumps(value[i])
-                values.append(value)
-            names, marks = ", ".join(columns), placeholders(len(columns))
-            await self._db.write_many(
-                conn, f"INSERT INTO decisions ({names}) VALUES ({marks})", values
-            )
-            driver = (await conn.get_raw_connection()).driver_connection
-            if driver is not None and driver.in_transaction:
-                # The transaction holds SQLite's write lock from its first write to the
-                # commit, and a new row's id is one more than the largest: the ids are
-                # consecutive, ending at the last one. RETURNING would double a row's cost.
-                [(last,)] = await self._db.fetch(conn, "SELECT last_insert_rowid()", ())
-                return list(range(int(last) - len(rows) + 1, int(last) + 1))
-            raise RuntimeError("decisions must be recorded inside a transaction")
-        result = await conn.execute(
-            decisions.insert().returning(decisions.c.id, sort_by_parameter_order=True), rows
-        )
-        return [int(i) for i in result.scalars()]
+        return await self._db.insert_rows(conn, decisions, rows)
 
     async def recent(
         self,

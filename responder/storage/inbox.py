@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -36,6 +37,12 @@ class PendingMessage:
     source: InboxSource
     body: bytes
     progress: int = 0  # items already handled (see `inbox_progress`)
+    parsed: object | None = None  # the body as the intake parsed it, if it still had it
+
+
+# How many bytes of bodies the intake's parses are kept for (`Inbox.add`): a storm's
+# backlog of webhooks, or one webhook at the default body limit.
+PARSED_BYTES = 2 * 1024 * 1024
 
 
 class Inbox:
@@ -44,11 +51,21 @@ class Inbox:
     def __init__(self, db: Database) -> None:
         self._db = db
         # Group commit: bodies waiting for the next commit, and its task.
-        self._intake: list[tuple[InboxSource, bytes, asyncio.Future[int]]] = []
+        self._intake: list[tuple[InboxSource, bytes, object | None, asyncio.Future[int]]] = []
         self._committer: asyncio.Task[None] | None = None
+        # The intake's parses of committed bodies (parse, body), by inbox id, oldest first,
+        # until `pending` hands them out; `_parsed_bytes` counts their bodies' bytes.
+        self._parsed: OrderedDict[int, tuple[object, bytes]] = OrderedDict()
+        self._parsed_bytes = 0
 
-    async def add(self, source: InboxSource, body: bytes) -> int:
+    async def add(self, source: InboxSource, body: bytes, parsed: object | None = None) -> int:
         """Commit a received body durably; only then may the sender be acknowledged.
+
+        `parsed`: the body as the intake validated it, kept in memory (up to `PARSED_BYTES`
+        of bodies) and handed out with the row by `pending`, so that the engine does not
+        parse it again; a row whose parse is gone (evicted, another process's, before a
+        restart) is parsed from its body, and a parse is handed out only with the very body
+        it was made of.
 
         Group commit: bodies that arrive while a commit is under way are committed together
         by the next one, so concurrent webhooks share a transaction (and its fsync) instead
@@ -59,10 +76,27 @@ class Inbox:
         committer = self._committer
         if committer is not None and committer.get_loop() is not running:
             self._intake, committer = [], None  # left over from another event loop
-        self._intake.append((InboxSource(source), body, future))
+        self._intake.append((InboxSource(source), body, parsed, future))
         if committer is None or committer.done():
             self._committer = asyncio.create_task(self._commit_intake())
         return await future
+
+    def _keep_parsed(self, inbox_id: int, parsed: object, body: bytes) -> None:
+        self._take_parsed(inbox_id, body)  # an id SQLite gave again: its old parse goes
+        self._parsed[inbox_id] = (parsed, body)
+        self._parsed_bytes += len(body)
+        while self._parsed_bytes > PARSED_BYTES and self._parsed:
+            _, (_, evicted) = self._parsed.popitem(last=False)
+            self._parsed_bytes -= len(evicted)
+
+    def _take_parsed(self, inbox_id: int, body: bytes) -> object | None:
+        """The intake's parse of row `inbox_id`, if kept and made of this `body`."""
+        kept = self._parsed.pop(inbox_id, None)
+        if kept is None:
+            return None
+        parsed, parsed_body = kept
+        self._parsed_bytes -= len(parsed_body)
+        return parsed if parsed_body == body else None
 
     @staticmethod
     async def add_in(conn: AsyncConnection, source: InboxSource, body: bytes, now: float) -> None:
@@ -74,20 +108,20 @@ class Inbox:
             batch, self._intake = self._intake, []
             now = time.time()
             rows = [
-                {"received_at": now, "source": source, "body": body} for source, body, _ in batch
+                {"received_at": now, "source": source.value, "body": body, "processed": False}
+                for source, body, _, _ in batch
             ]
             try:
                 async with self._db.transaction(turn=True) as conn:
-                    result = await conn.execute(
-                        inbox.insert().returning(inbox.c.id, sort_by_parameter_order=True), rows
-                    )
-                    ids = [int(row[0]) for row in result]
+                    ids = await self._db.insert_rows(conn, inbox, rows)
             except Exception as exc:  # every waiting sender gets the error, and a 503
-                for _, _, future in batch:
+                for *_, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, _, future), inbox_id in zip(batch, ids, strict=True):
+            for (_, body, parsed, future), inbox_id in zip(batch, ids, strict=True):
+                if parsed is not None:
+                    self._keep_parsed(inbox_id, parsed, body)
                 if not future.done():  # a sender that went away is committed all the same
                     future.set_result(inbox_id)
 
@@ -111,10 +145,14 @@ class Inbox:
                 f" WHERE inbox.id IN ({placeholders(len(wanted))}) ORDER BY inbox.id",
                 wanted,
             )
-            return [
-                PendingMessage(inbox_id, InboxSource(source), bytes(body), handled or 0)
-                for inbox_id, source, body, handled in rows
-            ]
+            pending = []
+            for inbox_id, source, body, handled in rows:
+                body = bytes(body)
+                parsed = self._take_parsed(inbox_id, body)
+                pending.append(
+                    PendingMessage(inbox_id, InboxSource(source), body, handled or 0, parsed)
+                )
+            return pending
 
     async def received(
         self, sources: tuple[InboxSource, ...], start: float | None, end: float | None

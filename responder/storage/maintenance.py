@@ -57,10 +57,8 @@ class MaintenanceWindows:
             )
             return [dict(r._mapping) for r in rows]
 
-    @staticmethod
-    async def windows(conn: AsyncConnection) -> list[dict[str, Any]]:
-        """Every kept window's spec, in the caller's transaction."""
-        rows = await conn.execute(
-            select(maintenance_windows.c.spec).order_by(maintenance_windows.c.name)
-        )
-        return [dict(spec) for (spec,) in rows]
+    async def windows(self, conn: AsyncConnection) -> list[dict[str, Any]]:
+        """Every kept window's spec, in the caller's transaction. Through the driver
+        (`Database.fetch`): the guard reads them in every engine transaction that admits."""
+        rows = await self._db.fetch(conn, "SELECT spec FROM maintenance_windows ORDER BY name", ())
+        return [dict(self._db.json_value(spec)) for (spec,) in rows]

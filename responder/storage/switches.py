@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.storage.database import Database
@@ -18,10 +18,11 @@ class Switches:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    @staticmethod
-    async def value(conn: AsyncConnection, name: str) -> Any:
-        """A switch's value; None when it is off."""
-        return await conn.scalar(select(control.c.value).where(control.c.name == name))
+    async def value(self, conn: AsyncConnection, name: str) -> Any:
+        """A switch's value; None when it is off. Through the driver (`Database.fetch`):
+        the guard reads the pause in every engine transaction that admits."""
+        rows = await self._db.fetch(conn, "SELECT value FROM control WHERE name = ?", [name])
+        return self._db.json_value(rows[0][0]) if rows else None
 
     async def set(self, name: str, value: Any) -> None:
         """Set a switch (None turns it off)."""

@@ -393,6 +393,26 @@ async def test_two_authorization_headers_are_400_whichever_comes_first(
     assert (await post(client, "firing_single_servicedown", authorization="Bearer wh")).is_success
 
 
+async def test_a_webhook_is_parsed_once_the_engine_decides_from_the_intakes_parse(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from responder.events.webhook import AlertmanagerWebhook
+
+    parsed: list[bytes] = []
+    validate = AlertmanagerWebhook.model_validate_json
+
+    def counted(data: bytes, **kwargs: Any) -> AlertmanagerWebhook:
+        parsed.append(data)
+        return validate(data, **kwargs)
+
+    monkeypatch.setattr(AlertmanagerWebhook, "model_validate_json", counted)
+    client, service = await make_client()
+    assert (await post(client, "firing_group_servicedown_3_hosts")).status_code == 200
+    await wait_for(lambda: settled(service))
+    assert len(await decisions(client)) == 3
+    assert parsed == [fixture_body("firing_group_servicedown_3_hosts")]
+
+
 async def test_store_that_cannot_commit_answers_503_and_loses_nothing(
     backend: str, make_client: ClientFactory, tmp_path: Path
 ) -> None:

@@ -11,13 +11,13 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from responder.control.guard import Guard
 from responder.decision.decisions import Decision
 from responder.events.webhook import Alert
 from responder.storage.database import alembic_config
-from responder.storage.schema import control, metadata
+from responder.storage.schema import control, inbox, metadata
 from responder.storage.store import Store
 
 
@@ -252,3 +252,46 @@ async def test_only_a_throwaway_sqlite_store_commits_without_waiting_for_the_dis
         assert found == synchronous
     finally:
         await store.close()
+
+
+async def test_the_engine_gets_the_intakes_parse_only_with_the_very_body_it_was_made_of(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from responder.storage import inbox as inbox_module
+
+    parse = object()  # what the intake validated the body into
+    first = await store.inbox.add("alertmanager", b'{"n": 1}', parse)
+    second = await store.inbox.add("alertmanager", b'{"n": 2}')
+    pending = await store.inbox.pending(10)
+    assert [(m.id, m.parsed) for m in pending] == [(first, parse), (second, None)]
+    # Handed out once: read again (its transaction failed), the row is parsed from its body.
+    assert [m.parsed for m in await store.inbox.pending(10)] == [None, None]
+
+    # A row whose body is not the one parsed (its id given again) is parsed from its body.
+    third = await store.inbox.add("alertmanager", b'{"n": 3}', object())
+    async with store.transaction() as conn:
+        await conn.execute(update(inbox).where(inbox.c.id == third).values(body=b"{}"))
+    assert [m.parsed for m in await store.inbox.pending(10) if m.id == third] == [None]
+
+    # Parses are kept up to PARSED_BYTES of bodies, the oldest dropped first.
+    monkeypatch.setattr(inbox_module, "PARSED_BYTES", 20)
+    kept = {await store.inbox.add("alertmanager", b"x" * 8, n): n for n in range(4)}
+    assert {m.id: m.parsed for m in await store.inbox.pending(10) if m.id in kept} == {
+        i: (n if n >= 2 else None) for i, n in kept.items()
+    }
+
+
+async def test_a_connection_back_in_the_pool_with_a_transaction_open_is_rolled_back(
+    store: Store,
+) -> None:
+    """On SQLite the pool rolls back only a connection whose transaction is still open
+    (`_reset_sqlite`); a write left uncommitted must not survive into the next use."""
+    insert = "INSERT INTO control (name, value, updated_at) VALUES (?, ?, ?)"
+    async with store.engine.connect() as conn:  # a driver write, outside SQLAlchemy's own
+        await store.write_many(conn, insert, [("left-open", "{}", 1.0)])
+    async with store.transaction() as conn:
+        await conn.execute(control.insert().values(name="next", value={}, updated_at=2.0))
+    async with store.transaction() as conn:
+        names = set((await conn.execute(select(control.c.name))).scalars())
+    assert "next" in names
+    assert "left-open" not in names
