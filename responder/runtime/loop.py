@@ -58,7 +58,7 @@ TRANSACTION_SECONDS = 0.1
 YIELD_SECONDS = 0.005
 # Inbox bodies read per step beyond the first row (what the step parses and holds).
 BATCH_BYTES = 4 * 1_048_576
-LEARN_FIRST = 32  # alert identities read ahead first in a transaction (then 64, 128, ...)
+LEARN_FIRST = 128  # alert identities read ahead first in a transaction (then 256, 512...)
 # Incidents decided again per transaction once their block cleared, and how often the store
 # is asked which blocks cleared (seconds; a reload asks at once).
 # Incident states judged again after a reload.

@@ -11,13 +11,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from responder.storage.database import Database, placeholders
-from responder.storage.schema import inbox, inbox_progress
+from responder.storage.schema import inbox
 
 
 class InboxSource(StrEnum):
@@ -43,6 +42,7 @@ class PendingMessage:
 # How many bytes of bodies the intake's parses are kept for (`Inbox.add`): a storm's
 # backlog of webhooks, or one webhook at the default body limit.
 PARSED_BYTES = 2 * 1024 * 1024
+_NO_LIMIT = 2**62  # `pending` without `max_bytes`
 
 
 class Inbox:
@@ -128,22 +128,20 @@ class Inbox:
     async def pending(self, limit: int, max_bytes: int | None = None) -> list[PendingMessage]:
         """The oldest unprocessed rows: at most `limit`, and, beyond the first, no more than
         `max_bytes` of bodies in all (the bodies are read only once the sizes fit)."""
-        # Through the driver (`Database.fetch`): read at every step of the engine loop.
+        # Through the driver (`Database.fetch`): read at every step of the engine loop, in
+        # one query (a running sum of the oldest rows' body sizes picks those that fit).
         async with self._db.transaction() as conn:
-            ids = await self._db.fetch(
-                conn,
-                "SELECT id, length(body) FROM inbox WHERE processed = ? ORDER BY id LIMIT ?",
-                [False, limit],
-            )
-            wanted = _fitting(ids, max_bytes)
-            if not wanted:
-                return []
             rows = await self._db.fetch(
                 conn,
-                "SELECT inbox.id, inbox.source, inbox.body, inbox_progress.handled FROM inbox"
+                "SELECT inbox.id, inbox.source, inbox.body, inbox_progress.handled FROM ("
+                " SELECT id, size, SUM(size) OVER (ORDER BY id) AS upto FROM ("
+                "  SELECT id, length(body) AS size FROM inbox WHERE processed = ?"
+                "  ORDER BY id LIMIT ?) AS oldest) AS fitting"
+                " JOIN inbox ON inbox.id = fitting.id"
                 " LEFT OUTER JOIN inbox_progress ON inbox_progress.inbox_id = inbox.id"
-                f" WHERE inbox.id IN ({placeholders(len(wanted))}) ORDER BY inbox.id",
-                wanted,
+                " WHERE fitting.upto = fitting.size OR fitting.upto <= ?"
+                " ORDER BY inbox.id",
+                [False, limit, _NO_LIMIT if max_bytes is None else max_bytes],
             )
             pending = []
             for inbox_id, source, body, handled in rows:
@@ -192,22 +190,9 @@ class Inbox:
     async def set_progress(self, conn: AsyncConnection, inbox_id: int, items: int) -> None:
         """Record that the first `items` items of a row are handled (in the same transaction
         as what handling them wrote)."""
-        upsert = self._db.insert(inbox_progress).values(inbox_id=inbox_id, handled=items)
-        await conn.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[inbox_progress.c.inbox_id], set_={"handled": items}
-            )
+        await self._db.write_many(  # through the driver: in most transactions of a storm
+            conn,
+            "INSERT INTO inbox_progress (inbox_id, handled) VALUES (?, ?)"
+            " ON CONFLICT (inbox_id) DO UPDATE SET handled = excluded.handled",
+            [(inbox_id, items)],
         )
-
-
-def _fitting(sizes: list[tuple[Any, ...]], max_bytes: int | None) -> list[int]:
-    """The ids of the oldest unprocessed rows (id, body size) whose bodies fit in
-    `max_bytes` (the first always fits)."""
-    wanted: list[int] = []
-    total = 0
-    for inbox_id, size in sizes:
-        total += int(size or 0)
-        if wanted and max_bytes is not None and total > max_bytes:
-            break
-        wanted.append(int(inbox_id))
-    return wanted

@@ -96,15 +96,14 @@ class Incidents:
         ends (`finished`): another rule's refusal meanwhile does not make it wait."""
         await self._db.write_many(conn, _SAVE, [[row.get(c) for c in COLUMNS] for row in rows])
 
-    @staticmethod
-    async def resolve(conn: AsyncConnection, names: list[str], now: float) -> None:
-        """These incidents resolved: never decided again."""
-        for start in range(0, len(names), 500):
-            await conn.execute(
-                update(incidents)
-                .where(incidents.c.incident.in_(names[start : start + 500]))
-                .values(firing=False, due=False, updated_at=now)
-            )
+    async def resolve(self, conn: AsyncConnection, names: list[str], now: float) -> None:
+        """These incidents resolved: never decided again. Through the driver
+        (`Database.write_many`): the engine resolves incidents in most transactions."""
+        await self._db.write_many(
+            conn,
+            "UPDATE incidents SET firing = ?, due = ?, updated_at = ? WHERE incident = ?",
+            [(False, False, now, name) for name in names],
+        )
 
     @staticmethod
     async def finished(conn: AsyncConnection, decision_id: int, outcome: str, now: float) -> None:
