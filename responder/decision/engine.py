@@ -108,8 +108,16 @@ class Engine:
     """Holds firing alerts and facts; tells which rules hold as they change."""
 
     def __init__(
-        self, book: RuleBook, partitions: int = 16, clock: Callable[[], float] = time.time
+        self,
+        book: RuleBook,
+        partitions: int = 16,
+        clock: Callable[[], float] = time.time,
+        *,
+        compiled: bool = True,
     ) -> None:
+        """`compiled` False: durable_rules' rulesets (native memory, ~85 KB per alertname
+        group) are made at the engine's first use of them, or by `compile`; an engine that
+        may never be used (the engine loop's, until it is rebuilt) then costs none."""
         self.book = book
         self._clock = clock
         self._partitions = [f"p{i}" for i in range(partitions)]
@@ -156,11 +164,19 @@ class Engine:
         self._has_resolved = bool(resolved)
         if resolved:
             rulesets[RESOLVED] = resolved
-        if rulesets:
+        self._uncompiled: dict[str, Any] | None = rulesets or None
+        if compiled:
+            self.compile()
+
+    def compile(self) -> None:
+        """Make durable_rules' rulesets now, if they are not made yet."""
+        if self._uncompiled is not None:
+            rulesets, self._uncompiled = self._uncompiled, None
             self._host.set_rulesets(rulesets)
 
     def close(self) -> None:
         """Hand durable_rules' rulesets back; the engine cannot be used afterwards."""
+        self._uncompiled = None
         for ruleset in self._host._ruleset_list:
             durable_rules_engine.delete_ruleset(ruleset._handle)
         self._host._ruleset_list.clear()
@@ -326,6 +342,7 @@ class Engine:
                 self._send(self._host.assert_fact, group.ruleset, _fact_message(fact, sid))
 
     def _send(self, method: Callable[..., Any], ruleset: str, message: dict[str, Any]) -> None:
+        self.compile()
         try:
             method(ruleset, message)
         except durable.MessageNotHandledException:

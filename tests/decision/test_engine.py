@@ -50,6 +50,16 @@ def test_equality_and_regex_matchers() -> None:
     assert fired(engine, b) == ["not-prod"]
 
 
+def test_an_engine_made_uncompiled_holds_no_ruleset_until_used_then_decides_alike() -> None:
+    engine = Engine(book(), compiled=False)  # the engine loop's, until its first rebuild
+    assert engine._host._ruleset_list == []
+    a = alert("01", alertname="ServiceDown", severity="critical", env="prod")
+    assert fired(engine, a) == ["restart"]
+    assert len(engine._host._ruleset_list) == len(Engine(book())._host._ruleset_list) > 0
+    engine.close()
+    Engine(book(), compiled=False).close()  # never used: nothing to hand back
+
+
 def test_regex_escapes_mean_what_alertmanager_means() -> None:
     engine = Engine(book())
     assert fired(engine, alert("03", instance="host-1.example")) == ["dotted-hosts"]
