@@ -108,16 +108,8 @@ class Engine:
     """Holds firing alerts and facts; tells which rules hold as they change."""
 
     def __init__(
-        self,
-        book: RuleBook,
-        partitions: int = 16,
-        clock: Callable[[], float] = time.time,
-        *,
-        compiled: bool = True,
+        self, book: RuleBook, partitions: int = 16, clock: Callable[[], float] = time.time
     ) -> None:
-        """`compiled` False: durable_rules' rulesets (native memory, ~85 KB per alertname
-        group) are made at the engine's first use of them, or by `compile`; an engine that
-        may never be used (the engine loop's, until it is rebuilt) then costs none."""
         self.book = book
         self._clock = clock
         self._partitions = [f"p{i}" for i in range(partitions)]
@@ -164,19 +156,17 @@ class Engine:
         self._has_resolved = bool(resolved)
         if resolved:
             rulesets[RESOLVED] = resolved
-        self._uncompiled: dict[str, Any] | None = rulesets or None
-        if compiled:
-            self.compile()
+        self._uncompiled: dict[str, Any] | None = rulesets or None  # see `compile`
 
     def compile(self) -> None:
-        """Make durable_rules' rulesets now, if they are not made yet."""
+        """Make durable_rules' rulesets (~85 KB of native memory per group), at the latest on
+        first use: an engine never used (the loop's first, if rebuilt first) makes none."""
         if self._uncompiled is not None:
-            rulesets, self._uncompiled = self._uncompiled, None
-            self._host.set_rulesets(rulesets)
+            self._host.set_rulesets(self._uncompiled)
+            self._uncompiled = None
 
     def close(self) -> None:
         """Hand durable_rules' rulesets back; the engine cannot be used afterwards."""
-        self._uncompiled = None
         for ruleset in self._host._ruleset_list:
             durable_rules_engine.delete_ruleset(ruleset._handle)
         self._host._ruleset_list.clear()
@@ -587,9 +577,8 @@ class Engine:
     def _regex_index(self, matcher: Matcher) -> int:
         if matcher.regex is None:
             matcher = Matcher(matcher.name, matcher.op, matcher.value, re.compile(matcher.value))
-        for i, known in enumerate(self._regexes):
-            if known == matcher:
-                return i
+        if matcher in self._regexes:
+            return self._regexes.index(matcher)
         self._regexes.append(matcher)
         return len(self._regexes) - 1
 

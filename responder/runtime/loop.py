@@ -127,10 +127,9 @@ class EngineLoop:
         # Told of each processed webhook that Alertmanager truncated (`runtime/recovery.py`).
         self._on_truncated = on_truncated
         self._truncated: list[AlertmanagerWebhook] = []
-        # Not compiled: `rebuild` (the start's) makes the engine that decides; compiling this
-        # one too held a second set of native rulesets in memory (docs/benchmarks.md).
-        engine = Engine(book, partitions, clock, compiled=False)
-        self.pipeline = self._pipeline(engine, book, catalog)
+        # Not compiled (`Engine.compile`) until used: `rebuild` (the start's) makes the engine
+        # that decides, and compiling this one too kept a second set of native rulesets.
+        self.pipeline = self._pipeline(Engine(book, partitions, clock), book, catalog)
         guard.catalog_windows = catalog.windows
         self.running = False
         self.wake = asyncio.Event()
@@ -202,6 +201,7 @@ class EngineLoop:
         self, book: RuleBook, catalog: ServiceCatalog, facts: list[Fact], firing: list[Alert]
     ) -> Engine:
         engine = Engine(book, self._partitions, self._clock)
+        engine.compile()  # here, off the event loop
         for fact in [*catalog.facts(self._clock()), *facts]:
             try:
                 engine.assert_fact(fact)
