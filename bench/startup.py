@@ -1,7 +1,8 @@
 """Start-up of `responder serve`: from the process's start to `/readyz` answering 200, the
 CPU it took, and its RSS then and when idle a few seconds later (issue 20).
 
-Each run is a new `python -m responder serve` on a new SQLite store with N generated rules
+Each run is a new `python -m responder serve` on a new SQLite store (`--restart`: on a store
+a first start made, at head, as a restart finds it) with N generated rules
 (`bench.decision_path.rule_text`, as `bench/load.py` makes them) and no Prefect. With
 `--compare DIR` (another checkout of Responder), the runs alternate between this checkout
 and that one, so that the machine's drift hits both; medians are printed per checkout.
@@ -13,6 +14,7 @@ is an installed start; `--no-bytecode` measures compiling every module too.
 
     python bench/startup.py --rules 200 --repeat 5
     python bench/startup.py --rules 200 --repeat 5 --compare ../responder-before
+    python bench/startup.py --rules 200 --repeat 5 --restart   # a store at head
 """
 
 from __future__ import annotations
@@ -57,13 +59,17 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_once(checkout: Path, rules: int, bytecode: Path | None) -> dict[str, Any]:
-    """One start of `responder serve` from `checkout`: ready_s, cpu_s, RSS at ready and idle."""
+def start_once(
+    checkout: Path, rules: int, bytecode: Path | None, restart: bool = False
+) -> dict[str, Any]:
+    """One start of `responder serve` from `checkout`: ready_s, cpu_s, RSS at ready and idle.
+
+    `restart`: the store is not new but at head, as a restart finds it (a first start, not
+    measured, made it)."""
     with tempfile.TemporaryDirectory(prefix="responder-startup-") as tmp:
         work = Path(tmp)
         (work / "rules").mkdir()
         (work / "rules" / "bench.yaml").write_text(rule_text(rules))
-        port = _free_port()
         env = {
             **os.environ,
             "PYTHONPATH": str(checkout),
@@ -77,40 +83,48 @@ def start_once(checkout: Path, rules: int, bytecode: Path | None) -> dict[str, A
         if bytecode is not None:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = str(bytecode)
-        log = (work / "server.log").open("wb")
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "responder", "serve", "--port", str(port)],
-            cwd=checkout,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            with httpx.Client() as http:
-                while True:
-                    if process.poll() is not None:
-                        raise RuntimeError((work / "server.log").read_text()[-3000:])
-                    try:
-                        if http.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.01)
-            ready = time.perf_counter() - started
-            result = {
-                "ready_s": round(ready, 3),
-                "cpu_s": _cpu_seconds(process.pid),
-                "rss_ready_mb": round(_status(process.pid, "VmRSS"), 1),
-            }
-            time.sleep(IDLE_SECONDS)
-            result["idle_rss_mb"] = round(_status(process.pid, "VmRSS"), 1)
-            result["idle_cpu_s"] = _cpu_seconds(process.pid)
-            return result
-        finally:
-            process.terminate()
-            process.wait(30)
-            log.close()
+        if restart:
+            _serve(checkout, work, env, idle_seconds=0.0)
+        return _serve(checkout, work, env, idle_seconds=IDLE_SECONDS)
+
+
+def _serve(checkout: Path, work: Path, env: dict[str, str], idle_seconds: float) -> dict[str, Any]:
+    """Start serve in `work`, measure it until `idle_seconds` after ready, stop it."""
+    port = _free_port()
+    log = (work / "server.log").open("wb")
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "responder", "serve", "--port", str(port)],
+        cwd=checkout,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with httpx.Client() as http:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError((work / "server.log").read_text()[-3000:])
+                try:
+                    if http.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.01)
+        ready = time.perf_counter() - started
+        result = {
+            "ready_s": round(ready, 3),
+            "cpu_s": _cpu_seconds(process.pid),
+            "rss_ready_mb": round(_status(process.pid, "VmRSS"), 1),
+        }
+        time.sleep(idle_seconds)
+        result["idle_rss_mb"] = round(_status(process.pid, "VmRSS"), 1)
+        result["idle_cpu_s"] = _cpu_seconds(process.pid)
+        return result
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
 
 
 def main() -> None:
@@ -119,6 +133,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--compare", type=Path, help="another checkout, run alternately")
     parser.add_argument("--no-bytecode", action="store_true", help="compile every module")
+    parser.add_argument("--restart", action="store_true", help="a store at head, not a new one")
     parser.add_argument(
         "--pycache", type=Path, default=Path(tempfile.gettempdir()) / "responder-bench-pycache"
     )
@@ -127,11 +142,11 @@ def main() -> None:
     bytecode = None if args.no_bytecode else args.pycache
     if bytecode is not None:
         for checkout in checkouts:  # the first start writes the bytecode: not measured
-            start_once(checkout, args.rules, bytecode)
+            start_once(checkout, args.rules, bytecode, args.restart)
     runs: dict[Path, list[dict[str, Any]]] = {c: [] for c in checkouts}
     for _ in range(args.repeat):
         for checkout in checkouts:
-            result = start_once(checkout, args.rules, bytecode)
+            result = start_once(checkout, args.rules, bytecode, args.restart)
             runs[checkout].append(result)
             print(json.dumps({"checkout": str(checkout), **result}), flush=True)
     for checkout, results in runs.items():

@@ -520,7 +520,9 @@ def check_rule_text(text: str) -> None:
     event(f"loaded {min(len(loaded), 1)}+ rules")
     assert len(loaded) == len(sources)
     # A rule file that loads compiles for the engine.
-    Engine(RuleBook(tuple(loaded), tuple(sources)), partitions=2).close()
+    engine = Engine(RuleBook(tuple(loaded), tuple(sources)), partitions=2)
+    engine.compile()
+    engine.close()
 
 
 def assert_names_file_and_line(exc: DocumentError, file: str) -> None:

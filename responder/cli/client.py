@@ -6,20 +6,24 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
 
 from responder import tls
 from responder.cli.common import err_console, fail, settings_from
 from responder.exceptions import ResponderError
 
+if TYPE_CHECKING:
+    import httpx
+
 
 def call(
     config: Path | None, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any
 ) -> httpx.Response:
     """Call a running Responder's API with the configured credentials; exit on failure."""
+    import httpx  # here, not for every command: `serve` does without it (and its CLI's imports)
+
     try:
         settings = settings_from(config)
     except ResponderError as exc:

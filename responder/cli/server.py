@@ -10,7 +10,6 @@ import signal
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from responder import tls
@@ -159,6 +158,8 @@ async def _serve_until_a_child_dies(
 
 async def _ready(server: Any) -> bool:
     """What the server's own `/readyz` answers, asked in-process (no socket, no TLS)."""
+    import httpx
+
     transport = httpx.ASGITransport(app=server.config.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://responder") as client:
         return (await client.get("/readyz")).status_code == 200

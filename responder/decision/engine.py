@@ -156,8 +156,14 @@ class Engine:
         self._has_resolved = bool(resolved)
         if resolved:
             rulesets[RESOLVED] = resolved
-        if rulesets:
-            self._host.set_rulesets(rulesets)
+        self._uncompiled: dict[str, Any] | None = rulesets or None  # see `compile`
+
+    def compile(self) -> None:
+        """Make durable_rules' rulesets (~85 KB of native memory per group), at the latest on
+        first use: an engine never used (the loop's first, if rebuilt first) makes none."""
+        if self._uncompiled is not None:
+            self._host.set_rulesets(self._uncompiled)
+            self._uncompiled = None
 
     def close(self) -> None:
         """Hand durable_rules' rulesets back; the engine cannot be used afterwards."""
@@ -326,6 +332,7 @@ class Engine:
                 self._send(self._host.assert_fact, group.ruleset, _fact_message(fact, sid))
 
     def _send(self, method: Callable[..., Any], ruleset: str, message: dict[str, Any]) -> None:
+        self.compile()
         try:
             method(ruleset, message)
         except durable.MessageNotHandledException:
@@ -570,9 +577,8 @@ class Engine:
     def _regex_index(self, matcher: Matcher) -> int:
         if matcher.regex is None:
             matcher = Matcher(matcher.name, matcher.op, matcher.value, re.compile(matcher.value))
-        for i, known in enumerate(self._regexes):
-            if known == matcher:
-                return i
+        if matcher in self._regexes:
+            return self._regexes.index(matcher)
         self._regexes.append(matcher)
         return len(self._regexes) - 1
 

@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -33,13 +33,15 @@ from responder.events.manual_runs import RunRequest
 from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import StoreUnavailable
 from responder.orchestration.decision_events import RefusedDecision
-from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import reload_flows
 from responder.runtime import convergence, event_timers
 from responder.runtime.work import Work
 from responder.storage.inbox import InboxSource, PendingMessage
 from responder.storage.incidents import IncidentState
 from responder.storage.store import Store
+
+if TYPE_CHECKING:
+    from responder.orchestration.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,8 @@ class EngineLoop:
         # Told of each processed webhook that Alertmanager truncated (`runtime/recovery.py`).
         self._on_truncated = on_truncated
         self._truncated: list[AlertmanagerWebhook] = []
+        # Not compiled (`Engine.compile`) until used: `rebuild` (the start's) makes the engine
+        # that decides, and compiling this one too kept a second set of native rulesets.
         self.pipeline = self._pipeline(Engine(book, partitions, clock), book, catalog)
         guard.catalog_windows = catalog.windows
         self.running = False
@@ -197,6 +201,7 @@ class EngineLoop:
         self, book: RuleBook, catalog: ServiceCatalog, facts: list[Fact], firing: list[Alert]
     ) -> Engine:
         engine = Engine(book, self._partitions, self._clock)
+        engine.compile()  # here, off the event loop
         for fact in [*catalog.facts(self._clock()), *facts]:
             try:
                 engine.assert_fact(fact)

@@ -15,12 +15,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from responder import metrics
 from responder.events.webhook import AlertmanagerWebhook
-from responder.orchestration.alertmanager import Alertmanager
 from responder.runtime.resync import recover_group, resync
 from responder.storage.store import Store
+
+if TYPE_CHECKING:
+    from responder.orchestration.alertmanager import Alertmanager
 from responder.tasks import cancel
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,9 @@ class Recovery:
         """Resync now and every interval (nothing without `alertmanager_url`)."""
         if self._url is None or self._task is not None:
             return
+        # Imported here: its HTTP client (httpx) is for a Responder that has an Alertmanager.
+        from responder.orchestration.alertmanager import Alertmanager
+
         self._alertmanager = Alertmanager(self._url)
         self.resyncs = 0
         self._task = asyncio.create_task(self._run(), name="resync")

@@ -16,15 +16,17 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from responder import metrics
 from responder.events.webhook import MAX_ALERTS, Alert
-from responder.orchestration.alertmanager import Alertmanager
 from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
+
+if TYPE_CHECKING:
+    from responder.orchestration.alertmanager import Alertmanager
 
 log = logging.getLogger(__name__)
 

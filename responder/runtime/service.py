@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from responder import metrics
 from responder.control import fencing, leases
@@ -18,7 +18,6 @@ from responder.decision.rules import Rule, RuleBook, load_rules
 from responder.decision.services import ServiceCatalog, load_services
 from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import CheckFailed, DispatchError, DocumentError, StoreUnavailable
-from responder.orchestration.dispatch import Dispatcher
 from responder.orchestration.flow_catalog import parameter_errors, use_flow_dirs
 from responder.orchestration.prefect_events import PrefectEvents
 from responder.runtime.leadership import Leadership
@@ -29,6 +28,9 @@ from responder.settings import Settings
 from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
 from responder.tasks import cancel
+
+if TYPE_CHECKING:
+    from responder.orchestration.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,11 @@ def _warm_parameter_checks() -> None:
 
 
 def _dispatcher(store: Store, settings: Settings, api_url: str) -> Dispatcher:
-    """The dispatcher of remediation runs to this Prefect server, as the settings say."""
+    """The dispatcher of remediation runs to this Prefect server, as the settings say.
+
+    Imported here: without a Prefect server, serve needs neither it nor its HTTP client."""
+    from responder.orchestration.dispatch import Dispatcher
+
     return Dispatcher(
         store,
         api_url,

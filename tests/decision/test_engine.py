@@ -50,6 +50,18 @@ def test_equality_and_regex_matchers() -> None:
     assert fired(engine, b) == ["not-prod"]
 
 
+def test_an_engine_holds_no_native_ruleset_until_used_then_decides_alike() -> None:
+    engine = Engine(book())  # as the engine loop's first, until the start's rebuild
+    assert engine._host._ruleset_list == []
+    a = alert("01", alertname="ServiceDown", severity="critical", env="prod")
+    assert fired(engine, a) == ["restart"]
+    compiled = Engine(book())
+    compiled.compile()
+    assert len(engine._host._ruleset_list) == len(compiled._host._ruleset_list) > 0
+    engine.close()
+    Engine(book()).close()  # never used: nothing to hand back
+
+
 def test_regex_escapes_mean_what_alertmanager_means() -> None:
     engine = Engine(book())
     assert fired(engine, alert("03", instance="host-1.example")) == ["dotted-hosts"]

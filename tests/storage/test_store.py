@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,12 +13,13 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import select, text, update
 
 from responder.control.guard import Guard
 from responder.decision.decisions import Decision
 from responder.events.webhook import Alert
-from responder.storage.database import alembic_config
+from responder.storage.database import HEAD_REVISION, alembic_config
 from responder.storage.schema import control, inbox, metadata
 from responder.storage.store import Store
 
@@ -46,6 +49,39 @@ async def test_migrations_go_down_and_up_again(store: Store) -> None:
     await store.migrate()  # idempotent at head
     async with store.engine.begin() as conn:
         assert await conn.run_sync(_diff) == []
+
+
+def test_the_head_a_start_compares_with_is_alembics_head() -> None:
+    # A new migration without HEAD_REVISION moved: starts would skip it.
+    assert HEAD_REVISION == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+MIGRATE = """\
+import asyncio, sys
+from responder.storage.store import Store
+
+async def main():
+    store = Store(sys.argv[1])
+    await store.migrate()
+    await store.close()
+
+asyncio.run(main())
+print(sorted({m.split(".")[0] for m in sys.modules} & {"alembic", "mako", "pygments"}))
+"""
+
+
+def test_a_store_at_head_starts_without_alembic(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+
+    def migrate() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", MIGRATE, url], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert migrate() == "['alembic', 'mako', 'pygments']"  # a new store: migrated
+    assert migrate() == "[]"  # at head: alembic is not imported
 
 
 async def test_a_lease_held_under_the_first_schema_survives_the_upgrade(store: Store) -> None:
