@@ -27,6 +27,7 @@ from sqlalchemy.util import await_only
 
 from responder.exceptions import StoreDamaged, StoreUnavailable
 from responder.storage.schema import control, metadata
+from responder.storage.sqlite_connections import reset_sqlite, sqlite_pragmas
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Database:
                 "connect_args": {"timeout": timeout_seconds},
             }
         elif self.dialect == "sqlite":
-            kwargs = {"pool_reset_on_return": None}  # `_reset_sqlite` does it
+            kwargs = {"pool_reset_on_return": None}  # `reset_sqlite` does it
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         # Store health for /readyz: a damaged file stays damaged; after a failed transaction
         # the next readiness check commits for real before it says ready again.
@@ -81,12 +82,12 @@ class Database:
             event.listen(
                 self.engine.sync_engine,
                 "connect",
-                lambda dbapi_connection, _record: _sqlite_pragmas(
+                lambda dbapi_connection, _record: sqlite_pragmas(
                     dbapi_connection, busy_ms, durable
                 ),
             )
             event.listen(self.engine.sync_engine, "before_cursor_execute", _writing)
-            event.listen(self.engine.sync_engine, "reset", _reset_sqlite)
+            event.listen(self.engine.sync_engine, "reset", reset_sqlite)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest alembic revision.
@@ -382,29 +383,3 @@ def _turn_to_take(info: dict[Any, Any], statement: str) -> Callable[[], Awaitabl
         return None
     del info[TAKE_TURN]
     return cast("Callable[[], Awaitable[None]]", take)
-
-
-def _reset_sqlite(dbapi_connection: Any, record: Any, state: Any) -> None:
-    """A SQLite connection back in the pool is rolled back only if a transaction is open.
-
-    The pool's own reset rolls back every connection it gets back, each time a hand-off to
-    aiosqlite's thread, though a transaction that committed leaves nothing to roll back (the
-    sqlite3 module opens one only before a write). A connection the pool discards instead
-    (`terminate_only`, or garbage-collected outside the event loop) is closed, which rolls
-    back whatever was open.
-    """
-    if state.terminate_only or not state.asyncio_safe or state.transaction_was_reset:
-        return
-    driver = record.driver_connection
-    if driver is None or driver.in_transaction:
-        dbapi_connection.rollback()
-
-
-def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int, durable: bool = True) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit acknowledged to Alertmanager survives power loss, not only a crash.
-    # OFF only for a throwaway store, where nothing needs to survive.
-    cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-    cursor.close()

@@ -321,7 +321,7 @@ async def test_a_connection_back_in_the_pool_with_a_transaction_open_is_rolled_b
     store: Store,
 ) -> None:
     """On SQLite the pool rolls back only a connection whose transaction is still open
-    (`_reset_sqlite`); a write left uncommitted must not survive into the next use."""
+    (`reset_sqlite`); a write left uncommitted must not survive into the next use."""
     insert = "INSERT INTO control (name, value, updated_at) VALUES (?, ?, ?)"
     async with store.engine.connect() as conn:  # a driver write, outside SQLAlchemy's own
         await store.write_many(conn, insert, [("left-open", "{}", 1.0)])
