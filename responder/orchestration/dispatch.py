@@ -142,9 +142,9 @@ class Dispatcher:
         """Start workers; re-queue admitted decisions that never got a flow run."""
         if self._tasks:
             return  # already started
-        from prefect.client.orchestration import PrefectClient
+        from responder.orchestration.prefect_api import prefect_client
 
-        self._client = PrefectClient(self.api_url)
+        self._client = prefect_client(self.api_url)
         await self._client.__aenter__()
         if self._alertmanager_url:
             self._silences.open(Alertmanager(self._alertmanager_url))
@@ -398,9 +398,9 @@ class Dispatcher:
         if self._client is not None:
             yield self._client
             return
-        from prefect.client.orchestration import PrefectClient
+        from responder.orchestration.prefect_api import prefect_client
 
-        async with PrefectClient(self.api_url) as client:
+        async with prefect_client(self.api_url) as client:
             yield client
 
     async def answer_approval(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -57,29 +56,15 @@ def _build_models() -> None:
                 model.model_rebuild()
 
 
-def _prefect_tls_context() -> ssl.SSLContext:
-    """The TLS context Prefect's client builds for itself (`PrefectClient.__init__`), from the
-    same settings: unverified if PREFECT_API_TLS_INSECURE_SKIP_VERIFY, else verified against
-    PREFECT_API_SSL_CERT_FILE (or certifi's bundle)."""
-    import certifi
-    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
-
-    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    return ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
-
-
 def _one_tls_context() -> None:
     """Prefect's clients take a TLS context given to them (`httpx_settings["verify"]`) as it
     is: give every client of a run the one built here, as Prefect would have built it."""
     from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 
     from responder.orchestration.flow_catalog import share_clients
+    from responder.orchestration.prefect_api import prefect_tls_context
 
-    context = _prefect_tls_context()
+    context = prefect_tls_context()
 
     def sharing(init: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(init)

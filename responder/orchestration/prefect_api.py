@@ -1,0 +1,92 @@
+"""Responder's client of Prefect's API: Prefect's own client, with a busy answer retried soon.
+
+Prefect's server answers 503 to a write it could not commit for a reason that passes: on
+SQLite (the embedded default), its one writer was busy, or its snapshot went stale between
+the read and the insert. Prefect's client retries a 503 after 2, 4, 8, 16 and 32 s. In a burst
+of flow-run creations most of the waiting was these pauses, not the server's work: a run
+created at the first or second retry had waited 6 s for nothing.
+
+`BusyRetry` is an httpx transport under Prefect's client: it retries a 503 itself, after
+0.05 s and doubling to at most 0.8 s with jitter, for at most `BUSY_RETRY_SECONDS`. Only then
+does the answer reach Prefect's own retry loop, which goes on as before. Retrying is as safe
+as Prefect's own retry of the same answer: a 503 means the server rolled the request back,
+and each creation carries an idempotency key besides.
+
+The transport is given to Prefect's client through its public `httpx_settings`; the client
+is otherwise what `PrefectClient(api_url)` builds: the same TLS context, connection limits
+and HTTP/2 setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+
+BUSY = 503
+# How long a busy answer is retried here before Prefect's client gets it.
+BUSY_RETRY_SECONDS = 10.0
+FIRST_DELAY = 0.05
+MAX_DELAY = 0.8
+
+
+class BusyRetry(httpx.AsyncBaseTransport):
+    """Retries Prefect's busy answer (503) soon, for at most `within` seconds."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, within: float = BUSY_RETRY_SECONDS):
+        self._inner = inner
+        self._within = within
+        self.retried = 0  # busy answers retried here (a figure for benchmarks and tests)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + self._within
+        delay = FIRST_DELAY
+        while True:
+            response = await self._inner.handle_async_request(request)
+            pause = delay * random.uniform(1.0, 1.5)
+            if response.status_code != BUSY or time.monotonic() + pause > deadline:
+                return response
+            await response.aclose()
+            self.retried += 1
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, MAX_DELAY)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def prefect_tls_context() -> ssl.SSLContext:
+    """The TLS context Prefect's client builds for itself (`PrefectClient.__init__`), from the
+    same settings: unverified if PREFECT_API_TLS_INSECURE_SKIP_VERIFY, else verified against
+    PREFECT_API_SSL_CERT_FILE (or certifi's bundle)."""
+    import certifi
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
+    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+
+
+def prefect_client(api_url: str, within: float = BUSY_RETRY_SECONDS) -> PrefectClient:
+    """Prefect's client of `api_url`, its busy answers retried soon (`BusyRetry`)."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.settings import PREFECT_API_ENABLE_HTTP2
+
+    # Given a transport, httpx ignores its own TLS, limits and HTTP/2 arguments: they go to
+    # the transport, as Prefect's client sets them.
+    inner = httpx.AsyncHTTPTransport(
+        verify=prefect_tls_context(),
+        http2=PREFECT_API_ENABLE_HTTP2.value(),
+        limits=httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=25),
+    )
+    return PrefectClient(api_url, httpx_settings={"transport": BusyRetry(inner, within)})
