@@ -115,6 +115,7 @@ class Dispatcher:
         # or being created): their leases are renewed, never expired from under them.
         self._pending: set[int] = set()
         self._client: Any = None
+        self._tls: Any = True  # Prefect's TLS context once started (`_healthy`)
         self._events = DecisionEvents(api_url)
         self.events_connected = False
         self._prefect_reachable = False
@@ -142,9 +143,10 @@ class Dispatcher:
         """Start workers; re-queue admitted decisions that never got a flow run."""
         if self._tasks:
             return  # already started
-        from responder.orchestration.prefect_api import prefect_client
+        from responder.orchestration.prefect_api import prefect_client, prefect_tls_context
 
         self._client = prefect_client(self.api_url)
+        self._tls = prefect_tls_context()  # built once: the health check runs every poll
         await self._client.__aenter__()
         if self._alertmanager_url:
             self._silences.open(Alertmanager(self._alertmanager_url))
@@ -325,7 +327,8 @@ class Dispatcher:
 
     async def _artifact(self, flow_run_id: str, key: str, markdown: str, description: str) -> None:
         from prefect.client.schemas.actions import ArtifactCreate
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from responder.orchestration.prefect_api import using_api
 
         if self._client is None:
             return
@@ -333,7 +336,7 @@ class Dispatcher:
             # Prefect's client announces the artifact as an event through its global events
             # worker, which finds its server in the settings: without this, it would start
             # an ephemeral server, blocking this loop, when PREFECT_API_URL is not set.
-            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            with using_api(self.api_url):
                 await self._client.create_artifact(
                     ArtifactCreate(
                         key=key,
@@ -492,7 +495,7 @@ class Dispatcher:
         # The client's own headers carry its credentials (PREFECT_API_KEY, auth string).
         headers = getattr(getattr(self._client, "_client", None), "headers", None)
         try:
-            async with httpx.AsyncClient(timeout=2.0, headers=headers) as http:
+            async with httpx.AsyncClient(timeout=2.0, headers=headers, verify=self._tls) as http:
                 response = await http.get(f"{self.api_url.rstrip('/')}/health")
         except httpx.HTTPError:
             return False

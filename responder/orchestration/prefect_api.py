@@ -20,10 +20,12 @@ and HTTP/2 setting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
 BUSY = 503
+# Prefect's settings with an API URL set, built once per base settings and URL (`using_api`).
+_WITH_API_URL: dict[tuple[int, str], tuple[Any, Any]] = {}
 # How long a busy answer is retried here before Prefect's client gets it.
 BUSY_RETRY_SECONDS = 10.0
 FIRST_DELAY = 0.05
@@ -90,3 +94,24 @@ def prefect_client(api_url: str, within: float = BUSY_RETRY_SECONDS) -> PrefectC
         limits=httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=25),
     )
     return PrefectClient(api_url, httpx_settings={"transport": BusyRetry(inner, within)})
+
+
+@contextlib.contextmanager
+def using_api(api_url: str) -> Iterator[None]:
+    """Prefect's current settings with PREFECT_API_URL set to `api_url`, in this context only:
+    for what Prefect finds through its settings rather than a client (its events worker).
+
+    `prefect.settings.temporary_settings` would do the same but builds the settings anew each
+    time (every environment variable and profile read again, about 50 ms of CPU): in a burst,
+    that was half of Responder's CPU. They are built once here, for each base and URL."""
+    import prefect.context
+    from prefect.settings import PREFECT_API_URL
+
+    context = prefect.context.get_settings_context()
+    base = context.settings
+    cached = _WITH_API_URL.get((id(base), api_url))
+    if cached is None or cached[0] is not base:  # an id may be reused once its object is gone
+        cached = (base, base.copy_with_update(updates={PREFECT_API_URL: api_url}))
+        _WITH_API_URL[(id(base), api_url)] = cached
+    with prefect.context.SettingsContext(profile=context.profile, settings=cached[1]):
+        yield

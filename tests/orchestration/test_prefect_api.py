@@ -103,3 +103,20 @@ async def test_other_errors_are_not_retried_here() -> None:
     assert response.status_code == 500
     assert len(server.seen) == 1
     assert transport.retried == 0
+
+
+def test_using_api_sets_prefects_api_url_in_its_context_only_built_once() -> None:
+    from prefect.settings import PREFECT_API_URL, get_current_settings
+
+    from responder.orchestration.prefect_api import using_api
+
+    before = PREFECT_API_URL.value()
+    with using_api("http://127.0.0.1:1/api"):
+        assert PREFECT_API_URL.value() == "http://127.0.0.1:1/api"
+        first = get_current_settings()
+    assert PREFECT_API_URL.value() == before
+    with using_api("http://127.0.0.1:1/api"):
+        # The same settings object: not built anew (that cost ~50 ms of CPU each time).
+        assert get_current_settings() is first
+    with using_api("http://127.0.0.1:2/api"):
+        assert PREFECT_API_URL.value() == "http://127.0.0.1:2/api"
