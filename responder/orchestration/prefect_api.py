@@ -10,7 +10,9 @@ created at the first or second retry had waited 6 s for nothing.
 0.05 s and doubling to at most 0.8 s with jitter, for at most `BUSY_RETRY_SECONDS`. Only then
 does the answer reach Prefect's own retry loop, which goes on as before. Retrying is as safe
 as Prefect's own retry of the same answer: a 503 means the server rolled the request back,
-and each creation carries an idempotency key besides.
+and each creation carries an idempotency key besides. A server that stays busy (its database
+down) sees about one request a second from each call in flight, where Prefect's own retry
+would send one every few seconds.
 
 The transport is given to Prefect's client through its public `httpx_settings`; the client
 is otherwise what `PrefectClient(api_url)` builds: the same TLS context, connection limits
