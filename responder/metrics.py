@@ -104,6 +104,10 @@ EVENTS_SKIPPED = Counter(
     "responder_decision_events_skipped_total",
     "Decision events not mirrored to Prefect (it was unreachable); the store keeps them all.",
 )
+PREFECT_BUSY_RETRIES = Counter(
+    "responder_prefect_busy_retries_total",
+    "Busy answers (503) of Prefect's API that Responder's client asked again soon.",
+)
 PREFECT_REACHABLE = Gauge(
     "responder_prefect_reachable", "1 if the leader's last call to Prefect's API succeeded."
 )

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from responder import metrics
+
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
@@ -49,7 +51,6 @@ class BusyRetry(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport, within: float = BUSY_RETRY_SECONDS):
         self._inner = inner
         self._within = within
-        self.retried = 0  # busy answers retried here (a figure for benchmarks and tests)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         deadline = time.monotonic() + self._within
@@ -60,7 +61,7 @@ class BusyRetry(httpx.AsyncBaseTransport):
             if response.status_code != BUSY or time.monotonic() + pause > deadline:
                 return response
             await response.aclose()
-            self.retried += 1
+            metrics.PREFECT_BUSY_RETRIES.inc()
             await asyncio.sleep(pause)
             delay = min(delay * 2, MAX_DELAY)
 
