@@ -54,6 +54,10 @@ def create_app(service: Service) -> FastAPI:
     app.state.access = Access.from_settings(service.settings)
     app.state.rate_limit = RateLimit.from_settings(service.settings)
     app.state.mappings = load_mappings(service.settings.mappings_dir)
+    service.also_reload(
+        lambda: load_mappings(service.settings.mappings_dir),
+        lambda mappings: setattr(app.state, "mappings", mappings),
+    )
     _describe_errors(app)
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)

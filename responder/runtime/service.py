@@ -19,7 +19,7 @@ from responder.decision.services import ServiceCatalog, load_services
 from responder.events.webhook import Alert, AlertmanagerWebhook
 from responder.exceptions import CheckFailed, DispatchError, DocumentError, StoreUnavailable
 from responder.orchestration.flow_catalog import parameter_errors, use_flow_dirs
-from responder.orchestration.prefect_events import PrefectEvents
+from responder.orchestration.prefect_events import Accept, PrefectEvents
 from responder.runtime.leadership import Leadership
 from responder.runtime.loop import EngineLoop
 from responder.runtime.recovery import Recovery
@@ -63,6 +63,21 @@ def _dispatcher(store: Store, settings: Settings, api_url: str) -> Dispatcher:
         lease_seconds=settings.lease_seconds,
         lost_run_seconds=settings.lost_run_seconds,
     )
+
+
+def _prefect_events(
+    settings: Settings, api_url: str | None, accept: Accept
+) -> PrefectEvents | None:
+    """Prefect's event feed as a source, when there is a Prefect and events to read."""
+    if not (api_url and settings.prefect_event_types):
+        return None
+    return PrefectEvents(
+        api_url, settings.prefect_event_types, settings.prefect_events_lookback_seconds, accept
+    )
+
+
+# What a reload reads again besides the rules (`Service.also_reload`): read, then use.
+Rereading = tuple[Callable[[], Any], Callable[[Any], None]]
 
 
 class Service:
@@ -110,21 +125,13 @@ class Service:
         self.leadership = Leadership(self.store, settings.data_dir / "leader.lock")
         # Event sources beyond HTTP: the stream on every replica, Prefect's feed on the leader.
         self.stream = RedisStream(settings, self.accept) if settings.redis_url else None
-        self.prefect_events = (
-            PrefectEvents(
-                api_url,
-                settings.prefect_event_types,
-                settings.prefect_events_lookback_seconds,
-                self.accept,
-            )
-            if api_url and settings.prefect_event_types
-            else None
-        )
+        self.prefect_events = _prefect_events(settings, api_url, self.accept)
         self._task: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
         self._checking: asyncio.Task[None] | None = None  # the start's check
         self._watcher: asyncio.Task[None] | None = None
         self._campaign: asyncio.Task[None] | None = None
+        self._also: list[Rereading] = []  # what else a reload reads (`also_reload`)
         self._stamp = self._files_stamp()
         metrics.RULES_LOADED.set(len(book.rules))
         metrics.RELOAD_SUCCESS.set(1)
@@ -132,6 +139,11 @@ class Service:
     @property
     def book(self) -> RuleBook:
         return self.loop.book
+
+    def also_reload(self, read: Callable[[], Any], use: Callable[[Any], None]) -> None:
+        """Have each reload `read` again (in a thread; a DocumentError fails the reload and
+        leaves everything in force) and `use` what it read, with the new rules."""
+        self._also.append((read, use))
 
     def _load(self, *, checked: bool = True) -> tuple[RuleBook, ServiceCatalog]:
         if checked and self._check is not None:
@@ -164,7 +176,10 @@ class Service:
         try:
             # Parsing and compiling thousands of rules takes seconds: not on the event loop.
             book, catalog = await asyncio.to_thread(self._load)
+            also = [(use, await asyncio.to_thread(read)) for read, use in self._also]
             await self.loop.use(book, catalog)
+            for use, value in also:
+                use(value)
             # The flows as they passed the check are the ones in force: read them now, so
             # that a flow file broken later fails the next reload, not the decisions.
             await asyncio.to_thread(_warm_parameter_checks)
@@ -181,7 +196,8 @@ class Service:
 
     def _files_stamp(self) -> tuple[tuple[str, float, int], ...]:
         paths = [self.settings.services_file]
-        for directory in [self.settings.rules_dir, *self.settings.flows_dir]:
+        directories = [self.settings.rules_dir, *self.settings.flows_dir]
+        for directory in [*directories, self.settings.mappings_dir]:
             if directory.is_dir():
                 paths.extend(sorted(directory.iterdir()))
             else:
@@ -194,8 +210,8 @@ class Service:
         return tuple(stamp)
 
     async def _watch_files(self) -> None:
-        """Reload when a rule file, a `flows_dir` flow file or the catalog changes (checked
-        every few seconds)."""
+        """Reload when a rule file, a `flows_dir` flow file, a JSON webhook mapping or the
+        catalog changes (checked every few seconds)."""
         while True:
             await asyncio.sleep(self.settings.reload_check_seconds)
             try:

@@ -251,3 +251,57 @@ async def test_not_json_and_missing_delivery_id(
     )
     assert answer.status_code == 415
     assert await service.backlog() == 0
+
+
+async def test_a_reload_reads_the_mappings_again_and_a_broken_one_keeps_those_in_force(
+    service: Service, client: httpx.AsyncClient
+) -> None:
+    body = (WEBHOOKS / "grafana-firing.json").read_bytes()
+    assert (
+        await client.post("/webhook/json/grafana-2", content=body, headers=BEARER | json_type())
+    ).status_code == 404
+    mappings = service.settings.mappings_dir
+    shutil.copy(mappings / "grafana.yaml", mappings / "grafana-2.yaml")
+    reloaded = await client.post("/-/reload", headers=BEARER)
+    assert reloaded.status_code == 200, reloaded.text
+    answer = await client.post(
+        "/webhook/json/grafana-2", content=body, headers=BEARER | json_type()
+    )
+    assert answer.status_code == 200, answer.text
+
+    # A mistake on line 2: the reload is refused, naming the file and line; both stay.
+    (mappings / "grafana-2.yaml").write_text("source: {value: grafana}\ntype: {bogus: 1}\n")
+    refused = await client.post("/-/reload", headers=BEARER)
+    assert refused.status_code == 400
+    assert refused.json()["file"].endswith("grafana-2.yaml")
+    assert refused.json()["line"] == 2
+    for name in ("grafana", "grafana-2"):
+        again = await client.post(
+            f"/webhook/json/{name}", content=body, headers=BEARER | json_type()
+        )
+        assert again.status_code == 200, again.text
+
+
+async def test_the_file_watcher_reloads_a_new_mapping(tmp_path: Path, rules_dir: Path) -> None:
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    settings = make_settings(
+        tmp_path, rules_dir, events_token=TOKEN, mappings_dir=mappings, reload_check_seconds=0.1
+    )
+    service = Service(settings)
+    await service.start()
+    try:
+        async with app_client(service) as client:
+            body = (WEBHOOKS / "grafana-firing.json").read_bytes()
+
+            async def served() -> bool:
+                answer = await client.post(
+                    "/webhook/json/grafana", content=body, headers=BEARER | json_type()
+                )
+                return answer.status_code == 200
+
+            assert not await served()
+            shutil.copy(ROOT / "config" / "mappings" / "grafana.yaml", mappings)
+            await wait_for(served, timeout=20)
+    finally:
+        await service.stop()
