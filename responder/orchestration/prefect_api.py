@@ -115,6 +115,8 @@ def using_api(api_url: str) -> Iterator[None]:
     cached = _WITH_API_URL.get((id(base), api_url))
     if cached is None or cached[0] is not base:  # an id may be reused once its object is gone
         cached = (base, base.copy_with_update(updates={PREFECT_API_URL: api_url}))
+        if len(_WITH_API_URL) >= 16:  # bases come and go only in tests; never grow without end
+            _WITH_API_URL.clear()
         _WITH_API_URL[(id(base), api_url)] = cached
     with prefect.context.SettingsContext(profile=context.profile, settings=cached[1]):
         yield
