@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
 BUSY = 503
-# Prefect's settings with an API URL set, built once per base settings and URL (`using_api`).
-_WITH_API_URL: dict[tuple[int, str], tuple[Any, Any]] = {}
+# For each API URL, Prefect's settings it was set in and the result (`using_api`).
+_WITH_API_URL: dict[str, tuple[Any, Any]] = {}
 # How long a busy answer is retried here before Prefect's client gets it.
 BUSY_RETRY_SECONDS = 10.0
 FIRST_DELAY = 0.05
@@ -106,17 +106,17 @@ def using_api(api_url: str) -> Iterator[None]:
 
     `prefect.settings.temporary_settings` would do the same but builds the settings anew each
     time (every environment variable and profile read again, about 50 ms of CPU): in a burst,
-    that was half of Responder's CPU. They are built once here, for each base and URL."""
+    that was half of Responder's CPU. They are built once here, for each URL."""
     import prefect.context
     from prefect.settings import PREFECT_API_URL
 
     context = prefect.context.get_settings_context()
     base = context.settings
-    cached = _WITH_API_URL.get((id(base), api_url))
-    if cached is None or cached[0] is not base:  # an id may be reused once its object is gone
-        cached = (base, base.copy_with_update(updates={PREFECT_API_URL: api_url}))
-        if len(_WITH_API_URL) >= 16:  # bases come and go only in tests; never grow without end
-            _WITH_API_URL.clear()
-        _WITH_API_URL[(id(base), api_url)] = cached
+    cached = _WITH_API_URL.get(api_url)
+    if cached is None or cached[0] is not base:  # the base changes only in tests
+        cached = _WITH_API_URL[api_url] = (
+            base,
+            base.copy_with_update(updates={PREFECT_API_URL: api_url}),
+        )
     with prefect.context.SettingsContext(profile=context.profile, settings=cached[1]):
         yield
