@@ -33,7 +33,7 @@ from responder.orchestration.decision_events import DecisionEvents, RefusedDecis
 from responder.orchestration.lost_runs import LostRun, LostRuns
 from responder.orchestration.silencing import Silencer
 from responder.storage.store import Store
-from responder.tasks import cancel
+from responder.tasks import cancel, wake_or_timeout
 
 log = logging.getLogger(__name__)
 
@@ -357,8 +357,7 @@ class Dispatcher:
     async def _backoff(self, delay: float) -> None:
         """Wait `delay` before a retry, or less if Prefect is seen reachable again (the poll
         checks its health): after an outage, waiting runs are created at once."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._back.wait(), delay)
+        await wake_or_timeout(self._back, delay)
 
     def _retry_later(self, run: ActiveRun, admitted_at: float, attempt: int, delay: float) -> None:
         async def requeue() -> None:

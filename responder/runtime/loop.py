@@ -39,6 +39,7 @@ from responder.runtime.work import Work
 from responder.storage.inbox import InboxSource, PendingMessage
 from responder.storage.incidents import IncidentState
 from responder.storage.store import Store
+from responder.tasks import wake_or_timeout
 
 if TYPE_CHECKING:
     from responder.orchestration.dispatch import Dispatcher
@@ -232,10 +233,7 @@ class EngineLoop:
                 try:
                     if await self.step() == 0:
                         self.wake.clear()
-                        try:
-                            await asyncio.wait_for(self.wake.wait(), self._idle_seconds)
-                        except TimeoutError:
-                            pass
+                        await wake_or_timeout(self.wake, self._idle_seconds)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

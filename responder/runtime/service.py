@@ -196,7 +196,8 @@ class Service:
 
     def _files_stamp(self) -> tuple[tuple[str, float, int], ...]:
         paths = [self.settings.services_file]
-        for directory in [self.settings.rules_dir, *self.settings.flows_dir]:
+        directories = [self.settings.rules_dir, *self.settings.flows_dir]
+        for directory in [*directories, self.settings.mappings_dir]:
             if directory.is_dir():
                 paths.extend(sorted(directory.iterdir()))
             else:
@@ -209,8 +210,8 @@ class Service:
         return tuple(stamp)
 
     async def _watch_files(self) -> None:
-        """Reload when a rule file, a `flows_dir` flow file or the catalog changes (checked
-        every few seconds)."""
+        """Reload when a rule file, a `flows_dir` flow file, a JSON webhook mapping or the
+        catalog changes (checked every few seconds)."""
         while True:
             await asyncio.sleep(self.settings.reload_check_seconds)
             try:

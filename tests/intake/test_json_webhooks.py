@@ -280,3 +280,28 @@ async def test_a_reload_reads_the_mappings_again_and_a_broken_one_keeps_those_in
             f"/webhook/json/{name}", content=body, headers=BEARER | json_type()
         )
         assert again.status_code == 200, again.text
+
+
+async def test_the_file_watcher_reloads_a_new_mapping(tmp_path: Path, rules_dir: Path) -> None:
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    settings = make_settings(
+        tmp_path, rules_dir, events_token=TOKEN, mappings_dir=mappings, reload_check_seconds=0.1
+    )
+    service = Service(settings)
+    await service.start()
+    try:
+        async with app_client(service) as client:
+            body = (WEBHOOKS / "grafana-firing.json").read_bytes()
+
+            async def served() -> bool:
+                answer = await client.post(
+                    "/webhook/json/grafana", content=body, headers=BEARER | json_type()
+                )
+                return answer.status_code == 200
+
+            assert not await served()
+            shutil.copy(ROOT / "config" / "mappings" / "grafana.yaml", mappings)
+            await wait_for(served, timeout=20)
+    finally:
+        await service.stop()
