@@ -6,6 +6,8 @@ leaves no process behind.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -15,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from responder.authoring.demo import DemoService
-from tests.helpers import ROOT, fixture_body, free_port
+from tests.helpers import ROOT, fixture_body, free_port, postgres_database
 
 pytestmark = pytest.mark.prefect
 
@@ -53,9 +56,39 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    ("stop", "prefect_on_postgresql"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+    ids=["ctrl-c", "sigterm", "sigterm-prefect-on-postgresql"],
+)
 def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
-    stop: signal.Signals, tmp_path: Path, demo_service: DemoService
+    stop: signal.Signals, prefect_on_postgresql: bool, tmp_path: Path, demo_service: DemoService
+) -> None:
+    """The embedded default; and with its Prefect server on PostgreSQL, as
+    docs/operations.md (Sizing) advises for bursts of runs."""
+    with contextlib.ExitStack() as stack:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        if prefect_on_postgresql:
+            prefect_database = stack.enter_context(postgres_database("responder_up_prefect"))
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database
+        run_up(stop, env, tmp_path, demo_service)
+        if prefect_on_postgresql:
+            assert flow_runs_in(prefect_database) >= 1  # the runs were Prefect's on PostgreSQL
+
+
+def flow_runs_in(database_url: str) -> int:
+    async def count() -> int:
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return int(await conn.fetchval("select count(*) from flow_run"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+def run_up(
+    stop: signal.Signals, env: dict[str, str], tmp_path: Path, demo_service: DemoService
 ) -> None:
     port, prefect_port = free_port(), free_port()
     config = tmp_path / "responder.yaml"
@@ -65,7 +98,6 @@ def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
         f"rule_vars: {{service_control_url: '{demo_service.url}'}}\n"
         "runner_limit: 3\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     out = (tmp_path / "up.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "responder", "up", "--config", str(config)],
