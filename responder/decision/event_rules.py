@@ -9,7 +9,9 @@ same fields, and `not_followed_by` sets a durable timer instead of deciding: the
 when the timer fires without a follower (`runtime.convergence`), as an `absence` event.
 
 Windows and predecessors are kept in memory, bounded by their `within`, like the engine's
-`count` windows; a restart forgets them (absence timers, being rows, survive).
+`count` windows. A reload, or the rebuild after a store error, carries them over to the new
+rules (`keep_windows_of`) for each rule whose counting is unchanged; a restart or a new leader
+forgets them (absence timers, being rows, survive).
 """
 
 from __future__ import annotations
@@ -100,6 +102,20 @@ class EventRules:
         # predecessors.
         self._windows: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
         self._earlier: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
+
+    def keep_windows_of(self, old: EventRules) -> None:
+        """Take over `old`'s windows and predecessors for each rule that counts and
+        sequences as it did: a rule edited elsewhere (its run, guard, priority) keeps
+        counting; one whose events, conditions, `count` or `after` changed starts again, as
+        does a new one. Entries are pruned as before: when their key next sees an event."""
+        for mine, theirs, spec_of in (
+            (self._windows, old._windows, _counting),
+            (self._earlier, old._earlier, _sequencing),
+        ):
+            for (name, same), entries in theirs.items():
+                rule, before = self._by_name.get(name), old._by_name.get(name)
+                if rule is not None and before is not None and spec_of(rule) == spec_of(before):
+                    mine[(name, same)] = entries
 
     def followed(self, event: CloudEvent) -> list[tuple[str, str]]:
         """The absence timers (rule, key) this event, as a follower, ends."""
@@ -234,6 +250,16 @@ class EventRules:
             and 0 <= at - a.starts_at.timestamp() <= after.within
             for a in alerts()
         )
+
+
+def _counting(rule: Rule) -> tuple[object, ...]:
+    """What decides which events a rule's `count` window holds."""
+    return (rule.event, rule.when, rule.unless, rule.count)
+
+
+def _sequencing(rule: Rule) -> tuple[object, ...]:
+    """What decides which events are a rule's `after` predecessors."""
+    return (rule.after,)
 
 
 def fact_flat(fact: Fact) -> dict[str, str]:

@@ -190,7 +190,9 @@ class EngineLoop:
         # Compiled off the event loop (seconds for thousands of rules). durable_rules is used
         # by one thread at a time: steps, the only other users, wait for the lock we hold.
         engine = await asyncio.to_thread(self._build, book, catalog, facts, firing)
-        old, self.pipeline = self.engine, self._pipeline(engine, book, catalog)
+        old, before = self.engine, self.pipeline
+        self.pipeline = self._pipeline(engine, book, catalog)
+        self.pipeline.events.keep_windows_of(before.events)  # counting goes on
         self._guard.catalog_windows = catalog.windows
         old.close()
         rows = event_timers.schedule_rows(book, self._clock())

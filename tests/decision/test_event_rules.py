@@ -15,6 +15,7 @@ from uuid import UUID
 import pytest
 import yaml
 
+from responder.decision.services import ServiceCatalog
 from responder.storage.inbox import InboxSource
 from responder.storage.store import Store
 from tests.runtime.test_convergence import Responder
@@ -104,6 +105,27 @@ async def test_count_counts_events_by_their_same_fields(store: Store, tmp_path: 
     assert [f.fields for f in r.loop.engine.facts() if f.name == "deploys-flapping"] == [
         {"workload": "api"}
     ]
+
+
+async def test_a_reload_keeps_counting_unless_the_counting_rule_changed(
+    store: Store, tmp_path: Path
+) -> None:
+    """A rule file edited, or the rebuild after a store error, makes new rules: a rule
+    whose events, conditions and `count` are unchanged keeps its windows (before, every
+    reload forgot them); one whose `count` changed starts again."""
+    r = await events(store, tmp_path, COUNTED)
+    await r.event(deploy("a1", "api"), deploy("a2", "api"))
+    other = SMOKE.replace("cooldown: 10m", "cooldown: 20m")
+    await r.loop.use(r.rules(COUNTED.replace("ttl: 1h", "ttl: 2h") + other), ServiceCatalog())
+    await r.event(deploy("a3", "api", env="staging"))
+    assert [d["verdict"] for d in await r.ledger("flapping-deploys")] == ["asserted"]
+
+    await r.event(deploy("w1", "web"), deploy("w2", "web"))
+    await r.loop.use(r.rules(COUNTED.replace("within: 10m", "within: 15m")), ServiceCatalog())
+    await r.event(deploy("w3", "web", env="staging"))
+    assert [d["labels"]["subject"] for d in await r.ledger("flapping-deploys")] == ["api"]
+    await r.event(deploy("w4", "web", env="staging"), deploy("w5", "web", env="staging"))
+    assert [d["labels"]["subject"] for d in await r.ledger("flapping-deploys")] == ["api", "web"]
 
 
 JOINED = """
