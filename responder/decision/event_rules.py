@@ -9,9 +9,10 @@ same fields, and `not_followed_by` sets a durable timer instead of deciding: the
 when the timer fires without a follower (`runtime.convergence`), as an `absence` event.
 
 Windows and predecessors are kept in memory, bounded by their `within`, like the engine's
-`count` windows. A reload, or the rebuild after a store error, carries them over to the new
-rules (`keep_windows_of`) for each rule whose counting is unchanged; a restart or a new leader
-forgets them (absence timers, being rows, survive).
+`count` windows, and are what the store's events say: a reload carries them over to the new
+rules (`keep_windows_of`) for each rule whose counting is unchanged, and a rebuild (a restart,
+a new leader, the retry after a store error) recalls them from the events the inbox kept
+(`recall`). Absence timers are rows of their own.
 """
 
 from __future__ import annotations
@@ -103,6 +104,35 @@ class EventRules:
         self._windows: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
         self._earlier: dict[tuple[str, tuple[str, ...]], list[tuple[float, str]]] = {}
 
+    def memory_seconds(self) -> float | None:
+        """How far back a window or a predecessor reaches; None if no rule remembers."""
+        spans = [s.within for r in self.rules for s in (r.count, r.after) if s is not None]
+        return max(spans, default=None)
+
+    def recall(self, event: CloudEvent, facts: HeldFacts, at: float) -> None:
+        """Remember `event`, which arrived at `at` and was decided then, as `match` did:
+        as a predecessor, and in the window of each counting rule it met. Decides nothing.
+        Its `when` and `unless` are judged on the facts held now."""
+        if event.source in (SCHEDULE_SOURCE, ABSENCE_SOURCE):
+            return
+        flat = event.flat()
+        alert = event.as_alert()
+        self._remember(event, flat, at)
+        for rule, matchers in self._candidates(event):
+            if rule.count is not None and _all(matchers, flat):
+                if self._failure(rule, alert, facts) is None:
+                    self._counted(rule, event, flat, at)
+
+    def _candidates(self, event: CloudEvent) -> list[tuple[Rule, tuple[Matcher, ...]]]:
+        """The rules `event` may meet (by its type), in the rules' order."""
+        found = [*self._by_type.get(event.type, ()), *self._by_type.get(None, ())]
+        return sorted(found, key=lambda c: self._order[c[0].name])
+
+    def forget(self) -> None:
+        """Drop every window and predecessor (before `recall` rebuilds them)."""
+        self._windows.clear()
+        self._earlier.clear()
+
     def keep_windows_of(self, old: EventRules) -> None:
         """Take over `old`'s windows and predecessors for each rule that counts and
         sequences as it did: a rule edited elsewhere (its run, guard, priority) keeps
@@ -159,8 +189,7 @@ class EventRules:
         matches: list[Match] = []
         absences: list[Absence] = []
         self._remember(event, flat, now)
-        candidates = [*self._by_type.get(event.type, ()), *self._by_type.get(None, ())]
-        for rule, matchers in sorted(candidates, key=lambda c: self._order[c[0].name]):
+        for rule, matchers in self._candidates(event):
             if not _all(matchers, flat):
                 continue
             if self._failure(rule, alert, facts) is not None:

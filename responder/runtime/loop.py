@@ -24,6 +24,7 @@ from responder.control.guard import Guard
 from responder.control.runs import ActiveRun
 from responder.decision.decisions import Verdict
 from responder.decision.engine import Engine, EngineRejected
+from responder.decision.event_rules import HeldFacts
 from responder.decision.pipeline import MAX_CHAIN, ParameterCheck, Pipeline
 from responder.decision.rules import RuleBook
 from responder.decision.services import ServiceCatalog
@@ -157,8 +158,32 @@ class EngineLoop:
             self._next_recheck = 0.0
 
     async def rebuild(self) -> None:
-        """Rebuild the engine's facts and alerts from the store; nothing is decided again."""
+        """Rebuild the engine's facts and alerts, and the event rules' windows, from the
+        store; nothing is decided again."""
         await self._rebuild(self.book, self.catalog)
+        await self._recall_events()
+
+    async def _recall_events(self) -> None:
+        """The event rules' `count` windows and `after` predecessors, from the events the
+        inbox kept (processed ones, as far back as a rule remembers): what a new leader,
+        a restart or the retry after a store error would otherwise have forgotten."""
+        rules = self.pipeline.events
+        seconds = rules.memory_seconds()
+        if seconds is None:
+            return
+        rows = await self._store.inbox.received(
+            (InboxSource.CLOUDEVENTS,), self._clock() - seconds, None, processed_only=True
+        )
+        rules.forget()
+        held = HeldFacts(self.engine.facts_named)
+        for received_at, _, body in rows:
+            try:
+                events = parse_events(body, is_batch(body))
+            except ValidationError as exc:  # as in `_items`: a schema changed underneath
+                log.error("an event kept in the inbox no longer validates: %s", exc)
+                continue
+            for event in events:
+                rules.recall(event, held, received_at)
 
     @property
     def engine(self) -> Engine:

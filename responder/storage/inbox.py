@@ -153,15 +153,23 @@ class Inbox:
             return pending
 
     async def received(
-        self, sources: tuple[InboxSource, ...], start: float | None, end: float | None
+        self,
+        sources: tuple[InboxSource, ...],
+        start: float | None,
+        end: float | None,
+        *,
+        processed_only: bool = False,
     ) -> list[tuple[float, InboxSource, bytes]]:
         """Every row of these sources received in [start, end] (arrival time, source, body),
-        processed or not, in arrival order: the history `responder replay` reads."""
+        in arrival order, processed or not (the history `responder replay` reads), or only
+        those the engine has processed."""
         query = (
             select(inbox.c.received_at, inbox.c.source, inbox.c.body)
             .where(inbox.c.source.in_([s.value for s in sources]))
             .order_by(inbox.c.id)
         )
+        if processed_only:
+            query = query.where(inbox.c.processed.is_(True))
         if start is not None:
             query = query.where(inbox.c.received_at >= start)
         if end is not None:

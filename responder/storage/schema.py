@@ -35,6 +35,8 @@ inbox = Table(
     Column("body", LargeBinary, nullable=False),
     Column("processed", Boolean, nullable=False, default=False),
     Index("ix_inbox_pending", "processed", "id"),
+    # The events of the last minutes, which a new leader's event rules recall.
+    Index("ix_inbox_received_at", "received_at"),
 )
 
 # Items (alerts, events) of an unprocessed inbox row already handled by committed engine

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -126,6 +128,40 @@ async def test_a_reload_keeps_counting_unless_the_counting_rule_changed(
     assert [d["labels"]["subject"] for d in await r.ledger("flapping-deploys")] == ["api"]
     await r.event(deploy("w4", "web", env="staging"), deploy("w5", "web", env="staging"))
     assert [d["labels"]["subject"] for d in await r.ledger("flapping-deploys")] == ["api", "web"]
+
+
+async def test_a_new_leader_recalls_the_windows_from_the_events_the_inbox_kept(
+    store: Store, tmp_path: Path
+) -> None:
+    """A restart or a new leader counts on from the events already decided (the inbox keeps
+    them), and only those within the window; before, it started counting again."""
+    r = await events(store, tmp_path, COUNTED + SEQUENCE)
+
+    def at(minutes_ago: float) -> str:
+        return datetime.fromtimestamp(time.time() - 60 * minutes_ago, UTC).isoformat()
+
+    await r.event(
+        {**deploy("old", "api"), "time": at(12)},  # outside the 10-minute window by now
+        {**deploy("a1", "api"), "time": at(5)},
+        {"id": "s1", "type": "deploy.started", "subject": "web", "time": at(4)},
+    )
+    r.clock.now = time.time()  # the new leader's clock: now
+    await r.new_leader()
+    await r.event({**deploy("a2", "api"), "time": at(1)})
+    assert await r.ledger("flapping-deploys") == []  # a1 and a2: two, not three
+    await r.event({**deploy("w1", "web"), "time": at(0.5)}, {**deploy("a3", "api"), "time": at(0)})
+    assert [(d["rule"], d["labels"]["subject"]) for d in await r.ledger() if d["rule"]] == [
+        ("started-then-finished", "web"),  # s1, remembered across the new leader
+        ("flapping-deploys", "api"),  # a1, a2, a3
+    ]
+
+
+SEQUENCE = """
+  - name: started-then-finished
+    event: ['type="deploy.finished"']
+    after: {match: ['type="deploy.started"'], same: [subject], within: 30m}
+    assert: {fact: deploy-seen, with: {workload: "{{ event.subject }}"}, ttl: 1h}
+"""
 
 
 JOINED = """
