@@ -67,10 +67,30 @@ async def test_slow_heads_are_closed_and_health_still_answers(
     assert max(t for t in closed_after if t is not None) < 4
 
 
+async def test_a_slow_second_head_on_a_kept_alive_connection_is_closed(
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_limits, "HEADER_TIMEOUT_SECONDS", 1.0)
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(4096), 5)).startswith(b"HTTP/1.1 200")
+    writer.write(b"GET /healthz HTTP/1.1\r\n")  # the next head, then a header every 0.2 s
+    started = time.monotonic()
+    closed = False
+    while not closed and time.monotonic() - started < 4:  # keep-alive's 5 s is not what ends it
+        writer.write(b"X-Slow: 1\r\n")
+        await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            closed = await asyncio.wait_for(reader.read(1024), 0.2) == b""
+    writer.close()
+    assert closed, "a slow head on a kept-alive connection was left open"
+
+
 async def test_connections_beyond_the_cap_are_closed_at_once(
     base_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_limits.LimitedH11Protocol, "cap", 20)
+    monkeypatch.setattr(http_limits.LimitedHttpProtocol, "cap", 20)
     host, port = base_url.removeprefix("http://").split(":")
     held = [await asyncio.open_connection(host, int(port)) for _ in range(20)]
     await asyncio.sleep(0.2)
