@@ -174,16 +174,22 @@ class EngineLoop:
         rows = await self._store.inbox.received(
             (InboxSource.CLOUDEVENTS,), self._clock() - seconds, None, processed_only=True
         )
-        rules.forget()
         held = HeldFacts(self.engine.facts_named)
-        for received_at, _, body in rows:
-            try:
-                events = parse_events(body, is_batch(body))
-            except ValidationError as exc:  # as in `_items`: a schema changed underneath
-                log.error("an event kept in the inbox no longer validates: %s", exc)
-                continue
-            for event in events:
-                rules.recall(event, held, received_at)
+
+        def recall() -> None:  # minutes of events: parsed off the event loop
+            rules.forget()
+            for received_at, _, body in rows:
+                try:
+                    events = parse_events(body, is_batch(body))
+                except ValidationError as exc:  # as in `_items`: a schema changed underneath
+                    log.error("an event kept in the inbox no longer validates: %s", exc)
+                    continue
+                for event in events:
+                    rules.recall(event, held, received_at)
+
+        # Nothing else uses these rules meanwhile: a rebuild runs before the loop, or under
+        # its lock.
+        await asyncio.to_thread(recall)
 
     @property
     def engine(self) -> Engine:
