@@ -54,7 +54,8 @@ pytest: setup-dev system-deps
 
 test: lint pytest
 
-# Benchmarks: figures go to docs/benchmarks.md. RESPONDER_BENCH_POSTGRES_URL adds PostgreSQL.
+# Benchmarks: figures go to docs/benchmarks.md. RESPONDER_BENCH_POSTGRES_URL adds PostgreSQL
+# (for first_action.py: its Prefect server on a fresh database of that server).
 bench: setup-dev
 	$(PY) bench/decision_path.py --rules 10 200 1000 --alerts 20000 --repeat 3 --held 100000
 	$(PY) bench/load.py storm --alerts 100000 --rules 200 --senders 16

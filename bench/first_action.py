@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,9 @@ def post(http: httpx.Client, url: str, hosts: list[str]) -> None:
 class Up:
     """`responder up` in a child process group, in a directory of its own."""
 
-    def __init__(self, workdir: Path, target: str, runner_limit: int | None) -> None:
+    def __init__(
+        self, workdir: Path, target: str, runner_limit: int | None, prefect_database: str | None
+    ) -> None:
         (workdir / "rules").mkdir()
         (workdir / "rules" / "bench.yaml").write_text(RULE)
         self.port = _free_port()
@@ -129,6 +132,8 @@ class Up:
         }
         if runner_limit:
             env["RESPONDER_RUNNER_LIMIT"] = str(runner_limit)
+        if prefect_database:  # the Prefect server `up` starts keeps its runs there
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database
         for name in ("PREFECT_API_URL", "PREFECT_HOME"):
             env.pop(name, None)
         self.log = workdir / "up.log"
@@ -300,13 +305,15 @@ def incidents(up: Up, restarts: TimedRestarts, repeat: int, burst: int) -> dict[
     }
 
 
-def run(repeat: int, burst: int, runner_limit: int | None) -> dict[str, Any]:
+def run(
+    repeat: int, burst: int, runner_limit: int | None, prefect_database: str | None = None
+) -> dict[str, Any]:
     restarts = TimedRestarts()
     target = DemoService()
     target.restarts = restarts
     target.start()
     tmp = tempfile.mkdtemp(prefix="bench-first-action-")
-    up = Up(Path(tmp), target.url, runner_limit)
+    up = Up(Path(tmp), target.url, runner_limit, prefect_database)
     try:
         up.wait_ready()
         result = incidents(up, restarts, repeat, burst)
@@ -322,8 +329,42 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20, help="single incidents, one by one")
     parser.add_argument("--burst", type=int, default=50, help="incidents in one webhook")
     parser.add_argument("--runner-limit", type=int, help="RESPONDER_RUNNER_LIMIT (default: its)")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("RESPONDER_BENCH_POSTGRES_URL"),
+        help="also run with the Prefect server on this PostgreSQL server (a fresh database)",
+    )
     args = parser.parse_args()
-    print(json.dumps(run(args.repeat, args.burst, args.runner_limit)), flush=True)
+    result = run(args.repeat, args.burst, args.runner_limit)
+    print(json.dumps({"prefect_database": "sqlite", **result}), flush=True)
+    if args.postgres:
+        with fresh_database(args.postgres, "responder_bench_prefect") as url:
+            result = run(args.repeat, args.burst, args.runner_limit, url)
+        print(json.dumps({"prefect_database": "postgresql", **result}), flush=True)
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str, name: str) -> Iterator[str]:
+    """An empty database `name` on the PostgreSQL server of `server_url` (an asyncpg URL),
+    dropped afterwards; its URL. (The tests use it too: `tests.helpers.postgres_database`.)"""
+    import asyncio
+
+    import asyncpg
+
+    async def run(statement: str) -> None:
+        conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    quoted = '"' + name.replace('"', '""') + '"'
+    asyncio.run(run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    asyncio.run(run(f"CREATE DATABASE {quoted}"))
+    try:
+        yield server_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,28 +78,12 @@ async def reset_postgres() -> None:
         await store.close()
 
 
-@contextlib.contextmanager
-def postgres_database(name: str) -> Iterator[str]:
+def postgres_database(name: str) -> contextlib.AbstractContextManager[str]:
     """A new, empty database `name` on the test PostgreSQL server, dropped afterwards; its
     asyncpg URL (for what keeps its own tables apart, such as a Prefect server)."""
-    import asyncpg
+    from bench.first_action import fresh_database
 
-    server = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-
-    async def run(*statements: str) -> None:
-        conn = await asyncpg.connect(server)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    quoted = '"' + name.replace('"', '""') + '"'
-    asyncio.run(run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)", f"CREATE DATABASE {quoted}"))
-    try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        asyncio.run(run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    return fresh_database(POSTGRES_URL, name)
 
 
 def _drop_every_table(conn: Connection) -> None:
