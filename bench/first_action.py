@@ -351,7 +351,7 @@ def fresh_database(server_url: str, name: str) -> Iterator[str]:
 
     import asyncpg
 
-    async def run(statement: str) -> None:
+    async def execute(statement: str) -> None:
         conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
             await conn.execute(statement)
@@ -359,12 +359,12 @@ def fresh_database(server_url: str, name: str) -> Iterator[str]:
             await conn.close()
 
     quoted = '"' + name.replace('"', '""') + '"'
-    asyncio.run(run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-    asyncio.run(run(f"CREATE DATABASE {quoted}"))
+    asyncio.run(execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    asyncio.run(execute(f"CREATE DATABASE {quoted}"))
     try:
         yield server_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        asyncio.run(run(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        asyncio.run(execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
 
 
 if __name__ == "__main__":

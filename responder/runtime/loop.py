@@ -146,7 +146,9 @@ class EngineLoop:
         """
         async with self._lock:
             reload_flows()
+            before = self.pipeline.events
             await self._rebuild(book, catalog)
+            self.pipeline.events.keep_windows_of(before)  # counting goes on
             # Firing incidents are judged again under the new rules, durably (a leader that
             # stops before its next tick leaves them due for the next one): a rule added
             # acts, one removed stops waiting. Running ones wait for their run's end;
@@ -221,9 +223,7 @@ class EngineLoop:
         # Compiled off the event loop (seconds for thousands of rules). durable_rules is used
         # by one thread at a time: steps, the only other users, wait for the lock we hold.
         engine = await asyncio.to_thread(self._build, book, catalog, facts, firing)
-        old, before = self.engine, self.pipeline
-        self.pipeline = self._pipeline(engine, book, catalog)
-        self.pipeline.events.keep_windows_of(before.events)  # counting goes on
+        old, self.pipeline = self.engine, self._pipeline(engine, book, catalog)
         self._guard.catalog_windows = catalog.windows
         old.close()
         rows = event_timers.schedule_rows(book, self._clock())
