@@ -2,7 +2,9 @@
 
 Starts `responder serve` (uvicorn, the real app, a SQLite file or PostgreSQL) with generated
 rules and no Prefect (nothing is dispatched), then drives it from an asyncio load generator
-on 127.0.0.1, bounded in count and time:
+on 127.0.0.1, bounded in count and time (the storm's senders keep one connection each and
+cost about 0.006 CPU-s per 1,000 alerts, `bench/keepalive.py`; `--client httpx` for the
+figures before 2026-12-05, whose senders took more CPU than the server):
 
 - **storm:** N alerts over 2,000 instances from 16 concurrent senders, as fast as it takes;
 - **steady:** a fixed rate (100 alerts/s) for a fixed time, one alert per webhook;
@@ -46,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.decision_path import _reset, rule_text  # noqa: E402
 from bench.events import event_rule_text  # noqa: E402
+from bench.keepalive import KeepAlive  # noqa: E402
 from responder.storage.schema import decisions  # noqa: E402
 from responder.storage.store import Store  # noqa: E402
 
@@ -227,7 +230,9 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def storm(server: Server, rules: int, alerts: int, senders: int) -> dict[str, Any]:
+async def storm(
+    server: Server, rules: int, alerts: int, senders: int, client: str = "lean"
+) -> dict[str, Any]:
     sender = Sender(rules)
     work: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
     queued = 0
@@ -242,7 +247,7 @@ async def storm(server: Server, rules: int, alerts: int, senders: int) -> dict[s
     response_times: list[float] = []
     accepted = 0
 
-    async def send(http: httpx.AsyncClient) -> None:
+    async def send_httpx(http: httpx.AsyncClient) -> None:
         nonlocal accepted
         while not work.empty():
             body, count = work.get_nowait()
@@ -256,18 +261,39 @@ async def storm(server: Server, rules: int, alerts: int, senders: int) -> dict[s
             assert response.status_code == 200, response.text
             accepted += count
 
+    async def send_lean() -> None:
+        nonlocal accepted
+        connection = KeepAlive("127.0.0.1", server.port)
+        try:
+            while not work.empty():
+                body, count = work.get_nowait()
+                began = time.perf_counter()
+                status, answer = await connection.post(
+                    "/webhook/alertmanager", body, "application/json"
+                )
+                response_times.append(time.perf_counter() - began)
+                assert status == 200, answer
+                accepted += count
+        finally:
+            await connection.close()
+
     store = Store(server.database_url)
     cpu_before = server.cpu_seconds()
+    client_cpu_before = time.process_time()
     began = time.perf_counter()
     peak_rss = server.rss_mb()
     limits = httpx.Limits(max_connections=senders)
     async with httpx.AsyncClient(limits=limits, timeout=60) as http:
-        sending = asyncio.gather(*(send(http) for _ in range(senders)))
+        if client == "httpx":
+            sending = asyncio.gather(*(send_httpx(http) for _ in range(senders)))
+        else:
+            sending = asyncio.gather(*(send_lean() for _ in range(senders)))
         while not sending.done():
             peak_rss = max(peak_rss, server.rss_mb())
             await asyncio.sleep(0.2)
         await sending
     accepted_s = time.perf_counter() - began
+    client_cpu_s = time.process_time() - client_cpu_before
     deadline = time.monotonic() + 900
     while await _recorded(store) < accepted and time.monotonic() < deadline:
         peak_rss = max(peak_rss, server.rss_mb())
@@ -280,12 +306,14 @@ async def storm(server: Server, rules: int, alerts: int, senders: int) -> dict[s
         "rules": rules,
         "alerts": accepted,
         "senders": senders,
+        "client": client,
         "accepted_per_s": accepted / accepted_s,
         "decided_per_s": accepted / decided_s,
         "response_p50_ms": 1000 * _pct(response_times, 0.5),
         "response_p99_ms": 1000 * _pct(response_times, 0.99),
         "peak_rss_mb": peak_rss,
         "cpu_s": server.cpu_seconds() - cpu_before,
+        "senders_cpu_s": client_cpu_s,
         **checks,
     }
 
@@ -406,7 +434,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 ready = await server.wait_ready()
                 idle_rss = server.rss_mb()
                 if args.scenario == "storm":
-                    result = await storm(server, rules, args.alerts, args.senders)
+                    result = await storm(server, rules, args.alerts, args.senders, args.client)
                 elif args.scenario == "big":
                     result = await big(server, rules, args.alerts)
                 else:
@@ -493,6 +521,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--client",
+        choices=["lean", "httpx"],
+        default="lean",
+        help="The storm's senders: one kept-alive connection each (bench/keepalive.py), or "
+        "httpx, which the figures before 2026-12-05 12:00 used (it takes more CPU than the "
+        "server it measures).",
+    )
     parser.add_argument(
         "--event-rules",
         type=int,

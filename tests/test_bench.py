@@ -32,15 +32,17 @@ def test_held_alerts_are_all_held() -> None:
     assert held == held | {"held": 2000, "rejected": 0}
 
 
-async def test_the_load_test_accounts_for_every_alert(tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", ["lean", "httpx"])
+async def test_the_load_test_accounts_for_every_alert(tmp_path: Path, client: str) -> None:
     load = bench("load")
     server = load.Server(tmp_path, rules=5, database_url=None)
     try:
         await server.wait_ready()
-        result = await load.storm(server, rules=5, alerts=400, senders=4)
+        result = await load.storm(server, rules=5, alerts=400, senders=4, client=client)
     finally:
         server.stop()
     assert result["alerts"] >= 400  # resent groups count again
+    assert result["client"] == client
     assert result["all_decided"] is True
     assert result["keys_admitted_twice"] == 0
     assert result["admitted"] > 0
