@@ -213,6 +213,14 @@ def tree_cpu_seconds(root: int) -> dict[str, float]:
     return split
 
 
+def busy_retries(http: httpx.Client, url: str) -> int:
+    """`responder_prefect_busy_retries_total`, from Responder's metrics."""
+    for line in http.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("responder_prefect_busy_retries_total "):
+            return int(float(line.split()[1]))
+    raise RuntimeError("no responder_prefect_busy_retries_total in /metrics")
+
+
 def wait_for_restarts(restarts: TimedRestarts, hosts: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not all(h in restarts.at for h in hosts):
@@ -270,11 +278,13 @@ def incidents(up: Up, restarts: TimedRestarts, repeat: int, burst: int) -> dict[
             time.sleep(1.0)
         hosts = [f"burst-{i}" for i in range(burst)]
         cpu = tree_cpu_seconds(up.process.pid)
+        busy = busy_retries(http, up.url)
         sent = time.time()
         post(http, up.url, hosts)
         wait_for_restarts(restarts, hosts, 180)
         found = wait_completed(up.prefect, repeat + 1 + burst)
         after = tree_cpu_seconds(up.process.pid)
+        busy = busy_retries(http, up.url) - busy
     one = [restarts.at[h] - sent_at[h] for h in list(sent_at)[1:]]
     latency = sorted(restarts.at[h] - sent for h in hosts)
     by_host = {r["parameters"]["host"]: r for r in found}
@@ -300,6 +310,8 @@ def incidents(up: Up, restarts: TimedRestarts, repeat: int, burst: int) -> dict[
         "burst_cpu_s_per_run_by_part": {
             part: round((after[part] - cpu.get(part, 0.0)) / burst, 2) for part in after
         },
+        # Prefect's busy answers (503) the dispatcher asked again: its database's contention
+        "burst_busy_retries": busy,
         "runs_in_prefect": len(found),
         "runs_completed": sum(r["state_type"] == "COMPLETED" for r in found),
     }

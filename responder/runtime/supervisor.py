@@ -53,6 +53,11 @@ EMBEDDED_SERVER_SETTINGS = {
     # batches of up to 100, at least once a second, a task run reaches the UI within 1 s.
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    # Events are persisted (the UI's event feed) in batches of 20 by default: in a burst, a
+    # write every few runs, each one more chance for a flow-run creation's transaction to
+    # find its snapshot stale (a 503, asked again). Up to 1,000 per batch, they are written
+    # every 5 s (Prefect's flush interval, unchanged), as they are at a quiet time.
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "1000",
 }
 
 # How the runner of `responder up` talks to the server Responder started: the same Prefect,

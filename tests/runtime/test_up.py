@@ -129,6 +129,13 @@ def run_up(
         # The Prefect UI finds its API on this port, not on the default 4200.
         ui = httpx.get(f"http://127.0.0.1:{prefect_port}/ui-settings", timeout=5).json()
         assert ui["api_url"] == f"http://127.0.0.1:{prefect_port}/api"
+        # The server runs with `responder up`'s settings (EMBEDDED_SERVER_SETTINGS).
+        services = httpx.get(f"{ui['api_url']}/admin/settings", timeout=5).json()["server"][
+            "services"
+        ]
+        assert services["late_runs"]["enabled"] is False
+        assert services["event_persister"]["batch_size"] == 1000
+        assert services["task_run_recorder"]["batch_size"] == 100
         assert f"{base}/webhook/alertmanager" in banner
         assert f"http://127.0.0.1:{prefect_port}" in banner
         assert "webhook_configs" in banner
