@@ -65,6 +65,7 @@ bench: setup-dev
 	$(PY) bench/dispatch.py --alerts 300 --rate 20
 	$(PY) bench/first_action.py --repeat 20 --burst 50
 	$(PY) bench/startup.py --rules 200 --repeat 5
+	$(PY) bench/startup.py --rules 200 --repeat 5 --prefect http://127.0.0.1:9/api
 	$(PY) bench/convergence.py --incidents 1000 --alerts 10000 --repeat 3
 	$(PY) bench/replay.py --alerts 500 --repeat 1
 	$(PY) bench/events.py --rules 50 --events 20000 --repeat 3

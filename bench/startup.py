@@ -3,7 +3,8 @@ CPU it took, and its RSS then and when idle a few seconds later (issue 20).
 
 Each run is a new `python -m responder serve` on a new SQLite store (`--restart`: on a store
 a first start made, at head, as a restart finds it) with N generated rules
-(`bench.decision_path.rule_text`, as `bench/load.py` makes them) and no Prefect. With
+(`bench.decision_path.rule_text`, as `bench/load.py` makes them) and no Prefect, or with
+`--prefect API_URL` dispatching to that Prefect API. With
 `--compare DIR` (another checkout of Responder), the runs alternate between this checkout
 and that one, so that the machine's drift hits both; medians are printed per checkout.
 
@@ -60,7 +61,11 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def start_once(
-    checkout: Path, rules: int, bytecode: Path | None, restart: bool = False
+    checkout: Path,
+    rules: int,
+    bytecode: Path | None,
+    restart: bool = False,
+    prefect: str | None = None,
 ) -> dict[str, Any]:
     """One start of `responder serve` from `checkout`: ready_s, cpu_s, RSS at ready and idle.
 
@@ -80,6 +85,8 @@ def start_once(
         }
         for name in ("PREFECT_API_URL", "RESPONDER_PREFECT_API_URL", "RESPONDER_DATABASE_URL"):
             env.pop(name, None)
+        if prefect is not None:
+            env["PREFECT_API_URL"] = prefect
         if bytecode is not None:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = str(bytecode)
@@ -135,6 +142,12 @@ def main() -> None:
     parser.add_argument("--no-bytecode", action="store_true", help="compile every module")
     parser.add_argument("--restart", action="store_true", help="a store at head, not a new one")
     parser.add_argument(
+        "--prefect",
+        metavar="API_URL",
+        help="dispatch to this Prefect API (a server of its own, or an address where none "
+        "answers: a Prefect that is down must not hold up readiness)",
+    )
+    parser.add_argument(
         "--pycache", type=Path, default=Path(tempfile.gettempdir()) / "responder-bench-pycache"
     )
     args = parser.parse_args()
@@ -142,11 +155,11 @@ def main() -> None:
     bytecode = None if args.no_bytecode else args.pycache
     if bytecode is not None:
         for checkout in checkouts:  # the first start writes the bytecode: not measured
-            start_once(checkout, args.rules, bytecode, args.restart)
+            start_once(checkout, args.rules, bytecode, args.restart, args.prefect)
     runs: dict[Path, list[dict[str, Any]]] = {c: [] for c in checkouts}
     for _ in range(args.repeat):
         for checkout in checkouts:
-            result = start_once(checkout, args.rules, bytecode, args.restart)
+            result = start_once(checkout, args.rules, bytecode, args.restart, args.prefect)
             runs[checkout].append(result)
             print(json.dumps({"checkout": str(checkout), **result}), flush=True)
     for checkout, results in runs.items():

@@ -143,7 +143,15 @@ class Dispatcher:
         """Start workers; re-queue admitted decisions that never got a flow run."""
         if self._tasks:
             return  # already started
-        from responder.orchestration.prefect_api import prefect_client, prefect_tls_context
+        from responder.orchestration.prefect_api import (
+            import_prefect_client,
+            prefect_client,
+            prefect_tls_context,
+        )
+
+        # One to two seconds of imports: in a thread, so that intake and the engine loop,
+        # which may run already, go on meanwhile.
+        await asyncio.to_thread(import_prefect_client)
 
         self._client = prefect_client(self.api_url)
         self._tls = prefect_tls_context()  # built once: the health check runs every poll
@@ -153,7 +161,7 @@ class Dispatcher:
         await self._events.open()
         for run in await active_runs(self._store):
             if run.flow_run_id is None:
-                await self.submit(run)
+                await self.submit(run)  # unless the engine loop queued it already
         await self._approvals.resume_watch()
         # Several creations in flight: one flow-run creation takes tens of milliseconds, so a
         # single worker would queue decisions behind each other in a storm.
@@ -170,7 +178,10 @@ class Dispatcher:
         await cancel(*self._tasks, *self._retries)
         self._tasks = []
         self._pending.clear()
-        self._batches.clear()  # their decisions have no flow run: start() queues them again
+        # Their decisions have no flow run: start() queues them again, from the store.
+        self._batches.clear()
+        while not self._queue.empty():
+            self._queue.get_nowait()
         await self._events.close()
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
@@ -178,7 +189,13 @@ class Dispatcher:
         await self._silences.close()
 
     async def submit(self, run: ActiveRun) -> None:
-        """Queue an admitted decision; waits only when the queue is full (backpressure)."""
+        """Queue an admitted decision, once; waits only when the queue is full (backpressure).
+
+        The engine loop may run before the dispatcher starts, which queues again every
+        admitted decision without a flow run: one of them the loop queued is not queued twice.
+        """
+        if run.decision_id in self._pending:
+            return
         self._pending.add(run.decision_id)
         await self._queue.put((run, time.monotonic()))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import random
 import ssl
 import time
@@ -67,6 +68,12 @@ class BusyRetry(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def import_prefect_client() -> None:
+    """Import what the dispatcher uses of Prefect: its client and its events' clients."""
+    for module in ("prefect.client.orchestration", "prefect.events.clients"):
+        importlib.import_module(module)
 
 
 def prefect_tls_context() -> ssl.SSLContext:

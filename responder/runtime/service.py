@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# After a failed start of the dispatcher (its store or Prefect's client), the next try.
+DISPATCHER_RETRY_SECONDS = 5.0
+
 
 def known_flows() -> list[str]:
     from responder.orchestration.flow_catalog import flow_names
@@ -128,6 +131,7 @@ class Service:
         self.prefect_events = _prefect_events(settings, api_url, self.accept)
         self._task: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
+        self._dispatching: asyncio.Task[None] | None = None  # the dispatcher's start
         self._checking: asyncio.Task[None] | None = None  # the start's check
         self._watcher: asyncio.Task[None] | None = None
         self._campaign: asyncio.Task[None] | None = None
@@ -242,20 +246,35 @@ class Service:
         # The first parameter check of each flow imports it: do that now, in the background,
         # rather than on the first decision.
         self._warmup = asyncio.create_task(asyncio.to_thread(_warm_parameter_checks))
-        try:
-            if self.dispatcher is not None:
-                await self.dispatcher.start()
-            await self.loop.rebuild()
-        except BaseException:
-            if self.dispatcher is not None:
-                await self.dispatcher.stop()
-            raise
+        await self.loop.rebuild()
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
+        if self.dispatcher is not None:
+            self._dispatching = asyncio.create_task(
+                self._start_dispatching(self.dispatcher), name="dispatcher-start"
+            )
         self.recovery.start()
         if self.prefect_events is not None:
             self.prefect_events.start()
         metrics.LEADER.set(1)
         log.info("leading: %d rules loaded, engine loop started", len(self.book.rules))
+
+    async def _start_dispatching(self, dispatcher: Dispatcher) -> None:
+        """Start the dispatcher, until it starts. Importing Prefect's client and connecting
+        take seconds that neither intake nor the engine loop wait for: what the loop admits
+        meanwhile waits in the dispatcher's queue."""
+        while True:
+            try:
+                await dispatcher.start()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "starting the dispatcher failed; trying again in %gs",
+                    DISPATCHER_RETRY_SECONDS,
+                )
+                await dispatcher.stop()
+                await asyncio.sleep(DISPATCHER_RETRY_SECONDS)
 
     def _truncated(self, webhook: AlertmanagerWebhook) -> None:
         self.recovery.truncated(webhook)
@@ -264,8 +283,8 @@ class Service:
         metrics.LEADER.set(0)
         if self.prefect_events is not None:
             await self.prefect_events.stop()
-        await cancel(self._task)
-        self._task = None
+        await cancel(self._task, self._dispatching)
+        self._task = self._dispatching = None
         await self.recovery.stop()  # after the loop, which hands it truncated webhooks
         if self.dispatcher is not None:
             await self.dispatcher.stop()
