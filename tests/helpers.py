@@ -59,6 +59,18 @@ def make_settings(tmp_path: Path, rules_dir: Path, **overrides: Any) -> Settings
     return Settings(**values)
 
 
+def prefect_post(url: str, body: dict[str, Any], within: float = 30.0) -> httpx.Response:
+    """A write to Prefect's API as Prefect's own client makes it: its busy answer (503: on
+    SQLite, another writer committed between the request's read and its write, and nothing
+    was written) is asked again, for up to `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        response = httpx.post(url, json=body, timeout=30)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.2)
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:

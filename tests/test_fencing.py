@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ROOT, fixture_json, free_port
+from tests.helpers import ROOT, fixture_json, free_port, prefect_post
 from tests.servers import QuietHandler, http_server, stop
 
 pytestmark = pytest.mark.prefect
@@ -212,9 +212,9 @@ def test_a_run_created_through_prefects_api_does_not_act(up: Up) -> None:
         "restart_url": f"{up.target.url}/restart/by-hand/checkout",
         "health_url": f"{up.target.url}/health/by-hand/checkout",
     }
-    created = httpx.post(
+    created = prefect_post(
         f"{up.prefect}/deployments/{deployment['id']}/create_flow_run",
-        json={"parameters": parameters},
+        {"parameters": parameters},
     )
     assert created.status_code == 201, created.text
     run = final_run(up, created.json()["id"])
@@ -232,9 +232,9 @@ def test_a_retry_of_a_completed_run_does_not_act_again(up: Up) -> None:
     took = flow_run(up, decision["flow_run_id"])["total_run_time"]
     print(f"an ordinary restart-service run, one fenced step: {took:.2f}s")
     # What the Prefect UI's Retry does: the finished run is scheduled again, same id, tags.
-    retried = httpx.post(
+    retried = prefect_post(
         f"{up.prefect}/flow_runs/{decision['flow_run_id']}/set_state",
-        json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True},
+        {"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True},
     )
     assert retried.status_code in (200, 201), retried.text
 

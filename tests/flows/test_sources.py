@@ -17,6 +17,7 @@ from flows import flow_names, load_flow
 from flows.sources import ENV, python_flows, use_dirs
 from responder.exceptions import FlowFileError
 from responder.orchestration.flow_catalog import parameter_errors
+from tests.helpers import prefect_post
 from tests.servers import serve_flows, wait_for_deployment
 
 PYTHON_FLOW = '''\
@@ -131,14 +132,10 @@ def test_a_flows_dir_flow_is_served_as_a_deployment_and_runs(
         assert deployment["entrypoint"].endswith("touch.py:touch")
         wait_for_deployment(prefect_api_url, "notify-ops", runner, log)
         marker = tmp_path / "marker.txt"
-        for _ in range(10):  # 503: the test server's SQLite busy; Prefect's client retries too
-            run = httpx.post(
-                f"{prefect_api_url}/deployments/{deployment['id']}/create_flow_run",
-                json={"parameters": {"path": str(marker), "text": "from flows_dir"}},
-            )
-            if run.status_code != 503:
-                break
-            time.sleep(1)
+        run = prefect_post(
+            f"{prefect_api_url}/deployments/{deployment['id']}/create_flow_run",
+            {"parameters": {"path": str(marker), "text": "from flows_dir"}},
+        )
         assert run.status_code == 201, run.text
         deadline = time.monotonic() + 120
         while True:
