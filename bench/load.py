@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,33 +248,34 @@ async def storm(
     response_times: list[float] = []
     accepted = 0
 
-    async def send_httpx(http: httpx.AsyncClient) -> None:
+    async def send(post: Callable[[bytes], Awaitable[tuple[int, object]]]) -> None:
+        """Post queued webhooks until none is left, each answer checked and timed."""
         nonlocal accepted
         while not work.empty():
             body, count = work.get_nowait()
             began = time.perf_counter()
+            status, answer = await post(body)
+            response_times.append(time.perf_counter() - began)
+            assert status == 200, answer
+            accepted += count
+
+    async def send_httpx(http: httpx.AsyncClient) -> None:
+        async def post(body: bytes) -> tuple[int, object]:
             response = await http.post(
                 f"{server.url}/webhook/alertmanager",
                 content=body,
                 headers={"content-type": "application/json"},
             )
-            response_times.append(time.perf_counter() - began)
-            assert response.status_code == 200, response.text
-            accepted += count
+            return response.status_code, response.text
+
+        await send(post)
 
     async def send_lean() -> None:
-        nonlocal accepted
         connection = KeepAlive("127.0.0.1", server.port)
         try:
-            while not work.empty():
-                body, count = work.get_nowait()
-                began = time.perf_counter()
-                status, answer = await connection.post(
-                    "/webhook/alertmanager", body, "application/json"
-                )
-                response_times.append(time.perf_counter() - began)
-                assert status == 200, answer
-                accepted += count
+            await send(
+                lambda body: connection.post("/webhook/alertmanager", body, "application/json")
+            )
         finally:
             await connection.close()
 
