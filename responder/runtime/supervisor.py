@@ -184,12 +184,10 @@ class Supervisor:
         if not self.external_prefect:
             server = Child(
                 "prefect-server",
-                [
+                [  # `prefect server start`, its SQLite transactions begun IMMEDIATE
                     sys.executable,
                     "-m",
-                    "prefect",
-                    "server",
-                    "start",
+                    "responder.orchestration.embedded_prefect",
                     "--host",
                     "127.0.0.1",
                     "--port",

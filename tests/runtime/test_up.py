@@ -74,6 +74,11 @@ def test_up_runs_a_remediation_and_stopping_leaves_no_orphans(
         run_up(stop, env, tmp_path, demo_service)
         if prefect_on_postgresql:
             assert flow_runs_in(prefect_database) >= 1  # the runs were Prefect's on PostgreSQL
+    # Responder's launcher of Prefect's server (orchestration/embedded_prefect.py) changes
+    # how it begins transactions on SQLite, and leaves Prefect on PostgreSQL as shipped.
+    server_log = (tmp_path / "data" / "logs" / "prefect-server.log").read_text()
+    immediate = "Prefect's SQLite transactions begin IMMEDIATE" in server_log
+    assert immediate is not prefect_on_postgresql, server_log[-2000:]
 
 
 def flow_runs_in(database_url: str) -> int:
