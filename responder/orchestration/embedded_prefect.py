@@ -46,20 +46,24 @@ def immediate_transactions() -> bool:
     except ImportError as exc:
         log.warning("Prefect's server as shipped: its database seam is gone (%s)", exc)
         return False
-    begin_mode: ContextVar[str | None] | None = getattr(configurations, "SQLITE_BEGIN_MODE", None)
+    mode: ContextVar[Any] | None = getattr(configurations, "SQLITE_BEGIN_MODE", None)
     base = getattr(configurations, "AioSqliteConfiguration", None)
     seam = getattr(dependencies, "MODELS_DEPENDENCIES", None)
-    if begin_mode is None or base is None or not isinstance(seam, dict):
+    if mode is None or base is None or not isinstance(seam, dict):
         log.warning("Prefect's server as shipped: its SQLite configuration has changed")
         return False
     url = PREFECT_API_DATABASE_CONNECTION_URL.value()
     if get_dialect(url).name != "sqlite":
         return False
-    mode: ContextVar[str | None] = begin_mode
+    seam["database_config"] = _immediate(base, mode)(connection_url=url)
+    return True
 
-    class ImmediateSqliteConfiguration(base):  # type: ignore[misc, valid-type]
-        """Prefect's SQLite configuration, every transaction begun IMMEDIATE."""
 
+def _immediate(base: type[Any], mode: ContextVar[Any]) -> type[Any]:
+    """Prefect's SQLite configuration `base`, every transaction begun IMMEDIATE (`mode` is
+    the context variable its `begin_sqlite_stmt` reads)."""
+
+    class ImmediateSqliteConfiguration(base):  # type: ignore[misc]
         @asynccontextmanager
         async def begin_transaction(
             self, session: Any, with_for_update: bool = False
@@ -71,8 +75,7 @@ def immediate_transactions() -> bool:
             finally:
                 mode.reset(token)
 
-    seam["database_config"] = ImmediateSqliteConfiguration(connection_url=url)
-    return True
+    return ImmediateSqliteConfiguration
 
 
 def main(argv: list[str]) -> None:

@@ -71,7 +71,14 @@ firing_alerts = Table(
 # The partial indexes' condition; queries say it literally (a bound parameter would not
 # let the planners use them).
 ADMITTED = text("verdict = 'admitted'")
-ADMITTED_ONLY: dict[str, Any] = {"sqlite_where": ADMITTED, "postgresql_where": ADMITTED}
+
+
+def only(where: Any) -> dict[str, Any]:
+    """An index's keyword arguments making it partial: only the rows `where` holds for."""
+    return {"sqlite_where": where, "postgresql_where": where}
+
+
+ADMITTED_ONLY = only(ADMITTED)
 
 
 def present(column: str) -> dict[str, Any]:
@@ -80,8 +87,7 @@ def present(column: str) -> dict[str, Any]:
     spares every insert of a storm four index writes. The planners use such an index for
     `column = ...` and `column IN (...)`, which imply it (tests/storage/test_query_plans.py).
     """
-    where = text(f"{column} IS NOT NULL")
-    return {"sqlite_where": where, "postgresql_where": where}
+    return only(text(f"{column} IS NOT NULL"))
 
 
 decisions = Table(

@@ -46,22 +46,23 @@ PROBE = textwrap.dedent(
 )
 
 
-def _probe(tmp_path: Path, mode: str, url: str | None = None) -> str:
-    path = tmp_path / "prefect.db"
+def _last_line(code: str, args: list[str], database_url: str, home: Path) -> str:
+    """The last line `code` prints, run in a fresh interpreter with Prefect's database there."""
     env = {
         **os.environ,
-        "PREFECT_HOME": str(tmp_path / "home"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": url or f"sqlite+aiosqlite:///{path}",
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url,
     }
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, mode, str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+def _probe(tmp_path: Path, mode: str) -> str:
+    path = tmp_path / "prefect.db"
+    return _last_line(PROBE, [mode, str(path)], f"sqlite+aiosqlite:///{path}", tmp_path / "home")
 
 
 def test_a_transaction_holds_the_write_lock_from_its_start(tmp_path: Path) -> None:
@@ -82,9 +83,4 @@ def test_prefect_on_postgresql_is_left_as_shipped(tmp_path: Path) -> None:
         "from responder.orchestration.embedded_prefect import immediate_transactions;"
         "print(immediate_transactions())"
     )
-    env = {**os.environ, "PREFECT_API_DATABASE_CONNECTION_URL": POSTGRES_URL}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert _last_line(code, [], POSTGRES_URL, tmp_path / "home") == "False"
